@@ -1,0 +1,60 @@
+"""sdar_envs: Gymnasium text environments for multi-turn LLM agents, with skill-memory hooks.
+
+``import sdar_envs`` registers the environments (importing no engine until one is made)::
+
+    import gymnasium as gym, sdar_envs
+    env = gym.make("SDAR/ALFWorld-v0", split="valid_unseen")
+    obs, info = env.reset(options={"task_id": info_task_id})   # or reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step("<think>...</think><action>go to desk 1</action>")
+
+Every environment follows one contract, documented in :mod:`sdar_envs.core`: Text spaces, task
+pinning through ``options["task_id"]``, raw LLM output accepted by ``step`` (malformed text is a no-op
+with ``info["valid_action"] = False``), the shared info keys :data:`~sdar_envs.core.INFO_KEYS`, and a
+prompt builder per environment (:func:`prompt_builder`) with an optional privileged ``skills`` block.
+
+Registered:
+  ``SDAR/ALFWorld-v0``  kwargs: split (train | valid_seen | valid_unseen | valid_train), task_types,
+                        max_steps (50), data_dir, expert (None | "walkthrough" | "handcoded")
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gymnasium as gym
+
+from sdar_envs.core import INFO_KEYS, PromptBuilder, TextEnv, Turn, extract_tag
+from sdar_envs.vector import EnvPool, EnvPoolError
+from sdar_envs.wrappers import SkillHook
+
+__all__ = [
+    "ENV_IDS",
+    "INFO_KEYS",
+    "EnvPool",
+    "EnvPoolError",
+    "PromptBuilder",
+    "SkillHook",
+    "TextEnv",
+    "Turn",
+    "extract_tag",
+    "prompt_builder",
+]
+
+ENV_IDS = {
+    "SDAR/ALFWorld-v0": "sdar_envs.alfworld.env:AlfworldEnv",
+}
+
+for _env_id, _entry_point in ENV_IDS.items():
+    if _env_id not in gym.registry:
+        # The step limit lives in the environment (it shows in prompts and info["step"]), not in a
+        # TimeLimit wrapper.
+        gym.register(_env_id, entry_point=_entry_point)
+
+
+def prompt_builder(env_id: str) -> PromptBuilder:
+    """The prompt builder of a registered environment, without creating the environment."""
+    entry = gym.spec(env_id).entry_point
+    if not isinstance(entry, str):
+        return entry.prompt_builder
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr).prompt_builder

@@ -1,0 +1,178 @@
+"""``SDAR/ALFWorld-v0``: the official ALFWorld text games on the real alfworld/textworld engine.
+
+Extra ``info`` keys besides the suite's (:data:`sdar_envs.core.INFO_KEYS`):
+
+``game_file``      path of the ``game.tw-pddl`` being played
+``expert_action``  with ``expert="walkthrough"``: the next command of the game's expert walkthrough
+                   while the agent has followed it so far, else None; with ``expert="handcoded"``:
+                   alfworld's handcoded expert's next command (slower: it needs the engine's facts)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import textworld
+
+from sdar_envs.alfworld import engine
+from sdar_envs.alfworld.data import TASK_TYPES, AlfworldTask, list_tasks
+from sdar_envs.core import PromptBuilder, TextEnv, extract_tag, normalize_command
+
+__all__ = ["AlfworldEnv", "ALFWORLD_PROMPT", "project_action"]
+
+ALFWORLD_PROMPT = PromptBuilder(
+    history_length=2,
+    first_template=(
+        "You are an agent in a household simulated as a text game. Your task is to: {task}\n"
+        "Your current observation is: {observation}\n"
+        "Your admissible actions now are:\n{admissible_actions}\n\n"
+        "Think step by step inside <think> </think>, then give exactly one admissible action inside "
+        "<action> </action>."
+    ),
+    template=(
+        "You are an agent in a household simulated as a text game. Your task is to: {task}\n"
+        "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
+        "{history}\n"
+        "You are now at step {current_step} and your current observation is: {observation}\n"
+        "Your admissible actions now are:\n{admissible_actions}\n\n"
+        "Think step by step inside <think> </think>, then give exactly one admissible action inside "
+        "<action> </action>."
+    ),
+)
+
+_INVALID_FEEDBACK = "Nothing happens."  # what the engine itself answers to a command it does not know
+
+
+def project_action(text: str, admissible: list[str]) -> str | None:
+    """The admissible command an LLM output names, or None.
+
+    The command is the text of the last ``<action>...</action>``; with no tags, the whole output is
+    taken as a bare command. Matching ignores case, repeated spaces and a trailing full stop.
+    """
+    candidate = extract_tag(text, "action")
+    if candidate is None:
+        candidate = text if isinstance(text, str) and len(text) <= 256 else ""
+    wanted = normalize_command(candidate)
+    if not wanted:
+        return None
+    for command in admissible:
+        if normalize_command(command) == wanted:
+            return command
+    return None
+
+
+class AlfworldEnv(TextEnv):
+    """One ALFWorld game at a time, chosen by ``task_id`` or by seed.
+
+    Args:
+        split: ``train`` (3553 games), ``valid_seen`` (140), ``valid_unseen`` (134) or ``valid_train`` (200).
+        task_types: restrict to these families (alfworld names or pick/look/clean/heat/cool/pick_two).
+        max_steps: step limit (50 as in verl-agent and the SDAR paper); the episode is truncated there.
+        data_dir: a folder holding ``json_2.1.1/<split>`` (default: ``$ALFWORLD_DATA``, else the
+            shipped archives, unpacked on first use).
+        expert: None, ``"walkthrough"`` or ``"handcoded"``; fills ``info["expert_action"]``.
+        game_cache_size: games kept parsed and translated in this process (a re-visited game resets in
+            milliseconds).
+    """
+
+    prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
+
+    def __init__(
+        self,
+        split: str = "train",
+        task_types: list[str] | tuple[str, ...] | None = None,
+        max_steps: int = 50,
+        data_dir: str | None = None,
+        expert: Literal["walkthrough", "handcoded"] | None = None,
+        game_cache_size: int = 256,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        if expert not in (None, "walkthrough", "handcoded"):
+            raise ValueError(f"expert must be None, 'walkthrough' or 'handcoded', got {expert!r}")
+        self.split = split
+        self.expert = expert
+        self.tasks: list[AlfworldTask] = list_tasks(split, task_types, data_dir)
+        self._index_of = {t.task_id: i for i, t in enumerate(self.tasks)}
+        request = engine.REQUEST_INFOS.copy()
+        wrappers = [engine.AlfredDemangler(shuffle=False), engine.AlfredInfos]
+        if expert == "handcoded":
+            request.facts = True  # the handcoded expert reads the engine's facts
+            wrappers.append(engine.AlfredExpert(engine.AlfredExpertType.HANDCODED))
+        tw_env: textworld.Environment = engine.FastPddlEnv(request, cache=engine.GameCache(game_cache_size))
+        for wrapper in wrappers:
+            tw_env = wrapper(tw_env)
+        self._engine = tw_env
+        self._loaded: str | None = None
+        self._task: AlfworldTask | None = None
+        self._state: Any = None
+        self._walkthrough: list[str] = []
+        self._on_walkthrough = True
+
+    # --- TextEnv hooks ----------------------------------------------------------------------------
+    def _num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def _task_index(self, task_id: str | int) -> int:
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            if not 0 <= task_id < len(self.tasks):
+                raise ValueError(f"task index {task_id} out of range for {len(self.tasks)} {self.split} tasks")
+            return task_id
+        if task_id not in self._index_of:
+            raise ValueError(f"unknown ALFWorld task_id {task_id!r} in split {self.split!r}")
+        return self._index_of[task_id]
+
+    def _start(self, index: int) -> tuple[str, dict[str, Any]]:
+        task = self.tasks[index]
+        if self._loaded != task.game_file:
+            self._engine.load(task.game_file)
+            self._loaded = task.game_file
+        self._state = self._engine.reset()
+        self._task = task
+        self._walkthrough = list(self._state.get("extra.walkthrough") or self._engine.walkthrough or [])
+        self._on_walkthrough = True
+        obs = self._state.feedback
+        instruction = obs.rpartition("Your task is to: ")[2].strip()
+        info = {
+            "task_id": task.task_id,
+            "task": instruction,
+            "task_type": TASK_TYPES[task.task_type],
+            "admissible_actions": list(self._state["admissible_commands"]),
+            "won": bool(self._state["won"]),
+            "game_file": task.game_file,
+        }
+        info["expert_action"] = self._expert_action(0)
+        return obs, info
+
+    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        command = project_action(action, self._state["admissible_commands"])
+        if command is None:
+            # A no-op: the engine would answer "Nothing happens." without changing anything.
+            self._on_walkthrough = False
+            updates = {"expert_action": self._expert_action(self._step_count + 1)}
+            return _INVALID_FEEDBACK, 0.0, False, False, updates
+        step = self._step_count
+        if self._on_walkthrough and (step >= len(self._walkthrough) or self._walkthrough[step] != command):
+            self._on_walkthrough = False
+        self._state, score, _ = self._engine.step(command)
+        won = bool(self._state["won"])
+        updates = {
+            "admissible_actions": list(self._state["admissible_commands"]),
+            "won": won,
+            "expert_action": self._expert_action(step + 1),
+        }
+        return self._state.feedback, float(score), won, True, updates
+
+    def _expert_action(self, step: int) -> str | None:
+        if self.expert == "walkthrough":
+            if self._on_walkthrough and step < len(self._walkthrough):
+                return self._walkthrough[step]
+            return None
+        if self.expert == "handcoded":
+            plan = self._state.get("extra.expert_plan") or []
+            return plan[0] if plan else None
+        return None
+
+    def close(self) -> None:
+        self._engine = None  # the engine holds its own copy of libdownward; let it go with us
+        super().close()

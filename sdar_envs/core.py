@@ -1,0 +1,210 @@
+"""The multi-turn text-environment contract every ``SDAR/*`` environment follows.
+
+* Spaces: observations and actions are ``gymnasium.spaces.Text``. ``step`` accepts *any* ``str`` (the
+  raw LLM output, unicode and all), not only strings the action space would sample.
+* ``reset(*, seed=None, options=None) -> (observation, info)``. ``options={"task_id": ...}`` pins a
+  task: environments reset with the same ``task_id`` run the very same task (a GRPO group).
+  ``reset(seed=s)`` without a ``task_id`` picks a task deterministically from the seed.
+* ``step(action) -> (observation, reward, terminated, truncated, info)``. The raw output is projected to
+  an environment action (see :func:`extract_tag`); malformed text never raises: it is a no-op step with
+  ``info["valid_action"] = False`` that still counts towards the step limit. ``terminated`` on success
+  or failure, ``truncated`` when the step limit is reached first. The environment's reward is its own
+  (ALFWorld: 1.0 on success); invalid-action penalties are the trainer's business, read from
+  ``info["valid_action"]``.
+* ``info`` always carries :data:`INFO_KEYS`:
+
+  ``task_id``            str, the pinned task (pass it back in ``options`` to replay the task)
+  ``task``               str, the instruction the agent must carry out
+  ``task_type``          str, the task family (ALFWorld: pick, look, clean, heat, cool, pick_two)
+  ``admissible_actions`` list[str] | None, the actions the environment accepts now (None: free-form)
+  ``won``                bool, whether the task is accomplished
+  ``valid_action``       bool, whether the last action parsed and was accepted (True after reset)
+  ``step``               int, actions taken so far in this episode
+
+* Prompts: each environment class has a :class:`PromptBuilder` (``prompt_builder(env_id)``) that turns
+  the task, the last H (observation, action) turns, the current observation and the admissible actions
+  into the policy's prompt. ``skills=[...]`` inserts the privileged skill block the SDAR teacher sees.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+from gymnasium import spaces
+
+__all__ = [
+    "INFO_KEYS",
+    "TEXT_CHARSET",
+    "PromptBuilder",
+    "TextEnv",
+    "Turn",
+    "extract_tag",
+    "normalize_command",
+    "skills_block",
+]
+
+INFO_KEYS = ("task_id", "task", "task_type", "admissible_actions", "won", "valid_action", "step")
+
+# Text spaces need a charset; printable ASCII covers what the engines print. Actions outside it are
+# still accepted by step() (LLMs emit unicode), they just are not what action_space.sample() makes.
+TEXT_CHARSET = frozenset(string.printable)
+MAX_OBSERVATION_CHARS = 1 << 16
+MAX_ACTION_CHARS = 1 << 12
+
+SKILLS_HEADER = "[Privileged Skill Information]"
+
+
+def extract_tag(text: str, tag: str) -> str | None:
+    """The content of the *last* ``<tag>...</tag>`` in ``text``, stripped; None when there is none.
+
+    The last one wins because models often restate the format in their reasoning before answering.
+    """
+    if not isinstance(text, str):
+        return None
+    matches = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
+    return matches[-1].strip() if matches else None
+
+
+def normalize_command(text: str) -> str:
+    """Lower-case, single spaces, no trailing full stop: how commands are compared."""
+    return " ".join(text.lower().split()).rstrip(".").strip()
+
+
+def skills_block(skills: Sequence[str]) -> str:
+    """The privileged context block the SDAR teacher's prompt starts with."""
+    body = "\n".join(f"- {s.strip()}" for s in skills if s and s.strip())
+    return f"{SKILLS_HEADER}\n{body}\n\n"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One past step as the prompt shows it."""
+
+    observation: str
+    action: str
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Builds the step-wise prompt: a pure function of what the agent has seen.
+
+    ``template`` is formatted with ``task``, ``step`` (actions taken), ``history`` (rendered turns),
+    ``observation`` and ``admissible_actions``; ``first_template`` is used when there is no history.
+    """
+
+    template: str
+    first_template: str
+    history_length: int
+    turn_format: str = "[Observation {index}: {observation}, Action {index}: {action}]"
+
+    def __call__(
+        self,
+        *,
+        task: str,
+        observation: str,
+        history: Sequence[Turn] = (),
+        admissible_actions: Sequence[str] | None = None,
+        step: int | None = None,
+        skills: Sequence[str] | None = None,
+    ) -> str:
+        step = len(history) if step is None else step
+        recent = list(history)[-self.history_length :] if self.history_length > 0 else []
+        first_index = step - len(recent) + 1
+        rendered = "\n".join(
+            self.turn_format.format(index=first_index + i, observation=t.observation.strip(), action=t.action)
+            for i, t in enumerate(recent)
+        )
+        actions = "None (free-form)" if admissible_actions is None else "\n".join(f"'{a}'" for a in admissible_actions)
+        template = self.template if step > 0 else self.first_template
+        prompt = template.format(
+            task=task,
+            step=step,
+            current_step=step + 1,
+            history_length=len(recent),
+            history=rendered,
+            observation=observation.strip(),
+            admissible_actions=actions,
+        )
+        return (skills_block(skills) + prompt) if skills else prompt
+
+
+class TextEnv(gym.Env[str, str]):
+    """Shared plumbing of the suite's environments: spaces, task choice, step counting, info keys.
+
+    Subclasses set ``prompt_builder`` and implement ``_num_tasks``, ``_task_id``, ``_task_index``,
+    ``_start(index)`` and ``_act(action)``.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    prompt_builder: ClassVar[PromptBuilder]
+
+    def __init__(self, *, max_steps: int, render_mode: str | None = None) -> None:
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.max_steps = max_steps
+        self.render_mode = render_mode
+        self.observation_space = spaces.Text(max_length=MAX_OBSERVATION_CHARS, min_length=0, charset=TEXT_CHARSET)
+        self.action_space = spaces.Text(max_length=MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
+        self._step_count = 0
+        self._last_obs = ""
+        self._info: dict[str, Any] = {}
+        self._done = False
+
+    # --- to implement -------------------------------------------------------------------------
+    def _num_tasks(self) -> int:
+        raise NotImplementedError
+
+    def _task_index(self, task_id: str | int) -> int:
+        """Index of a task id (or of an integer index, validated)."""
+        raise NotImplementedError
+
+    def _start(self, index: int) -> tuple[str, dict[str, Any]]:
+        """Start task ``index``; return the first observation and the info keys (valid_action, step
+        and won are filled in here)."""
+        raise NotImplementedError
+
+    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Apply one raw LLM output: (observation, reward, terminated, valid_action, info updates)."""
+        raise NotImplementedError
+
+    # --- the contract ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = set(options) - {"task_id"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; supported: ['task_id']")
+        if options.get("task_id") is not None:
+            index = self._task_index(options["task_id"])
+        else:
+            index = int(self.np_random.integers(self._num_tasks()))
+        obs, info = self._start(index)
+        self._step_count = 0
+        self._done = False
+        info.update(valid_action=True, step=0, won=bool(info.get("won", False)))
+        self._last_obs, self._info = obs, info
+        return obs, dict(info)
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if not self._info:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if self._done:
+            raise gym.error.ResetNeeded("the episode is over; call reset() before step()")
+        obs, reward, terminated, valid, updates = self._act(action if isinstance(action, str) else "")
+        self._step_count += 1
+        truncated = not terminated and self._step_count >= self.max_steps
+        self._done = terminated or truncated
+        info = {**self._info, **updates, "valid_action": bool(valid), "step": self._step_count}
+        self._last_obs, self._info = obs, info
+        return obs, float(reward), bool(terminated), bool(truncated), dict(info)
+
+    def render(self) -> str | None:
+        """``ansi``: the last observation."""
+        return self._last_obs if self.render_mode == "ansi" else None
