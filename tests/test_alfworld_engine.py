@@ -59,3 +59,25 @@ def test_engine_leaves_sys_argv_alone():
     start_fast(GAMES[0].game_file).reset()
     start_stock(GAMES[1].game_file).reset()
     assert sys.argv == argv
+
+
+def test_translations_on_disk_give_identical_games_and_survive_corruption(tmp_path):
+    from sdar_envs.alfworld.engine import GameCache, TranslationCache
+
+    task = GAMES[4]
+    walkthrough = read_walkthrough(task.game_file)
+    stock = _trace(start_stock(task.game_file), (walkthrough, 3), n_random=5)
+    cold = _trace(
+        start_fast(task.game_file, cache=GameCache(translations=TranslationCache(tmp_path))), (walkthrough, 3), 5
+    )
+    files = list(tmp_path.rglob("*.pkl.z"))
+    assert len(files) == 1
+    warm = _trace(
+        start_fast(task.game_file, cache=GameCache(translations=TranslationCache(tmp_path))), (walkthrough, 3), 5
+    )
+    files[0].write_bytes(b"not a translation")  # a truncated or hand-broken cache entry
+    broken = _trace(
+        start_fast(task.game_file, cache=GameCache(translations=TranslationCache(tmp_path))), (walkthrough, 3), 5
+    )
+    assert cold == warm == broken == stock
+    assert files[0].read_bytes() != b"not a translation"  # rewritten

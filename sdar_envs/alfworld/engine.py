@@ -10,7 +10,11 @@ its time on work that is a pure function of its inputs and is redone on every ca
   feedback rule, each rule condition) with TatSu on every call, and deep-copies the derivation context
   for every symbol. We parse each distinct string once into an immutable template and derive with
   shared, never-mutated contexts.
-* ``GameLogic`` re-parses the whole grammar document per load: kept per (domain, grammar).
+* ``GameLogic`` re-parses the whole grammar document per load, one TatSu call per rule although the
+  games share all their rules but the task sentence: rules are parsed once per distinct text.
+* Translations are also kept on disk (content-addressed, ``$SDAR_CACHE_DIR/alfworld/translations``,
+  ``SDAR_ALFWORLD_TRANSLATION_CACHE=off`` to disable), so a game seen in any earlier run loads in
+  milliseconds. A cache entry that fails to load is translated again and rewritten.
 
 Nothing here changes what the engine reports; ``tests/test_alfworld_engine.py`` replays expert
 walkthroughs and seeded random walks through both engines and compares every observation, admissible
@@ -19,11 +23,17 @@ command list, score and ``won`` flag.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
 import sys
+import tempfile
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fast_downward
@@ -43,6 +53,7 @@ __all__ = [
     "AlfredInfos",
     "FastPddlEnv",
     "GameCache",
+    "TranslationCache",
     "start_fast",
     "start_stock",
 ]
@@ -104,6 +115,90 @@ class _Memo:
 
 
 _MEMO = _Memo()
+_RHS_MEMO: dict[str, list] = {}
+
+
+class _LogicConverter(pddl_logic._ModelConverter):
+    """textworld's converter, building the grammar from rule parses shared across games (the stock
+    ``replace`` deep-copies a rule's symbols before use, so sharing them is safe)."""
+
+    def walk_PddlDocumentNode(self, node: Any) -> tuple[dict, tw_textgen.ContextSensitiveGrammar]:
+        actions: dict[str, pddl_logic.Action] = {}
+        data: dict[str, list] = {}
+        for part in node.parts:
+            if isinstance(part, textworld.envs.pddl.logic.model.ActionTypeNode):
+                action = self.walk(part)
+                actions[action.name.lower()] = action
+                lines = (line for line in action.grammar.split("\n") if not line.lstrip().startswith("#"))
+                data.update(json.loads("\n".join(lines)))
+            elif isinstance(part, textworld.envs.pddl.logic.model.ActionGrammarNode):
+                data.update(json.loads(self._unescape_block(part.code)))
+        grammar = tw_textgen.ContextSensitiveGrammar()
+        for name, rules in data.items():
+            for rule in rules:
+                rhs = _RHS_MEMO.get(rule["rhs"])
+                if rhs is None:
+                    rhs = _RHS_MEMO[rule["rhs"]] = tw_textgen._parse_and_convert(rule["rhs"], rule_name="symbols")
+                grammar.add_rule(
+                    tw_textgen.ProductionRule(
+                        lhs=name, rhs=rhs, weight=rule.get("weight", 1), condition=rule.get("condition", "")
+                    )
+                )
+        return actions, grammar
+
+
+def _game_logic(domain: str, grammar: str) -> pddl_logic.GameLogic:
+    """``GameLogic(domain, grammar)``, with the per-rule parses memoised."""
+    logic = pddl_logic.GameLogic.__new__(pddl_logic.GameLogic)
+    logic.domain = domain
+    logic.grammar = tw_textgen.ContextSensitiveGrammar()
+    logic.actions = {}
+    logic.types = textworld.logic.TypeHierarchy()
+    actions, parsed = _LogicConverter().walk(pddl_logic._PARSER.parse(grammar, rule_name="pddlStart"))
+    logic.actions.update(actions)
+    logic.grammar.update(parsed)
+    return logic
+
+
+def _default_translation_dir() -> Path | None:
+    setting = os.environ.get("SDAR_ALFWORLD_TRANSLATION_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    if setting:
+        return Path(setting)
+    return Path(os.environ.get("SDAR_CACHE_DIR", Path.home() / ".cache" / "sdar")) / "alfworld" / "translations"
+
+
+class TranslationCache:
+    """fast-downward translations on disk, keyed by the hash of (domain, problem, translator version)."""
+
+    VERSION = f"fd-{getattr(fast_downward, '__version__', '20.6.4')}-v1"
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+
+    def get(self, domain: str, problem: str) -> tuple[Any, str]:
+        if self.directory is None:
+            return _translate(domain, problem, optimize=False)
+        key = hashlib.sha256(f"{self.VERSION}\0{domain}\0{problem}".encode()).hexdigest()[:40]
+        path = self.directory / key[:2] / f"{key}.pkl.z"
+        try:
+            with open(path, "rb") as f:
+                return pickle.loads(zlib.decompress(f.read()))
+        except FileNotFoundError:
+            pass
+        except Exception:  # a truncated or foreign file: translate again and overwrite it
+            pass
+        result = _translate(domain, problem, optimize=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(zlib.compress(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), 6))
+            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        except OSError:
+            pass  # a read-only cache is still a working engine
+        return result
 
 
 class FastGrammar:
@@ -203,8 +298,9 @@ class _Game:
 class GameCache:
     """Per-process LRU of loaded games, keyed by file path (games are read-only files)."""
 
-    def __init__(self, maxsize: int = 256) -> None:
+    def __init__(self, maxsize: int = 256, translations: TranslationCache | None = None) -> None:
         self.maxsize = maxsize
+        self.translations = translations or TranslationCache(_default_translation_dir())
         self._games: OrderedDict[str, _Game] = OrderedDict()
         self._logics: dict[tuple[int, int], tuple[pddl_logic.GameLogic, FastGrammar]] = {}
         self._lock = threading.Lock()
@@ -228,13 +324,13 @@ class GameCache:
         key = (hash(data["pddl_domain"]), hash(data["grammar"]))
         cached = self._logics.get(key)
         if cached is None:
-            logic = pddl_logic.GameLogic(domain=data["pddl_domain"], grammar=data["grammar"])
+            logic = _game_logic(data["pddl_domain"], data["grammar"])
             cached = (logic, FastGrammar(logic.grammar))
             if len(self._logics) > self.maxsize:
                 self._logics.clear()
             self._logics[key] = cached
         logic, grammar = cached
-        task, sas = _translate(logic.domain, data["pddl_problem"], optimize=False)
+        task, sas = self.translations.get(logic.domain, data["pddl_problem"])
         for type_ in task.types:  # what PddlState.__init__ does, once per game
             try:
                 logic.types.add(textworld.logic.Type(type_.name, type_.supertype_names))
