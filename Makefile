@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make demo` (set up + main job)  and  `make test` (set up + tests).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUNS    ?= runs
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned: a bare `torch` (or accelerate/transformers first) resolves a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+# The main job. Until the training harness lands (issue #6) it is a deterministic ALFWorld evaluation:
+# the expert walkthrough and a seeded random policy on all 134 official valid_unseen games.
+demo: $(STAMP)
+	$(BIN)/python -m sdar_envs.alfworld.evaluate --split valid_unseen --policy expert --out $(RUNS)/alfworld_expert.json
+	$(BIN)/python -m sdar_envs.alfworld.evaluate --split valid_unseen --policy random --seed 0 --out $(RUNS)/alfworld_random.json
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/alfworld_env.py
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,35 @@
+"""The files a new user relies on: the two README commands, CI, compose."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_opens_with_the_two_commands_and_ci_calls_the_second():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.DOTALL)
+    assert [c.strip() for c in commands[:2]] == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "torch==2.13.0" in makefile  # the CPU wheel, installed before anything can pull a CUDA build
+
+
+def test_compose_services_build_from_the_repository():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name, service in compose["services"].items():
+        assert (ROOT / service.get("build", ".") / "Dockerfile").is_file(), name
+    assert "make setup" in (ROOT / "Dockerfile").read_text()
+
+
+def test_shipped_alfworld_archives_are_intact():
+    from sdar_envs.alfworld.data import _SHA256, PACKAGE_DATA, _sha256
+
+    for name, digest in _SHA256.items():
+        assert _sha256(PACKAGE_DATA / name) == digest
+    assert (PACKAGE_DATA / "SOURCE.md").is_file()
