@@ -54,3 +54,18 @@ def test_worker_errors_surface_with_their_traceback():
 def test_bad_sizes_rejected():
     with pytest.raises(ValueError):
         EnvPool(ENV_ID, 0)
+
+
+def test_gymnasium_make_vec_works_without_shared_memory():
+    import gymnasium as gym
+
+    # Gymnasium's shared-memory buffers do not carry free text faithfully; pass shared_memory=False.
+    for mode, kwargs in (("sync", {}), ("async", {"shared_memory": False})):
+        vec = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode=mode, vector_kwargs=kwargs, split="valid_seen")
+        try:
+            obs, info = vec.reset(seed=[0, 1])
+            assert all(o.startswith("-= Welcome to TextWorld, ALFRED! =-") for o in obs), mode
+            obs, reward, terminated, truncated, info = vec.step(("<action>look</action>", "garbage"))
+            assert list(info["valid_action"]) == [True, False], mode
+        finally:
+            vec.close()

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ __all__ = [
     "FastPddlEnv",
     "GameCache",
     "TranslationCache",
+    "make_engine",
     "start_fast",
     "start_stock",
 ]
@@ -356,8 +357,6 @@ class _FastPddlState(pddl_logic.PddlState):
     """``PddlState`` built from a cached translation instead of translating again."""
 
     def __init__(self, downward_lib: Any, game: _Game, replan: bool) -> None:
-        from collections import Counter, defaultdict
-
         self._facts = defaultdict(set)
         self._vars_by_name = {}
         self._vars_by_type = defaultdict(set)
@@ -473,10 +472,16 @@ class FastPddlEnv(PddlEnv):
         return self.state, self.state["score"], self.state["done"]
 
 
-def _wrap(env: textworld.Environment, path: str) -> textworld.Environment:
-    # The wrappers alfworld's AlfredTWEnv registers (no name shuffling, as in its evaluation).
-    env = AlfredInfos(AlfredDemangler(env, shuffle=False))
-    env.load(path)
+def make_engine(
+    request_infos: EnvInfos = REQUEST_INFOS, cache: GameCache | None = None, handcoded_expert: bool = False
+) -> textworld.Environment:
+    """Our engine wrapped as alfworld's AlfredTWEnv wraps it (no name shuffling, as in its evaluation);
+    ``load(game_file)`` it before use. ``handcoded_expert`` adds alfworld's expert wrapper."""
+    request_infos = request_infos.copy()  # never mutate the caller's (or the module's) EnvInfos
+    request_infos.facts = request_infos.facts or handcoded_expert  # the handcoded expert reads facts
+    env: textworld.Environment = AlfredInfos(AlfredDemangler(FastPddlEnv(request_infos, cache=cache), shuffle=False))
+    if handcoded_expert:
+        env = AlfredExpert(env, AlfredExpertType.HANDCODED)
     return env
 
 
@@ -484,7 +489,9 @@ def start_fast(
     path: str, request_infos: EnvInfos = REQUEST_INFOS, cache: GameCache | None = None
 ) -> textworld.Environment:
     """Our engine for one game, wrapped as alfworld wraps it."""
-    return _wrap(FastPddlEnv(request_infos, cache=cache), path)
+    env = make_engine(request_infos, cache)
+    env.load(path)
+    return env
 
 
 def start_stock(path: str, request_infos: EnvInfos = REQUEST_INFOS) -> textworld.Environment:

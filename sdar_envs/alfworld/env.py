@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import textworld
-
 from sdar_envs.alfworld import engine
 from sdar_envs.alfworld.data import TASK_TYPES, AlfworldTask, list_tasks
 from sdar_envs.core import PromptBuilder, TextEnv, extract_tag, normalize_command
@@ -94,15 +92,9 @@ class AlfworldEnv(TextEnv):
         self.expert = expert
         self.tasks: list[AlfworldTask] = list_tasks(split, task_types, data_dir)
         self._index_of = {t.task_id: i for i, t in enumerate(self.tasks)}
-        request = engine.REQUEST_INFOS.copy()
-        wrappers = [engine.AlfredDemangler(shuffle=False), engine.AlfredInfos]
-        if expert == "handcoded":
-            request.facts = True  # the handcoded expert reads the engine's facts
-            wrappers.append(engine.AlfredExpert(engine.AlfredExpertType.HANDCODED))
-        tw_env: textworld.Environment = engine.FastPddlEnv(request, cache=engine.GameCache(game_cache_size))
-        for wrapper in wrappers:
-            tw_env = wrapper(tw_env)
-        self._engine = tw_env
+        self._engine = engine.make_engine(
+            engine.REQUEST_INFOS, engine.GameCache(game_cache_size), handcoded_expert=expert == "handcoded"
+        )
         self._loaded: str | None = None
         self._task: AlfworldTask | None = None
         self._state: Any = None
