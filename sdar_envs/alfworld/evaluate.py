@@ -106,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     report = evaluate(args.split, args.policy, args.episodes, args.seed, args.workers, args.max_steps)
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    table = Table(title=f"ALFWorld {args.split}, {report['episodes']} episodes, policy={args.policy}, seed={args.seed}")
+    console = Console()
+    console.print(f"ALFWorld {args.split}: {report['episodes']} episodes, policy={args.policy}, seed={args.seed}")
+    table = Table()
     table.add_column("task type")
     table.add_column("success", justify="right")
     for t, rate in report["success_by_type"].items():
         table.add_row(t, f"{100 * rate:.1f}%")
     table.add_row("all", f"{100 * report['success_rate']:.1f}%", style="bold")
-    Console().print(table)
+    console.print(table)
     print(f"mean steps {report['mean_steps']:.1f}, {report['seconds']} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
