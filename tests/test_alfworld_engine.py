@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import random
 import sys
 
 import pytest
 
+from bench.alfworld_equivalence import engine_trace
 from sdar_envs.alfworld.data import read_walkthrough
 from sdar_envs.alfworld.engine import start_fast, start_stock
 from tests.conftest import sample_per_type
@@ -14,17 +14,9 @@ from tests.conftest import sample_per_type
 GAMES = sample_per_type("valid_seen", 1) + sample_per_type("valid_unseen", 1)
 
 
-def _trace(env, commands_or_seed, n_random: int = 0) -> list[tuple]:
-    """Everything the engine reports along a command sequence, then ``n_random`` seeded random steps."""
-    state = env.reset()
-    trace = [(state.feedback, tuple(state["admissible_commands"]), state["won"])]
-    commands, seed = commands_or_seed
-    rng = random.Random(seed)
-    for i in range(len(commands) + n_random):
-        command = commands[i] if i < len(commands) else rng.choice(state["admissible_commands"])
-        state, score, done = env.step(command)
-        trace.append((command, state.feedback, tuple(state["admissible_commands"]), state["won"], score, done))
-    return trace
+def _trace(env, commands_and_seed: tuple[list[str], int], n_random: int = 0) -> list[tuple]:
+    commands, seed = commands_and_seed
+    return engine_trace(env, commands, seed, n_random)
 
 
 @pytest.mark.parametrize("task", GAMES, ids=lambda t: t.task_id.split("/")[1])
