@@ -93,15 +93,24 @@ class _Memo:
     """Process-wide memo of TatSu parses; the parses are pure functions of the text."""
 
     def __init__(self) -> None:
+        self._symbols: dict[str, list] = {}
         self._templates: dict[str, tuple] = {}
         self._queries: dict[str, Rule] = {}
         self._lock = threading.Lock()
 
+    def symbols(self, text: str) -> list:
+        """textworld's parsed symbols for a grammar string (shared: callers must not mutate them)."""
+        symbols = self._symbols.get(text)
+        if symbols is None:
+            symbols = tw_textgen._parse_and_convert(text, rule_name="symbols")
+            with self._lock:
+                self._symbols[text] = symbols
+        return symbols
+
     def template(self, text: str) -> tuple:
         tpl = self._templates.get(text)
         if tpl is None:
-            symbols = tw_textgen._parse_and_convert(text, rule_name="symbols")
-            tpl = tuple(_to_template(s) for s in symbols)
+            tpl = tuple(_to_template(s) for s in self.symbols(text))
             with self._lock:
                 self._templates[text] = tpl
         return tpl
@@ -116,7 +125,6 @@ class _Memo:
 
 
 _MEMO = _Memo()
-_RHS_MEMO: dict[str, list] = {}
 
 
 class _LogicConverter(pddl_logic._ModelConverter):
@@ -137,12 +145,12 @@ class _LogicConverter(pddl_logic._ModelConverter):
         grammar = tw_textgen.ContextSensitiveGrammar()
         for name, rules in data.items():
             for rule in rules:
-                rhs = _RHS_MEMO.get(rule["rhs"])
-                if rhs is None:
-                    rhs = _RHS_MEMO[rule["rhs"]] = tw_textgen._parse_and_convert(rule["rhs"], rule_name="symbols")
                 grammar.add_rule(
                     tw_textgen.ProductionRule(
-                        lhs=name, rhs=rhs, weight=rule.get("weight", 1), condition=rule.get("condition", "")
+                        lhs=name,
+                        rhs=_MEMO.symbols(rule["rhs"]),
+                        weight=rule.get("weight", 1),
+                        condition=rule.get("condition", ""),
                     )
                 )
         return actions, grammar
@@ -186,9 +194,7 @@ class TranslationCache:
         try:
             with open(path, "rb") as f:
                 return pickle.loads(zlib.decompress(f.read()))
-        except FileNotFoundError:
-            pass
-        except Exception:  # a truncated or foreign file: translate again and overwrite it
+        except Exception:  # missing, truncated or foreign: translate again and (over)write it
             pass
         result = _translate(domain, problem, optimize=False)
         try:
@@ -303,7 +309,7 @@ class GameCache:
         self.maxsize = maxsize
         self.translations = translations or TranslationCache(_default_translation_dir())
         self._games: OrderedDict[str, _Game] = OrderedDict()
-        self._logics: dict[tuple[int, int], tuple[pddl_logic.GameLogic, FastGrammar]] = {}
+        self._logics: dict[tuple[str, str], tuple[pddl_logic.GameLogic, FastGrammar]] = {}
         self._lock = threading.Lock()
 
     def get(self, path: str) -> _Game:
@@ -322,7 +328,7 @@ class GameCache:
     def _load(self, path: str) -> _Game:
         with open(path) as f:
             data = json.load(f)
-        key = (hash(data["pddl_domain"]), hash(data["grammar"]))
+        key = (data["pddl_domain"], data["grammar"])  # the texts themselves: no collision can alias games
         cached = self._logics.get(key)
         if cached is None:
             logic = _game_logic(data["pddl_domain"], data["grammar"])
