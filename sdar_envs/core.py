@@ -37,8 +37,11 @@ from typing import Any, ClassVar
 import gymnasium as gym
 from gymnasium import spaces
 
+from skills.render import SKILLS_HEADER, skills_block
+
 __all__ = [
     "INFO_KEYS",
+    "SKILLS_HEADER",
     "TEXT_CHARSET",
     "PromptBuilder",
     "TextEnv",
@@ -56,8 +59,6 @@ TEXT_CHARSET = frozenset(string.printable)
 MAX_OBSERVATION_CHARS = 1 << 16
 MAX_ACTION_CHARS = 1 << 12
 
-SKILLS_HEADER = "[Privileged Skill Information]"
-
 
 def extract_tag(text: str, tag: str) -> str | None:
     """The content of the *last* ``<tag>...</tag>`` in ``text``, stripped; None when there is none.
@@ -73,12 +74,6 @@ def extract_tag(text: str, tag: str) -> str | None:
 def normalize_command(text: str) -> str:
     """Lower-case, single spaces, no trailing full stop: how commands are compared."""
     return " ".join(text.lower().split()).rstrip(".").strip()
-
-
-def skills_block(skills: Sequence[str]) -> str:
-    """The privileged context block the SDAR teacher's prompt starts with."""
-    body = "\n".join(f"- {s.strip()}" for s in skills if s and s.strip())
-    return f"{SKILLS_HEADER}\n{body}\n\n"
 
 
 @dataclass(frozen=True)

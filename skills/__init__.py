@@ -1,10 +1,41 @@
-"""Skill memory for the SDAR teacher: skill records, the memory protocol environments talk to, and
-implementations of it.
+"""Skill memory for the SDAR teacher.
 
-The environments only know the :class:`SkillMemory` protocol (through
-:class:`sdar_envs.wrappers.SkillHook`); anything with ``retrieve`` and ``record_outcome`` plugs in.
+* :class:`Skill`, :class:`SkillStats`, :class:`SkillQuery` and the :class:`SkillMemory` protocol the
+  environments' skill hook (:class:`sdar_envs.SkillHook`) talks to;
+* :class:`SkillLibrary`, the memory: seed banks per environment (``skills/banks/*.yaml``), retrieval
+  tiers ``keyword`` / ``embedding`` / ``random`` / ``ucb`` (:mod:`skills.retrieval`), usage statistics,
+  atomic persistence (:mod:`skills.store`);
+* :func:`grow_from_trajectory`: successful episodes become new skills (:mod:`skills.distill`);
+* :func:`fit_skills` / :func:`skills_block`: the teacher's skill block within a token budget.
+
+Command line: ``sdar-skills list|show|add|retrieve|stats`` (``python -m skills``).
 """
 
-from skills.base import InMemorySkillMemory, Skill, SkillMemory, SkillQuery
+from skills.base import Skill, SkillMemory, SkillQuery, SkillStats
+from skills.distill import Summarizer, Trajectory, grow_from_trajectory, procedure_from_trajectory
+from skills.library import SkillLibrary
+from skills.render import SKILLS_HEADER, fit_skills, skills_block
+from skills.retrieval import TIERS, make_retriever
+from skills.store import SEED_BANKS, SkillFileError, load_skills, save_skills, seed_bank_path
 
-__all__ = ["InMemorySkillMemory", "Skill", "SkillMemory", "SkillQuery"]
+__all__ = [
+    "SEED_BANKS",
+    "SKILLS_HEADER",
+    "TIERS",
+    "Skill",
+    "SkillFileError",
+    "SkillLibrary",
+    "SkillMemory",
+    "SkillQuery",
+    "SkillStats",
+    "Summarizer",
+    "Trajectory",
+    "fit_skills",
+    "grow_from_trajectory",
+    "load_skills",
+    "make_retriever",
+    "procedure_from_trajectory",
+    "save_skills",
+    "seed_bank_path",
+    "skills_block",
+]

@@ -1,0 +1,3 @@
+from skills.cli import main
+
+raise SystemExit(main())

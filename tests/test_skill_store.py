@@ -1,0 +1,164 @@
+"""Skill files: round trips, clear errors for broken files, and atomic writes under crashes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from skills import Skill, SkillFileError, SkillLibrary, SkillQuery, SkillStats, load_skills, save_skills, seed_bank_path
+from skills import store as store_module
+
+GOOD = textwrap.dedent(
+    """\
+    env: alfworld
+    skills:
+      - id: a
+        title: First
+        text: Do the first thing.
+      - id: b
+        text: Do the second thing.
+        task_types: [heat]
+        stats: {retrieved: 3, episodes: 2, successes: 1}
+    """
+)
+
+
+def test_round_trip_keeps_skills_order_and_stats(tmp_path):
+    lib = SkillLibrary.from_seed_banks(tier="ucb")
+    query = SkillQuery("alfworld", "t", "put a hot apple in fridge.", "heat")
+    shown = [s.id for s in lib.retrieve(query, k=2)]
+    lib.record_outcome(query, shown, success=True, reward=1.0)
+    path = lib.save(tmp_path / "memory.yaml")
+    again = SkillLibrary.load(path, tier="ucb")
+    assert [s.id for s in again.skills()] == [s.id for s in lib.skills()]
+    assert again.skills() == lib.skills()
+    assert {k: vars(v) for k, v in again.stats.items()} == {k: vars(v) for k, v in lib.stats.items()}
+    assert again.stats[shown[0]].episodes == 1 and again.stats[shown[0]].successes == 1
+    assert again.path == path  # a memory loaded from one file saves back to it
+
+
+def test_hand_written_file_with_defaults(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(GOOD)
+    (a, sa), (b, sb) = load_skills(path)
+    assert a == Skill("a", "First", "Do the first thing.", "alfworld")
+    assert b.title == "b" and b.task_types == ("heat",) and sb == SkillStats(3, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        (GOOD.replace("title: First", "title: [unclosed"), 5, "invalid YAML"),
+        (GOOD.replace("    text: Do the second thing.\n", ""), 6, "'text' must be a non-empty string"),
+        (GOOD.replace("task_types: [heat]", "task_type: [heat]"), 6, "unknown key 'task_type'"),
+        (GOOD.replace("id: b", "id: a"), 6, "duplicate skill id 'a' (first at line 3)"),
+        (GOOD.replace("successes: 1", "successes: 5"), 6, "successes (5) > stats.episodes (2)"),
+        (GOOD.replace("episodes: 2", "episodes: -2"), 6, "non-negative integers"),
+        (GOOD.replace("task_types: [heat]", "task_types: heat"), 6, "'task_types' must be a list of strings"),
+        (GOOD.replace("env: alfworld\n", ""), 2, "no 'env'"),
+        (GOOD.replace("skills:", "skillz:"), 2, "unknown top-level key 'skillz'"),
+        ("- just\n- a list\n", 1, "expected a mapping"),
+        ("", 1, "empty file"),
+        ("env: alfworld\nskills:\n  - plain string\n", 3, "must be a mapping"),
+    ],
+)
+def test_broken_files_name_the_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(SkillFileError) as err:
+        SkillLibrary.load(path)
+    assert str(err.value).startswith(f"{path}:{line}: "), str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_and_binary_files_are_errors_not_empty_memories(tmp_path):
+    with pytest.raises(SkillFileError, match="no such skill file"):
+        load_skills(tmp_path / "nope.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(SkillFileError, match="not UTF-8"):
+        load_skills(tmp_path / "bin.yaml")
+
+
+def test_a_crash_before_the_rename_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    path = tmp_path / "memory.yaml"
+    old = load_skills(seed_bank_path("alfworld"))
+    save_skills(path, old)
+    before = path.read_bytes()
+
+    def crash(*_args, **_kwargs):
+        raise KeyboardInterrupt("simulated crash between write and rename")
+
+    monkeypatch.setattr(store_module.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_skills(path, old[:1])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == [], "no temp file is left behind"
+    assert load_skills(path) == old
+
+
+_WRITER = """
+import sys
+from skills import SkillStats, load_skills, save_skills, seed_bank_path
+skills = [s for s, _ in load_skills(seed_bank_path("webshop"))]
+path, i = sys.argv[1], 0
+print("ready", flush=True)
+while True:  # every version is whole and self-consistent: all stats equal the version number
+    i += 1
+    save_skills(path, [(s, SkillStats(i, i, i)) for s in skills[: 1 + i % len(skills)]])
+"""
+
+
+def test_killed_writer_never_leaves_a_torn_file(tmp_path):
+    """SIGKILL a process that rewrites the file in a loop; every kill leaves a whole, consistent file."""
+    path = tmp_path / "memory.yaml"
+    for attempt in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3 + 0.07 * attempt)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        items = load_skills(path)
+        assert items, "the file is never empty"
+        versions = {(st.retrieved, st.episodes, st.successes) for _, st in items}
+        assert len(versions) == 1, "a file never mixes two versions"
+        (v, _, _), = versions
+        assert len(items) == 1 + v % 7
+
+
+def _reader(path: str, stop_at: float, out: mp.Queue) -> None:
+    reads = errors = 0
+    while time.time() < stop_at:
+        try:
+            items = load_skills(path)
+            assert len({st.episodes for _, st in items}) == 1
+            reads += 1
+        except Exception as e:  # noqa: BLE001 - any failure is what the test counts
+            errors += 1
+            out.put(repr(e))
+    out.put((reads, errors))
+
+
+def test_readers_never_see_a_partial_file_while_a_writer_saves(tmp_path):
+    path = tmp_path / "memory.yaml"
+    skills = [s for s, _ in load_skills(seed_bank_path("alfworld"))]
+    save_skills(path, [(s, SkillStats()) for s in skills])
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    reader = ctx.Process(target=_reader, args=(str(path), time.time() + 2.5, out))
+    reader.start()
+    i, deadline = 0, time.time() + 2.5
+    while time.time() < deadline:
+        i += 1
+        save_skills(path, [(s, SkillStats(0, i, 0)) for s in skills])
+    reader.join(10)
+    result = out.get(timeout=5)
+    assert result[1] == 0 and result[0] > 0, result
+    assert i > 10
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
