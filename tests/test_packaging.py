@@ -33,3 +33,22 @@ def test_shipped_alfworld_archives_are_intact():
     for name, digest in _SHA256.items():
         assert _sha256(PACKAGE_DATA / name) == digest
     assert (PACKAGE_DATA / "SOURCE.md").is_file()
+
+
+def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
+    """A non-editable install must find the ALFWorld archives and the seed skill banks."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("sdar-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for env in ("alfworld", "webshop", "searchqa"):
+        assert f"skills/banks/{env}.yaml" in names
+    assert "sdar_envs/alfworld/data/json_2.1.1_official_valid.tar.xz" in names
