@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-deps pyserini==1.6.0  # BM25 only; its full requirements are ~2 GB
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 

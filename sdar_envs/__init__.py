@@ -15,6 +15,8 @@ prompt builder per environment (:func:`prompt_builder`) with an optional privile
 Registered:
   ``SDAR/ALFWorld-v0``  kwargs: split (train | valid_seen | valid_unseen | valid_train), task_types,
                         max_steps (50), data_dir, expert (None | "walkthrough" | "handcoded")
+  ``SDAR/SearchQA-v0``  kwargs: datasets (nq, hotpotqa, musique), split (train | test | all),
+                        max_steps (4), topk (3), retrieval_url (or $SDAR_RETRIEVAL_URL), index_dir
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
 
 ENV_IDS = {
     "SDAR/ALFWorld-v0": "sdar_envs.alfworld.env:AlfworldEnv",
+    "SDAR/SearchQA-v0": "sdar_envs.searchqa.env:SearchQAEnv",
 }
 
 for _env_id, _entry_point in ENV_IDS.items():

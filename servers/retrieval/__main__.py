@@ -1,0 +1,3 @@
+from servers.retrieval.cli import main
+
+raise SystemExit(main())
