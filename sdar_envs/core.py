@@ -1,7 +1,8 @@
 """The multi-turn text-environment contract every ``SDAR/*`` environment follows.
 
-* Spaces: observations and actions are ``gymnasium.spaces.Text``. ``step`` accepts *any* ``str`` (the
-  raw LLM output, unicode and all), not only strings the action space would sample.
+* Spaces: observations and actions are :class:`FreeText` (a ``gymnasium.spaces.Text`` that holds any
+  ``str``). ``step`` accepts *any* ``str`` (the raw LLM output, unicode and all), not only strings the
+  action space would sample.
 * ``reset(*, seed=None, options=None) -> (observation, info)``. ``options={"task_id": ...}`` pins a
   task: environments reset with the same ``task_id`` run the very same task (a GRPO group).
   ``reset(seed=s)`` without a ``task_id`` picks a task deterministically from the seed.
@@ -42,6 +43,7 @@ from skills.render import SKILLS_HEADER, skills_block
 __all__ = [
     "INFO_KEYS",
     "SKILLS_HEADER",
+    "FreeText",
     "TEXT_CHARSET",
     "PromptBuilder",
     "TextEnv",
@@ -58,6 +60,14 @@ INFO_KEYS = ("task_id", "task", "task_type", "admissible_actions", "won", "valid
 TEXT_CHARSET = frozenset(string.printable)
 MAX_OBSERVATION_CHARS = 1 << 16
 MAX_ACTION_CHARS = 1 << 12
+
+
+class FreeText(spaces.Text):
+    """A Text space whose members are any ``str`` within the length bounds (Wikipedia passages and LLM
+    outputs are unicode); ``sample()`` still draws from ``charset``."""
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
 
 def extract_tag(text: str, tag: str) -> str | None:
@@ -145,8 +155,8 @@ class TextEnv(gym.Env[str, str]):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.max_steps = max_steps
         self.render_mode = render_mode
-        self.observation_space = spaces.Text(max_length=MAX_OBSERVATION_CHARS, min_length=0, charset=TEXT_CHARSET)
-        self.action_space = spaces.Text(max_length=MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
+        self.observation_space = FreeText(max_length=MAX_OBSERVATION_CHARS, min_length=0, charset=TEXT_CHARSET)
+        self.action_space = FreeText(max_length=MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
         self._step_count = 0
         self._last_obs = ""
         self._info: dict[str, Any] = {}

@@ -19,3 +19,32 @@ def sample_per_type(split: str, per_type: int) -> list:
 @pytest.fixture(scope="session")
 def valid_seen_tasks() -> list:
     return list_tasks("valid_seen")
+
+
+@pytest.fixture(scope="session")
+def searchqa_index():
+    """The shipped Search-QA corpus indexed with Lucene (cached under $SDAR_CACHE_DIR)."""
+    from sdar_envs.lucene import cached_index
+    from sdar_envs.searchqa.data import CORPUS_PATH
+
+    return cached_index(CORPUS_PATH, "searchqa")
+
+
+@pytest.fixture(scope="session")
+def local_searcher(searchqa_index):
+    from sdar_envs.searchqa.search import LocalSearcher
+
+    return LocalSearcher(searchqa_index)
+
+
+@pytest.fixture(scope="session")
+def retrieval_server(searchqa_index, tmp_path_factory):
+    """A real ``sdar-retrieval`` process (gunicorn, 2 workers) on a free port of 127.0.0.1."""
+    from tests.servers import ServerProcess
+
+    log = tmp_path_factory.mktemp("logs") / "retrieval.log"
+    server = ServerProcess(
+        "servers.retrieval", ["--index", str(searchqa_index), "--workers", "2", "--threads", "8", "--max-queries", "256"], log=log
+    ).start()
+    yield server
+    server.stop()
