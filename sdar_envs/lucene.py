@@ -100,7 +100,12 @@ def _start_jvm() -> None:
 
 
 class BM25Searcher:
-    """Anserini's ``SimpleSearcher`` with BM25(k1, b); thread-safe for searching."""
+    """Anserini's ``SimpleSearcher`` with BM25(k1, b); thread-safe for searching.
+
+    pyjnius binds a Java method to the last instance it was looked up on, shared by all threads, so
+    concurrent calls can run on another thread's object (seen as NullPointerExceptions under load).
+    Every call into Java therefore holds ``self._lock``; a batch still runs on ``threads`` Java threads.
+    """
 
     def __init__(self, index_dir: str | os.PathLike[str], *, k1: float = 0.9, b: float = 0.4, threads: int = 2) -> None:
         index_dir = Path(index_dir)
@@ -111,32 +116,37 @@ class BM25Searcher:
 
         self.index_dir = index_dir
         self.k1, self.b, self.threads = k1, b, max(1, threads)
+        self._lock = threading.Lock()
         self._searcher = autoclass("io.anserini.search.SimpleSearcher")(str(index_dir))
         self._searcher.set_bm25(float(k1), float(b))
         self._lists = autoclass("java.util.ArrayList")
         self.num_docs = int(self._searcher.get_total_num_docs())
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
-        return [_hit(h) for h in self._searcher.search(query, int(k))]
+        with self._lock:
+            return [_hit(h) for h in self._searcher.search(query, int(k))]
 
     def batch_search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
         """All queries in one call into Java, which spreads them over ``threads`` threads."""
         if not queries:
             return []
-        jq, jids = self._lists(), self._lists()
-        for i, q in enumerate(queries):
-            jq.add(q)
-            jids.add(str(i))
-        results = self._searcher.batch_search(jq, jids, int(k), self.threads)
-        return [[_hit(h) for h in results.get(str(i))] for i in range(len(queries))]
+        with self._lock:
+            jq, jids = self._lists(), self._lists()
+            for i, q in enumerate(queries):
+                jq.add(q)
+                jids.add(str(i))
+            results = self._searcher.batch_search(jq, jids, int(k), self.threads)
+            return [[_hit(h) for h in results.get(str(i))] for i in range(len(queries))]
 
     def doc(self, docid: str) -> str | None:
         """The stored raw document of an external id, or None."""
-        d = self._searcher.doc(docid)
-        return None if d is None else d.get("raw")
+        with self._lock:
+            d = self._searcher.doc(docid)
+            return None if d is None else d.get("raw")
 
     def close(self) -> None:
-        self._searcher.close()
+        with self._lock:
+            self._searcher.close()
 
 
 def _hit(h: Any) -> Hit:

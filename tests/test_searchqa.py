@@ -160,3 +160,18 @@ def test_http_and_in_process_backends_return_the_same(local_searcher, retrieval_
     local_env = gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher)
     http_env = gym.make("SDAR/SearchQA-v0", split="test", retrieval_url=retrieval_server.url)
     assert _episode(local_env, task_id, script) == _episode(http_env, task_id, script)
+
+
+def test_the_in_process_searcher_is_thread_safe(local_searcher):
+    """pyjnius shares bound Java methods across threads; 16 threads searching at once must each get
+    their own results (before the searcher's lock this raised NullPointerExceptions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [r.question for r in load_questions(["nq"], "all")][:256]
+    expected = local_searcher.search(questions, 3)
+
+    def worker(i: int) -> bool:
+        return all(local_searcher.search(questions[i::16], 3) == expected[i::16] for _ in range(5))
+
+    with ThreadPoolExecutor(16) as pool:
+        assert all(pool.map(worker, range(16)))
