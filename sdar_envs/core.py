@@ -163,6 +163,10 @@ class TextEnv(gym.Env[str, str]):
         self._done = False
 
     # --- to implement -------------------------------------------------------------------------
+    def task_ids(self) -> list[str]:
+        """Every task id of this environment's task set, in its fixed order."""
+        raise NotImplementedError
+
     def _num_tasks(self) -> int:
         raise NotImplementedError
 

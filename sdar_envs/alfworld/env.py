@@ -102,6 +102,9 @@ class AlfworldEnv(TextEnv):
         self._on_walkthrough = True
 
     # --- TextEnv hooks ----------------------------------------------------------------------------
+    def task_ids(self) -> list[str]:
+        return [t.task_id for t in self.tasks]
+
     def _num_tasks(self) -> int:
         return len(self.tasks)
 

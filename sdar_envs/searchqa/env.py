@@ -118,6 +118,9 @@ class SearchQAEnv(TextEnv):
         return self._searcher
 
     # --- TextEnv hooks ----------------------------------------------------------------------------
+    def task_ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
     def _num_tasks(self) -> int:
         return len(self.records)
 

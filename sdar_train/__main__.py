@@ -1,0 +1,43 @@
+"""``python -m sdar_train`` / ``accelerate launch -m sdar_train``: train a policy on an SDAR/* env.
+
+    python -m sdar_train --config alfworld_sdar.yaml --steps 10 --model tiny
+    accelerate launch -m sdar_train --env SDAR/ALFWorld-v0 --algo grpo --model Qwen/Qwen2.5-3B-Instruct
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from sdar_train.config import config_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_from_args(argv, description=__doc__)
+    from sdar_train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        history = trainer.train()
+        final = trainer.save_model()
+        if trainer.accelerator.is_main_process:
+            from sdar_train.report import write_plot
+
+            write_plot(trainer.out / "metrics.jsonl", trainer.out / "curves.png", title=f"{cfg.algo} on {cfg.env}")
+            if cfg.eval_episodes > 0:
+                from sdar_train.eval import evaluate, print_report
+
+                report = evaluate(trainer.policy, cfg.env, env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs,
+                                  **({"max_steps": cfg.max_turns} if cfg.max_turns else {})},
+                                  episodes=cfg.eval_episodes, temperature=cfg.eval_temperature, seed=cfg.seed,
+                                  max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)  # fmt: skip
+                (trainer.out / "eval.json").write_text(json.dumps(report, indent=2))
+                print_report(report, title=f"after {len(history)} {cfg.algo} steps")
+            print(f"model: {final}; metrics: {trainer.metrics_file}; plot: {trainer.out / 'curves.png'}", file=sys.stderr)
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

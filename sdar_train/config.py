@@ -1,0 +1,178 @@
+"""Training configuration: one dataclass with help text and validation, YAML files per env x algorithm,
+and command-line overrides (``--field value``) generated from the dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ALGORITHMS", "AlgoSpec", "TrainConfig", "config_from_args", "load_config"]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    """An algorithm is a choice of loss terms and of who sees the skills."""
+
+    policy_gradient: bool  # PPO-clip surrogate on group advantages
+    teacher: bool  # score responses under the skill-augmented prompt (the teacher pass)
+    distill: bool  # add the (gated) self-distillation term
+    student_skills: bool = False  # the student itself sees the skills (Skill-GRPO)
+    rlsd: bool = False  # the teacher reweights the advantage per token
+    sft: bool = False  # behaviour cloning on expert actions
+    force_beta: float | None = None  # OPSD: beta fixed at 0 (gate 0.5 everywhere)
+
+
+ALGORITHMS: dict[str, AlgoSpec] = {
+    "grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False),
+    "sdar": AlgoSpec(policy_gradient=True, teacher=True, distill=True),
+    "opsd": AlgoSpec(policy_gradient=True, teacher=True, distill=True, force_beta=0.0),
+    "opsd_only": AlgoSpec(policy_gradient=False, teacher=True, distill=True, force_beta=0.0),
+    "skill_grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False, student_skills=True),
+    "rlsd": AlgoSpec(policy_gradient=True, teacher=True, distill=False, rlsd=True),
+    "sft": AlgoSpec(policy_gradient=False, teacher=False, distill=False, sft=True),
+}
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best here
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    env: str = _f("SDAR/ALFWorld-v0", "a registered environment id")
+    env_kwargs: dict = _f({}, "keyword arguments for gymnasium.make (e.g. split, max_steps)")
+    eval_env_kwargs: dict = _f({}, "overrides of env_kwargs for evaluation (e.g. split: valid_unseen)")
+    algo: str = _f("sdar", f"one of {', '.join(ALGORITHMS)}")
+    model: str = _f("tiny", "HF model name or path; 'tiny' builds the local ~1M-parameter Qwen2")
+    output_dir: str = _f("runs/sdar", "metrics.jsonl, TensorBoard logs, checkpoints, plots")
+    seed: int = _f(0, "fixes tasks, sampling, initialisation and retrieval")
+    # rollout
+    steps: int = _f(150, "training steps (each: rollout, teacher pass, update)")
+    tasks_per_step: int = _f(16, "B: distinct tasks per step")
+    group_size: int = _f(8, "G: episodes per task (a GRPO group)")
+    max_turns: int | None = _f(None, "override the env's step limit")
+    max_prompt_tokens: int = _f(2048, "student prompt budget (longer prompts keep their last tokens)")
+    max_response_tokens: int = _f(512, "tokens generated per turn")
+    temperature: float = _f(1.0, "sampling temperature for rollouts")
+    top_p: float = _f(1.0, "nucleus sampling for rollouts")
+    invalid_penalty: float = _f(0.1, "reward subtracted per invalid action (0.01 for Search-QA)")
+    env_workers: int = _f(0, "EnvPool worker processes (0: environments in this process)")
+    generation_batch_size: int = _f(64, "live episodes generated for at once")
+    # skills and the teacher
+    skill_tier: str = _f("keyword", "retrieval tier: keyword, embedding, random, ucb")
+    skills_k: int = _f(3, "skills shown to the teacher")
+    skill_file: str | None = _f(None, "a skill memory file (default: the packaged seed banks)")
+    max_teacher_prompt_tokens: int = _f(4096, "teacher prompt budget; skills are cut to fit, never the prompt")
+    # optimisation
+    lr: float = _f(1e-6, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping")
+    ppo_epochs: int = _f(1, "passes over each batch")
+    mini_batch_size: int = _f(64, "turn samples per optimiser step (per process)")
+    micro_batch_size: int = _f(8, "turn samples per forward pass (gradient accumulation)")
+    clip_ratio: float = _f(0.2, "PPO clip")
+    kl_coef: float = _f(0.01, "low-variance KL to the frozen reference (0.001 for Search-QA)")
+    sdar_coef: float = _f(0.01, "lambda: weight of the self-distillation term")
+    sdar_beta: float = _f(5.0, "beta: gate sharpness")
+    rlsd_lambda: float = _f(0.5, "RLSD: share of the teacher-weighted advantage")
+    rlsd_eps: float = _f(0.2, "RLSD: clip of the token weight around 1")
+    # machinery
+    bf16: bool = _f(True, "bfloat16 autocast on GPUs (ignored on CPU)")
+    gradient_checkpointing: bool = _f(False, "trade compute for memory")
+    lora_r: int = _f(0, "LoRA rank through peft (0: full fine-tuning)")
+    lora_alpha: int = _f(32, "LoRA alpha")
+    cpu_threads: int = _f(1, "torch threads on CPU (1 is often fastest on small shared machines)")
+    save_every: int = _f(50, "checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
+    eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
+    eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
+    eval_temperature: float = _f(0.4, "sampling temperature for evaluation")
+    progress: bool = _f(True, "progress bars")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # YAML files write 1e-6 as a string and 1 where 1.0 is meant
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+        for name in ("steps", "tasks_per_step", "group_size", "max_prompt_tokens", "max_response_tokens", "ppo_epochs",
+                     "mini_batch_size", "micro_batch_size", "generation_batch_size", "cpu_threads", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.micro_batch_size > self.mini_batch_size:
+            raise ValueError("micro_batch_size must be <= mini_batch_size")
+        if self.temperature <= 0 or self.eval_temperature <= 0:
+            raise ValueError("temperatures must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.skill_tier not in ("keyword", "embedding", "random", "ucb"):
+            raise ValueError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
+        if self.max_teacher_prompt_tokens < self.max_prompt_tokens:
+            raise ValueError("max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)")
+        if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
+            raise ValueError("group_size must be >= 2 for group-relative advantages")
+
+    @property
+    def spec(self) -> AlgoSpec:
+        return ALGORITHMS[self.algo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """A YAML file (a mapping of TrainConfig fields; ``base: other.yaml`` to inherit) plus overrides."""
+    path = Path(path)
+    if not path.exists() and (CONFIG_DIR / path).exists():
+        path = CONFIG_DIR / path
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of TrainConfig fields")
+    base = data.pop("base", None)
+    merged = {**(load_config(path.parent / base).to_dict() if base else {}), **data, **overrides}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(merged) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown config field(s) {sorted(unknown)}")
+    return TrainConfig(**merged)
+
+
+def _parse_value(text: str) -> Any:
+    """"3" -> 3, "1e-6" -> 1e-06, "true" -> True, "{split: train}" -> dict, "null" -> None."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-6" as a string
+        except ValueError:
+            return value
+    return value
+
+
+def config_from_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
+    """``--config FILE`` plus ``--field value`` for every TrainConfig field (values parsed as YAML)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=f"YAML config (a path, or a name under {CONFIG_DIR})")
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        p.add_argument(f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]")
+    args = vars(p.parse_args(argv))
+    config = args.pop("config")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    return load_config(config, **overrides) if config else TrainConfig(**overrides)

@@ -1,0 +1,118 @@
+"""Deterministic evaluation of a policy on an environment: a fixed task list (the split's first N tasks
+in its fixed order), fixed seeds, temperature 0.4 by default; success per task type; JSON out.
+
+    python -m sdar_train.eval --env SDAR/ALFWorld-v0 --model runs/sdar/final --split valid_unseen --episodes 134
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from sdar_envs import EnvPool
+from sdar_train.policy import Policy, encode_prompt, generate, load_policy
+from sdar_train.rollout import collect_rollout
+
+__all__ = ["evaluate", "main"]
+
+
+def evaluate(
+    policy: Policy,
+    env_id: str,
+    *,
+    env_kwargs: dict[str, Any] | None = None,
+    episodes: int = 0,
+    temperature: float = 0.4,
+    seed: int = 0,
+    max_prompt_tokens: int = 2048,
+    max_response_tokens: int = 512,
+    batch_size: int = 64,
+    env_workers: int = 0,
+) -> dict[str, Any]:
+    """Play each of the first ``episodes`` tasks (0: all) once; returns a report with per-type success."""
+    kwargs = dict(env_kwargs or {})
+    with EnvPool(env_id, 1, num_workers=0, env_kwargs=kwargs) as probe:
+        task_ids = probe.call("task_ids")[0]
+    task_ids = task_ids[:episodes] if episodes else task_ids
+    tok = policy.tokenizer
+    with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
+        rollout = collect_rollout(
+            pool, env_id, task_ids, 1,
+            encode=lambda text, budget: encode_prompt(tok, text, budget),
+            decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+            generate=lambda prompts, s: generate(policy, prompts, max_new_tokens=max_response_tokens, temperature=temperature,
+                                                 top_p=1.0, generator_seed=s, batch_size=batch_size),
+            seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_prompt_tokens,
+            count_tokens=lambda t: len(tok(t, add_special_tokens=False).input_ids),
+        )  # fmt: skip
+    per_type: dict[str, list[bool]] = defaultdict(list)
+    for ep in rollout.episodes:
+        per_type[ep.task_type].append(ep.won)
+    return {
+        "env": env_id,
+        "env_kwargs": kwargs,
+        "episodes": len(rollout.episodes),
+        "temperature": temperature,
+        "seed": seed,
+        "success": sum(ep.won for ep in rollout.episodes) / max(len(rollout.episodes), 1),
+        "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
+        "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
+        "results": [
+            {"task_id": e.task_id, "task_type": e.task_type, "won": e.won, "return": e.env_return, "turns": e.turns,
+             "invalid": e.invalid, "actions": e.actions}  # fmt: skip
+            for e in rollout.episodes
+        ],
+    }
+
+
+def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
+    table = Table(title=f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}", title_justify="left")
+    for col in ("task type", "episodes", "success"):
+        table.add_column(col, justify="left" if col == "task type" else "right")
+    for k, v in report["per_task_type"].items():
+        table.add_row(k, str(v["episodes"]), f"{v['success']:.1%}")
+    table.add_row("all", str(report["episodes"]), f"{report['success']:.1%}", style="bold")
+    Console().print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="SDAR/ALFWorld-v0")
+    p.add_argument("--model", required=True, help="a saved model folder, a hub name available offline, or 'tiny'")
+    p.add_argument("--split", default=None, help="the env's split (ALFWorld: valid_unseen; Search-QA: test)")
+    p.add_argument("--episodes", type=int, default=0, help="the first N tasks of the split (0: all)")
+    p.add_argument("--max-turns", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=0.4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--max-response-tokens", type=int, default=512)
+    p.add_argument("--env-workers", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON report path")
+    args = p.parse_args(argv)
+    kwargs: dict[str, Any] = {}
+    if args.split:
+        kwargs["split"] = args.split
+    if args.max_turns:
+        kwargs["max_steps"] = args.max_turns
+    torch.manual_seed(args.seed)
+    policy = load_policy(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    report = evaluate(policy, args.env, env_kwargs=kwargs, episodes=args.episodes, temperature=args.temperature, seed=args.seed,
+                      max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+                      env_workers=args.env_workers)  # fmt: skip
+    print_report(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

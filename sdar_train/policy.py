@@ -1,0 +1,154 @@
+"""The policy: a causal LM and its tokenizer, chat-formatted prompts, batched generation, and
+per-token log-probabilities of response tokens (student, teacher and reference passes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from sdar_train.losses import selective_log_softmax, token_entropy
+
+__all__ = ["Policy", "ScoredBatch", "encode_prompt", "load_policy", "pack"]
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def stop_ids(self) -> list[int]:
+        ids = {int(self.tokenizer.eos_token_id)}
+        for tok in ("<|im_end|>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return sorted(ids)
+
+
+def load_policy(name: str, device: torch.device, *, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> Policy:
+    """``name``: a local path or hub name (``local_files_only``: nothing is downloaded), or ``tiny``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny":
+        from sdar_train.tiny_model import tiny_model_path
+
+        name = str(tiny_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=dtype)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return Policy(model.to(device), tokenizer, device)
+
+
+def encode_prompt(tokenizer: object, text: str, max_tokens: int) -> list[int]:
+    """The chat-formatted user turn plus the assistant header; over-long prompts keep their end."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    if hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    ids = list(ids)
+    return ids[-max_tokens:]
+
+
+@torch.no_grad()
+def generate(
+    policy: Policy,
+    prompts: Sequence[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    generator_seed: int,
+    batch_size: int,
+) -> list[list[int]]:
+    """Sampled continuations (stop tokens kept, padding removed), batched with left padding."""
+    model = policy.model
+    was_training = model.training
+    model.eval()
+    out: list[list[int]] = []
+    stops = set(policy.stop_ids)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), policy.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, p in enumerate(chunk):
+                ids[i, width - len(p) :] = torch.tensor(p)
+                mask[i, width - len(p) :] = 1
+            torch.manual_seed(generator_seed + start)  # sampling depends on (seed, step, chunk) only
+            gen = model.generate(
+                input_ids=ids.to(policy.device),
+                attention_mask=mask.to(policy.device),
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=policy.stop_ids,
+                pad_token_id=policy.pad_id,
+            )
+            for row in gen[:, width:].tolist():
+                cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+                out.append(row[:cut])
+    finally:
+        model.train(was_training)
+    return out
+
+
+@dataclass
+class ScoredBatch:
+    """Right-padded ``prompt + response`` rows; results come back response-aligned: ``[n, R]`` where
+    column j is the j-th response token of the row, whatever its prompt length."""
+
+    input_ids: torch.Tensor  # [n, L]
+    attention_mask: torch.Tensor  # [n, L]
+    index: torch.Tensor  # [n, R] position in the shifted logits of each response token
+    mask: torch.Tensor  # [n, R] 1.0 on real response tokens, 0.0 on padding
+
+
+def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int) -> ScoredBatch:
+    """Rows ``prompt + response``. Only response tokens are scored: the prompt (task, observations,
+    history, skills) never appears in the mask, so it never receives gradient."""
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    rmax = max(1, max(len(r) for r in responses))
+    n = len(prompts)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    index = torch.zeros((n, rmax), dtype=torch.long)
+    mask = torch.zeros((n, rmax), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        row = p + r
+        ids[i, : len(row)] = torch.tensor(row)
+        attn[i, : len(row)] = 1
+        # the logits at position t predict token t+1: response token j sits at len(p)+j, predicted at len(p)+j-1
+        index[i] = torch.clamp(torch.arange(rmax) + len(p) - 1, max=width - 2)
+        mask[i, : len(r)] = 1.0
+    return ScoredBatch(ids, attn, index, mask)
+
+
+def response_logprobs(
+    model: torch.nn.Module, batch: ScoredBatch, device: torch.device, *, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[n, R]`` log pi(response token j | prompt, earlier response tokens), and optionally entropies."""
+    ids = batch.input_ids.to(device)
+    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits[:, :-1]
+    index = batch.index.to(device)
+    logp = torch.gather(selective_log_softmax(logits, ids[:, 1:]), 1, index)
+    ent = None
+    if with_entropy:  # only the response rows of the vocabulary-sized logits
+        with torch.no_grad():
+            picked = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
+            ent = token_entropy(picked)
+    return logp, ent

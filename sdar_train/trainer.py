@@ -1,0 +1,326 @@
+"""One trainer for GRPO, SDAR and the baselines: rollout -> advantages -> teacher pass -> update.
+
+Reads top to bottom in :meth:`Trainer.train_step`. An algorithm only changes which loss terms are on
+(:data:`sdar_train.config.ALGORITHMS`):
+
+    L = PPO-clip(A) + kl_coef * KL(pi || ref) + sdar_coef * L_SDAR(beta)     (SDAR; GRPO: no L_SDAR)
+
+Data parallel through Accelerate: every process runs its share of the B tasks (whole groups), and the
+token-mean losses are normalised by the global token count, so the averaged gradient equals the
+gradient of the full batch on one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from sdar_envs import EnvPool
+from sdar_train.config import TrainConfig
+from sdar_train.losses import (
+    group_advantages,
+    low_var_kl,
+    masked_mean,
+    ppo_clip_loss,
+    rlsd_token_advantages,
+    sdar_loss,
+)
+from sdar_train.policy import encode_prompt, generate, load_policy, pack, response_logprobs
+from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
+
+__all__ = ["Trainer", "response_format"]
+
+
+def response_format(env_id: str, expert_action: str) -> str:
+    """What the policy should emit for an expert action (SFT targets)."""
+    return expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg = config
+        cpu = not torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if (cfg.bf16 and not cpu) else "no")
+        acc = self.accelerator
+        if cpu:
+            torch.set_num_threads(cfg.cpu_threads)
+        set_seed(cfg.seed)
+        self.out = Path(cfg.output_dir)
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        self.policy = load_policy(cfg.model, acc.device, gradient_checkpointing=cfg.gradient_checkpointing)
+        model = self.policy.model
+        self.ref_model = None
+        if cfg.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
+        elif cfg.kl_coef > 0 and not cfg.spec.sft:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.policy.model = self.model
+        tok = self.policy.tokenizer
+        self.encode = lambda text, budget: encode_prompt(tok, text, budget)
+        self.count_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)
+        eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        self.tokenize_response = lambda text: tok(text, add_special_tokens=False).input_ids + [eos]
+        # environments: this process's share of the B tasks, G episodes each
+        self.world, self.rank = acc.num_processes, acc.process_index
+        self.local_tasks = math.ceil(cfg.tasks_per_step / self.world)
+        env_kwargs = dict(cfg.env_kwargs)
+        if cfg.max_turns is not None:
+            env_kwargs["max_steps"] = cfg.max_turns
+        if cfg.spec.sft and cfg.env.startswith("SDAR/ALFWorld"):
+            env_kwargs.setdefault("expert", "walkthrough")
+        slots = self.local_tasks * (1 if cfg.spec.sft else cfg.group_size)
+        self.pool = EnvPool(cfg.env, slots, num_workers=cfg.env_workers, env_kwargs=env_kwargs)
+        self.task_ids: list[str] = self.pool.call("task_ids")[0]
+        self.memory = default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file) if (cfg.spec.teacher or cfg.spec.student_skills) else None
+        self.step = 0
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.tb = None
+        if acc.is_main_process:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+        if cfg.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------------------------------------
+    def tasks_for_step(self, step: int) -> list[str]:
+        """B tasks drawn from (seed, step) only, so a resumed run sees the same tasks; this rank's share."""
+        rng = np.random.default_rng([self.cfg.seed, step])
+        chosen = rng.choice(len(self.task_ids), size=min(self.cfg.tasks_per_step, len(self.task_ids)), replace=False)
+        mine = [self.task_ids[i] for i in chosen][self.rank :: self.world]
+        return mine
+
+    def rollout(self, step: int) -> Rollout:
+        cfg = self.cfg
+        tasks = self.tasks_for_step(step)
+        if cfg.spec.sft:
+            return expert_rollout(
+                self.pool, cfg.env, tasks, encode=self.encode, tokenize_response=self.tokenize_response,
+                max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed + step,
+                response_format=lambda a: response_format(cfg.env, a),
+            )  # fmt: skip
+        bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not (cfg.progress and self.accelerator.is_main_process))
+
+        def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
+            return generate(self.policy, prompts, max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, generator_seed=seed, batch_size=cfg.generation_batch_size)  # fmt: skip
+
+        try:
+            return collect_rollout(
+                self.pool, cfg.env, tasks, cfg.group_size,
+                encode=self.encode, decode=lambda ids: self.policy.tokenizer.decode(ids, skip_special_tokens=True),
+                generate=gen, seed=cfg.seed * 100_003 + step * 101 + self.rank,
+                max_prompt_tokens=cfg.max_prompt_tokens, max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
+                count_tokens=self.count_tokens, memory=self.memory, skills_k=cfg.skills_k,
+                teacher=cfg.spec.teacher, student_skills=cfg.spec.student_skills,
+                invalid_penalty=cfg.invalid_penalty, on_turn=lambda live: bar.update(1),
+            )  # fmt: skip
+        finally:
+            bar.close()
+
+    @torch.no_grad()
+    def _score(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
+        """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches."""
+        model.eval()
+        rmax = max(1, max(len(r) for r in responses))
+        out = torch.zeros((len(prompts), rmax))
+        mb = self.cfg.micro_batch_size
+        for s in range(0, len(prompts), mb):
+            batch = pack(prompts[s : s + mb], responses[s : s + mb], self.policy.pad_id)
+            with self.accelerator.autocast():
+                logp, _ = response_logprobs(model, batch, self.accelerator.device)
+            out[s : s + mb, : logp.size(1)] = logp.float().cpu()
+        model.train()
+        return out
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
+        t0 = time.time()
+        # 1. rollout: B x G episodes, one sample per turn
+        rollout = self.rollout(step)
+        samples: list[TurnSample] = [s for s in rollout.samples if s.response_ids]
+        t_rollout = time.time() - t0
+        # 2. group-relative advantages per episode, broadcast to every turn of it
+        rewards = torch.tensor([e.reward for e in rollout.episodes])
+        groups = torch.tensor([e.group for e in rollout.episodes])
+        episode_adv = group_advantages(rewards, groups) if spec.policy_gradient else torch.zeros_like(rewards)
+        adv = torch.tensor([float(episode_adv[s.episode]) for s in samples])
+        prompts, responses = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
+        # 3. no-grad passes with the rollout-time weights: teacher (skills + prompt) and reference
+        t1 = time.time()
+        unwrapped = acc.unwrap_model(self.model)
+        teacher = self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses) if spec.teacher and samples else None
+        ref = self._score(self.ref_model, prompts, responses) if self.ref_model is not None and samples else None
+        old = self._score(unwrapped, prompts, responses) if cfg.ppo_epochs > 1 and samples else None
+        t_teacher = time.time() - t1
+        # 4. update: token-mean losses normalised by the global token count of each mini-batch
+        stats: dict[str, list[float]] = {}
+        order_rng = random.Random(cfg.seed * 7_919 + step)
+        for _ in range(cfg.ppo_epochs):
+            order = list(range(len(samples)))
+            order_rng.shuffle(order)
+            for ms in range(0, max(len(order), 1), cfg.mini_batch_size):
+                mini = order[ms : ms + cfg.mini_batch_size]
+                local_tokens = torch.tensor(float(sum(len(responses[i]) for i in mini)), device=acc.device)
+                global_tokens = acc.reduce(local_tokens, reduction="sum")
+                normalizer = (global_tokens / self.world).clamp(min=1.0)
+                for cs in range(0, max(len(mini), 1), cfg.micro_batch_size):
+                    micro = mini[cs : cs + cfg.micro_batch_size]
+                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats)
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                stats.setdefault("grad_norm", []).append(float(grad_norm))
+        # 5. metrics: rollout statistics and loss terms averaged over processes
+        metrics = {**rollout.metrics(), **{k: float(np.mean(v)) for k, v in stats.items()}}
+        metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
+        metrics.update(step=step, samples=len(samples) * self.world, time_s=time.time() - t0,
+                       rollout_s=t_rollout, teacher_s=t_teacher)  # fmt: skip
+        return metrics
+
+    def _accumulate(self, micro, prompts, responses, adv, old, ref, teacher, normalizer, stats) -> None:  # noqa: ANN001
+        cfg, spec = self.cfg, self.cfg.spec
+        if not micro:
+            return
+        batch = pack([prompts[i] for i in micro], [responses[i] for i in micro], self.policy.pad_id)
+        mask = batch.mask.to(self.accelerator.device)
+        rw = mask.size(1)
+
+        def aligned(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[micro][:, :rw].to(self.accelerator.device)
+
+        with self.accelerator.autocast():
+            logp, ent = response_logprobs(self.model, batch, self.accelerator.device, with_entropy=True)
+        logp = logp.float()
+        old_logp = aligned(old) if old is not None else logp.detach()
+        teacher_logp, ref_logp = aligned(teacher), aligned(ref)
+        token_adv = adv[micro].to(self.accelerator.device)[:, None].expand_as(logp)
+        if spec.rlsd and teacher_logp is not None:
+            token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, cfg.rlsd_lambda, cfg.rlsd_eps)
+        loss = torch.zeros((), device=self.accelerator.device)
+        if spec.policy_gradient:
+            pg, clip_frac = ppo_clip_loss(logp, old_logp, token_adv, mask, cfg.clip_ratio, normalizer)
+            loss = loss + pg
+            stats.setdefault("pg_loss", []).append(float(pg.detach()))
+            stats.setdefault("clip_frac", []).append(float(clip_frac))
+        if spec.sft:
+            nll = masked_mean(-logp, mask, normalizer)
+            loss = loss + nll
+            stats.setdefault("sft_loss", []).append(float(nll.detach()))
+        if ref_logp is not None:
+            kl = low_var_kl(logp, ref_logp, mask, normalizer)
+            loss = loss + cfg.kl_coef * kl
+            stats.setdefault("kl", []).append(float(kl.detach()))
+        if spec.distill and teacher_logp is not None:
+            beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta
+            sd, sd_stats = sdar_loss(logp, teacher_logp, mask, beta, normalizer)
+            loss = loss + cfg.sdar_coef * sd
+            stats.setdefault("sdar_loss", []).append(float(sd.detach()))
+            for k, v in sd_stats.items():
+                stats.setdefault(k, []).append(float(v))
+        elif teacher_logp is not None:  # RLSD: the gap statistics are still worth logging
+            gap = teacher_logp - old_logp
+            stats.setdefault("gap_mean", []).append(float(masked_mean(gap, mask)))
+            stats.setdefault("gap_negative", []).append(float(masked_mean((gap < 0).float(), mask)))
+        stats.setdefault("entropy", []).append(float(masked_mean(ent, mask)))
+        stats.setdefault("loss", []).append(float(loss.detach()))
+        self.accelerator.backward(loss)
+
+    # ------------------------------------------------------------------------------------------------
+    def train(self) -> list[dict[str, float]]:
+        cfg, acc = self.cfg, self.accelerator
+        history = []
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step",
+                   disable=not (cfg.progress and acc.is_main_process))  # fmt: skip
+        while self.step < cfg.steps:
+            metrics = self.train_step(self.step)
+            history.append(metrics)
+            self._log(metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", success=f"{metrics['success']:.2f}", loss=f"{metrics.get('loss', 0):.3f}")
+            self.step += 1
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        return history
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if k != "step":
+                    self.tb.add_scalar(f"train/{k}", v, int(metrics["step"]))
+            self.tb.flush()
+
+    # ------------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Model, optimizer and RNG states (Accelerate), the step, and the skill memory's stats."""
+        acc = self.accelerator
+        path = self.out / "checkpoints" / f"step_{self.step:06d}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
+            if self.memory is not None:
+                self.memory.save(path / "skills.yaml")
+            done = sorted((self.out / "checkpoints").glob("step_*"))
+            for old in done[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return path
+
+    def _resume(self) -> None:
+        done = sorted((self.out / "checkpoints").glob("step_*"))
+        done = [d for d in done if (d / "trainer_state.json").exists()]
+        if not done:
+            return
+        latest = done[-1]
+        self.accelerator.load_state(str(latest))
+        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        if self.memory is not None and (latest / "skills.yaml").exists():
+            from skills import SkillLibrary
+
+            self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
+
+    def save_model(self, path: Path | None = None) -> Path:
+        path = path or self.out / "final"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()
+            model.save_pretrained(path)
+            self.policy.tokenizer.save_pretrained(path)
+        return path
+
+    def close(self) -> None:
+        self.pool.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def metadata(self) -> dict[str, Any]:
+        return {"tasks": len(self.task_ids), "processes": self.world}
