@@ -57,7 +57,8 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1
         if r.numel() < 2:
             continue
         centred = r - r.mean()
-        adv[idx] = centred / (r.std() + eps) if scale else centred
+        std = r.std()
+        adv[idx] = centred / (std + eps) if scale and std > 0 else centred  # all equal: no signal, 0
     return adv
 
 
