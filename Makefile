@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The main job. Until the training harness lands (issue #6) it is a deterministic ALFWorld evaluation:
-# the expert walkthrough and a seeded random policy on all 134 official valid_unseen games.
+# The main job: a short SDAR training on ALFWorld with the tiny local model on CPU (a behaviour-cloning
+# warm start, then SDAR), an evaluation on 12 valid_unseen games, metrics and a plot in runs/demo/.
 demo: $(STAMP)
-	$(BIN)/python -m sdar_envs.alfworld.evaluate --split valid_unseen --policy expert --out $(RUNS)/alfworld_expert.json
-	$(BIN)/python -m sdar_envs.alfworld.evaluate --split valid_unseen --policy random --seed 0 --out $(RUNS)/alfworld_random.json
+	$(BIN)/python -m sdar_train --config demo_sft.yaml --output_dir $(RUNS)/demo/sft
+	$(BIN)/python -m sdar_train --config demo_sdar.yaml --model $(RUNS)/demo/sft/final --output_dir $(RUNS)/demo/sdar
 
 test: $(STAMP)
 	$(BIN)/ruff check .

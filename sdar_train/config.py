@@ -91,7 +91,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "trade compute for memory")
     lora_r: int = _f(0, "LoRA rank through peft (0: full fine-tuning)")
     lora_alpha: int = _f(32, "LoRA alpha")
-    cpu_threads: int = _f(1, "torch threads on CPU (1 is often fastest on small shared machines)")
+    cpu_threads: int = _f(2, "torch threads on CPU")
     save_every: int = _f(50, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")

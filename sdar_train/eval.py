@@ -1,5 +1,6 @@
-"""Deterministic evaluation of a policy on an environment: a fixed task list (the split's first N tasks
-in its fixed order), fixed seeds, temperature 0.4 by default; success per task type; JSON out.
+"""Deterministic evaluation of a policy on an environment: a fixed task list (N tasks evenly spaced over
+the split's fixed order, so every task type is represented; all of them by default), fixed seeds,
+temperature 0.4 by default; success per task type; JSON out.
 
     python -m sdar_train.eval --env SDAR/ALFWorld-v0 --model runs/sdar/final --split valid_unseen --episodes 134
 """
@@ -37,11 +38,12 @@ def evaluate(
     batch_size: int = 64,
     env_workers: int = 0,
 ) -> dict[str, Any]:
-    """Play each of the first ``episodes`` tasks (0: all) once; returns a report with per-type success."""
+    """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success."""
     kwargs = dict(env_kwargs or {})
     with EnvPool(env_id, 1, num_workers=0, env_kwargs=kwargs) as probe:
         task_ids = probe.call("task_ids")[0]
-    task_ids = task_ids[:episodes] if episodes else task_ids
+    if episodes and episodes < len(task_ids):  # evenly spaced over the fixed order: all task types show up
+        task_ids = [task_ids[(i * len(task_ids)) // episodes] for i in range(episodes)]
     tok = policy.tokenizer
     with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
         rollout = collect_rollout(
@@ -88,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--env", default="SDAR/ALFWorld-v0")
     p.add_argument("--model", required=True, help="a saved model folder, a hub name available offline, or 'tiny'")
     p.add_argument("--split", default=None, help="the env's split (ALFWorld: valid_unseen; Search-QA: test)")
-    p.add_argument("--episodes", type=int, default=0, help="the first N tasks of the split (0: all)")
+    p.add_argument("--episodes", type=int, default=0, help="N tasks evenly spaced over the split (0: all)")
     p.add_argument("--max-turns", type=int, default=None)
     p.add_argument("--temperature", type=float, default=0.4)
     p.add_argument("--seed", type=int, default=0)

@@ -109,46 +109,50 @@ def generate(
 
 @dataclass
 class ScoredBatch:
-    """Right-padded ``prompt + response`` rows; results come back response-aligned: ``[n, R]`` where
-    column j is the j-th response token of the row, whatever its prompt length."""
+    """Rows ``[pad] prompt | response [pad]`` with every response starting at column ``P`` (prompts
+    left-padded), so that only the last ``R + 1`` logit columns are computed: those that predict
+    response tokens. Prompt tokens (task, observations, history, skills) have no logits here at all,
+    so no loss can train them. Results are response-aligned ``[n, R]``."""
 
-    input_ids: torch.Tensor  # [n, L]
-    attention_mask: torch.Tensor  # [n, L]
-    index: torch.Tensor  # [n, R] position in the shifted logits of each response token
+    input_ids: torch.Tensor  # [n, P + R]
+    attention_mask: torch.Tensor  # [n, P + R]
+    position_ids: torch.Tensor  # [n, P + R] positions count real tokens only (left padding)
+    targets: torch.Tensor  # [n, R] the response tokens
     mask: torch.Tensor  # [n, R] 1.0 on real response tokens, 0.0 on padding
 
 
 def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int) -> ScoredBatch:
-    """Rows ``prompt + response``. Only response tokens are scored: the prompt (task, observations,
-    history, skills) never appears in the mask, so it never receives gradient."""
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-    rmax = max(1, max(len(r) for r in responses))
+    p_width = max(len(p) for p in prompts)
+    r_width = max(1, max(len(r) for r in responses))
     n = len(prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
-    index = torch.zeros((n, rmax), dtype=torch.long)
-    mask = torch.zeros((n, rmax), dtype=torch.float32)
+    ids = torch.full((n, p_width + r_width), pad_id, dtype=torch.long)
+    attn = torch.zeros((n, p_width + r_width), dtype=torch.long)
+    mask = torch.zeros((n, r_width), dtype=torch.float32)
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        row = p + r
-        ids[i, : len(row)] = torch.tensor(row)
-        attn[i, : len(row)] = 1
-        # the logits at position t predict token t+1: response token j sits at len(p)+j, predicted at len(p)+j-1
-        index[i] = torch.clamp(torch.arange(rmax) + len(p) - 1, max=width - 2)
+        ids[i, p_width - len(p) : p_width] = torch.tensor(p, dtype=torch.long)
+        attn[i, p_width - len(p) : p_width] = 1
+        if r:
+            ids[i, p_width : p_width + len(r)] = torch.tensor(r, dtype=torch.long)
+            attn[i, p_width : p_width + len(r)] = 1
         mask[i, : len(r)] = 1.0
-    return ScoredBatch(ids, attn, index, mask)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ScoredBatch(ids, attn, positions, ids[:, p_width:], mask)
 
 
 def response_logprobs(
     model: torch.nn.Module, batch: ScoredBatch, device: torch.device, *, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``[n, R]`` log pi(response token j | prompt, earlier response tokens), and optionally entropies."""
-    ids = batch.input_ids.to(device)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device)).logits[:, :-1]
-    index = batch.index.to(device)
-    logp = torch.gather(selective_log_softmax(logits, ids[:, 1:]), 1, index)
+    r_width = batch.targets.size(1)
+    logits = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+        logits_to_keep=r_width + 1,
+    ).logits[:, :r_width]  # column j predicts response token j
+    logp = selective_log_softmax(logits, batch.targets.to(device))
     ent = None
-    if with_entropy:  # only the response rows of the vocabulary-sized logits
+    if with_entropy:
         with torch.no_grad():
-            picked = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
-            ent = token_entropy(picked)
+            ent = token_entropy(logits)
     return logp, ent
