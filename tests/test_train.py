@@ -1,0 +1,174 @@
+"""The training harness end to end on CPU with the tiny local model: every algorithm on the real
+environments, the response-only mask, exact resume, and learning on a toy task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import pytest
+import torch
+
+from sdar_train.config import ALGORITHMS, TrainConfig, config_from_args, load_config
+from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
+from sdar_train.trainer import Trainer
+
+if "Test/LetterY-v0" not in gym.registry:
+    gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+
+SMALL = dict(
+    model="tiny", steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_response_tokens=8, max_prompt_tokens=512,
+    max_teacher_prompt_tokens=768, mini_batch_size=8, micro_batch_size=4, lr=1e-4, progress=False, save_every=100,
+)  # fmt: skip
+ENVS = {
+    "SDAR/ALFWorld-v0": {"split": "valid_seen"},
+    "SDAR/SearchQA-v0": {"split": "test"},
+}
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+@pytest.mark.parametrize("env_id", list(ENVS))
+def test_every_algorithm_runs_on_the_real_environments(tmp_path, env_id, algo, local_searcher):
+    cfg = TrainConfig(env=env_id, env_kwargs=ENVS[env_id], algo=algo, output_dir=str(tmp_path), **SMALL)
+    trainer = Trainer(cfg)
+    try:
+        (metrics,) = trainer.train()
+    finally:
+        trainer.close()
+    assert metrics["samples"] > 0
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert math.isfinite(metrics["loss"])
+    if ALGORITHMS[algo].distill:
+        assert {"gate_mean", "gate_active", "gap_mean", "gap_negative", "sdar_loss"} <= set(metrics)
+        if algo.startswith("opsd"):
+            assert metrics["gate_mean"] == pytest.approx(0.5)
+    if ALGORITHMS[algo].policy_gradient:
+        assert {"pg_loss", "kl", "entropy", "reward", "success", "invalid_rate", "episode_length"} <= set(metrics)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[0]["step"] == 0 and (tmp_path / "checkpoints").is_dir()
+
+
+def test_only_response_tokens_get_gradient(valid_seen_tasks):
+    """Real multi-turn ALFWorld prompts (task, history, observation, admissible actions): the loss reaches
+    only the logits that predict response tokens, and the targets are exactly the responses."""
+    policy = load_policy("tiny", torch.device("cpu"))
+    env = gym.make("SDAR/ALFWorld-v0", split="valid_seen", expert="walkthrough")
+    from sdar_envs import Turn, prompt_builder
+
+    build = prompt_builder("SDAR/ALFWorld-v0")
+    obs, info = env.reset(options={"task_id": valid_seen_tasks[0].task_id})
+    history, prompts = [], []
+    for _ in range(3):
+        prompts.append(encode_prompt(policy.tokenizer, build(task=info["task"], observation=obs, history=history,
+                                                             admissible_actions=info["admissible_actions"], step=info["step"]), 1024))  # fmt: skip
+        action = info["expert_action"]
+        history.append(Turn(obs, action))
+        obs, *_, info = env.step(action)
+    assert history[0].observation.split()[0] in policy.tokenizer.decode(prompts[2])  # observations are in the prompt
+    responses = [policy.tokenizer(f"<action>{t.action}</action>", add_special_tokens=False).input_ids for t in history]
+    responses[1] = responses[1][:3]  # rows of different lengths: padding must not count either
+    batch = pack(prompts, responses, policy.pad_id)
+    for i, r in enumerate(responses):
+        assert batch.targets[i, : len(r)].tolist() == r
+        assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
+    captured = {}
+
+    def keep(module, inputs, output):  # noqa: ANN001
+        captured["logits"] = output
+
+    handle = policy.model.lm_head.register_forward_hook(keep)
+    try:
+        logp, _ = response_logprobs(policy.model, batch, torch.device("cpu"))
+        captured["logits"].retain_grad()
+        (-(logp * batch.mask).sum()).backward()
+    finally:
+        handle.remove()
+    grad = captured["logits"].grad.abs().sum(-1)  # [n, R + 1]: logits exist only for the response span
+    assert grad.size(1) == batch.mask.size(1) + 1
+    for i, r in enumerate(responses):
+        assert (grad[i, : len(r)] > 0).all(), "every response token is trained"
+        assert (grad[i, len(r) :] == 0).all(), "padding and the position after the response are not"
+
+
+def test_resume_continues_exactly(tmp_path):
+    base = dict(SMALL, env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", steps=3, tasks_per_step=2, lr=1e-3)
+    straight = Trainer(TrainConfig(output_dir=str(tmp_path / "a"), **base))
+    try:
+        full = straight.train()
+    finally:
+        straight.close()
+    first = Trainer(TrainConfig(output_dir=str(tmp_path / "b"), **{**base, "steps": 2, "save_every": 1}))
+    try:
+        first.train()
+    finally:
+        first.close()
+    resumed = Trainer(TrainConfig(output_dir=str(tmp_path / "b"), resume=True, **base))
+    try:
+        assert resumed.step == 2
+        (last,) = resumed.train()
+    finally:
+        resumed.close()
+    for key in ("loss", "reward", "sdar_loss", "pg_loss", "kl", "gate_mean"):
+        assert last[key] == pytest.approx(full[2][key], rel=1e-5, abs=1e-7), key
+
+
+def _letter_run(tmp_path, algo: str, skill_file: str | None = None) -> list[dict]:
+    cfg = TrainConfig(
+        env="Test/LetterY-v0", algo=algo, model="tiny", output_dir=str(tmp_path / algo), steps=30, tasks_per_step=4,
+        group_size=8, max_response_tokens=4, max_prompt_tokens=64, max_teacher_prompt_tokens=256, lr=5e-3, kl_coef=0.0,
+        mini_batch_size=32, micro_batch_size=32, progress=False, save_every=1000, skill_file=skill_file, sdar_coef=0.01,
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_grpo_learns_a_toy_task_and_sdar_is_not_slower(tmp_path):
+    skills = tmp_path / "skills.yaml"
+    skills.write_text(
+        "env: lettery\nskills:\n  - id: y\n    title: Use the letter y\n"
+        "    text: Answer with a word that contains y, such as yes, you, year, yellow or day.\n"
+    )
+    grpo = _letter_run(tmp_path, "grpo")
+    early = sum(m["success"] for m in grpo[:5]) / 5
+    late = sum(m["success"] for m in grpo[-5:]) / 5
+    assert late >= early + 0.25, (early, late)
+    sdar = _letter_run(tmp_path, "sdar", str(skills))
+    # learning speed = mean success over the run (the area under the curve); same seeds, same tasks
+    grpo_auc, sdar_auc = (sum(m["success"] for m in run) / len(run) for run in (grpo, sdar))
+    assert sdar_auc >= grpo_auc - 0.02, (grpo_auc, sdar_auc)
+    assert all(0.0 <= m["gate_mean"] <= 1.0 for m in sdar)
+
+
+def test_configs_load_and_validate(tmp_path):
+    for env in ("alfworld", "searchqa"):
+        for algo in ALGORITHMS:
+            cfg = load_config(f"{env}_{algo}.yaml")
+            assert cfg.algo == algo and cfg.env.startswith("SDAR/")
+    assert load_config("alfworld_sdar.yaml").lr == 1e-6 and load_config("searchqa_grpo.yaml").kl_coef == 0.001
+    cfg = config_from_args(["--config", "alfworld_sdar.yaml", "--lr", "1e-4", "--env_kwargs", "{split: valid_seen}", "--steps", "3"])
+    assert cfg.lr == 1e-4 and cfg.env_kwargs == {"split": "valid_seen"} and cfg.steps == 3 and cfg.sdar_beta == 5.0
+    with pytest.raises(ValueError, match="algo must be one of"):
+        TrainConfig(algo="ppo")
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        TrainConfig(group_size=1)
+    with pytest.raises(ValueError, match="max_teacher_prompt_tokens"):
+        TrainConfig(max_prompt_tokens=4096, max_teacher_prompt_tokens=1024)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: sdar\nlearning_rate: 1e-6\n")
+    with pytest.raises(ValueError, match="unknown config field"):
+        load_config(bad)
+
+
+def test_tiny_model_tokenizer_round_trips_and_chats():
+    policy = load_policy("tiny", torch.device("cpu"))
+    tok = policy.tokenizer
+    text = "Your task is to: put a hot apple in fridge. <action>go to countertop 1</action> Röntgen"
+    assert tok.decode(tok(text).input_ids) == text
+    ids = encode_prompt(tok, "hello", 64)
+    assert tok.decode(ids).startswith("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")
+    assert 0.5e6 < sum(p.numel() for p in policy.model.parameters()) < 2e6
