@@ -172,3 +172,29 @@ def test_tiny_model_tokenizer_round_trips_and_chats():
     ids = encode_prompt(tok, "hello", 64)
     assert tok.decode(ids).startswith("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n")
     assert 0.5e6 < sum(p.numel() for p in policy.model.parameters()) < 2e6
+
+
+def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
+    """Accelerate DDP over gloo with two CPU processes vs one process on the whole batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.servers import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
+    subprocess.run([sys.executable, "-m", "sdar_train.grad_check", "--out", str(tmp_path / "one.pt")], check=True, env=env, cwd=root, capture_output=True)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    two = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train.grad_check", "--out", str(tmp_path / "two.pt")],
+        env=env, cwd=root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["grads"].keys() == two["grads"].keys() and one["grads"]
+    for name, g in one["grads"].items():
+        assert torch.allclose(g, two["grads"][name], atol=1e-5, rtol=1e-4), name
