@@ -1,0 +1,81 @@
+"""Multi-turn rollout throughput with real environments vs bare ``generate`` on the same prompts.
+
+    .venv/bin/python bench/rollout.py [--env SDAR/ALFWorld-v0] [--tasks 4] [--group 4] [--turns 6] [--tokens 32]
+
+The rollout (prompt building, tokenisation, generation over the live episodes, environment steps,
+skill retrieval off) is timed end to end; every generation call it makes is replayed right after it
+with the same prompts and seeds, so the same tokens come out: the replays are the limit. Replays are
+interleaved with the rollout so that machine noise hits both alike, and their time is taken out of
+the rollout's. Target (issue #6): the
+rollout delivers >= 0.85 of the limit's tokens/s. Model: the tiny local Qwen2 on CPU (or --model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdar_envs import EnvPool  # noqa: E402
+from sdar_train.policy import encode_prompt, generate, load_policy  # noqa: E402
+from sdar_train.rollout import collect_rollout  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="SDAR/ALFWorld-v0")
+    p.add_argument("--split", default="valid_seen")
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--tasks", type=int, default=4)
+    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--turns", type=int, default=6)
+    p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--env-workers", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy = load_policy(args.model, device)
+    tok = policy.tokenizer
+    gen_time, replay_time, replayed = [0.0], [0.0], [0]
+
+    def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
+        t = time.perf_counter()
+        out = generate(policy, prompts, max_new_tokens=args.tokens, temperature=1.0, top_p=1.0, generator_seed=seed, batch_size=256)
+        gen_time[0] += time.perf_counter() - t
+        t = time.perf_counter()  # the limit: the same call again, bare
+        again = generate(policy, prompts, max_new_tokens=args.tokens, temperature=1.0, top_p=1.0, generator_seed=seed, batch_size=256)
+        replay_time[0] += time.perf_counter() - t
+        replayed[0] += sum(len(o) for o in again)
+        return out
+
+    pool = EnvPool(args.env, args.tasks * args.group, num_workers=args.env_workers, env_kwargs={"split": args.split, "max_steps": args.turns})
+    task_ids = pool.call("task_ids")[0][: args.tasks]
+    kw = dict(encode=lambda text, b: encode_prompt(tok, text, b), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+              generate=gen, max_prompt_tokens=2048, max_teacher_prompt_tokens=2048, count_tokens=lambda s: len(tok(s).input_ids))  # fmt: skip
+    collect_rollout(pool, args.env, task_ids, args.group, seed=1, **kw)  # warm-up: engine caches, kernels
+    gen_time[0] = replay_time[0] = replayed[0] = 0
+    t = time.perf_counter()
+    rollout = collect_rollout(pool, args.env, task_ids, args.group, seed=0, **kw)
+    t_rollout = time.perf_counter() - t - replay_time[0]
+    t_limit = replay_time[0]
+    pool.close()
+    tokens = sum(len(s.response_ids) for s in rollout.samples)
+    assert replayed[0] == tokens, (replayed[0], tokens)
+    print(f"{args.env} ({args.split}): {args.tasks} tasks x {args.group} episodes, <= {args.turns} turns, <= {args.tokens} tokens/turn, "
+          f"{len(rollout.samples)} turns, {tokens} tokens, model {args.model} on {device}")  # fmt: skip
+    print("| | seconds | tokens/s | ratio |")
+    print("|---|---|---|---|")
+    print(f"| bare generate, same prompts and seeds (the limit) | {t_limit:.2f} | {tokens / t_limit:,.0f} | 1.00 |")
+    print(f"| multi-turn rollout with the environments | {t_rollout:.2f} | {tokens / t_rollout:,.0f} | {t_limit / t_rollout:.2f} |")
+    print(f"(inside the rollout, generation took {gen_time[0]:.2f} s; environments, prompts and tokenisation the rest)")
+    print(f"target >= 0.85: {'met' if t_limit / t_rollout >= 0.85 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
