@@ -110,7 +110,7 @@ def main() -> None:
     grpo, sdar = min(times["grpo"]), min(times["sdar"])
     predicted = 1 + t_tokens / (3 * s_tokens)
     print(f"batch: {args.samples} turns, prompt {args.prompt} + skills {args.skills} + response {args.response} tokens, model {args.model}")
-    print("| | step (s, best of {}) | peak memory ({}) |".format(args.repeats, unit))
+    print(f"| | step (s, best of {args.repeats}) | peak memory ({unit}) |")
     print("|---|---|---|")
     print(f"| GRPO | {grpo:.2f} | {mem['grpo']:.0f} |")
     print(f"| SDAR | {sdar:.2f} | {mem['sdar']:.0f} |")
