@@ -17,6 +17,8 @@ Registered:
                         max_steps (50), data_dir, expert (None | "walkthrough" | "handcoded")
   ``SDAR/SearchQA-v0``  kwargs: datasets (nq, hotpotqa, musique), split (train | test | all),
                         max_steps (4), topk (3), retrieval_url (or $SDAR_RETRIEVAL_URL), index_dir
+  ``SDAR/WebShop-v0``   kwargs: goals (synthetic | human), split (train | test | all), max_steps (15),
+                        observation_mode (text | text_rich), colour, webshop_url (or $SDAR_WEBSHOP_URL)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
 ENV_IDS = {
     "SDAR/ALFWorld-v0": "sdar_envs.alfworld.env:AlfworldEnv",
     "SDAR/SearchQA-v0": "sdar_envs.searchqa.env:SearchQAEnv",
+    "SDAR/WebShop-v0": "sdar_envs.webshop.env:WebShopEnv",
 }
 
 for _env_id, _entry_point in ENV_IDS.items():

@@ -28,33 +28,6 @@ def _index_for(corpus: str | None) -> str:
     return str(cached_index(Path(corpus) if corpus else default_corpus(), "searchqa"))
 
 
-def serve(app_factory: Any, *, host: str, port: int, workers: int, threads: int, name: str) -> None:
-    """Run a WSGI app under gunicorn (gthread workers); each worker builds its own app after fork,
-    because a JVM cannot be shared across a fork."""
-    from gunicorn.app.base import BaseApplication
-
-    class _App(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in {
-                "bind": f"{host}:{port}",
-                "workers": workers,
-                "threads": threads,
-                "worker_class": "gthread",
-                "proc_name": name,
-                "timeout": 120,
-                "accesslog": None,
-                "preload_app": False,
-                "control_socket_disable": True,  # gunicorn >= 27; several servers may run side by side
-            }.items():
-                if key in self.cfg.settings:
-                    self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            return app_factory()
-
-    _App().run()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sdar-retrieval", description="Search-R1 compatible BM25 retrieval service.")
     src = p.add_mutually_exclusive_group()
@@ -76,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.index:
         args.index = _index_for(args.corpus)  # build once here, not in every worker
+    from servers.serving import serve
+
     serve(lambda: _build_app(args), host=args.host, port=args.port, workers=args.workers, threads=args.threads, name="sdar-retrieval")
     return 0
 

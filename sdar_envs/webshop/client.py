@@ -1,0 +1,73 @@
+"""The environment's HTTP back-end: the same pages, rendered by a running ``sdar-webshop`` site."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sdar_envs.webshop.catalog import Goal, load_catalog
+from sdar_envs.webshop.reward import RewardBreakdown
+from sdar_envs.webshop.shop import Page, ShopState, parse_action
+
+__all__ = ["RemoteShop", "WebShopServiceError"]
+
+
+class WebShopServiceError(ConnectionError):
+    """The site could not be reached or answered with an error; names the URL."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        super().__init__(f"webshop at {url}: {problem}")
+
+
+def _state(d: dict[str, Any]) -> ShopState:
+    return ShopState(d["view"], d["keywords"], int(d["page"]), d["asin"], tuple((n, v) for n, v in d["options"]), d["sub"])
+
+
+class RemoteShop:
+    """Drop-in for :class:`~sdar_envs.webshop.shop.Shop` whose pages come from the site over HTTP."""
+
+    def __init__(self, url: str, *, colour: Literal["original", "words"] = "original", timeout: float = 30.0) -> None:
+        import requests
+
+        if colour != "original":
+            raise ValueError("the HTTP back-end scores with the site's reward; start the site with the colour mode you want")
+        self.url = url.rstrip("/")
+        self.catalog = load_catalog()  # goals and expert paths; the site holds the same (seeded) catalogue
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._sid: dict[Goal, tuple[str, str]] = {}
+        for kind in ("synthetic", "human"):
+            for i, g in enumerate(self.catalog.goals(kind, "all")):
+                self._sid.setdefault(g, (f"fixed_{i}", kind))
+
+    def render(self, state: ShopState, goal: Goal) -> Page:
+        import requests
+
+        from servers.webshop.app import state_url
+
+        sid, kind = self._sid[goal]
+        url = self.url + state_url(sid, state, kind)
+        try:
+            resp = self._session.get(url, params={"format": "json"}, timeout=self.timeout)
+        except requests.RequestException as e:
+            self._session.close()
+            raise WebShopServiceError(self.url, f"unreachable ({type(e).__name__}: {e})") from e
+        if resp.status_code != 200:
+            raise WebShopServiceError(self.url, f"HTTP {resp.status_code} for {url}")
+        data = resp.json()
+        page = Page(_state(data["state"]), list(data["parts"]), {k: _state(v) for k, v in data["clickables"].items()},
+                    has_search_bar=bool(data["has_search_bar"]), total_results=int(data["total_results"]))  # fmt: skip
+        if data["reward"] is not None:
+            page.reward = RewardBreakdown(**data["reward"])
+        return page
+
+    def step(self, state: ShopState, goal: Goal, action: str) -> tuple[ShopState, bool]:
+        kind, arg = parse_action(action)
+        if kind is None:
+            return state, False
+        if kind == "search":
+            if state.view != "search" or not arg:
+                return state, False
+            return ShopState("results", arg, 1), True
+        target = self.render(state, goal).clickables.get(arg)
+        return (target, True) if target is not None else (state, False)

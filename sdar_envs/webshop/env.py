@@ -1,0 +1,189 @@
+"""``SDAR/WebShop-v0``: shop for a product that fits an instruction, in a re-implemented WebShop.
+
+Actions (the original's grammar): ``search[query]`` on the search page, ``click[x]`` where x is one of
+the page's clickables (lower-cased button texts such as ``back to search``, ``next >``, ``< prev``,
+``description``, ``buy now``; product ASINs; option values). The last ``<action>...</action>`` of the
+raw LLM output is used (or the whole output when it has no tags). ``click[buy now]`` ends the episode
+with the purchase's score in [0, 1]; ``won`` is score == 1. Anything else is an invalid no-op that
+counts towards the 15-step limit.
+
+Observation modes: ``text`` (the page's elements joined with `` [SEP] ``, as the original's text env)
+and ``text_rich`` (one element per line, buttons marked ``[button] x [button_]``).
+
+Back-ends with identical behaviour: in-process (default) or a running ``sdar-webshop`` site
+(``webshop_url=`` or ``$SDAR_WEBSHOP_URL``), which renders the same pages.
+
+Extra ``info`` keys besides the suite's (``task_type`` is the product category):
+``available_actions`` {"has_search_bar", "clickables"}, ``score`` (0 until a purchase), ``reward_info``
+(the score's parts after a purchase), ``asin`` (the target), ``expert_action`` (the target path:
+search the target's title, click it, click the goal's options, buy).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import Any, ClassVar, Literal
+
+from sdar_envs.core import PromptBuilder, TextEnv, extract_tag
+from sdar_envs.webshop.catalog import Goal
+from sdar_envs.webshop.reward import target_options
+from sdar_envs.webshop.shop import Page, Shop, ShopState, available_actions
+
+__all__ = ["WEBSHOP_PROMPT", "WebShopEnv"]
+
+WEBSHOP_PROMPT = PromptBuilder(
+    history_length=2,
+    first_template=(
+        "You are an agent shopping on the WebShop website. Your task is to: {task}\n"
+        "Your current observation is: {observation}\n"
+        "Your admissible actions now are:\n{admissible_actions}\n\n"
+        "Think step by step inside <think> </think>, then give exactly one action inside <action> </action>, "
+        "e.g. <action>search[red running shoes]</action> or <action>click[buy now]</action>."
+    ),
+    template=(
+        "You are an agent shopping on the WebShop website. Your task is to: {task}\n"
+        "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
+        "{history}\n"
+        "You are now at step {current_step} and your current observation is: {observation}\n"
+        "Your admissible actions now are:\n{admissible_actions}\n\n"
+        "Think step by step inside <think> </think>, then give exactly one action inside <action> </action>."
+    ),
+)
+
+_SHARED_SHOPS: dict[tuple, Shop] = {}
+
+
+def _shop(colour: str) -> Shop:
+    # One catalogue and searcher per process, shared by every env in it (a GRPO group of 8 envs).
+    key = (colour,)
+    if key not in _SHARED_SHOPS:
+        _SHARED_SHOPS[key] = Shop(colour=colour)  # type: ignore[arg-type]
+    return _SHARED_SHOPS[key]
+
+
+class WebShopEnv(TextEnv):
+    """Args:
+    goals: ``synthetic`` (6,910 on the 1k catalogue, what RL papers use) or ``human`` (13).
+    split: ``test`` (goals[:500]), ``train`` (the rest) or ``all``.
+    max_steps: 15.  observation_mode: ``text`` | ``text_rich``.
+    colour: ``original`` (the published reward's colour quirk) | ``words`` (corrected).
+    webshop_url: a running sdar-webshop (default ``$SDAR_WEBSHOP_URL``); unset: in-process.
+    """
+
+    prompt_builder: ClassVar[PromptBuilder] = WEBSHOP_PROMPT
+
+    def __init__(
+        self,
+        goals: Literal["synthetic", "human"] = "synthetic",
+        split: Literal["train", "test", "all"] = "train",
+        max_steps: int = 15,
+        observation_mode: Literal["text", "text_rich"] = "text",
+        colour: Literal["original", "words"] = "original",
+        webshop_url: str | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__(max_steps=max_steps, render_mode=render_mode)
+        if observation_mode not in ("text", "text_rich"):
+            raise ValueError(f"observation_mode must be 'text' or 'text_rich', got {observation_mode!r}")
+        if goals not in ("synthetic", "human"):
+            raise ValueError(f"goals must be 'synthetic' or 'human', got {goals!r}")
+        self.kind, self.split, self.mode = goals, split, observation_mode
+        url = webshop_url or os.environ.get("SDAR_WEBSHOP_URL")
+        if url:
+            from sdar_envs.webshop.client import RemoteShop
+
+            self.shop: Any = RemoteShop(url, colour=colour)
+        else:
+            self.shop = _shop(colour)
+        catalog = self.shop.catalog
+        all_goals = catalog.goals(goals, "all")
+        offset = {"test": 0, "train": 500, "all": 0}[split] if goals == "synthetic" else 0
+        chosen = catalog.goals(goals, split) if goals == "synthetic" else all_goals
+        self.goals: list[Goal] = chosen
+        self._ids = [f"{goals}-{offset + i}" for i in range(len(chosen))]
+        self._index_of = {t: i for i, t in enumerate(self._ids)}
+        self._goal: Goal | None = None
+        self._goal_index = 0
+        self._state = ShopState()
+        self._page: Page | None = None
+
+    def task_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def _num_tasks(self) -> int:
+        return len(self._ids)
+
+    def _task_index(self, task_id: str | int) -> int:
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            if not 0 <= task_id < len(self._ids):
+                raise ValueError(f"task index {task_id} out of range for {len(self._ids)} goals")
+            return task_id
+        if task_id not in self._index_of:
+            raise ValueError(f"unknown WebShop task_id {task_id!r} (goals={self.kind!r}, split={self.split!r})")
+        return self._index_of[task_id]
+
+    def _observe(self) -> str:
+        assert self._page is not None
+        return self._page.text() if self.mode == "text" else self._page.text_rich()
+
+    def _admissible(self) -> list[str]:
+        assert self._page is not None
+        actions = ["search[<your query>]"] if self._page.has_search_bar else []
+        return actions + [f"click[{c}]" for c in self._page.clickables]
+
+    def _expert(self) -> str | None:
+        goal, page, state = self._goal, self._page, self._state
+        assert goal is not None and page is not None
+        product = self.shop.catalog.by_asin[goal.asin]
+        wanted = target_options(goal, product)
+        if state.view == "search":
+            return f"search[{product.title.lower()}]"
+        if state.view == "results":
+            if goal.asin.lower() in page.clickables:
+                return f"click[{goal.asin.lower()}]"
+            return "click[next >]" if "next >" in page.clickables else "click[back to search]"
+        if state.view == "sub":
+            return "click[< prev]"
+        if state.view == "item":
+            if state.asin != goal.asin:
+                return "click[< prev]"
+            chosen = dict(state.options)
+            for name, value in wanted.items():
+                if chosen.get(name) != value:
+                    return f"click[{value}]"
+            return "click[buy now]"
+        return None
+
+    def _page_info(self) -> dict[str, Any]:
+        assert self._page is not None and self._goal is not None
+        reward = self._page.reward
+        return {
+            "admissible_actions": self._admissible(),
+            "available_actions": available_actions(self._page),
+            "won": bool(reward is not None and reward.score == 1.0),
+            "score": 0.0 if reward is None else reward.score,
+            "reward_info": None if reward is None else asdict(reward),
+            "expert_action": self._expert(),
+        }
+
+    def _start(self, index: int) -> tuple[str, dict[str, Any]]:
+        self._goal_index = index
+        self._goal = self.goals[index]
+        self._state = ShopState()
+        self._page = self.shop.render(self._state, self._goal)
+        info = {"task_id": self._ids[index], "task": self._goal.instruction, "task_type": self._goal.category, "asin": self._goal.asin}
+        return self._observe(), {**info, **self._page_info()}
+
+    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        assert self._goal is not None
+        command = extract_tag(action, "action")
+        if command is None:
+            command = action if len(action) <= 512 else ""
+        state, valid = self.shop.step(self._state, self._goal, command)
+        if valid:
+            self._state = state
+            self._page = self.shop.render(state, self._goal)
+        info = self._page_info()
+        done = self._state.view == "done"
+        return self._observe(), info["score"] if done else 0.0, done, valid, info

@@ -1,0 +1,174 @@
+"""The shop as pure functions: a :class:`ShopState` (which page, with which search, product and options)
+is rendered into a :class:`Page`: its text, its clickable elements and where each leads.
+
+The in-process environment, the Flask site and the HTTP client all use these functions, so the three
+agree by construction. Pages and buttons are the original's: search -> results (10 per page of the top
+50, ``Next >`` / ``< Prev``) -> item (options, Description / Features / Reviews, ``Buy Now``) -> done.
+Clickables are lower-cased button texts, product ASINs (lower-case) and option values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from sdar_envs.webshop.catalog import SEARCH_DOCUMENTS, Catalog, Goal, Product, load_catalog
+from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
+
+__all__ = ["Page", "Shop", "ShopState"]
+
+SEARCH_RETURN_N = 50
+PRODUCTS_PER_PAGE = 10
+SUB_PAGES = ("description", "features", "reviews", "attributes")
+View = Literal["search", "results", "item", "sub", "done"]
+
+
+@dataclass(frozen=True)
+class ShopState:
+    view: View = "search"
+    keywords: str = ""
+    page: int = 1
+    asin: str = ""
+    options: tuple[tuple[str, str], ...] = ()  # chosen (option name, value), in click order
+    sub: str = ""  # description | features | reviews | attributes
+
+
+@dataclass
+class Page:
+    state: ShopState
+    parts: list[str]  # the page's text, element by element (what "text" observations join with [SEP])
+    clickables: dict[str, ShopState] = field(default_factory=dict)  # clickable text -> state it leads to
+    has_search_bar: bool = False
+    products: list[Product] = field(default_factory=list)  # results shown
+    product: Product | None = None
+    reward: RewardBreakdown | None = None
+    total_results: int = 0
+
+    def text(self) -> str:
+        return " [SEP] ".join(self.parts)
+
+    def text_rich(self) -> str:
+        """Buttons marked ``[button] x [button_]``, clicked options ``[clicked button] x [clicked button_]``."""
+        chosen = {v for _, v in self.state.options}
+        out = []
+        for part in self.parts:
+            key = part.lower()
+            if key in chosen:
+                out.append(f"[clicked button] {part} [clicked button_]")
+            elif key in self.clickables or (part == "Search" and self.has_search_bar):
+                out.append(f"[button] {part} [button_]")
+            else:
+                out.append(part)
+        return "\n".join(out)
+
+
+class Shop:
+    """A catalogue, its goals and its BM25 search (Pyserini, k1 0.9, b 0.4, top 50)."""
+
+    def __init__(self, catalog: Catalog | None = None, *, index_dir: str | os.PathLike[str] | None = None,
+                 search_documents: str | os.PathLike[str] = SEARCH_DOCUMENTS, colour: Literal["original", "words"] = "original") -> None:  # fmt: skip
+        self.catalog = catalog or load_catalog()
+        self.colour = colour
+        self._index_dir = index_dir
+        self._documents = Path(search_documents)
+        self._cache: dict[str, list[str]] = {}
+
+    @cached_property
+    def searcher(self):  # noqa: ANN201 - built on first search: making a shop must not start a JVM
+        from sdar_envs.lucene import BM25Searcher, cached_index
+
+        index = self._index_dir or cached_index(self._documents, "webshop")
+        return BM25Searcher(index, k1=0.9, b=0.4)
+
+    def search(self, keywords: str) -> list[str]:
+        """ASINs of the top 50 products for the keywords (cached per keywords)."""
+        if keywords not in self._cache:
+            hits = self.searcher.search(keywords, SEARCH_RETURN_N) if keywords.strip() else []
+            asins = [json.loads(h.raw).get("id", h.docid) for h in hits]
+            self._cache[keywords] = [a for a in asins if a in self.catalog.by_asin]
+        return self._cache[keywords]
+
+    # -- pages ------------------------------------------------------------------------------------------
+    def render(self, state: ShopState, goal: Goal) -> Page:
+        if state.view == "search":
+            return Page(state, ["WebShop", "Instruction:", goal.instruction, "Search"], {}, has_search_bar=True)
+        back = ShopState("search")
+        if state.view == "results":
+            asins = self.search(state.keywords)
+            last = max(1, (len(asins) + PRODUCTS_PER_PAGE - 1) // PRODUCTS_PER_PAGE)
+            page = min(max(state.page, 1), last)
+            shown = [self.catalog.by_asin[a] for a in asins[(page - 1) * PRODUCTS_PER_PAGE : page * PRODUCTS_PER_PAGE]]
+            parts = ["Back to Search", f"Page {page} (Total results: {len(asins)})"]
+            clicks = {"back to search": back}
+            if page > 1:
+                parts.append("< Prev")
+                clicks["< prev"] = replace(state, page=page - 1)
+            if page < last:
+                parts.append("Next >")
+                clicks["next >"] = replace(state, page=page + 1)
+            for p in shown:
+                parts += [p.asin, p.title, p.price_tag]
+                clicks[p.asin.lower()] = ShopState("item", state.keywords, page, p.asin)
+            return Page(replace(state, page=page), parts, clicks, products=shown, total_results=len(asins))
+        product = self.catalog.by_asin[state.asin]
+        if state.view == "item":
+            parts = ["Back to Search", "< Prev"]
+            clicks = {"back to search": back, "< prev": ShopState("results", state.keywords, state.page)}
+            for name, values in product.options.items():
+                parts.append(name)
+                for value in values:
+                    parts.append(value)
+                    chosen = tuple((n, v) for n, v in state.options if n != name) + ((name, value),)
+                    clicks.setdefault(value, replace(state, options=chosen))
+            parts += [product.title, f"Price: {product.price_tag}", f"Rating: {product.rating}",
+                      "Description", "Features", "Reviews", "Buy Now"]  # fmt: skip
+            for sub in SUB_PAGES[:3]:
+                clicks[sub] = replace(state, view="sub", sub=sub)
+            clicks["buy now"] = replace(state, view="done")
+            return Page(state, parts, clicks, product=product)
+        if state.view == "sub":
+            body = {
+                "description": [product.description],
+                "features": list(product.bullet_points),
+                "reviews": [str(r.get("body", "")) for r in product.reviews],
+                "attributes": list(product.attributes),
+            }[state.sub]
+            clicks = {"back to search": back, "< prev": replace(state, view="item", sub="")}
+            return Page(state, ["Back to Search", "< Prev", *body], clicks, product=product)
+        # done: the purchase is scored once, here
+        reward = score_purchase(product, goal, dict(state.options), colour=self.colour)
+        parts = ["Thank you for shopping with us!", f"Your score (min 0.0, max 1.0): {reward.score:.4f}"]
+        return Page(state, parts, {}, product=product, reward=reward)
+
+    def step(self, state: ShopState, goal: Goal, action: str) -> tuple[ShopState, bool]:
+        """The state an action leads to, and whether it was valid (invalid: the same state)."""
+        kind, arg = parse_action(action)
+        if kind is None:
+            return state, False
+        if kind == "search":
+            if state.view != "search" or not arg:
+                return state, False
+            return ShopState("results", arg, 1), True
+        target = self.render(state, goal).clickables.get(arg)
+        return (target, True) if target is not None else (state, False)
+
+
+def parse_action(text: str) -> tuple[str | None, str]:
+    """``search[...]`` / ``click[...]`` (case-insensitive), else (None, "")."""
+    import re
+
+    m = re.fullmatch(r"\s*(search|click)\s*\[(.*)\]\s*", text or "", flags=re.IGNORECASE | re.DOTALL)
+    if m is None:
+        return None, ""
+    kind, arg = m.group(1).lower(), " ".join(m.group(2).split())
+    return kind, (arg if kind == "search" else arg.lower())
+
+
+def available_actions(page: Page) -> dict[str, object]:
+    return {"has_search_bar": page.has_search_bar, "clickables": (["search"] if page.has_search_bar else []) + list(page.clickables)}
+
+

@@ -1,0 +1,3 @@
+from servers.webshop.cli import main
+
+raise SystemExit(main())
