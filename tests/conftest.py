@@ -48,3 +48,14 @@ def retrieval_server(searchqa_index, tmp_path_factory):
     ).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def webshop_server(tmp_path_factory):
+    """A real ``sdar-webshop`` process (gunicorn, 2 workers) on a free port of 127.0.0.1."""
+    from tests.servers import ServerProcess
+
+    log = tmp_path_factory.mktemp("logs") / "webshop.log"
+    server = ServerProcess("servers.webshop", ["--workers", "2", "--threads", "16"], log=log).start()
+    yield server
+    server.stop()

@@ -42,7 +42,7 @@ PAGES = {
     "search": """{% extends base %}{% block body %}<h1>WebShop</h1>
 <form action="/{{ sid }}/search" method="get"><input name="q" size="60" id="search_input"><button class="btn" id="search">Search</button></form>{% endblock %}""",
     "results": """{% extends base %}{% block body %}<a class="btn" href="/{{ sid }}">Back to Search</a>
-<p>Page {{ page.state.page }} (Total results: {{ page.total_results }})</p>
+<p>Results for <i id="keywords">{{ page.state.keywords }}</i>: page {{ page.state.page }} (Total results: {{ page.total_results }})</p>
 {% if '< prev' in links %}<a class="btn" href="{{ links['< prev'] }}">&lt; Prev</a>{% endif %}
 {% if 'next >' in links %}<a class="btn" href="{{ links['next >'] }}">Next &gt;</a>{% endif %}
 {% for p in page.products %}<div class="res"><a class="product-link" href="{{ links[p.asin.lower()] }}">{{ p.asin }}</a>

@@ -1,0 +1,150 @@
+"""SDAR/WebShop-v0 in-process and over HTTP, and the sdar-webshop site itself."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import gymnasium as gym
+import pytest
+import requests
+
+from sdar_envs import INFO_KEYS, prompt_builder
+
+
+def _play(env, task_id, script=(), expert=True):
+    obs, info = env.reset(options={"task_id": task_id})
+    trace = [obs]
+    for action in script:
+        obs, reward, terminated, truncated, info = env.step(action)
+        trace.append((obs, reward, terminated, truncated, info["valid_action"]))
+    done = False
+    while expert and not done and info["expert_action"]:
+        obs, reward, terminated, truncated, info = env.step(f"<think>go</think><action>{info['expert_action']}</action>")
+        trace.append((obs, reward, terminated, truncated, info["valid_action"]))
+        done = terminated or truncated
+    return trace, info
+
+
+def test_contract_and_the_expert_path_wins():
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    obs, info = env.reset(seed=0)
+    first = info
+    assert set(INFO_KEYS) <= set(info)
+    assert obs.startswith("WebShop [SEP] Instruction: [SEP] ") and obs.endswith(" [SEP] Search")
+    assert info["available_actions"] == {"has_search_bar": True, "clickables": ["search"]}
+    assert info["task_type"] in {"beauty", "electronics", "fashion", "garden", "grocery"}
+    wins = 0
+    for i in range(20):
+        trace, info = _play(env, f"synthetic-{i}")
+        wins += info["won"]
+        assert info["score"] == trace[-1][1] and trace[-1][2] is True
+    assert wins == 20
+    prompt = prompt_builder("SDAR/WebShop-v0")(task=first["task"], observation=obs, admissible_actions=first["admissible_actions"])
+    assert "search[<your query>]" in prompt
+
+
+def test_invalid_actions_are_counted_no_ops_and_15_steps_truncate():
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    obs, _ = env.reset(options={"task_id": "synthetic-0"})
+    for bad in ["click[buy now]", "buy it", "search[]", "<action>click[nothing]</action>", "x" * 10_000, "\udcff"]:
+        obs2, reward, terminated, truncated, info = env.step(bad)
+        assert obs2 == obs and reward == 0.0 and not terminated and info["valid_action"] is False
+    for _ in range(9):
+        *_, truncated, info = env.step("click[nothing]")
+    assert truncated and info["step"] == 15
+
+
+def test_text_rich_marks_buttons_and_clicked_options():
+    env = gym.make("SDAR/WebShop-v0", split="test", observation_mode="text_rich")
+    env.reset(options={"task_id": "synthetic-0"})
+    obs, *_ = env.step("search[decorative pillows]")
+    assert "[button] Back to Search [button_]" in obs and "[button] Next > [button_]" in obs
+    env2 = gym.make("SDAR/WebShop-v0", split="test", observation_mode="text_rich")
+    _, info = env2.reset(options={"task_id": "synthetic-0"})
+    while not (info["expert_action"] or "").startswith("click[buy"):
+        obs, *_, info = env2.step(info["expert_action"])
+    assert "[clicked button]" in obs  # the goal's option was clicked on the item page
+
+
+def test_human_goals_and_the_corrected_colour_mode():
+    env = gym.make("SDAR/WebShop-v0", goals="human", split="all", colour="words")
+    assert len(env.unwrapped.task_ids()) == 13
+    _, info = _play(env, "human-0")
+    assert info["won"]
+
+
+def test_http_and_in_process_backends_agree(webshop_server):
+    script = ["click[buy now]", "search[pillow covers 18 x 18]", "click[next >]", "click[< prev]", "bad", "click[back to search]"]
+    local = gym.make("SDAR/WebShop-v0", split="test")
+    remote = gym.make("SDAR/WebShop-v0", split="test", webshop_url=webshop_server.url)
+    for task in ("synthetic-0", "synthetic-5", "synthetic-17"):
+        assert _play(local, task, script) == _play(remote, task, script)
+
+
+def test_fifty_sessions_shop_in_parallel_over_http(webshop_server):
+    def shop(i: int) -> tuple[int, float, str]:
+        env = gym.make("SDAR/WebShop-v0", split="test", webshop_url=webshop_server.url)
+        trace, info = _play(env, f"synthetic-{i}")
+        return i, trace[-1][1], info["task_id"]
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(shop, range(50)))
+    assert [r[2] for r in results] == [f"synthetic-{i}" for i in range(50)]
+    assert all(r[1] == 1.0 for r in results), [r for r in results if r[1] != 1.0]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/fixed_999999", 404),
+        ("/fixed_x", 404),
+        ("/fixed_0/results?q=pillow&page=999", 400),
+        ("/fixed_0/results?q=pillow&page=-1", 400),
+        ("/fixed_0/results?q=pillow&page=abc", 400),
+        ("/fixed_0/results?page=1", 400),
+        ("/fixed_0/results?q=" + "a" * 1000 + "&page=1", 400),
+        ("/fixed_0/item/NOPE?q=x&page=1", 404),
+        ("/fixed_0/item/B0743JKHBV?q=x&page=1&opt=size:huge", 400),
+        ("/fixed_0/item/B0743JKHBV?q=x&page=1&opt=nocolon", 400),
+        ("/fixed_0/item/B0743JKHBV/secrets?q=x&page=1", 404),
+        ("/fixed_0?goals=robots", 400),
+        ("/a%20b", 404),
+        ("/fixed_0/done/B0743JKHBV?opt={'size':1}", 400),
+    ],
+)
+def test_bad_urls_get_a_4xx_page_never_a_500(webshop_server, path, status):
+    resp = requests.get(webshop_server.url + path, timeout=10)
+    assert resp.status_code == status, resp.text[:300]
+    assert "Traceback" not in resp.text
+
+
+def test_everything_rendered_is_escaped(webshop_server):
+    evil = "<script>alert(1)</script>"
+    resp = requests.get(f"{webshop_server.url}/fixed_0/results", params={"q": evil, "page": 1}, timeout=10)
+    assert resp.status_code == 200 and "<script>" not in resp.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in resp.text  # shown, as text
+    resp = requests.get(f"{webshop_server.url}/fixed_0/item/{evil}", params={"q": "x", "page": 1}, timeout=10)
+    assert resp.status_code == 404 and "<script>" not in resp.text
+
+
+def test_a_person_can_shop_through_the_html_pages(webshop_server):
+    """search -> results -> item -> done over the HTML routes a browser uses; the done page shows the score."""
+    import re
+
+    base = webshop_server.url
+    page = requests.get(f"{base}/fixed_1", timeout=10)
+    assert 'id="instruction-text"' in page.text
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    _, info = env.reset(options={"task_id": "synthetic-1"})
+    goal = env.unwrapped.goals[1]
+    results = requests.get(f"{base}/fixed_1/search", params={"q": info["expert_action"][7:-1]}, timeout=10)
+    assert results.url.startswith(f"{base}/fixed_1/results") and goal.asin in results.text
+    item_href = re.search(rf'href="([^"]*/item/{goal.asin}[^"]*)"', results.text).group(1).replace("&amp;", "&")
+    item = requests.get(base + item_href, timeout=10)
+    assert 'id="buy-now"' in item.text
+    done_href = re.search(r'id="buy-now" href="([^"]*)"', item.text).group(1).replace("&amp;", "&")
+    for name, value in goal.goal_options:
+        done_href += "&" if "?" in done_href else "?"
+        done_href += requests.compat.urlencode({"opt": f"{name}:{value}"})
+    done = requests.get(base + done_href, timeout=10)
+    assert re.search(r"Your score \(min 0.0, max 1.0\): <b>1.0000</b>", done.text)
