@@ -52,3 +52,12 @@ def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
     for env in ("alfworld", "webshop", "searchqa"):
         assert f"skills/banks/{env}.yaml" in names
     assert "sdar_envs/alfworld/data/json_2.1.1_official_valid.tar.xz" in names
+
+
+def test_compose_services_bind_localhost_and_have_health_checks():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("webshop", "retrieval"):
+        service = compose["services"][name]
+        assert all(p.startswith("127.0.0.1:") for p in service["ports"]), name
+        assert "/health" in " ".join(service["healthcheck"]["test"]), name
+        assert "sdar-cache:/cache" in service["volumes"], name

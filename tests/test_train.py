@@ -1,4 +1,4 @@
-"""The training harness end to end on CPU with the tiny local model: every algorithm on the real
+"""The training harness end to end on CPU with the tiny local model: every algorithm on the three real
 environments, the response-only mask, exact resume, and learning on a toy task."""
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SMALL = dict(
 ENVS = {
     "SDAR/ALFWorld-v0": {"split": "valid_seen"},
     "SDAR/SearchQA-v0": {"split": "test"},
+    "SDAR/WebShop-v0": {"split": "test"},
 }
 
 

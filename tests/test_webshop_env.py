@@ -148,3 +148,48 @@ def test_a_person_can_shop_through_the_html_pages(webshop_server):
         done_href += requests.compat.urlencode({"opt": f"{name}:{value}"})
     done = requests.get(base + done_href, timeout=10)
     assert re.search(r"Your score \(min 0.0, max 1.0\): <b>1.0000</b>", done.text)
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium here (Debian: apt-get install chromium; .ci/run tries)")
+def test_a_real_browser_walks_search_results_item_done(webshop_server):
+    """Headless Chromium renders each page; the next URL is taken from the DOM the browser built."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-dev-shm-usage"]
+
+    def dom(url: str) -> str:
+        out = subprocess.run([_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    base = webshop_server.url
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    _, info = env.reset(options={"task_id": "synthetic-2"})
+    goal = env.unwrapped.goals[2]
+    search = dom(f"{base}/fixed_2")
+    assert 'id="search_input"' in search and "Instruction:" in search
+    query = requests.compat.quote(info["expert_action"][7:-1])
+    results = dom(f"{base}/fixed_2/search?q={query}")
+    assert "Total results: 50" in results and goal.asin in results
+    item_href = re.search(rf'href="([^"]*/item/{goal.asin}[^"]*)"', results).group(1).replace("&amp;", "&")
+    item = dom(base + item_href)
+    assert goal.name.split()[0] in item and 'id="buy-now"' in item
+    done_href = re.search(r'id="buy-now" href="([^"]*)"', item).group(1).replace("&amp;", "&")
+    for name, value in goal.goal_options:
+        done_href += ("&" if "?" in done_href else "?") + requests.compat.urlencode({"opt": f"{name}:{value}"})
+    done = dom(base + done_href)
+    assert re.search(r'id="reward">Your score \(min 0.0, max 1.0\): <b>1.0000</b>', done)
+    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    shot = artifacts / "webshop_done.png"
+    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1000,700", base + done_href],
+                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    assert shot.stat().st_size > 5_000
