@@ -193,3 +193,16 @@ def test_a_real_browser_walks_search_results_item_done(webshop_server):
     subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1000,700", base + done_href],
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     assert shot.stat().st_size > 5_000
+
+
+def test_a_custom_catalogue_is_indexed_and_searchable(tmp_path, monkeypatch):
+    from sdar_envs.webshop.catalog import load_catalog
+    from sdar_envs.webshop.shop import Shop
+
+    monkeypatch.setenv("SDAR_CACHE_DIR", str(tmp_path / "cache"))
+    catalog = load_catalog(num_products=300)
+    shop = Shop(catalog)
+    assert shop.documents().parent == tmp_path / "cache" / "webshop"
+    target = catalog.products[123]
+    assert shop.search(target.title.lower())[0] == target.asin
+    assert set(shop.search("pillow covers")) <= set(catalog.by_asin)

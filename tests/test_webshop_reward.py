@@ -71,3 +71,41 @@ def test_the_colour_quirk_is_kept_by_default_and_can_be_corrected():
     assert normalize_color("rectangular") == "tan"  # the original's substring match
     assert normalize_color("rectangular", "words") == "rectangular"
     assert normalize_color("black forest") == "black" and normalize_color("dark navy", "words") == "dark"
+
+
+def test_search_documents_are_rebuilt_from_the_catalogue_exactly(tmp_path):
+    """What a user's own (e.g. the full 1.18M-product) catalogue is indexed from: the original's text."""
+    import gzip
+    import json
+
+    from sdar_envs.webshop.catalog import SEARCH_DOCUMENTS, write_search_documents
+
+    catalog = load_catalog()
+    out = write_search_documents(catalog, tmp_path / "docs.jsonl")
+    with gzip.open(SEARCH_DOCUMENTS, "rt", encoding="utf-8") as f:
+        shipped = [json.loads(line) for line in f]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == shipped
+
+
+def test_a_users_own_catalogue_files_load_the_same_way(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from sdar_envs.webshop.catalog import ATTRIBUTES, PRODUCTS
+
+    with gzip.open(PRODUCTS, "rt", encoding="utf-8") as f:
+        products = json.load(f)[:200]
+    (tmp_path / "items_shuffle.json").write_text(json.dumps(products))
+    with gzip.open(ATTRIBUTES, "rt", encoding="utf-8") as f:
+        (tmp_path / "items_ins_v2.json").write_text(f.read())
+    monkeypatch.setenv("SDAR_WEBSHOP_PRODUCTS", str(tmp_path / "items_shuffle.json"))
+    monkeypatch.setenv("SDAR_WEBSHOP_ATTRIBUTES", str(tmp_path / "items_ins_v2.json"))
+    monkeypatch.setenv("SDAR_WEBSHOP_HUMAN", "")
+    small = load_catalog()
+    assert len(small.products) == 200 and small.human_goals == []
+    assert {g.asin for g in small.synthetic_goals} <= {p["asin"] for p in products}
+    monkeypatch.setenv("SDAR_WEBSHOP_PRODUCTS", str(tmp_path / "missing.json"))
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_catalog()

@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Catalog", "Goal", "Product", "load_catalog"]
+__all__ = ["Catalog", "Goal", "Product", "load_catalog", "search_document", "write_search_documents"]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PRODUCTS = DATA_DIR / "items_shuffle_1000.json.gz"
@@ -151,15 +151,31 @@ class Catalog:
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
 
 
+def data_paths() -> tuple[Path, Path, Path | None]:
+    """The catalogue files: ``$SDAR_WEBSHOP_PRODUCTS`` / ``_ATTRIBUTES`` / ``_HUMAN`` (e.g. the full
+    1.18M-product ``items_shuffle.json``, ``items_ins_v2.json``, ``items_human_ins.json``), else the 1k
+    catalogue shipped with the package."""
+    env = os.environ
+    human = env.get("SDAR_WEBSHOP_HUMAN", str(HUMAN))
+    return Path(env.get("SDAR_WEBSHOP_PRODUCTS", PRODUCTS)), Path(env.get("SDAR_WEBSHOP_ATTRIBUTES", ATTRIBUTES)), Path(human) if human else None
+
+
 def load_catalog(
-    products: str | os.PathLike[str] = PRODUCTS,
-    attributes: str | os.PathLike[str] = ATTRIBUTES,
-    human: str | os.PathLike[str] | None = HUMAN,
+    products: str | os.PathLike[str] | None = None,
+    attributes: str | os.PathLike[str] | None = None,
+    human: str | os.PathLike[str] | None = None,
     *,
     num_products: int | None = None,
     seed: int = 0,
 ) -> Catalog:
-    """Products and goals, deterministic for a given ``seed`` (prices, then price caps, in file order)."""
+    """Products and goals, deterministic for a given ``seed`` (prices, then price caps, in file order).
+    Paths default to :func:`data_paths`."""
+    default_products, default_attributes, default_human = data_paths()
+    products, attributes = products or default_products, attributes or default_attributes
+    human = human if human is not None else default_human
+    for path in (products, attributes, human):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"WebShop data file not found: {path}")
     return _load(str(products), str(attributes), None if human is None else str(human), num_products, seed)
 
 
@@ -253,3 +269,23 @@ def _human_goals(products: Sequence[Product], rng: random.Random) -> list[Goal]:
             text = record["instruction"].strip(".") + price_text
             goals.append(Goal(p.asin, text, attributes, options, upper, p.category, p.query, p.title, p.product_category, 1.0))
     return goals
+
+
+def search_document(product: Product) -> dict[str, str]:
+    """The text the original indexed for a product: title, description, first bullet point and the
+    options ("name: v1, v2, and name2: ..."), lower-cased."""
+    option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in product.options.items())
+    first_bullet = product.bullet_points[0] if product.bullet_points else ""
+    return {"id": product.asin, "contents": " ".join([product.title, product.description, first_bullet, option_text]).lower()}
+
+
+def write_search_documents(catalog: Catalog, out: str | os.PathLike[str]) -> Path:
+    """A JSONL corpus (``{"id", "contents"}``) to index, e.g. for the full 1.18M-product catalogue."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for p in catalog.products:
+            f.write(json.dumps(search_document(p)) + "\n")
+    os.replace(tmp, out)
+    return out

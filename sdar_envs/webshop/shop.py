@@ -16,7 +16,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from sdar_envs.webshop.catalog import SEARCH_DOCUMENTS, Catalog, Goal, Product, load_catalog
+from sdar_envs.webshop.catalog import (
+    SEARCH_DOCUMENTS,
+    Catalog,
+    Goal,
+    Product,
+    data_paths,
+    load_catalog,
+    write_search_documents,
+)
 from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 
 __all__ = ["Page", "Shop", "ShopState"]
@@ -70,18 +78,35 @@ class Shop:
     """A catalogue, its goals and its BM25 search (Pyserini, k1 0.9, b 0.4, top 50)."""
 
     def __init__(self, catalog: Catalog | None = None, *, index_dir: str | os.PathLike[str] | None = None,
-                 search_documents: str | os.PathLike[str] = SEARCH_DOCUMENTS, colour: Literal["original", "words"] = "original") -> None:  # fmt: skip
+                 search_documents: str | os.PathLike[str] | None = None, colour: Literal["original", "words"] = "original") -> None:  # fmt: skip
         self.catalog = catalog or load_catalog()
         self.colour = colour
         self._index_dir = index_dir
-        self._documents = Path(search_documents)
+        self._documents = Path(search_documents) if search_documents else None
         self._cache: dict[str, list[str]] = {}
+
+    def documents(self) -> Path:
+        """The corpus to index: the shipped one for the shipped catalogue, else one written from the
+        catalogue (the same text the original indexed) into the cache."""
+        if self._documents is not None:
+            return self._documents
+        from sdar_envs.webshop.catalog import PRODUCTS
+
+        if self.catalog.products and data_paths()[0] == PRODUCTS and len(self.catalog.products) == 1000:
+            return SEARCH_DOCUMENTS
+        import hashlib
+
+        digest = hashlib.sha256("".join(p.asin for p in self.catalog.products).encode()).hexdigest()[:16]
+        from sdar_envs.lucene import cache_root
+
+        out = cache_root().parent / "webshop" / f"documents-{digest}.jsonl"
+        return out if out.exists() else write_search_documents(self.catalog, out)
 
     @cached_property
     def searcher(self):  # noqa: ANN201 - built on first search: making a shop must not start a JVM
         from sdar_envs.lucene import BM25Searcher, cached_index
 
-        index = self._index_dir or cached_index(self._documents, "webshop")
+        index = self._index_dir or cached_index(self.documents(), "webshop")
         return BM25Searcher(index, k1=0.9, b=0.4)
 
     def search(self, keywords: str) -> list[str]:

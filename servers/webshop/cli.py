@@ -16,13 +16,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (each holds the catalogue and a JVM)")
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--colour", choices=["original", "words"], default="original", help="the reward's colour matching")
+    p.add_argument("--products", help="items_shuffle*.json (default: the shipped 1k catalogue; the full 1.18M file works)")
+    p.add_argument("--attributes", help="items_ins_v2*.json matching --products")
+    p.add_argument("--human", help="items_human_ins*.json matching --products")
+    p.add_argument("--index", help="a prebuilt Lucene index of the catalogue's search documents")
     args = p.parse_args(argv)
+    import os
+
+    for flag, var in (("products", "SDAR_WEBSHOP_PRODUCTS"), ("attributes", "SDAR_WEBSHOP_ATTRIBUTES"), ("human", "SDAR_WEBSHOP_HUMAN")):
+        if getattr(args, flag):
+            os.environ[var] = getattr(args, flag)  # the workers (and the env's HTTP client) read the same
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from sdar_envs.lucene import cached_index
-    from sdar_envs.webshop.catalog import SEARCH_DOCUMENTS
+    from sdar_envs.webshop.shop import Shop
     from servers.serving import serve
 
-    index = cached_index(SEARCH_DOCUMENTS, "webshop")  # built once here, not in every worker
+    index = args.index or cached_index(Shop().documents(), "webshop")  # built once here, not in every worker
 
     def factory():  # noqa: ANN202
         from sdar_envs.webshop.shop import Shop
