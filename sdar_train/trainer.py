@@ -172,7 +172,12 @@ class Trainer:
         t1 = time.time()
         unwrapped = acc.unwrap_model(self.model)
         teacher = self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses) if spec.teacher and samples else None
-        ref = self._score(self.ref_model, prompts, responses) if self.ref_model is not None and samples else None
+        ref = None
+        if samples and self.ref_model is not None:
+            ref = self._score(self.ref_model, prompts, responses)
+        elif samples and cfg.lora_r > 0 and cfg.kl_coef > 0:  # LoRA: the reference is the base model, adapters off
+            with unwrapped.disable_adapter():
+                ref = self._score(unwrapped, prompts, responses)
         old = self._score(unwrapped, prompts, responses) if cfg.ppo_epochs > 1 and samples else None
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch

@@ -199,3 +199,20 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
     assert one["grads"].keys() == two["grads"].keys() and one["grads"]
     for name, g in one["grads"].items():
         assert torch.allclose(g, two["grads"][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_lora_trains_only_adapters_and_keeps_a_kl_to_the_base_model(tmp_path):
+    cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path),
+                      lora_r=4, **{**SMALL, "lr": 1e-2, "steps": 2})  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        base = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).named_parameters() if "lora" not in k}
+        history = trainer.train()
+        after = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+        assert all(torch.equal(base[k], after[k]) for k in base), "base weights stay frozen"
+        assert history[1]["kl"] > 0 and all(math.isfinite(m["loss"]) for m in history)
+        final = trainer.save_model()
+    finally:
+        trainer.close()
+    merged = load_policy(str(final), torch.device("cpu"))  # adapters merged into a plain model
+    assert not any("lora" in k for k, _ in merged.model.named_parameters())
