@@ -141,12 +141,12 @@ class PromptBuilder:
 class TextEnv(gym.Env[str, str]):
     """Shared plumbing of the suite's environments: spaces, task choice, step counting, info keys.
 
-    Subclasses set ``prompt_builder`` and implement ``_num_tasks``, ``_task_id``, ``_task_index``,
-    ``_start(index)`` and ``_act(action)``.
+    Subclasses set ``prompt_builder`` and implement ``task_ids()``, ``_start(index)`` and ``_act(action)``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
     prompt_builder: ClassVar[PromptBuilder]
+    task_label: ClassVar[str] = "task"  # how error messages name the tasks
 
     def __init__(self, *, max_steps: int, render_mode: str | None = None) -> None:
         if max_steps < 1:
@@ -168,11 +168,24 @@ class TextEnv(gym.Env[str, str]):
         raise NotImplementedError
 
     def _num_tasks(self) -> int:
-        raise NotImplementedError
+        return len(self._task_positions())
 
     def _task_index(self, task_id: str | int) -> int:
         """Index of a task id (or of an integer index, validated)."""
-        raise NotImplementedError
+        positions = self._task_positions()
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            if not 0 <= task_id < len(positions):
+                raise ValueError(f"task index {task_id} out of range for {len(positions)} {self.task_label} tasks")
+            return task_id
+        if task_id not in positions:
+            raise ValueError(f"unknown {self.task_label} task_id {task_id!r} in this task set ({len(positions)} tasks)")
+        return positions[task_id]
+
+    def _task_positions(self) -> dict[str, int]:
+        # the task set is fixed once the env is built
+        if getattr(self, "_positions", None) is None:
+            self._positions = {t: i for i, t in enumerate(self.task_ids())}
+        return self._positions
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
         """Start task ``index``; return the first observation and the info keys (valid_action, step

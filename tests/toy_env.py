@@ -24,12 +24,6 @@ class LetterEnv(TextEnv):
     def task_ids(self) -> list[str]:
         return list(self._ids)
 
-    def _num_tasks(self) -> int:
-        return len(self._ids)
-
-    def _task_index(self, task_id: str | int) -> int:
-        return task_id if isinstance(task_id, int) else self._ids.index(task_id)
-
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
         task = f"Reply with a word that has the letter {self.letter}."
         return "", {"task_id": self._ids[index], "task": task, "task_type": "letter", "admissible_actions": None, "won": False}

@@ -73,6 +73,7 @@ class AlfworldEnv(TextEnv):
             milliseconds).
     """
 
+    task_label: ClassVar[str] = "ALFWorld"
     prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
 
     def __init__(
@@ -91,7 +92,6 @@ class AlfworldEnv(TextEnv):
         self.split = split
         self.expert = expert
         self.tasks: list[AlfworldTask] = list_tasks(split, task_types, data_dir)
-        self._index_of = {t.task_id: i for i, t in enumerate(self.tasks)}
         self._engine = engine.make_engine(
             engine.REQUEST_INFOS, engine.GameCache(game_cache_size), handcoded_expert=expert == "handcoded"
         )
@@ -104,18 +104,6 @@ class AlfworldEnv(TextEnv):
     # --- TextEnv hooks ----------------------------------------------------------------------------
     def task_ids(self) -> list[str]:
         return [t.task_id for t in self.tasks]
-
-    def _num_tasks(self) -> int:
-        return len(self.tasks)
-
-    def _task_index(self, task_id: str | int) -> int:
-        if isinstance(task_id, int) and not isinstance(task_id, bool):
-            if not 0 <= task_id < len(self.tasks):
-                raise ValueError(f"task index {task_id} out of range for {len(self.tasks)} {self.split} tasks")
-            return task_id
-        if task_id not in self._index_of:
-            raise ValueError(f"unknown ALFWorld task_id {task_id!r} in split {self.split!r}")
-        return self._index_of[task_id]
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
         task = self.tasks[index]

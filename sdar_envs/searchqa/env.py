@@ -87,6 +87,7 @@ class SearchQAEnv(TextEnv):
         searcher: any object with ``search(queries, k)`` (overrides the two above).
     """
 
+    task_label: ClassVar[str] = "Search-QA"
     prompt_builder: ClassVar[PromptBuilder] = SEARCHQA_PROMPT
 
     def __init__(
@@ -106,7 +107,6 @@ class SearchQAEnv(TextEnv):
         self.split = split
         self.topk = topk
         self.records: list[QARecord] = load_questions([datasets] if isinstance(datasets, str) else list(datasets), split)
-        self._index_of = {r.id: i for i, r in enumerate(self.records)}
         self._retrieval_url, self._index_dir = retrieval_url, index_dir
         self._searcher = searcher
         self._record: QARecord | None = None
@@ -120,18 +120,6 @@ class SearchQAEnv(TextEnv):
     # --- TextEnv hooks ----------------------------------------------------------------------------
     def task_ids(self) -> list[str]:
         return [r.id for r in self.records]
-
-    def _num_tasks(self) -> int:
-        return len(self.records)
-
-    def _task_index(self, task_id: str | int) -> int:
-        if isinstance(task_id, int) and not isinstance(task_id, bool):
-            if not 0 <= task_id < len(self.records):
-                raise ValueError(f"task index {task_id} out of range for {len(self.records)} {self.split} questions")
-            return task_id
-        if task_id not in self._index_of:
-            raise ValueError(f"unknown Search-QA task_id {task_id!r} in split {self.split!r}")
-        return self._index_of[task_id]
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
         r = self._record = self.records[index]

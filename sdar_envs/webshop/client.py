@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from sdar_envs.webshop.catalog import Goal, load_catalog
 from sdar_envs.webshop.reward import RewardBreakdown
-from sdar_envs.webshop.shop import Page, ShopState, parse_action
+from sdar_envs.webshop.shop import Page, PageSource, ShopState
 
 __all__ = ["RemoteShop", "WebShopServiceError"]
 
@@ -23,7 +23,7 @@ def _state(d: dict[str, Any]) -> ShopState:
     return ShopState(d["view"], d["keywords"], int(d["page"]), d["asin"], tuple((n, v) for n, v in d["options"]), d["sub"])
 
 
-class RemoteShop:
+class RemoteShop(PageSource):
     """Drop-in for :class:`~sdar_envs.webshop.shop.Shop` whose pages come from the site over HTTP."""
 
     def __init__(self, url: str, *, colour: Literal["original", "words"] = "original", timeout: float = 30.0) -> None:
@@ -60,14 +60,3 @@ class RemoteShop:
         if data["reward"] is not None:
             page.reward = RewardBreakdown(**data["reward"])
         return page
-
-    def step(self, state: ShopState, goal: Goal, action: str) -> tuple[ShopState, bool]:
-        kind, arg = parse_action(action)
-        if kind is None:
-            return state, False
-        if kind == "search":
-            if state.view != "search" or not arg:
-                return state, False
-            return ShopState("results", arg, 1), True
-        target = self.render(state, goal).clickables.get(arg)
-        return (target, True) if target is not None else (state, False)

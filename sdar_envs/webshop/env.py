@@ -71,6 +71,7 @@ class WebShopEnv(TextEnv):
     webshop_url: a running sdar-webshop (default ``$SDAR_WEBSHOP_URL``); unset: in-process.
     """
 
+    task_label: ClassVar[str] = "WebShop"
     prompt_builder: ClassVar[PromptBuilder] = WEBSHOP_PROMPT
 
     def __init__(
@@ -102,7 +103,6 @@ class WebShopEnv(TextEnv):
         chosen = catalog.goals(goals, split) if goals == "synthetic" else all_goals
         self.goals: list[Goal] = chosen
         self._ids = [f"{goals}-{offset + i}" for i in range(len(chosen))]
-        self._index_of = {t: i for i, t in enumerate(self._ids)}
         self._goal: Goal | None = None
         self._goal_index = 0
         self._state = ShopState()
@@ -110,18 +110,6 @@ class WebShopEnv(TextEnv):
 
     def task_ids(self) -> list[str]:
         return list(self._ids)
-
-    def _num_tasks(self) -> int:
-        return len(self._ids)
-
-    def _task_index(self, task_id: str | int) -> int:
-        if isinstance(task_id, int) and not isinstance(task_id, bool):
-            if not 0 <= task_id < len(self._ids):
-                raise ValueError(f"task index {task_id} out of range for {len(self._ids)} goals")
-            return task_id
-        if task_id not in self._index_of:
-            raise ValueError(f"unknown WebShop task_id {task_id!r} (goals={self.kind!r}, split={self.split!r})")
-        return self._index_of[task_id]
 
     def _observe(self) -> str:
         assert self._page is not None

@@ -27,7 +27,7 @@ from sdar_envs.webshop.catalog import (
 )
 from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 
-__all__ = ["Page", "Shop", "ShopState"]
+__all__ = ["Page", "PageSource", "Shop", "ShopState"]
 
 SEARCH_RETURN_N = 50
 PRODUCTS_PER_PAGE = 10
@@ -74,7 +74,26 @@ class Page:
         return "\n".join(out)
 
 
-class Shop:
+class PageSource:
+    """Anything that renders shop pages; stepping is defined once, on top of :meth:`render`."""
+
+    def render(self, state: ShopState, goal: Goal) -> Page:
+        raise NotImplementedError
+
+    def step(self, state: ShopState, goal: Goal, action: str) -> tuple[ShopState, bool]:
+        """The state an action leads to, and whether it was valid (invalid: the same state)."""
+        kind, arg = parse_action(action)
+        if kind is None:
+            return state, False
+        if kind == "search":
+            if state.view != "search" or not arg:
+                return state, False
+            return ShopState("results", arg, 1), True
+        target = self.render(state, goal).clickables.get(arg)
+        return (target, True) if target is not None else (state, False)
+
+
+class Shop(PageSource):
     """A catalogue, its goals and its BM25 search (Pyserini, k1 0.9, b 0.4, top 50)."""
 
     def __init__(self, catalog: Catalog | None = None, *, index_dir: str | os.PathLike[str] | None = None,
@@ -168,18 +187,6 @@ class Shop:
         reward = score_purchase(product, goal, dict(state.options), colour=self.colour)
         parts = ["Thank you for shopping with us!", f"Your score (min 0.0, max 1.0): {reward.score:.4f}"]
         return Page(state, parts, {}, product=product, reward=reward)
-
-    def step(self, state: ShopState, goal: Goal, action: str) -> tuple[ShopState, bool]:
-        """The state an action leads to, and whether it was valid (invalid: the same state)."""
-        kind, arg = parse_action(action)
-        if kind is None:
-            return state, False
-        if kind == "search":
-            if state.view != "search" or not arg:
-                return state, False
-            return ShopState("results", arg, 1), True
-        target = self.render(state, goal).clickables.get(arg)
-        return (target, True) if target is not None else (state, False)
 
 
 def parse_action(text: str) -> tuple[str | None, str]:
