@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdar_envs.lucene import cached_index  # noqa: E402
 from sdar_envs.searchqa.data import CORPUS_PATH, load_questions  # noqa: E402
 from sdar_envs.searchqa.search import LocalSearcher  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
+from servers.process import ServerProcess  # noqa: E402
 
 
 def main() -> None:

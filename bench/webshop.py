@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sdar_envs  # noqa: E402, F401
 from sdar_envs.webshop.shop import Shop  # noqa: E402
-from tests.servers import ServerProcess  # noqa: E402
+from servers.process import ServerProcess  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -12,7 +12,7 @@ import requests
 
 from sdar_envs.searchqa.data import load_questions
 from sdar_envs.searchqa.search import HttpSearcher, RetrievalServiceError
-from tests.servers import ServerProcess
+from servers.process import ServerProcess
 
 
 def test_health_and_a_batch_of_100_queries(retrieval_server, local_searcher):

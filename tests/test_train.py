@@ -182,7 +182,7 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
     import sys
     from pathlib import Path
 
-    from tests.servers import free_port
+    from servers.process import free_port
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}

@@ -1,4 +1,4 @@
-"""Start the suite's servers as real processes on 127.0.0.1 for tests, and stop them."""
+"""The suite's servers as local processes on 127.0.0.1: start, wait for health, stop (tests, benches, sdar-serve)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,18 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m <module> <args> --port P``; waits for ``GET /health``; ``stop()`` sends SIGTERM."""
 
-    def __init__(self, module: str, args: Sequence[str], *, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(self, module: str, args: Sequence[str], *, port: int | None = None, log: Path | None = None, host: str = "127.0.0.1") -> None:
         self.module, self.args = module, list(args)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
         self.log = log
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> ServerProcess:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args, "--port", str(self.port)],
+            [sys.executable, "-m", self.module, *self.args, "--host", self.host, "--port", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # gunicorn's workers go with their master
@@ -42,7 +43,7 @@ class ServerProcess:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; log: {self.log}")
+                raise RuntimeError(f"{self.module} exited with {self.proc.returncode}; see its log: {self.log}")
             try:
                 if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self

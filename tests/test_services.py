@@ -1,0 +1,164 @@
+"""Operating the services: sdar-serve, compose, load, malformed input and faults, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import requests
+
+from sdar_envs.searchqa.data import load_questions
+from sdar_envs.searchqa.search import HttpSearcher
+from sdar_envs.webshop.client import WebShopServiceError
+from servers.process import ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sdar_serve_starts_both_waits_for_health_and_stops_on_ctrl_c(tmp_path):
+    ports = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servers.serve", "--webshop-port", str(ports[0]), "--retrieval-port", str(ports[1]),
+         "--workers", "1", "--log-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    lines = []
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "Ctrl-C stops them" in line or proc.poll() is not None:
+            break
+    assert f"export SDAR_WEBSHOP_URL=http://127.0.0.1:{ports[0]}" in "".join(lines), lines
+    assert requests.get(f"http://127.0.0.1:{ports[0]}/health", timeout=5).json()["status"] == "ok"
+    assert requests.get(f"http://127.0.0.1:{ports[1]}/health", timeout=5).json()["status"] == "ok"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped webshop" in out and "stopped retrieval" in out
+    for port in ports:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_compose_file_passes_docker_compose_config():
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("the docker compose CLI is not installed here; the file's content is checked by test_packaging")
+    out = subprocess.run([docker, "compose", "config", "--format", "json"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert {"webshop", "retrieval"} <= set(services)
+
+
+def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_server, retrieval_server, local_searcher):
+    questions = [r.question for r in load_questions(["nq"], "test")][:32]
+    expected = [[p.id for p in per] for per in local_searcher.search(questions, 3)]
+
+    def shopper(i: int) -> tuple[str, float]:
+        env = gym.make("SDAR/WebShop-v0", split="test", webshop_url=webshop_server.url)
+        obs, info = env.reset(options={"task_id": f"synthetic-{i}"})
+        assert env.unwrapped.goals[i].instruction in obs  # my own goal, nobody else's
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(info["expert_action"])
+            done = terminated or truncated
+        return info["task_id"], reward
+
+    def searcher(i: int) -> bool:
+        http = HttpSearcher(retrieval_server.url)
+        return all([[p.id for p in per] for per in http.search(questions[i::16], 3)] == expected[i::16] for _ in range(5))
+
+    with ThreadPoolExecutor(80) as pool:
+        shops = pool.map(shopper, range(64))
+        searches = pool.map(searcher, range(16))
+        shops, searches = list(shops), list(searches)
+    assert shops == [(f"synthetic-{i}", 1.0) for i in range(64)]
+    assert all(searches)
+
+
+FUZZ_PATHS = [
+    "/%00", "/..%2f..%2fetc%2fpasswd", "/fixed_0/results?q=%ff%fe&page=1", "/fixed_0/results?q=x&page=1e9",
+    "/fixed_0/results?q=x&page=" + "9" * 50, "/fixed_0/item/B0743JKHBV?q=x&page=1&opt=%00:%00",
+    "/fixed_0/item/" + "A" * 5000, "/" + "x" * 3000, "/fixed_0/done/B0743JKHBV?opt=size:" + "%22" * 100,
+    "/fixed_0/item/B0743JKHBV/description?q=<img src=x onerror=alert(1)>&page=1", "/fixed_0?goals=%3Cb%3E",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", FUZZ_PATHS)
+def test_webshop_fuzzed_urls_get_4xx_and_no_reflected_html(webshop_server, path):
+    resp = requests.get(webshop_server.url + path, timeout=10)
+    assert resp.status_code < 500, (path, resp.status_code)
+    assert "Traceback" not in resp.text and "<img src=x" not in resp.text and "<b>" not in resp.text.replace("<b>Instruction:</b>", "")
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Type": "application/json"}, b"null"),
+        ({"Content-Type": "application/json"}, b'{"queries": ["a"], "topk": 1.5}'),
+        ({"Content-Type": "application/json"}, b'{"queries": [null]}'),
+        ({"Content-Type": "application/json"}, b'{"queries": ["a"], "topk": true}'),
+        ({"Content-Type": "application/json"}, b'{"queries": [["nested"]]}'),
+        ({"Content-Type": "application/json"}, b"\x00\x01\x02"),
+        ({"Content-Type": "application/json; charset=latin-1"}, '{"queries": ["\u00e9"]}'.encode("latin-1")),
+        ({"Content-Type": "text/html"}, b"<script>alert(1)</script>"),
+        ({"Content-Type": "application/json", "Content-Length": "5"}, b"{}"),
+        ({"Content-Type": "application/json"}, b'{"queries": ["<script>alert(1)</script>"], "topk": 0}'),
+    ],
+)
+def test_retrieval_fuzzed_bodies_and_headers_get_4xx_with_a_message(retrieval_server, headers, body):
+    try:
+        resp = requests.post(f"{retrieval_server.url}/retrieve", data=body, headers=headers, timeout=10)
+    except requests.ConnectionError:  # a lying Content-Length may make the server close the connection: fine, no 500
+        return
+    assert 400 <= resp.status_code < 500, (body, resp.status_code, resp.text[:200])
+    assert resp.json()["error"] and "Traceback" not in resp.text and "<script>" not in resp.text
+
+
+def test_hypothesis_json_bodies_never_crash_the_retrieval_service(retrieval_server):
+    import hypothesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+                          lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8)  # fmt: skip
+    bodies = st.dictionaries(st.sampled_from(["queries", "topk", "return_scores", "x"]), values, max_size=4)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+    @given(bodies)
+    def check(body: dict) -> None:
+        resp = requests.post(f"{retrieval_server.url}/retrieve", json=body, timeout=10)
+        assert resp.status_code in (200, 400, 413), (body, resp.status_code)
+
+    assert hypothesis.__version__
+    check()
+
+
+def test_a_killed_webshop_is_a_typed_error_naming_the_url_and_a_restart_is_picked_up(tmp_path):
+    server = ServerProcess("servers.webshop", ["--workers", "1"], log=tmp_path / "w.log").start()
+    env = gym.make("SDAR/WebShop-v0", split="test", webshop_url=server.url)
+    env.reset(options={"task_id": "synthetic-0"})
+    obs, *_ = env.step("search[pillow]")
+    server.kill()
+    with pytest.raises(WebShopServiceError, match=f"webshop at {server.url}: unreachable"):
+        env.step("click[next >]")
+    server.start()
+    try:
+        obs2, *_, info = env.step("click[next >]")
+        assert info["valid_action"] and "Page 2" in obs2
+    finally:
+        server.stop()
+
+
+def test_servers_bind_localhost_by_default():
+    for module in ("servers.webshop.cli", "servers.retrieval.cli"):
+        src = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+        assert 'default="127.0.0.1"' in src, module
