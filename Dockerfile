@@ -4,7 +4,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends build-essential
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY . .
-RUN make setup VENV=/opt/venv
+RUN make setup VENV=/opt/venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PATH=/opt/venv/bin:$PATH SDAR_CACHE_DIR=/cache
 VOLUME ["/cache"]
 CMD ["python", "-m", "sdar_envs.alfworld.evaluate", "--split", "valid_unseen", "--policy", "expert", "--out", "/runs/alfworld_expert.json"]

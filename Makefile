@@ -4,6 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUNS    ?= runs
+TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
 .PHONY: setup demo test lint bench clean
 
@@ -13,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-deps pyserini==1.6.0  # BM25 only; its full requirements are ~2 GB
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@

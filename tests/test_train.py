@@ -146,7 +146,7 @@ def test_grpo_learns_a_toy_task_and_sdar_is_not_slower(tmp_path):
 
 
 def test_configs_load_and_validate(tmp_path):
-    for env in ("alfworld", "searchqa"):
+    for env in ("alfworld", "searchqa", "webshop"):
         for algo in ALGORITHMS:
             cfg = load_config(f"{env}_{algo}.yaml")
             assert cfg.algo == algo and cfg.env.startswith("SDAR/")
