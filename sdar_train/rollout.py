@@ -62,6 +62,14 @@ class Rollout:
 Generate = Callable[[list[list[int]], int], list[list[int]]]  # (prompt ids, seed) -> response ids
 
 
+def _prompt_args(st: dict[str, Any]) -> dict[str, Any]:
+    """What the prompt builder needs from an episode's state: the task, the current observation, the
+    history window's turns, the admissible actions and the step."""
+    info = st["info"]
+    return {"task": info["task"], "observation": st["obs"], "history": st["history"],
+            "admissible_actions": info["admissible_actions"], "step": info["step"]}  # fmt: skip
+
+
 def _env_name(env_id: str) -> str:
     return env_id.split("/")[-1].split("-")[0].lower()
 
@@ -113,8 +121,7 @@ def collect_rollout(
         texts = {}
         for i in live:
             st = state[i]
-            kwargs = dict(task=st["info"]["task"], observation=st["obs"], history=st["history"],
-                          admissible_actions=st["info"]["admissible_actions"], step=st["info"]["step"])  # fmt: skip
+            kwargs = _prompt_args(st)
             if student_skills and st["skills"]:
                 texts[i] = build(**kwargs, skills=fit_skills(st["skills"], max_teacher_prompt_tokens - max_prompt_tokens, count_tokens))
             else:
@@ -175,8 +182,7 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, encod
         actions = {}
         for i in live:
             st = state[i]
-            text = build(task=st["info"]["task"], observation=st["obs"], history=st["history"],
-                         admissible_actions=st["info"]["admissible_actions"], step=st["info"]["step"])  # fmt: skip
+            text = build(**_prompt_args(st))
             actions[i] = response_format(st["info"]["expert_action"])
             samples.append(TurnSample(i, encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True))
         results = pool.step(actions)
