@@ -20,17 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         history = trainer.train()
         final = trainer.save_model()
+        report = trainer.evaluate() if cfg.eval_episodes > 0 else None  # every process calls it (it syncs)
         if trainer.accelerator.is_main_process:
             from sdar_train.report import write_plot
 
             write_plot(trainer.out / "metrics.jsonl", trainer.out / "curves.png", title=f"{cfg.algo} on {cfg.env}")
-            if cfg.eval_episodes > 0:
-                from sdar_train.eval import evaluate, print_report
+            if report is not None:
+                from sdar_train.eval import print_report
 
-                report = evaluate(trainer.policy, cfg.env, env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs,
-                                  **({"max_steps": cfg.max_turns} if cfg.max_turns else {})},
-                                  episodes=cfg.eval_episodes, temperature=cfg.eval_temperature, seed=cfg.seed,
-                                  max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens)  # fmt: skip
                 (trainer.out / "eval.json").write_text(json.dumps(report, indent=2))
                 print_report(report, title=f"after {len(history)} {cfg.algo} steps")
             print(f"model: {final}; metrics: {trainer.metrics_file}; plot: {trainer.out / 'curves.png'}", file=sys.stderr)

@@ -18,7 +18,8 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    keys = [k for k in ("reward", "success", "invalid_rate", "loss", "gate_mean", "gap_negative", "entropy", "sft_loss") if any(k in r for r in rows)]
+    keys = [k for k in ("reward", "success", "eval_success", "invalid_rate", "loss", "gate_mean", "gap_negative", "entropy", "sft_loss")
+            if any(k in r for r in rows)]  # fmt: skip
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]

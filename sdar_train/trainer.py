@@ -266,10 +266,29 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.2f}", success=f"{metrics['success']:.2f}", loss=f"{metrics.get('loss', 0):.3f}")
             self.step += 1
+            if cfg.eval_every and cfg.eval_episodes and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                report = self.evaluate()
+                if report is not None:
+                    metrics.update({"eval_success": report["success"], "eval_return": report["return"]})
+                    self._log({"step": metrics["step"], "eval_success": report["success"], "eval_return": report["return"]})
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
         return history
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """The deterministic evaluation (:func:`sdar_train.eval.evaluate`) on the main process."""
+        from sdar_train.eval import evaluate
+
+        cfg, acc = self.cfg, self.accelerator
+        report = None
+        if acc.is_main_process:
+            kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs, **({"max_steps": cfg.max_turns} if cfg.max_turns else {})}
+            report = evaluate(self.policy, cfg.env, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
+                              seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
+                              batch_size=cfg.generation_batch_size)  # fmt: skip
+        acc.wait_for_everyone()
+        return report
 
     def _log(self, metrics: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:

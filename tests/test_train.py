@@ -216,3 +216,19 @@ def test_lora_trains_only_adapters_and_keeps_a_kl_to_the_base_model(tmp_path):
         trainer.close()
     merged = load_policy(str(final), torch.device("cpu"))  # adapters merged into a plain model
     assert not any("lora" in k for k, _ in merged.model.named_parameters())
+
+
+def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
+    from sdar_train.__main__ import main
+
+    out = tmp_path / "run"
+    assert main(["--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo", "--model", "tiny", "--steps", "2",
+                 "--tasks_per_step", "1", "--group_size", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
+                 "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "3", "--progress", "false",
+                 "--output_dir", str(out)]) == 0  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval_success" in r] == [0]  # after step 1 of 2; the final one goes to eval.json
+    report = json.loads((out / "eval.json").read_text())
+    assert report["episodes"] == 3 and report["temperature"] == 0.4 and set(report["per_task_type"]) <= {"nq", "hotpotqa", "musique"}
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "final" / "config.json").exists()
+    assert list((out / "tensorboard").iterdir())
