@@ -5,9 +5,10 @@ whole batch on one process.
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m sdar_train.grad_check --out two.pt
 
 A fixed batch of 12 turn samples of different lengths (with advantages, teacher and reference
-log-probs) is split across the processes as the trainer splits tasks; each process runs the trainer's
-own loss (:meth:`Trainer._accumulate`, SDAR: PPO-clip + KL + gated distillation) on its share, and rank
-0 saves the all-reduced gradient. (On CPU, ``--multi_gpu`` with gloo is what makes Accelerate start two
+log-probs) is split unevenly across the processes (rank 0 gets 3, rank 1 gets 9: episodes differ in
+length), and each process runs the trainer's own update loop (:meth:`Trainer.update`, SDAR: PPO-clip +
+KL + gated distillation, micro-batches of 2) on its share without stepping the optimizer; rank 0 saves
+the all-reduced gradient. (On CPU, ``--multi_gpu`` with gloo is what makes Accelerate start two
 processes; ``--cpu --num_processes 2`` silently runs one.)
 """
 
@@ -31,7 +32,8 @@ def main() -> int:
     from sdar_train.trainer import Trainer
 
     cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model="tiny", output_dir=tempfile.mkdtemp(), steps=1,
-                      tasks_per_step=2, group_size=2, kl_coef=0.01, sdar_coef=0.5, progress=False)  # fmt: skip
+                      tasks_per_step=2, group_size=2, kl_coef=0.01, sdar_coef=0.5, progress=False,
+                      mini_batch_size=64, micro_batch_size=2)  # fmt: skip
     trainer = Trainer(cfg)
     gen = torch.Generator().manual_seed(0)
     n = 12
@@ -41,11 +43,9 @@ def main() -> int:
     teacher = -torch.rand(n, 8, generator=gen) * 5
     ref = -torch.rand(n, 8, generator=gen) * 5
     acc = trainer.accelerator
-    mine = list(range(acc.process_index, n, acc.num_processes))
-    local_tokens = torch.tensor(float(sum(len(responses[i]) for i in mine)), device=acc.device)
-    normalizer = (acc.reduce(local_tokens, reduction="sum") / acc.num_processes).clamp(min=1.0)
-    stats: dict = {}
-    trainer._accumulate(mine, prompts, responses, adv, None, ref, teacher, normalizer, stats)
+    mine = list(range(n)) if acc.num_processes == 1 else (list(range(3)) if acc.process_index == 0 else list(range(3, n)))
+    pick = lambda xs: [xs[i] for i in mine]  # noqa: E731
+    trainer.update(pick(prompts), pick(responses), adv[mine], None, ref[mine], teacher[mine], step=0, optimizer_step=False)
     grads = {k: v.grad.detach().cpu().clone() for k, v in acc.unwrap_model(trainer.model).named_parameters() if v.grad is not None}
     if acc.is_main_process:
         torch.save({"grads": grads, "processes": acc.num_processes}, args.out)

@@ -181,23 +181,7 @@ class Trainer:
         old = self._score(unwrapped, prompts, responses) if cfg.ppo_epochs > 1 and samples else None
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
-        stats: dict[str, list[float]] = {}
-        order_rng = random.Random(cfg.seed * 7_919 + step)
-        for _ in range(cfg.ppo_epochs):
-            order = list(range(len(samples)))
-            order_rng.shuffle(order)
-            for ms in range(0, max(len(order), 1), cfg.mini_batch_size):
-                mini = order[ms : ms + cfg.mini_batch_size]
-                local_tokens = torch.tensor(float(sum(len(responses[i]) for i in mini)), device=acc.device)
-                global_tokens = acc.reduce(local_tokens, reduction="sum")
-                normalizer = (global_tokens / self.world).clamp(min=1.0)
-                for cs in range(0, max(len(mini), 1), cfg.micro_batch_size):
-                    micro = mini[cs : cs + cfg.micro_batch_size]
-                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats)
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
+        stats = self.update(prompts, responses, adv, old, ref, teacher, step)
         # 5. metrics: rollout statistics and loss terms averaged over processes
         metrics = {**rollout.metrics(), **{k: float(np.mean(v)) for k, v in stats.items()}}
         metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
@@ -205,9 +189,48 @@ class Trainer:
                        rollout_s=t_rollout, teacher_s=t_teacher)  # fmt: skip
         return metrics
 
+    def update(self, prompts, responses, adv, old, ref, teacher, step: int, *, optimizer_step: bool = True) -> dict[str, list[float]]:  # noqa: ANN001
+        """``ppo_epochs`` passes of mini-batch updates over this process's turn samples.
+
+        Processes hold different numbers of samples (episodes differ in length), but DDP needs every
+        process to run the same number of backward passes: the mini- and micro-batch counts are agreed
+        on (the maximum), and a process that runs out joins with zero-loss passes.
+        """
+        cfg, acc = self.cfg, self.accelerator
+        stats: dict[str, list[float]] = {}
+        order_rng = random.Random(cfg.seed * 7_919 + step)
+
+        def agreed(n: int) -> int:
+            return int(acc.reduce(torch.tensor(n, device=acc.device), reduction="max")) if self.world > 1 else n
+
+        for _ in range(cfg.ppo_epochs):
+            order = list(range(len(prompts)))
+            order_rng.shuffle(order)
+            n_mini = agreed(math.ceil(len(order) / cfg.mini_batch_size))
+            for m in range(n_mini):
+                mini = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
+                local_tokens = torch.tensor(float(sum(len(responses[i]) for i in mini)), device=acc.device)
+                global_tokens = acc.reduce(local_tokens, reduction="sum") if self.world > 1 else local_tokens
+                normalizer = (global_tokens / self.world).clamp(min=1.0)
+                n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
+                for c in range(n_micro):
+                    micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
+                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats)
+                if not optimizer_step:
+                    continue
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                stats.setdefault("grad_norm", []).append(float(grad_norm))
+        return stats
+
     def _accumulate(self, micro, prompts, responses, adv, old, ref, teacher, normalizer, stats) -> None:  # noqa: ANN001
         cfg, spec = self.cfg, self.cfg.spec
-        if not micro:
+        if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
+            pad = self.policy.pad_id
+            with self.accelerator.autocast():
+                logp, _ = response_logprobs(self.model, pack([[pad]], [[pad]], pad), self.accelerator.device)
+            self.accelerator.backward(logp.sum() * 0.0)
             return
         batch = pack([prompts[i] for i in micro], [responses[i] for i in micro], self.policy.pad_id)
         mask = batch.mask.to(self.accelerator.device)
