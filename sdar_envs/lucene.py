@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BM25Searcher", "Hit", "IndexError_", "LuceneUnavailable", "build_index", "cached_index", "java_home"]
+__all__ = ["BM25Searcher", "Hit", "LuceneIndexError", "LuceneUnavailable", "build_index", "cached_index", "java_home"]
 
 _JVM_LOCK = threading.Lock()
 _JVM_READY = False
@@ -37,7 +37,7 @@ class LuceneUnavailable(RuntimeError):
     """Pyserini, pyjnius or the JDK is missing; the message says what to install."""
 
 
-class IndexError_(RuntimeError):  # noqa: N801 - "IndexError" is a builtin
+class LuceneIndexError(RuntimeError):
     """An index that cannot be built or opened; the message names the path."""
 
 
@@ -110,7 +110,7 @@ class BM25Searcher:
     def __init__(self, index_dir: str | os.PathLike[str], *, k1: float = 0.9, b: float = 0.4, threads: int = 2) -> None:
         index_dir = Path(index_dir)
         if not (index_dir / "segments_1").exists() and not list(index_dir.glob("segments_*")):
-            raise IndexError_(f"no Lucene index at {index_dir} (build one with build_index or sdar-retrieval-index)")
+            raise LuceneIndexError(f"no Lucene index at {index_dir} (build one with build_index or sdar-retrieval-index)")
         _start_jvm()
         from pyserini.pyclass import autoclass
 
@@ -160,7 +160,7 @@ def build_index(corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str
     """
     corpus, index_dir = Path(corpus), Path(index_dir)
     if not corpus.exists():
-        raise IndexError_(f"no corpus at {corpus}")
+        raise LuceneIndexError(f"no corpus at {corpus}")
     with tempfile.TemporaryDirectory(prefix="sdar-corpus-") as staging:
         # IndexCollection reads a folder; give it exactly one (uncompressed) file.
         src = Path(staging) / "corpus.jsonl"
@@ -182,7 +182,7 @@ def build_index(corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise IndexError_(f"indexing {corpus} into {index_dir} failed (exit {proc.returncode}):\n{tail}")
+        raise LuceneIndexError(f"indexing {corpus} into {index_dir} failed (exit {proc.returncode}):\n{tail}")
     return index_dir
 
 
@@ -194,7 +194,7 @@ def cached_index(corpus: str | os.PathLike[str], name: str, *, threads: int = 2)
     """The index of ``corpus`` in the cache, built on first use (keyed by the corpus's content hash)."""
     corpus = Path(corpus)
     if not corpus.exists():
-        raise IndexError_(f"no corpus at {corpus}")
+        raise LuceneIndexError(f"no corpus at {corpus}")
     digest = hashlib.sha256()
     digest.update(_anserini_jar().rsplit("/", 1)[-1].encode())
     with open(corpus, "rb") as f:

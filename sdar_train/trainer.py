@@ -368,6 +368,3 @@ class Trainer:
         self.pool.close()
         if self.tb is not None:
             self.tb.close()
-
-    def metadata(self) -> dict[str, Any]:
-        return {"tasks": len(self.task_ids), "processes": self.world}

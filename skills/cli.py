@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="the skills, one per row")
-    p.add_argument("--env", choices=None, help=f"only this environment (seed banks: {', '.join(SEED_BANKS)})")
+    p.add_argument("--env", help=f"only this environment (seed banks: {', '.join(SEED_BANKS)})")
     p = sub.add_parser("show", help="one skill in full")
     p.add_argument("id")
     p = sub.add_parser("add", help="add a skill to --file (created from the seed banks if missing)")

@@ -206,3 +206,15 @@ def test_a_custom_catalogue_is_indexed_and_searchable(tmp_path, monkeypatch):
     target = catalog.products[123]
     assert shop.search(target.title.lower())[0] == target.asin
     assert set(shop.search("pillow covers")) <= set(catalog.by_asin)
+
+
+def test_the_search_cache_is_bounded(monkeypatch):
+    from sdar_envs.webshop import shop as shop_module
+
+    monkeypatch.setattr(shop_module, "SEARCH_CACHE_SIZE", 3)
+    shop = shop_module.Shop()
+    first = shop.search("pillow")
+    for q in ("lamp", "shoes", "tea", "pillow"):
+        shop.search(q)
+    assert list(shop._cache) == ["shoes", "tea", "pillow"]  # least recently used dropped, results unchanged
+    assert shop.search("pillow") == first

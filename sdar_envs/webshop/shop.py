@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 __all__ = ["Page", "PageSource", "Shop", "ShopState"]
 
 SEARCH_RETURN_N = 50
+SEARCH_CACHE_SIZE = 20_000
 PRODUCTS_PER_PAGE = 10
 SUB_PAGES = ("description", "features", "reviews", "attributes")
 View = Literal["search", "results", "item", "sub", "done"]
@@ -102,7 +104,7 @@ class Shop(PageSource):
         self.colour = colour
         self._index_dir = index_dir
         self._documents = Path(search_documents) if search_documents else None
-        self._cache: dict[str, list[str]] = {}
+        self._cache: OrderedDict[str, list[str]] = OrderedDict()  # keywords -> ASINs, least recently used first
 
     def documents(self) -> Path:
         """The corpus to index: the shipped one for the shipped catalogue, else one written from the
@@ -130,11 +132,15 @@ class Shop(PageSource):
 
     def search(self, keywords: str) -> list[str]:
         """ASINs of the top 50 products for the keywords (cached per keywords)."""
-        if keywords not in self._cache:
-            hits = self.searcher.search(keywords, SEARCH_RETURN_N) if keywords.strip() else []
-            asins = [json.loads(h.raw).get("id", h.docid) for h in hits]
-            self._cache[keywords] = [a for a in asins if a in self.catalog.by_asin]
-        return self._cache[keywords]
+        if keywords in self._cache:
+            self._cache.move_to_end(keywords)
+            return self._cache[keywords]
+        hits = self.searcher.search(keywords, SEARCH_RETURN_N) if keywords.strip() else []
+        asins = [a for a in (json.loads(h.raw).get("id", h.docid) for h in hits) if a in self.catalog.by_asin]
+        self._cache[keywords] = asins
+        if len(self._cache) > SEARCH_CACHE_SIZE:  # a long training run issues millions of distinct queries
+            self._cache.popitem(last=False)
+        return asins
 
     # -- pages ------------------------------------------------------------------------------------------
     def render(self, state: ShopState, goal: Goal) -> Page:

@@ -61,11 +61,11 @@ def index_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--index", required=True, help="output folder")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    from sdar_envs.lucene import IndexError_, LuceneUnavailable, build_index
+    from sdar_envs.lucene import LuceneIndexError, LuceneUnavailable, build_index
 
     try:
         out = build_index(args.corpus, args.index, threads=args.threads)
-    except (IndexError_, LuceneUnavailable) as e:
+    except (LuceneIndexError, LuceneUnavailable) as e:
         print(f"sdar-retrieval-index: {e}", file=sys.stderr)
         return 2
     print(f"index written to {out}")
