@@ -106,32 +106,32 @@ def collect_rollout(
     for i in slots:
         obs, info = resets[i]
         ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"])
-        skills: list[str] = []
+        state[i] = {"obs": obs, "info": info, "history": [], "skills": []}
         if memory is not None and (teacher or student_skills):
             query = SkillQuery(_env_name(env_id), info["task_id"], info["task"], info["task_type"])
             chosen = memory.retrieve(query, skills_k)
-            ep.skill_ids, skills = [s.id for s in chosen], [s.text for s in chosen]
-            state.setdefault(i, {})["query"] = query
+            ep.skill_ids, state[i]["skills"], state[i]["query"] = [s.id for s in chosen], [s.text for s in chosen], query
         episodes.append(ep)
-        state.setdefault(i, {}).update(obs=obs, info=info, history=[], skills=skills)
     samples: list[TurnSample] = []
     live = list(slots)
     turn = 0
     while live:
-        texts = {}
         for i in live:
             st = state[i]
             kwargs = _prompt_args(st)
-            if student_skills and st["skills"]:
-                texts[i] = build(**kwargs, skills=fit_skills(st["skills"], max_teacher_prompt_tokens - max_prompt_tokens, count_tokens))
-            else:
-                texts[i] = build(**kwargs)
-            st["prompt_ids"] = encode(texts[i], max_prompt_tokens if not student_skills else max_teacher_prompt_tokens)
-            if teacher and st["skills"]:
-                budget = max_teacher_prompt_tokens - len(st["prompt_ids"])
-                st["teacher_ids"] = encode(build(**kwargs, skills=fit_skills(st["skills"], budget, count_tokens)), max_teacher_prompt_tokens)
-            else:
-                st["teacher_ids"] = st["prompt_ids"] if teacher else None
+            text = build(**kwargs)
+            if student_skills and st["skills"]:  # Skill-GRPO: the student's own prompt carries the skills
+                text = build(**kwargs, skills=fit_skills(st["skills"], max_teacher_prompt_tokens - max_prompt_tokens, count_tokens))
+            budget = max_teacher_prompt_tokens if student_skills else max_prompt_tokens
+            st["prompt_ids"] = encode(text, budget)
+            st["teacher_ids"] = None
+            if teacher:
+                # The teacher sees the whole prompt (even where the student's was cut to its budget) with
+                # as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge.
+                full = encode(text, 1 << 30)
+                room = max_teacher_prompt_tokens - len(full) - 4
+                skills = fit_skills(st["skills"], room, count_tokens) if st["skills"] and room > 0 else []
+                st["teacher_ids"] = encode(build(**kwargs, skills=skills), max_teacher_prompt_tokens) if skills else full[-max_teacher_prompt_tokens:]
         responses = generate([state[i]["prompt_ids"] for i in live], seed * 1_000_003 + turn * 7919)
         actions = {i: decode(r) for i, r in zip(live, responses, strict=True)}
         results = pool.step(actions)

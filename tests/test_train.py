@@ -232,3 +232,29 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
     assert report["episodes"] == 3 and report["temperature"] == 0.4 and set(report["per_task_type"]) <= {"nq", "hotpotqa", "musique"}
     assert (out / "curves.png").stat().st_size > 1000 and (out / "final" / "config.json").exists()
     assert list((out / "tensorboard").iterdir())
+
+
+def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid_seen_tasks):
+    from sdar_envs import EnvPool
+    from sdar_train.rollout import collect_rollout, default_memory
+
+    policy = load_policy("tiny", torch.device("cpu"))
+    tok = policy.tokenizer
+    memory = default_memory("SDAR/ALFWorld-v0", "keyword", 0, None)
+    with EnvPool("SDAR/ALFWorld-v0", 2, num_workers=0, env_kwargs={"split": "valid_seen", "max_steps": 2}) as pool:
+        for budget in (300, 4096):  # 300: the student's prompt is cut; the teacher still sees it whole
+            rollout = collect_rollout(
+                pool, "SDAR/ALFWorld-v0", [valid_seen_tasks[0].task_id], 2,
+                encode=lambda text, b: encode_prompt(tok, text, b), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+                generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts), seed=0,
+                max_prompt_tokens=min(budget, 2048), max_teacher_prompt_tokens=budget + 400,
+                count_tokens=lambda s: len(tok(s, add_special_tokens=False).input_ids), memory=memory, teacher=True,
+            )  # fmt: skip
+            for sample in rollout.samples:
+                teacher = tok.decode(sample.teacher_prompt_ids)
+                student = tok.decode(sample.prompt_ids)
+                assert len(sample.teacher_prompt_ids) <= budget + 400
+                assert "[Privileged Skill Information]" in teacher and "[Privileged Skill Information]" not in student
+                assert teacher.endswith(student[-200:])  # the same prompt tail, the same response follows
+                if budget == 300:
+                    assert len(sample.prompt_ids) == 300 and "Your task is to:" in teacher
