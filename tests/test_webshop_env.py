@@ -218,3 +218,23 @@ def test_the_search_cache_is_bounded(monkeypatch):
         shop.search(q)
     assert list(shop._cache) == ["shoes", "tea", "pillow"]  # least recently used dropped, results unchanged
     assert shop.search("pillow") == first
+
+
+def test_webshop_skills_name_buttons_the_shop_really_has():
+    """Every concrete click[...] in the WebShop seed skills is a clickable on some page of a real episode."""
+    import re
+
+    from skills import load_skills, seed_bank_path
+
+    found = {m for s, _ in load_skills(seed_bank_path("webshop")) for m in re.findall(r"click\[([^\]]+)\]", s.text)}
+    quoted = {m for m in found if not re.fullmatch(r"<\w+>", m)}  # "<button>" is a placeholder
+    assert quoted >= {"buy now", "next >", "back to search"}
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    _, info = env.reset(options={"task_id": "synthetic-0"})
+    seen = set(info["available_actions"]["clickables"])
+    done = False
+    while not done:
+        _, _, terminated, truncated, info = env.step(info["expert_action"])
+        seen |= set(info["available_actions"]["clickables"])
+        done = terminated or truncated
+    assert quoted <= seen, quoted - seen
