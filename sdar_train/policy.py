@@ -46,8 +46,8 @@ def load_policy(name: str, device: torch.device, *, dtype: torch.dtype = torch.f
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True, dtype=dtype)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if gradient_checkpointing:  # transformers 5 renamed it; 4.x has only the old name
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
     return Policy(model.to(device), tokenizer, device)
 

@@ -258,3 +258,20 @@ def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid
                 assert teacher.endswith(student[-200:])  # the same prompt tail, the same response follows
                 if budget == 300:
                     assert len(sample.prompt_ids) == 300 and "Your task is to:" in teacher
+
+
+def test_gradient_checkpointing_gives_the_same_step(tmp_path):
+    runs = []
+    for flag in (False, True):
+        cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / str(flag)),
+                          gradient_checkpointing=flag, **SMALL)  # fmt: skip
+        trainer = Trainer(cfg)
+        try:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            state = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: is_gradient_checkpointing
+            assert (model.is_gradient_checkpointing if state is None else state) == flag
+            runs.append(trainer.train()[0])
+        finally:
+            trainer.close()
+    for key in ("loss", "pg_loss", "kl", "grad_norm", "reward"):
+        assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-4, abs=1e-6), key
