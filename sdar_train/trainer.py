@@ -41,7 +41,7 @@ from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_mem
 __all__ = ["Trainer", "response_format"]
 
 
-def response_format(env_id: str, expert_action: str) -> str:
+def response_format(expert_action: str) -> str:
     """What the policy should emit for an expert action (SFT targets)."""
     return expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
 
@@ -119,7 +119,7 @@ class Trainer:
             return expert_rollout(
                 self.pool, cfg.env, tasks, encode=self.encode, tokenize_response=self.tokenize_response,
                 max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed + step,
-                response_format=lambda a: response_format(cfg.env, a),
+                response_format=response_format,
             )  # fmt: skip
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not (cfg.progress and self.accelerator.is_main_process))
 

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from typing import Any, ClassVar, Literal
 
 from sdar_envs.core import PromptBuilder, TextEnv, extract_tag
-from sdar_envs.webshop.catalog import Goal
+from sdar_envs.webshop.catalog import TEST_GOALS, Goal
 from sdar_envs.webshop.reward import target_options
 from sdar_envs.webshop.shop import Page, Shop, ShopState, available_actions
 
@@ -97,14 +97,12 @@ class WebShopEnv(TextEnv):
             self.shop: Any = RemoteShop(url, colour=colour)
         else:
             self.shop = _shop(colour)
-        catalog = self.shop.catalog
-        all_goals = catalog.goals(goals, "all")
-        offset = {"test": 0, "train": 500, "all": 0}[split] if goals == "synthetic" else 0
-        chosen = catalog.goals(goals, split) if goals == "synthetic" else all_goals
-        self.goals: list[Goal] = chosen
-        self._ids = [f"{goals}-{offset + i}" for i in range(len(chosen))]
+        # Task ids are positions in the full shuffled goal list (the site's fixed_<n>); the 13 human
+        # goals are too few to split, so every split holds all of them.
+        self.goals: list[Goal] = self.shop.catalog.goals(goals, split if goals == "synthetic" else "all")
+        offset = TEST_GOALS if goals == "synthetic" and split == "train" else 0
+        self._ids = [f"{goals}-{offset + i}" for i in range(len(self.goals))]
         self._goal: Goal | None = None
-        self._goal_index = 0
         self._state = ShopState()
         self._page: Page | None = None
 
@@ -156,7 +154,6 @@ class WebShopEnv(TextEnv):
         }
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
-        self._goal_index = index
         self._goal = self.goals[index]
         self._state = ShopState()
         self._page = self.shop.render(self._state, self._goal)
