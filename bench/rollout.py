@@ -1,6 +1,7 @@
 """Multi-turn rollout throughput with real environments vs bare ``generate`` on the same prompts.
 
-    .venv/bin/python bench/rollout.py [--env SDAR/ALFWorld-v0] [--tasks 4] [--group 4] [--turns 6] [--tokens 32]
+    .venv/bin/python bench/rollout.py [--env SDAR/ALFWorld-v0] [--tasks 4] [--group 4] [--turns 6] [--tokens 32] [--backend hf]
+    .venv-vllm/bin/python bench/rollout.py --backend vllm     # the same with the vLLM back-end
 
 The rollout (prompt building, tokenisation, generation over the live episodes, environment steps,
 skill retrieval off) is timed end to end; every generation call it makes is replayed right after it
@@ -22,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdar_envs import EnvPool  # noqa: E402
-from sdar_train.policy import encode_prompt, generate, load_policy  # noqa: E402
+from sdar_train.generation import Sampling, make_generator  # noqa: E402
+from sdar_train.policy import encode_prompt, load_policy  # noqa: E402
 from sdar_train.rollout import collect_rollout  # noqa: E402
 
 
@@ -37,19 +39,28 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--env-workers", type=int, default=0)
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_policy(args.model, device)
     tok = policy.tokenizer
+    generator = make_generator(args.backend, policy, model=args.model, batch_size=256, max_model_len=2048 + args.tokens)
+    sampling = Sampling(args.tokens, 1.0, 1.0, tuple(policy.stop_ids))
     gen_time, replay_time, replayed = [0.0], [0.0], [0]
 
+    def cold() -> None:  # vLLM would serve the replay's prompts from its prefix cache: both calls start cold
+        if hasattr(generator, "llm"):
+            generator.llm.reset_prefix_cache()
+
     def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
+        cold()
         t = time.perf_counter()
-        out = generate(policy, prompts, max_new_tokens=args.tokens, temperature=1.0, top_p=1.0, generator_seed=seed, batch_size=256)
+        out = generator(prompts, seed, sampling)
         gen_time[0] += time.perf_counter() - t
+        cold()
         t = time.perf_counter()  # the limit: the same call again, bare
-        again = generate(policy, prompts, max_new_tokens=args.tokens, temperature=1.0, top_p=1.0, generator_seed=seed, batch_size=256)
+        again = generator(prompts, seed, sampling)
         replay_time[0] += time.perf_counter() - t
         replayed[0] += sum(len(o) for o in again)
         return out
@@ -65,10 +76,11 @@ def main() -> None:
     t_rollout = time.perf_counter() - t - replay_time[0]
     t_limit = replay_time[0]
     pool.close()
+    generator.close()
     tokens = sum(len(s.response_ids) for s in rollout.samples)
     assert replayed[0] == tokens, (replayed[0], tokens)
     print(f"{args.env} ({args.split}): {args.tasks} tasks x {args.group} episodes, <= {args.turns} turns, <= {args.tokens} tokens/turn, "
-          f"{len(rollout.samples)} turns, {tokens} tokens, model {args.model} on {device}")  # fmt: skip
+          f"{len(rollout.samples)} turns, {tokens} tokens, model {args.model} on {device}, {args.backend} back-end")  # fmt: skip
     print("| | seconds | tokens/s | ratio |")
     print("|---|---|---|---|")
     print(f"| bare generate, same prompts and seeds (the limit) | {t_limit:.2f} | {tokens / t_limit:,.0f} | 1.00 |")

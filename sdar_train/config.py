@@ -67,7 +67,9 @@ class TrainConfig:
     top_p: float = _f(1.0, "nucleus sampling for rollouts")
     invalid_penalty: float = _f(0.1, "reward subtracted per invalid action (0.01 for Search-QA)")
     env_workers: int = _f(0, "EnvPool worker processes (0: environments in this process)")
-    generation_batch_size: int = _f(64, "live episodes generated for at once")
+    generation_batch_size: int = _f(64, "live episodes generated for at once (hf back-end)")
+    generation_backend: str = _f("hf", "hf (transformers generate; CPU or GPU) or vllm (the optional extra; GPUs)")
+    vllm_gpu_memory_utilization: float = _f(0.3, "vllm: share of GPU memory for the engine's weights and KV cache; training uses the rest")
     # skills and the teacher
     skill_tier: str = _f("keyword", "retrieval tier: keyword, embedding, random, ucb")
     skills_k: int = _f(3, "skills shown to the teacher")
@@ -122,6 +124,10 @@ class TrainConfig:
             raise ValueError("temperatures must be > 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.generation_backend not in ("hf", "vllm"):
+            raise ValueError(f"generation_backend must be hf or vllm, got {self.generation_backend!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1)")
         if self.skill_tier not in ("keyword", "embedding", "random", "ucb"):
             raise ValueError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
         if self.max_teacher_prompt_tokens < self.max_prompt_tokens:

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sdar_envs import EnvPool
-from sdar_train.policy import Policy, encode_prompt, generate, load_policy
+from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
+from sdar_train.policy import Policy, encode_prompt, load_policy
 from sdar_train.rollout import collect_rollout
 
 __all__ = ["evaluate", "main"]
@@ -37,8 +38,12 @@ def evaluate(
     max_response_tokens: int = 512,
     batch_size: int = 64,
     env_workers: int = 0,
+    generator: Generator | None = None,
 ) -> dict[str, Any]:
-    """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success."""
+    """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success. ``generator``:
+    the generation back-end (default: HF ``generate`` on ``policy``)."""
+    generator = generator or HFGenerator(policy, batch_size)
+    sampling = Sampling(max_response_tokens, temperature, 1.0, tuple(policy.stop_ids))
     kwargs = dict(env_kwargs or {})
     with EnvPool(env_id, 1, num_workers=0, env_kwargs=kwargs) as probe:
         task_ids = probe.call("task_ids")[0]
@@ -50,8 +55,7 @@ def evaluate(
             pool, env_id, task_ids, 1,
             encode=lambda text, budget: encode_prompt(tok, text, budget),
             decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-            generate=lambda prompts, s: generate(policy, prompts, max_new_tokens=max_response_tokens, temperature=temperature,
-                                                 top_p=1.0, generator_seed=s, batch_size=batch_size),
+            generate=lambda prompts, s: generator(prompts, s, sampling),
             seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_prompt_tokens,
             count_tokens=lambda t: len(tok(t, add_special_tokens=False).input_ids),
         )  # fmt: skip
@@ -97,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-response-tokens", type=int, default=512)
     p.add_argument("--env-workers", type=int, default=0)
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="generation back-end (vllm: the optional extra)")
     p.add_argument("--out", default=None, help="JSON report path")
     args = p.parse_args(argv)
     kwargs: dict[str, Any] = {}
@@ -106,9 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs["max_steps"] = args.max_turns
     torch.manual_seed(args.seed)
     policy = load_policy(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    report = evaluate(policy, args.env, env_kwargs=kwargs, episodes=args.episodes, temperature=args.temperature, seed=args.seed,
-                      max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-                      env_workers=args.env_workers)  # fmt: skip
+    generator = make_generator(args.backend, policy, model=args.model, max_model_len=args.max_prompt_tokens + args.max_response_tokens,
+                               bf16=True, seed=args.seed)  # fmt: skip
+    try:
+        report = evaluate(policy, args.env, env_kwargs=kwargs, episodes=args.episodes, temperature=args.temperature, seed=args.seed,
+                          max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+                          env_workers=args.env_workers, generator=generator)  # fmt: skip
+    finally:
+        generator.close()
     print_report(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -71,13 +71,18 @@ def generate(
     top_p: float,
     generator_seed: int,
     batch_size: int,
+    stop_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Sampled continuations (stop tokens kept, padding removed), batched with left padding."""
+    """Sampled continuations (stop tokens kept, padding removed), batched with left padding; a
+    temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens."""
     model = policy.model
     was_training = model.training
     model.eval()
     out: list[list[int]] = []
-    stops = set(policy.stop_ids)
+    stop_list = list(stop_ids) if stop_ids else policy.stop_ids
+    stops = set(stop_list)
+    greedy = temperature < 1e-5
+    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
@@ -91,12 +96,9 @@ def generate(
             gen = model.generate(
                 input_ids=ids.to(policy.device),
                 attention_mask=mask.to(policy.device),
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=0,
+                **sampling,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=policy.stop_ids,
+                eos_token_id=stop_list,
                 pad_token_id=policy.pad_id,
             )
             for row in gen[:, width:].tolist():

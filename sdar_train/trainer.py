@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool
 from sdar_train.config import TrainConfig
+from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import (
     group_advantages,
     low_var_kl,
@@ -35,7 +36,7 @@ from sdar_train.losses import (
     rlsd_token_advantages,
     sdar_loss,
 )
-from sdar_train.policy import encode_prompt, generate, load_policy, pack, response_logprobs
+from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 
 __all__ = ["Trainer", "response_format"]
@@ -79,6 +80,14 @@ class Trainer:
         self.count_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)
         eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
         self.tokenize_response = lambda text: tok(text, add_special_tokens=False).input_ids + [eos]
+        # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
+        self.sampling = Sampling(cfg.max_response_tokens, cfg.temperature, cfg.top_p, tuple(self.policy.stop_ids))
+        prompt_budget = cfg.max_teacher_prompt_tokens if cfg.spec.student_skills else cfg.max_prompt_tokens
+        self.generator = make_generator(
+            "hf" if cfg.spec.sft else cfg.generation_backend, self.policy, model=cfg.model,  # SFT samples only to evaluate
+            batch_size=cfg.generation_batch_size, max_model_len=prompt_budget + cfg.max_response_tokens, bf16=cfg.bf16,
+            seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, distributed=acc.num_processes > 1,
+        )  # fmt: skip
         # environments: this process's share of the B tasks, G episodes each
         self.world, self.rank = acc.num_processes, acc.process_index
         self.local_tasks = math.ceil(cfg.tasks_per_step / self.world)
@@ -124,8 +133,7 @@ class Trainer:
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not (cfg.progress and self.accelerator.is_main_process))
 
         def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
-            return generate(self.policy, prompts, max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, generator_seed=seed, batch_size=cfg.generation_batch_size)  # fmt: skip
+            return self.generator(prompts, seed, self.sampling)
 
         try:
             return collect_rollout(
@@ -182,6 +190,7 @@ class Trainer:
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
         stats = self.update(prompts, responses, adv, old, ref, teacher, step)
+        self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
         metrics = {**rollout.metrics(), **{k: float(np.mean(v)) for k, v in stats.items()}}
         metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
@@ -307,7 +316,7 @@ class Trainer:
         report = None
         if acc.is_main_process:
             kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs, **({"max_steps": cfg.max_turns} if cfg.max_turns else {})}
-            report = evaluate(self.policy, cfg.env, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
+            report = evaluate(self.policy, cfg.env, generator=self.generator, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
                               seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
                               batch_size=cfg.generation_batch_size)  # fmt: skip
         acc.wait_for_everyone()
@@ -352,6 +361,7 @@ class Trainer:
             from skills import SkillLibrary
 
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
+        self.generator.sync(self.accelerator.unwrap_model(self.model))
 
     def save_model(self, path: Path | None = None) -> Path:
         path = path or self.out / "final"
@@ -366,5 +376,6 @@ class Trainer:
 
     def close(self) -> None:
         self.pool.close()
+        self.generator.close()
         if self.tb is not None:
             self.tb.close()

