@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default=None, help="the env's split (ALFWorld: valid_unseen; Search-QA: test)")
     p.add_argument("--episodes", type=int, default=0, help="N tasks evenly spaced over the split (0: all)")
     p.add_argument("--max-turns", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.4)
+    p.add_argument("--temperature", type=float, default=0.4, help="sampling temperature (0: greedy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--max-response-tokens", type=int, default=512)

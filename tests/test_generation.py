@@ -9,6 +9,11 @@ weights change and ``sync`` hands them over (LoRA adapters merged).
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -179,3 +184,30 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
         assert HFGenerator(fresh)(prompts, 0, s) != trained, "the update changed the policy"
     finally:
         trainer.close()
+
+
+@vllm_only
+def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_model):
+    from sdar_train.eval import main as eval_main
+
+    reports = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / f"{backend}.json"
+        assert eval_main(["--env", "SDAR/SearchQA-v0", "--model", varied_model, "--split", "test", "--episodes", "4", "--max-turns", "2",
+                          "--temperature", "0", "--max-response-tokens", "12", "--backend", backend, "--out", str(out)]) == 0  # fmt: skip
+        reports[backend] = json.loads(out.read_text())
+    assert [r["actions"] for r in reports["hf"]["results"]] == [r["actions"] for r in reports["vllm"]["results"]]
+    assert any(a for r in reports["hf"]["results"] for a in r["actions"])
+
+
+@vllm_only
+def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
+           "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2", "--tasks_per_step", "2",
+           "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
+           "--max_teacher_prompt_tokens", "768", "--progress", "false", "--output_dir", str(tmp_path), "--generation_backend", "vllm"]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"} if not torch.cuda.is_available() else dict(os.environ)
+    done = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [0, 1] and all(m["samples"] > 0 for m in logged)
