@@ -89,7 +89,7 @@ class TrainConfig:
     rlsd_lambda: float = _f(0.5, "RLSD: share of the teacher-weighted advantage")
     rlsd_eps: float = _f(0.2, "RLSD: clip of the token weight around 1")
     # machinery
-    bf16: bool = _f(True, "bfloat16 autocast on GPUs (ignored on CPU)")
+    bf16: bool | None = _f(None, "bfloat16 autocast; null: on GPUs only; true: on CPU too (slow, but checks the bf16 path); false: off")
     gradient_checkpointing: bool = _f(False, "trade compute for memory")
     lora_r: int = _f(0, "LoRA rank through peft (0: full fine-tuning)")
     lora_alpha: int = _f(32, "LoRA alpha")

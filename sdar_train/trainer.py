@@ -54,7 +54,8 @@ class Trainer:
 
         self.cfg = cfg = config
         cpu = not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if (cfg.bf16 and not cpu) else "no")
+        bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
+        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
         if cpu:
             torch.set_num_threads(cfg.cpu_threads)
@@ -85,7 +86,7 @@ class Trainer:
         prompt_budget = cfg.max_teacher_prompt_tokens if cfg.spec.student_skills else cfg.max_prompt_tokens
         self.generator = make_generator(
             "hf" if cfg.spec.sft else cfg.generation_backend, self.policy, model=cfg.model,  # SFT samples only to evaluate
-            batch_size=cfg.generation_batch_size, max_model_len=prompt_budget + cfg.max_response_tokens, bf16=cfg.bf16,
+            batch_size=cfg.generation_batch_size, max_model_len=prompt_budget + cfg.max_response_tokens, bf16=bf16,
             seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, distributed=acc.num_processes > 1,
         )  # fmt: skip
         # environments: this process's share of the B tasks, G episodes each
