@@ -75,7 +75,7 @@ class Trainer:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.policy.model = self.model
+        self.policy.model = acc.unwrap_model(self.model)  # generation and evaluation: DDP's wrapper has no generate()
         tok = self.policy.tokenizer
         self.encode = lambda text, budget: encode_prompt(tok, text, budget)
         self.count_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)

@@ -202,7 +202,10 @@ def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_mode
 
 @vllm_only
 def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
+    from servers.process import free_port
+
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
            "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2", "--tasks_per_step", "2",
            "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
            "--max_teacher_prompt_tokens", "768", "--progress", "false", "--output_dir", str(tmp_path), "--generation_backend", "vllm"]  # fmt: skip

@@ -203,6 +203,33 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
         assert torch.allclose(g, two["grads"][name], atol=1e-5, rtol=1e-4), name
 
 
+def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
+    """The whole loop under DDP: rollouts generate with the unwrapped model, the ranks' updates stay in
+    step, the periodic evaluation runs on the main process, and the final model is saved once."""
+    import os
+    from pathlib import Path
+
+    from servers.process import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
+         "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2", "--tasks_per_step", "2",
+         "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
+         "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "2", "--progress", "false",
+         "--output_dir", str(tmp_path)],
+        env=env, cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [0, 1] and all(math.isfinite(r["loss"]) and r["samples"] > 0 for r in train)
+    assert any("eval_success" in r for r in rows) and (tmp_path / "final" / "config.json").exists()
+
+
 def test_lora_trains_only_adapters_and_keeps_a_kl_to_the_base_model(tmp_path):
     cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path),
                       lora_r=4, **{**SMALL, "lr": 1e-2, "steps": 2})  # fmt: skip
