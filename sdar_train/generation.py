@@ -183,7 +183,7 @@ class VLLMGenerator:
                 stop_token_ids=list(sampling.stop_ids),
                 seed=seed + i,
                 detokenize=False,
-            )  # fmt: skip
+            )
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
