@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from sdar_train.policy import Policy, generate
+from sdar_train.policy import Policy, cut_at_stop, generate
 
 __all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator", "resolve_model_path"]
 
@@ -58,12 +58,6 @@ class Generator(Protocol):
     def sync(self, model: torch.nn.Module) -> None: ...
 
     def close(self) -> None: ...
-
-
-def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
-    """Tokens up to and including the first stop token."""
-    stops = set(stop_ids)
-    return next((list(tokens[: j + 1]) for j, t in enumerate(tokens) if t in stops), list(tokens))
 
 
 class HFGenerator:

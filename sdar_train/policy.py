@@ -10,7 +10,7 @@ import torch
 
 from sdar_train.losses import selective_log_softmax, token_entropy
 
-__all__ = ["Policy", "ScoredBatch", "encode_prompt", "load_policy", "pack"]
+__all__ = ["Policy", "ScoredBatch", "cut_at_stop", "encode_prompt", "load_policy", "pack"]
 
 
 @dataclass
@@ -61,6 +61,12 @@ def encode_prompt(tokenizer: object, text: str, max_tokens: int) -> list[int]:
     return ids[-max_tokens:]
 
 
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """Tokens up to and including the first stop token."""
+    stops = set(stop_ids)
+    return next((list(tokens[: j + 1]) for j, t in enumerate(tokens) if t in stops), list(tokens))
+
+
 @torch.no_grad()
 def generate(
     policy: Policy,
@@ -80,7 +86,6 @@ def generate(
     model.eval()
     out: list[list[int]] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
-    stops = set(stop_list)
     greedy = temperature < 1e-5
     sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     try:
@@ -102,8 +107,7 @@ def generate(
                 pad_token_id=policy.pad_id,
             )
             for row in gen[:, width:].tolist():
-                cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
-                out.append(row[:cut])
+                out.append(cut_at_stop(row, stop_list))
     finally:
         model.train(was_training)
     return out

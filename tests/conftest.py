@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from sdar_envs.alfworld.data import TASK_TYPES, list_tasks
@@ -14,6 +19,21 @@ def sample_per_type(split: str, per_type: int) -> list:
     for task_type in TASK_TYPES:
         out += [t for t in tasks if t.task_type == task_type][:per_type]
     return out
+
+
+def launch_two_processes(module_args: list[str], *, cpu: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``python -m <module_args>`` on two processes from the repository root;
+    ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU`` (NOTES)."""
+    from servers.process import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", *module_args],
+        env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
 import torch
 
 from sdar_train.config import TrainConfig
-from sdar_train.generation import HFGenerator, Sampling, cut_at_stop, make_generator
-from sdar_train.policy import Policy, encode_prompt, load_policy, pack, response_logprobs
+from sdar_train.generation import HFGenerator, Sampling, make_generator
+from sdar_train.policy import Policy, cut_at_stop, encode_prompt, load_policy, pack, response_logprobs
+from tests.conftest import launch_two_processes
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 TASKS = ["put a clean mug in the coffee machine", "find two pencils", "heat an apple", "look at the book under the lamp",
@@ -202,15 +199,12 @@ def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_mode
 
 @vllm_only
 def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
-    from servers.process import free_port
-
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
-           "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2", "--tasks_per_step", "2",
-           "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
-           "--max_teacher_prompt_tokens", "768", "--progress", "false", "--output_dir", str(tmp_path), "--generation_backend", "vllm"]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true"} if not torch.cuda.is_available() else dict(os.environ)
-    done = subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900)
+    done = launch_two_processes(
+        ["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2",
+         "--tasks_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
+         "--max_teacher_prompt_tokens", "768", "--progress", "false", "--output_dir", str(tmp_path), "--generation_backend", "vllm"],
+        cpu=not torch.cuda.is_available(), timeout=900,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [0, 1] and all(m["samples"] > 0 for m in logged)

@@ -15,6 +15,7 @@ import torch
 from sdar_train.config import ALGORITHMS, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
+from tests.conftest import launch_two_processes
 
 if "Test/LetterY-v0" not in gym.registry:
     gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
@@ -180,21 +181,12 @@ def test_tiny_model_tokenizer_round_trips_and_chats():
 def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
     """Accelerate DDP over gloo with two CPU processes vs one process on the whole batch."""
     import os
-    import subprocess
-    import sys
     from pathlib import Path
-
-    from servers.process import free_port
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
     subprocess.run([sys.executable, "-m", "sdar_train.grad_check", "--out", str(tmp_path / "one.pt")], check=True, env=env, cwd=root, capture_output=True)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    two = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train.grad_check", "--out", str(tmp_path / "two.pt")],
-        env=env, cwd=root, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    two = launch_two_processes(["sdar_train.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["processes"] == 1 and two["processes"] == 2
@@ -206,22 +198,11 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
 def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
     """The whole loop under DDP: rollouts generate with the unwrapped model, the ranks' updates stay in
     step, the periodic evaluation runs on the main process, and the final model is saved once."""
-    import os
-    from pathlib import Path
-
-    from servers.process import free_port
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
-    accelerate = Path(sys.executable).with_name("accelerate")
-    done = subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sdar_train", "--env", "SDAR/SearchQA-v0",
-         "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2", "--tasks_per_step", "2",
-         "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
+    done = launch_two_processes(
+        ["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2",
+         "--tasks_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
          "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "2", "--progress", "false",
          "--output_dir", str(tmp_path)],
-        env=env, cwd=root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
