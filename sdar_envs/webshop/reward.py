@@ -1,33 +1,43 @@
-"""WebShop's reward, behaving as the original ``get_reward``: a score in [0, 1], success = score 1.
+"""WebShop's reward as WebShop master's ``get_reward`` computes it (the version the SDAR reference vendors
+unchanged): a score in [0, 1]; success = score 1.
 
-    score = r_type * (attribute matches + option matches + [price <= cap]) / (#attributes + #options + 1)
+    score = r_type * (attribute hits + option hits + [price <= cap]) / (#goal attributes + #goal options + 1)
 
 * r_type: 1 if the purchase matches the goal's search query, shares >= 2 category levels, or shares
   > 20% of the goal title's nouns (spaCy ``en_core_web_sm`` parts of speech); lowered to 0.5 without
   any of these, to 0.1 when under 10% of the nouns match, to 0 when none does;
-* an attribute matches when rapidfuzz's ``token_set_ratio`` with one of the product's attributes is
-  > 85, or when it occurs in the title, bullet points or description (lower-cased);
-* a purchased option value matches a goal option exactly for "size" options, by ``token_set_ratio`` >
-  85 otherwise, or by occurring in the title, bullet points or description. Option values first go
-  through the original's colour normaliser, which maps a value to the first colour *substring* it
-  contains ("rectangular" -> "tan"). ``colour="original"`` (the default) keeps that quirk so scores
-  compare with published numbers; ``colour="words"`` matches colours as whole words only.
+* a goal attribute is hit when ``token_set_ratio`` with one of the product's attributes is > 85, or when
+  it occurs in the title, bullet points or description (lower-cased);
+* options are matched goal-centred: a goal option is hit when ``token_set_ratio`` with any purchased
+  option value is > 85, after both sides went through the original's colour normaliser, which maps a
+  value to the first colour *substring* it contains ("rectangular" -> "tan").
+
+``colour="original"`` (the default) reproduces master exactly, quirks included: a synthetic goal hands
+its options to the matcher as (name, value) pairs, so on the goal side the normaliser only recognises a
+pair holding a bare colour name ("black"), and the fuzzy matcher compares the purchased value with the
+pair's string form ``"('size', 'rectangular')"``; a purchased "rectangular" normalised to "tan" then
+misses, and buying the exact target scores < 1 on a few percent of synthetic goals. Human goals pass
+plain values. ``colour="words"`` is the corrected mode: goal values are compared as values, and colours
+are recognised as whole words on both sides.
+
+``token_set_ratio`` is thefuzz 0.19.0's (the version WebShop pins), re-implemented here: Latin-1 letters
+dropped, non-word characters to spaces, lower-cased, token sets compared with ``difflib`` and each
+ratio rounded to an integer. Scores are checked against the original code on 3,633 purchases
+(``tests/data/webshop_reward_cases.jsonl.gz``, made by ``tools/webshop_reward_cases.py``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from functools import lru_cache
 from typing import Literal
 
-from rapidfuzz import fuzz
-from rapidfuzz.utils import default_process
-
 from sdar_envs.webshop.catalog import Goal, Product
 
-__all__ = ["COLOR_SET", "RewardBreakdown", "normalize_color", "score_purchase"]
+__all__ = ["COLOR_SET", "RewardBreakdown", "normalize_color", "score_purchase", "token_set_ratio"]
 
 # The original's colour list, in its order (the first colour found wins).
 COLOR_SET = (
@@ -39,20 +49,46 @@ COLOR_SET = (
     "sapphire seashell silver skull slate steel stone stonewash sunflower tan taupe teal tiger turquoise violet walnut "
     "wheat white wine yellow"
 ).split()
-EXACT_MATCH_OPTIONS = ("size",)
 _COLOR_WORDS = {c: re.compile(rf"\b{c}\b") for c in COLOR_SET}
+_LATIN1 = dict.fromkeys(range(128, 256))  # thefuzz's "ascii dammit" table: only U+0080..U+00FF go
+_NON_WORD = re.compile(r"(?ui)\W")
+
+Colour = Literal["original", "words"]
 
 
-def normalize_color(value: str, mode: Literal["original", "words"] = "original") -> str:
+def normalize_color(value: str | tuple[str, ...], mode: Colour = "original") -> str | tuple[str, ...]:
+    """The first colour in ``value``, else ``value`` unchanged. ``"original"``: substring test, as
+    master's ``normalize_color`` (on a tuple, Python's ``in`` tests the elements, so only an element that
+    IS a colour name counts); ``"words"``: whole words only."""
     for color in COLOR_SET:
-        if (color in value) if mode == "original" else _COLOR_WORDS[color].search(value):
+        if (color in value) if mode == "original" else _COLOR_WORDS[color].search(str(value)):
             return color
     return value
 
 
-def _ratio(a: str, b: str) -> float:
-    # thefuzz's token_set_ratio lower-cases and strips non-alphanumerics first; so does default_process
-    return fuzz.token_set_ratio(a, b, processor=default_process)
+def _full_process(value: object) -> str:
+    return _NON_WORD.sub(" ", str(value).translate(_LATIN1)).lower().strip()
+
+
+def _ratio(a: str, b: str) -> int:
+    if a == b:
+        return 100
+    if not a or not b:
+        return 0
+    return int(round(100 * SequenceMatcher(None, a, b).ratio()))
+
+
+@lru_cache(maxsize=1 << 16)
+def token_set_ratio(a: object, b: object) -> int:
+    """thefuzz 0.19.0's ``fuzz.token_set_ratio`` (non-strings compared in their ``str`` form)."""
+    p1, p2 = _full_process(a), _full_process(b)
+    if not p1 or not p2:
+        return 0
+    t1, t2 = set(p1.split()), set(p2.split())
+    sect = " ".join(sorted(t1 & t2))
+    one = (sect + " " + " ".join(sorted(t1 - t2))).strip()
+    two = (sect + " " + " ".join(sorted(t2 - t1))).strip()
+    return max(_ratio(sect.strip(), one), _ratio(sect.strip(), two), _ratio(one, two))
 
 
 @lru_cache(maxsize=1)
@@ -102,13 +138,21 @@ def _in_text(needle: str, product: Product) -> bool:
     return needle in product.title.lower() or needle in " ".join(product.bullet_points).lower() or needle in product.description.lower()
 
 
+def goal_option_keys(goal: Goal, colour: Colour = "original") -> Sequence[str | tuple[str, str]]:
+    """What the matcher sees of the goal's options: master passes a synthetic goal's dict items, i.e.
+    (name, value) pairs, and a human goal's plain values; the corrected mode passes values."""
+    if colour == "original" and all(name for name, _ in goal.goal_options):
+        return [(name, value) for name, value in goal.goal_options]
+    return goal.option_values
+
+
 def score_purchase(
     product: Product,
     goal: Goal,
     options: Mapping[str, str],
     price: float | None = None,
     *,
-    colour: Literal["original", "words"] = "original",
+    colour: Colour = "original",
 ) -> RewardBreakdown:
     """Score buying ``product`` with the chosen ``options`` ({option name: value}) for ``goal``."""
     price = product.price if price is None else price
@@ -116,18 +160,11 @@ def score_purchase(
     r_price = price <= goal.price_upper
     attribute_hits = 0
     for g_attr in goal.attributes:
-        if any(_ratio(p_attr, g_attr) > 85 for p_attr in product.attributes) or _in_text(g_attr, product):
+        if any(token_set_ratio(p_attr, g_attr) > 85 for p_attr in product.attributes) or _in_text(g_attr, product):
             attribute_hits += 1
-    goal_values = [normalize_color(v, colour) for v in goal.option_values]
-    option_hits = 0
-    for name, value in options.items():
-        value = normalize_color(value, colour)
-        if name.lower() in EXACT_MATCH_OPTIONS:
-            matched = value in goal_values
-        else:
-            matched = any(_ratio(g, value) > 85 for g in goal_values)
-        if matched or _in_text(value, product):
-            option_hits += 1
+    purchased = [normalize_color(v, colour) for v in options.values()]
+    wanted = [normalize_color(g, colour) for g in goal_option_keys(goal, colour)]
+    option_hits = sum(any(token_set_ratio(p, g) > 85 for p in purchased) for g in wanted)
     n_attr, n_opt = len(goal.attributes), len(goal.goal_options)
     score = (attribute_hits + option_hits + float(r_price)) / (n_attr + n_opt + 1) * r_type
     return RewardBreakdown(
