@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdar_envs import EnvPool  # noqa: E402
 from sdar_train.generation import Sampling, make_generator  # noqa: E402
-from sdar_train.policy import encode_prompt, load_policy  # noqa: E402
+from sdar_train.policy import PromptCodec, load_policy  # noqa: E402
 from sdar_train.rollout import collect_rollout  # noqa: E402
 
 
@@ -67,8 +67,7 @@ def main() -> None:
 
     pool = EnvPool(args.env, args.tasks * args.group, num_workers=args.env_workers, env_kwargs={"split": args.split, "max_steps": args.turns})
     task_ids = pool.call("task_ids")[0][: args.tasks]
-    kw = dict(encode=lambda text, b: encode_prompt(tok, text, b), decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
-              generate=gen, max_prompt_tokens=2048, max_teacher_prompt_tokens=2048, count_tokens=lambda s: len(tok(s).input_ids))  # fmt: skip
+    kw = dict(codec=PromptCodec(tok), generate=gen, max_prompt_tokens=2048, max_teacher_prompt_tokens=2048)
     collect_rollout(pool, args.env, task_ids, args.group, seed=1, **kw)  # warm-up: engine caches, kernels
     gen_time[0] = replay_time[0] = replayed[0] = 0
     t = time.perf_counter()

@@ -40,8 +40,10 @@ __all__ = [
     "SkillHook",
     "TextEnv",
     "Turn",
+    "env_class",
     "extract_tag",
     "prompt_builder",
+    "reference_training",
 ]
 
 ENV_IDS = {
@@ -57,10 +59,21 @@ for _env_id, _entry_point in ENV_IDS.items():
         gym.register(_env_id, entry_point=_entry_point)
 
 
-def prompt_builder(env_id: str) -> PromptBuilder:
-    """The prompt builder of a registered environment, without creating the environment."""
+def env_class(env_id: str) -> type:
+    """The class of a registered environment, without creating the environment."""
     entry = gym.spec(env_id).entry_point
     if not isinstance(entry, str):
-        return entry.prompt_builder
+        return entry
     module, _, attr = entry.partition(":")
-    return getattr(importlib.import_module(module), attr).prompt_builder
+    return getattr(importlib.import_module(module), attr)
+
+
+def prompt_builder(env_id: str) -> PromptBuilder:
+    """The prompt builder of a registered environment, without creating the environment."""
+    return env_class(env_id).prompt_builder
+
+
+def reference_training(env_id: str) -> dict[str, float]:
+    """The SDAR reference's training signal for an environment: ``reward_scale`` (training reward =
+    scale x won), ``invalid_penalty``, ``eval_temperature`` (0: greedy); neutral values for other envs."""
+    return dict(getattr(env_class(env_id), "reference_training", TextEnv.reference_training))

@@ -8,10 +8,10 @@
   ``reset(seed=s)`` without a ``task_id`` picks a task deterministically from the seed.
 * ``step(action) -> (observation, reward, terminated, truncated, info)``. The raw output is projected to
   an environment action (see :func:`extract_tag`); malformed text never raises: it is a no-op step with
-  ``info["valid_action"] = False`` that still counts towards the step limit. ``terminated`` on success
+  ``info["admissible"] = False`` that still counts towards the step limit. ``terminated`` on success
   or failure, ``truncated`` when the step limit is reached first. The environment's reward is its own
   (ALFWorld: 1.0 on success); invalid-action penalties are the trainer's business, read from
-  ``info["valid_action"]``.
+  ``info["format_valid"]`` (the SDAR reference's rule) or ``info["admissible"]``.
 * ``info`` always carries :data:`INFO_KEYS`:
 
   ``task_id``            str, the pinned task (pass it back in ``options`` to replay the task)
@@ -19,8 +19,12 @@
   ``task_type``          str, the task family (ALFWorld: pick, look, clean, heat, cool, pick_two)
   ``admissible_actions`` list[str] | None, the actions the environment accepts now (None: free-form)
   ``won``                bool, whether the task is accomplished
-  ``valid_action``       bool, whether the last action parsed and was accepted (True after reset)
+  ``admissible``         bool, whether the last action parsed and the environment accepted it
+  ``format_valid``       bool, whether the last output follows the reference's format rule
+                         (:meth:`TextEnv.format_valid`; the SDAR reference penalises by this one)
+  ``valid_action``       bool, the same as ``admissible`` (the name earlier versions used)
   ``step``               int, actions taken so far in this episode
+  All three flags are True after reset.
 
 * Prompts: each environment class has a :class:`PromptBuilder` (``prompt_builder(env_id)``) that turns
   the task, the last H (observation, action) turns, the current observation and the admissible actions
@@ -50,10 +54,12 @@ __all__ = [
     "Turn",
     "extract_tag",
     "normalize_command",
+    "think_action_format",
     "skills_block",
 ]
 
-INFO_KEYS = ("task_id", "task", "task_type", "admissible_actions", "won", "valid_action", "step")
+INFO_KEYS = ("task_id", "task", "task_type", "admissible_actions", "won", "admissible", "format_valid", "valid_action", "step")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Text spaces need a charset; printable ASCII covers what the engines print. Actions outside it are
 # still accepted by step() (LLMs emit unicode), they just are not what action_space.sample() makes.
@@ -79,6 +85,20 @@ def extract_tag(text: str, tag: str) -> str | None:
         return None
     matches = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
     return matches[-1].strip() if matches else None
+
+
+def think_action_format(text: str) -> bool:
+    """The SDAR reference's format rule for ALFWorld and WebShop: an ``<action>`` and an ``</action>`` tag
+    (any case), a ``<think>`` and a ``</think>`` tag (as written), and no CJK ideograph (U+4E00..U+9FFF).
+    Whether the command is admissible does not enter: a well-formed but unknown command is still valid."""
+    if not isinstance(text, str):
+        return False
+    lowered = text.lower()
+    if "<action>" not in lowered or "</action>" not in lowered:
+        return False
+    if "<think>" not in text or "</think>" not in text:
+        return False
+    return _CJK.search(text) is None
 
 
 def normalize_command(text: str) -> str:
@@ -146,6 +166,10 @@ class TextEnv(gym.Env[str, str]):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
     prompt_builder: ClassVar[PromptBuilder]
+    # The training signal the SDAR reference uses with this environment (read by sdar_train when a
+    # config leaves these fields null): training reward = reward_scale x won, the penalty of an
+    # invalid turn, and the evaluation temperature (0: greedy).
+    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 1.0, "invalid_penalty": 0.0, "eval_temperature": 0.4}
     task_label: ClassVar[str] = "task"  # how error messages name the tasks
 
     def __init__(self, *, max_steps: int, render_mode: str | None = None) -> None:
@@ -163,6 +187,12 @@ class TextEnv(gym.Env[str, str]):
         self._done = False
 
     # --- to implement -------------------------------------------------------------------------
+    @staticmethod
+    def format_valid(text: str) -> bool:
+        """Whether a raw output follows the format the SDAR reference rewards (``info["format_valid"]``);
+        ALFWorld and WebShop use :func:`think_action_format`, Search-QA overrides it."""
+        return think_action_format(text)
+
     def task_ids(self) -> list[str]:
         """Every task id of this environment's task set, in its fixed order."""
         raise NotImplementedError
@@ -210,7 +240,7 @@ class TextEnv(gym.Env[str, str]):
         obs, info = self._start(index)
         self._step_count = 0
         self._done = False
-        info.update(valid_action=True, step=0, won=bool(info.get("won", False)))
+        info.update(admissible=True, format_valid=True, valid_action=True, step=0, won=bool(info.get("won", False)))
         self._last_obs, self._info = obs, info
         return obs, dict(info)
 
@@ -223,7 +253,8 @@ class TextEnv(gym.Env[str, str]):
         self._step_count += 1
         truncated = not terminated and self._step_count >= self.max_steps
         self._done = terminated or truncated
-        info = {**self._info, **updates, "valid_action": bool(valid), "step": self._step_count}
+        fmt = self.format_valid(action) if isinstance(action, str) else False
+        info = {**self._info, **updates, "admissible": bool(valid), "format_valid": bool(fmt), "valid_action": bool(valid), "step": self._step_count}
         self._last_obs, self._info = obs, info
         return obs, float(reward), bool(terminated), bool(truncated), dict(info)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ALGORITHMS", "AlgoSpec", "TrainConfig", "config_from_args", "load_config"]
+__all__ = ["ALGORITHMS", "AlgoSpec", "TrainConfig", "config_from_args", "load_config", "resolve_reference_defaults"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -33,7 +33,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     "grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False),
     "sdar": AlgoSpec(policy_gradient=True, teacher=True, distill=True),
     "opsd": AlgoSpec(policy_gradient=True, teacher=True, distill=True, force_beta=0.0),
-    "opsd_only": AlgoSpec(policy_gradient=False, teacher=True, distill=True, force_beta=0.0),
+    "opsd_only": AlgoSpec(policy_gradient=False, teacher=True, distill=True),  # gated (beta 5), as the reference runs it
     "skill_grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False, student_skills=True),
     "rlsd": AlgoSpec(policy_gradient=True, teacher=True, distill=False, rlsd=True),
     "sft": AlgoSpec(policy_gradient=False, teacher=False, distill=False, sft=True),
@@ -65,7 +65,10 @@ class TrainConfig:
     max_response_tokens: int = _f(512, "tokens generated per turn")
     temperature: float = _f(1.0, "sampling temperature for rollouts")
     top_p: float = _f(1.0, "nucleus sampling for rollouts")
-    invalid_penalty: float = _f(0.1, "reward subtracted per invalid action (0.01 for Search-QA)")
+    train_reward: str = _f("won", "an episode's training reward: won (reward_scale x success, the reference's) or return (reward_scale x the env's own return)")
+    reward_scale: float | None = _f(None, "multiplier of the training reward; null: the env's reference value (ALFWorld 10, WebShop 10, Search-QA 1)")
+    invalid_penalty: float | None = _f(None, "subtracted from an invalid turn's own score; null: the env's reference value (0.1; Search-QA 0.01)")
+    invalid_rule: str = _f("format", "what makes a turn invalid: format (info['format_valid'], the reference's rule) or admissible (info['admissible'])")
     env_workers: int = _f(0, "EnvPool worker processes (0: environments in this process)")
     generation_batch_size: int = _f(64, "live episodes generated for at once (hf back-end)")
     generation_backend: str = _f("hf", "hf (transformers generate; CPU or GPU) or vllm (the optional extra; GPUs)")
@@ -74,20 +77,26 @@ class TrainConfig:
     skill_tier: str = _f("keyword", "retrieval tier: keyword, embedding, random, ucb")
     skills_k: int = _f(3, "skills shown to the teacher")
     skill_file: str | None = _f(None, "a skill memory file (default: the packaged seed banks)")
+    skill_dir: str | None = _f(None, "a skills folder in the SDAR reference's layout (skill_mapping.json + markdown files): its text, chosen by its rules, replaces the skill memory")
+    teacher_placement: str = _f("before_chat", "where the teacher's skills go: before_chat (before the whole chat-formatted prompt, the reference's) or in_user (at the start of the user message)")
     max_teacher_prompt_tokens: int = _f(4096, "teacher prompt budget; skills are cut to fit, never the prompt")
     # optimisation
     lr: float = _f(1e-6, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     ppo_epochs: int = _f(1, "passes over each batch")
-    mini_batch_size: int = _f(64, "turn samples per optimiser step (per process)")
+    mini_batch_size: int = _f(256, "turn samples per optimiser step (per process); several steps per training step, each after the first with a real ratio to the rollout-time policy")
     micro_batch_size: int = _f(8, "turn samples per forward pass (gradient accumulation)")
     clip_ratio: float = _f(0.2, "PPO clip")
+    dual_clip: float | None = _f(3.0, "dual-clip c (> 1) capping the loss of negative-advantage tokens; null: off")
+    entropy_coef: float = _f(0.001, "entropy bonus")
+    advantage: str = _f("turn", "GRPO statistics: turn (mean/std over all turn samples of a group, the reference's) or episode (one score per episode)")
     kl_coef: float = _f(0.01, "low-variance KL to the frozen reference (0.001 for Search-QA)")
     sdar_coef: float = _f(0.01, "lambda: weight of the self-distillation term")
     sdar_beta: float = _f(5.0, "beta: gate sharpness")
     rlsd_lambda: float = _f(0.5, "RLSD: share of the teacher-weighted advantage")
     rlsd_eps: float = _f(0.2, "RLSD: clip of the token weight around 1")
+    rlsd_warmdown_steps: int = _f(100, "RLSD: the share decays linearly from rlsd_lambda to 0 over these steps")
     # machinery
     bf16: bool | None = _f(None, "bfloat16 autocast; null: on GPUs only; true: on CPU too (slow, but checks the bf16 path); false: off")
     gradient_checkpointing: bool = _f(False, "trade compute for memory")
@@ -99,13 +108,13 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
     eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
     eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
-    eval_temperature: float = _f(0.4, "sampling temperature for evaluation")
+    eval_temperature: float | None = _f(None, "sampling temperature for evaluation, 0 = greedy; null: the env's reference (0.4; Search-QA greedy)")
     progress: bool = _f(True, "progress bars")
 
     def __post_init__(self) -> None:
         for f in fields(self):  # YAML files write 1e-6 as a string and 1 where 1.0 is meant
             value = getattr(self, f.name)
-            if f.type in ("float", float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            if f.type in ("float", float, "float | None") and isinstance(value, (int, str)) and not isinstance(value, bool):
                 try:
                     setattr(self, f.name, float(value))
                 except ValueError:
@@ -120,8 +129,23 @@ class TrainConfig:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.micro_batch_size > self.mini_batch_size:
             raise ValueError("micro_batch_size must be <= mini_batch_size")
-        if self.temperature <= 0 or self.eval_temperature <= 0:
-            raise ValueError("temperatures must be > 0")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.eval_temperature is not None and self.eval_temperature < 0:
+            raise ValueError("eval_temperature must be >= 0 (0: greedy)")
+        choices = {"train_reward": ("won", "return"), "invalid_rule": ("format", "admissible"), "advantage": ("turn", "episode"),
+                   "teacher_placement": ("before_chat", "in_user")}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
+        if self.reward_scale is not None and self.reward_scale <= 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+        if self.invalid_penalty is not None and self.invalid_penalty < 0:
+            raise ValueError(f"invalid_penalty must be >= 0, got {self.invalid_penalty}")
+        if self.rlsd_warmdown_steps < 0:
+            raise ValueError(f"rlsd_warmdown_steps must be >= 0, got {self.rlsd_warmdown_steps}")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if self.generation_backend not in ("hf", "vllm"):
@@ -141,6 +165,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
+    """A copy with the fields left null (``reward_scale``, ``invalid_penalty``, ``eval_temperature``)
+    set to the environment's reference values (:func:`sdar_envs.reference_training`)."""
+    from sdar_envs import reference_training
+
+    ref = reference_training(cfg.env)
+    updates = {k: float(ref[k]) for k in ("reward_scale", "invalid_penalty", "eval_temperature") if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **updates) if updates else cfg
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:

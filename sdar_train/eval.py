@@ -1,6 +1,7 @@
 """Deterministic evaluation of a policy on an environment: a fixed task list (N tasks evenly spaced over
 the split's fixed order, so every task type is represented; all of them by default), fixed seeds,
-temperature 0.4 by default; success per task type; JSON out.
+temperature 0.4 by default (the reference's for ALFWorld and WebShop; Search-QA evaluates greedy, 0);
+success per task type; JSON out.
 
     python -m sdar_train.eval --env SDAR/ALFWorld-v0 --model runs/sdar/final --split valid_unseen --episodes 134
 """
@@ -20,8 +21,8 @@ from rich.table import Table
 
 from sdar_envs import EnvPool
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
-from sdar_train.policy import Policy, encode_prompt, load_policy
-from sdar_train.rollout import collect_rollout
+from sdar_train.policy import Policy, PromptCodec, load_policy
+from sdar_train.rollout import Skills, collect_rollout
 
 __all__ = ["evaluate", "main"]
 
@@ -39,9 +40,13 @@ def evaluate(
     batch_size: int = 64,
     env_workers: int = 0,
     generator: Generator | None = None,
+    memory: Skills | None = None,
+    skills_k: int = 3,
+    max_skill_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success. ``generator``:
-    the generation back-end (default: HF ``generate`` on ``policy``)."""
+    the generation back-end (default: HF ``generate`` on ``policy``). ``memory``: the policy sees skills
+    in its own prompt (Skill-GRPO's with-skills evaluation), within ``max_skill_prompt_tokens``."""
     generator = generator or HFGenerator(policy, batch_size)
     sampling = Sampling(max_response_tokens, temperature, 1.0, tuple(policy.stop_ids))
     kwargs = dict(env_kwargs or {})
@@ -52,12 +57,10 @@ def evaluate(
     tok = policy.tokenizer
     with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
         rollout = collect_rollout(
-            pool, env_id, task_ids, 1,
-            encode=lambda text, budget: encode_prompt(tok, text, budget),
-            decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+            pool, env_id, task_ids, 1, codec=PromptCodec(tok),
             generate=lambda prompts, s: generator(prompts, s, sampling),
-            seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_prompt_tokens,
-            count_tokens=lambda t: len(tok(t, add_special_tokens=False).input_ids),
+            seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_skill_prompt_tokens or max_prompt_tokens,
+            memory=memory, skills_k=skills_k, student_skills=memory is not None,
         )  # fmt: skip
     per_type: dict[str, list[bool]] = defaultdict(list)
     for ep in rollout.episodes:
@@ -68,6 +71,7 @@ def evaluate(
         "episodes": len(rollout.episodes),
         "temperature": temperature,
         "seed": seed,
+        "skills_in_prompt": memory is not None,
         "success": sum(ep.won for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},

@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "actor_loss",
+    "entropy_bonus",
     "group_advantages",
+    "rlsd_lambda",
+    "turn_advantages",
     "low_var_kl",
     "masked_mean",
     "ppo_clip_loss",
@@ -62,6 +66,48 @@ def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1
     return adv
 
 
+def turn_advantages(
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    episodes: torch.Tensor,
+    cross_steps: bool = True,
+    eps: float = 1e-6,
+    scale: bool = True,
+) -> torch.Tensor:
+    """GRPO advantages of turn samples, as the SDAR reference (verl-agent) computes them. 1-D tensors, one
+    entry per turn sample: its score, its group id (the task's G episodes) and its episode id.
+
+    ``cross_steps=True`` (the reference's default): each group's mean and unbiased std are taken over the
+    scores of ALL its turn samples, so an episode of 30 turns weighs 30 times one of a single turn.
+    ``cross_steps=False``: over one score per episode (its first turn sample's), the textbook GRPO.
+    Either way a sample's advantage is ``(its score - mean) / (std + eps)`` (``scale=False``: no division,
+    Dr.GRPO); a group with a single score has mean 0 and std 1, as in the reference.
+    """
+    scores = scores.float()
+    adv = torch.empty_like(scores)
+    for g in torch.unique(groups):
+        in_group = groups == g
+        if cross_steps:
+            pool = scores[in_group]
+        else:
+            idx = torch.nonzero(in_group).flatten()
+            firsts: dict[int, int] = {}
+            for i in idx.tolist():
+                firsts.setdefault(int(episodes[i]), i)
+            pool = scores[list(firsts.values())]
+        mean, std = (pool.mean(), pool.std()) if pool.numel() > 1 else (torch.tensor(0.0), torch.tensor(1.0))
+        centred = scores[in_group] - mean
+        adv[in_group] = centred / (std + eps) if scale else centred
+    return adv
+
+
+def rlsd_lambda(step: int, start: float = 0.5, warmdown_steps: int = 100) -> float:
+    """RLSD's mixing weight at a training step: linear from ``start`` at step 0 to 0 at ``warmdown_steps``."""
+    if warmdown_steps <= 0 or step >= warmdown_steps:
+        return 0.0
+    return start * (1.0 - step / warmdown_steps)
+
+
 def ppo_clip_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -69,20 +115,35 @@ def ppo_clip_loss(
     mask: torch.Tensor,
     clip: float = 0.2,
     normalizer: float | torch.Tensor | None = None,
+    dual_clip: float | None = 3.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO-clip surrogate (to minimise) and the clipped-token fraction. ``advantages``: per token."""
+    """PPO-clip surrogate (to minimise) and the clipped-token fraction. ``advantages``: per token.
+
+    ``dual_clip`` (c > 1, Ye et al. 2019; the reference's default 3): for negative advantages the
+    per-token loss is also capped at ``-c * A``, so a ratio far above 1 cannot blow the step up.
+    """
     ratio = torch.exp(logp - old_logp)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
-    loss = masked_mean(-torch.minimum(unclipped, clipped), mask, normalizer)
-    clip_frac = masked_mean((clipped < unclipped).float(), mask)
-    return loss, clip_frac.detach()
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    per_token = torch.maximum(unclipped, clipped)
+    clip_frac = masked_mean((clipped > unclipped).float(), mask)
+    if dual_clip is not None:
+        if dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * dual_clip), per_token)
+    return masked_mean(per_token, mask, normalizer), clip_frac.detach()
+
+
+def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """The entropy term added to the loss: ``-coef * token-mean(entropy)`` (minimising it raises entropy)."""
+    return -coef * masked_mean(entropy, mask, normalizer)
 
 
 def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
-    """The k3 estimator of KL(pi || ref): ``exp(ref - logp) - (ref - logp) - 1`` (>= 0), token-mean."""
-    diff = (ref_logp - logp).clamp(-20.0, 20.0)
-    return masked_mean(torch.exp(diff) - diff - 1.0, mask, normalizer)
+    """The k3 estimator of KL(pi || ref): ``exp(ref - logp) - (ref - logp) - 1`` per token, clamped to
+    [-10, 10] as the reference does, token-mean."""
+    diff = ref_logp - logp
+    return masked_mean((torch.exp(diff) - diff - 1.0).clamp(-10.0, 10.0), mask, normalizer)
 
 
 def sdar_loss(
@@ -115,3 +176,49 @@ def rlsd_token_advantages(advantages: torch.Tensor, gap: torch.Tensor, lam: floa
     ``A_t = A * ((1 - lam) + lam * clip(exp(sign(A) * gap_t), 1 - eps, 1 + eps))`` with a detached gap."""
     weight = torch.clamp(torch.exp(torch.sign(advantages) * gap.detach()), 1.0 - eps, 1.0 + eps)
     return advantages * ((1.0 - lam) + lam * weight)
+
+
+def actor_loss(
+    logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    ref_logp: torch.Tensor | None = None,
+    teacher_logp: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    policy_gradient: bool = True,
+    clip: float = 0.2,
+    dual_clip: float | None = 3.0,
+    entropy_coef: float = 0.001,
+    kl_coef: float = 0.01,
+    sdar_coef: float = 0.01,
+    sdar_beta: float = 5.0,
+    normalizer: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The actor loss as the SDAR reference combines it, term by term (each a token-mean):
+
+        L = PPO-dual-clip(A) - entropy_coef * H + kl_coef * KL_k3(pi || ref) + sdar_coef * L_SDAR(beta)
+
+    ``policy_gradient=False`` drops the first term (OPSD alone); ``teacher_logp=None`` the last (GRPO,
+    RLSD); ``ref_logp=None`` the KL; ``entropy=None`` the bonus. Returns the loss and its terms.
+    """
+    loss = torch.zeros((), device=logp.device)
+    terms: dict[str, torch.Tensor] = {}
+    if policy_gradient:
+        pg, terms["clip_frac"] = ppo_clip_loss(logp, old_logp, advantages, mask, clip, normalizer, dual_clip)
+        loss = loss + pg
+        terms["pg_loss"] = pg.detach()
+        terms["ppo_kl"] = masked_mean((old_logp - logp).detach(), mask)  # 0 on the first optimizer step
+    if entropy is not None and entropy_coef:
+        loss = loss + entropy_bonus(entropy, mask, entropy_coef, normalizer)
+    if ref_logp is not None:
+        kl = low_var_kl(logp, ref_logp, mask, normalizer)
+        loss = loss + kl_coef * kl
+        terms["kl"] = kl.detach()
+    if teacher_logp is not None:
+        sd, sd_stats = sdar_loss(logp, teacher_logp, mask, sdar_beta, normalizer)
+        loss = loss + sdar_coef * sd
+        terms["sdar_loss"] = sd.detach()
+        terms.update(sd_stats)
+    return loss, terms

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from sdar_train.losses import selective_log_softmax, token_entropy
 
-__all__ = ["Policy", "ScoredBatch", "cut_at_stop", "encode_prompt", "load_policy", "pack"]
+__all__ = ["Policy", "PromptCodec", "ScoredBatch", "cut_at_stop", "encode_prompt", "load_policy", "pack"]
 
 
 @dataclass
@@ -59,6 +60,32 @@ def encode_prompt(tokenizer: object, text: str, max_tokens: int) -> list[int]:
         ids = ids["input_ids"]
     ids = list(ids)
     return ids[-max_tokens:]
+
+
+@dataclass(frozen=True)
+class PromptCodec:
+    """The tokenizer as rollouts use it: chat-formatted prompts (one user turn plus the assistant
+    header), a privileged prefix placed before the whole chat text, decoding and token counts."""
+
+    tokenizer: Any
+
+    def chat_text(self, user_text: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False)
+
+    def encode(self, user_text: str, budget: int) -> list[int]:
+        """The chat-formatted prompt; an over-long one keeps its last ``budget`` tokens."""
+        return encode_prompt(self.tokenizer, user_text, budget)
+
+    def encode_with_prefix(self, prefix: str, user_text: str, budget: int) -> list[int]:
+        """``prefix`` + the chat-formatted prompt, tokenised as one text (the SDAR reference's teacher
+        prompt: its privileged block goes before the system turn); keeps the last ``budget`` tokens."""
+        return list(self.tokenizer(prefix + self.chat_text(user_text), add_special_tokens=False).input_ids)[-budget:]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
@@ -157,8 +184,6 @@ def response_logprobs(
         logits_to_keep=r_width + 1,
     ).logits[:, :r_width]  # column j predicts response token j
     logp = selective_log_softmax(logits, batch.targets.to(device))
-    ent = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = token_entropy(logits)
+    # with grad: the loss carries an entropy bonus
+    ent = token_entropy(logits) if with_entropy else None
     return logp, ent

@@ -2,8 +2,12 @@
 
 Each turn is one training sample: the step-wise prompt the environment's prompt builder makes (task,
 the last H turns, the current observation, admissible actions) and the response the policy sampled.
-Skills are retrieved once per episode from the skill memory in this (the trainer's) process, shown to
-the teacher (or, for Skill-GRPO, to the student), and the episode's outcome is recorded back.
+Skills come from a skill memory (retrieved once per episode in this, the trainer's, process, with
+the episode's outcome recorded back) or from a reference-layout skills folder (chosen per turn by the
+reference's rules); they are shown to the teacher (or, for Skill-GRPO, to the student).
+
+Turn scores (:meth:`Rollout.turn_scores`) follow the reference: every turn sample of an episode scores
+the episode's training reward, and only an invalid turn's own score is lowered by the penalty.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdar_envs import EnvPool, Turn, prompt_builder
-from skills import SkillLibrary, SkillQuery, fit_skills
+from sdar_train.policy import PromptCodec
+from skills import ReferenceSkills, SkillLibrary, SkillQuery, fit_skills, privileged_prefix
 from skills.base import SkillMemory
 
-__all__ = ["Episode", "Rollout", "TurnSample", "collect_rollout", "expert_rollout"]
+__all__ = ["Episode", "EpisodeState", "Rollout", "TurnSample", "collect_rollout", "env_name", "expert_rollout"]
 
 
 @dataclass
@@ -25,7 +30,8 @@ class TurnSample:
     prompt_ids: list[int]
     response_ids: list[int]
     teacher_prompt_ids: list[int] | None
-    valid: bool
+    format_valid: bool  # info["format_valid"]: the reference's format rule
+    admissible: bool  # info["admissible"]: the environment accepted the action
 
 
 @dataclass
@@ -36,10 +42,10 @@ class Episode:
     env_return: float = 0.0
     won: bool = False
     turns: int = 0
-    invalid: int = 0
+    invalid: int = 0  # turns breaking the format rule
+    inadmissible: int = 0  # turns whose action the environment did not accept
     skill_ids: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
-    reward: float = 0.0  # env_return - invalid_penalty * invalid: what the advantage is computed from
 
 
 @dataclass
@@ -47,31 +53,65 @@ class Rollout:
     episodes: list[Episode]
     samples: list[TurnSample]
 
+    def episode_rewards(self, reward_scale: float = 1.0, use_won: bool = True) -> list[float]:
+        """Each episode's training reward: ``reward_scale x won`` (the reference's) or x its env return."""
+        return [reward_scale * (float(e.won) if use_won else e.env_return) for e in self.episodes]
+
+    def turn_scores(self, reward_scale: float = 1.0, penalty: float = 0.0, use_won: bool = True, rule: str = "format") -> list[float]:
+        """One score per turn sample, as the reference scores them: the episode's training reward, lowered by
+        ``penalty`` on that turn alone when it is invalid (``rule``: ``format`` or ``admissible``)."""
+        rewards = self.episode_rewards(reward_scale, use_won)
+        ok = (lambda s: s.format_valid) if rule == "format" else (lambda s: s.admissible)
+        return [rewards[s.episode] - (0.0 if ok(s) else penalty) for s in self.samples]
+
     def metrics(self) -> dict[str, float]:
         n = max(len(self.episodes), 1)
         turns = max(sum(e.turns for e in self.episodes), 1)
         return {
-            "reward": sum(e.reward for e in self.episodes) / n,
+            "env_return": sum(e.env_return for e in self.episodes) / n,
             "success": sum(e.won for e in self.episodes) / n,
             "episode_length": sum(e.turns for e in self.episodes) / n,
             "invalid_rate": sum(e.invalid for e in self.episodes) / turns,
+            "inadmissible_rate": sum(e.inadmissible for e in self.episodes) / turns,
             "response_tokens": sum(len(s.response_ids) for s in self.samples) / max(len(self.samples), 1),
         }
 
 
 Generate = Callable[[list[list[int]], int], list[list[int]]]  # (prompt ids, seed) -> response ids
+Skills = SkillMemory | ReferenceSkills  # a retrieving memory, or a reference-layout skills folder
 
 
-def _prompt_args(st: dict[str, Any]) -> dict[str, Any]:
-    """What the prompt builder needs from an episode's state: the task, the current observation, the
-    history window's turns, the admissible actions and the step."""
-    info = st["info"]
-    return {"task": info["task"], "observation": st["obs"], "history": st["history"],
-            "admissible_actions": info["admissible_actions"], "step": info["step"]}  # fmt: skip
+@dataclass
+class EpisodeState:
+    """What one live episode carries from turn to turn."""
+
+    obs: str
+    info: dict[str, Any]
+    history: list[Turn] = field(default_factory=list)
+    skills: list[str] = field(default_factory=list)  # retrieved once per episode from a skill memory
+    query: SkillQuery | None = None
+
+    def prompt_args(self) -> dict[str, Any]:
+        """What the prompt builder needs: the task, the current observation, the history window's
+        turns, the admissible actions and the step."""
+        return {"task": self.info["task"], "observation": self.obs, "history": self.history,
+                "admissible_actions": self.info["admissible_actions"], "step": self.info["step"]}  # fmt: skip
 
 
-def _env_name(env_id: str) -> str:
+def env_name(env_id: str) -> str:
+    """``SDAR/ALFWorld-v0`` -> ``alfworld``: the skill banks' and queries' name of an environment."""
     return env_id.split("/")[-1].split("-")[0].lower()
+
+
+def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_keywords: bool = False) -> list[str]:
+    """The skill texts of one turn: a memory's retrieval for the episode, or a reference folder's text for
+    this turn (chosen from the game file, data source or prompt, as the reference does; ``by_keywords``:
+    from the prompt's keywords only, as its Skill-GRPO does for the student)."""
+    if isinstance(source, ReferenceSkills):
+        if by_keywords:
+            return [source.text_for(prompt_text=prompt_text)]
+        return [source.text_for(prompt_text=prompt_text, game_file=st.info.get("game_file"), data_source=st.info.get("data_source"))]
+    return st.skills
 
 
 def collect_rollout(
@@ -80,77 +120,82 @@ def collect_rollout(
     task_ids: Sequence[str],
     group_size: int,
     *,
-    encode: Callable[[str, int], list[int]],
-    decode: Callable[[list[int]], str],
+    codec: PromptCodec,
     generate: Generate,
     seed: int,
     max_prompt_tokens: int,
     max_teacher_prompt_tokens: int,
-    count_tokens: Callable[[str], int],
-    memory: SkillMemory | None = None,
+    memory: Skills | None = None,
     skills_k: int = 3,
     teacher: bool = False,
     student_skills: bool = False,
-    invalid_penalty: float = 0.0,
+    teacher_placement: str = "before_chat",
     on_turn: Callable[[int], None] | None = None,
 ) -> Rollout:
-    """Run ``len(task_ids) * group_size`` episodes to the end (slot ``i`` plays ``task_ids[i // G]``)."""
+    """Run ``len(task_ids) * group_size`` episodes to the end (slot ``i`` plays ``task_ids[i // G]``).
+
+    ``teacher``: every turn also gets the teacher's prompt, the same prompt with the skills as much as fit
+    in ``max_teacher_prompt_tokens`` (skills are cut, never the prompt): ``teacher_placement="before_chat"``
+    puts the reference's block ``[Privileged Skill Information]\n<skills>\n\n`` before the whole
+    chat-formatted text; ``"in_user"`` at the start of the user message. ``student_skills`` (Skill-GRPO):
+    the student's own user message starts with that block.
+    """
+    if teacher_placement not in ("before_chat", "in_user"):
+        raise ValueError(f"teacher_placement must be before_chat or in_user, got {teacher_placement!r}")
     build = prompt_builder(env_id)
     n = len(task_ids) * group_size
     if n > pool.num_envs:
         raise ValueError(f"the pool has {pool.num_envs} environments, the rollout needs {n}")
     slots = list(range(n))
     resets = pool.reset(slots, seeds=[seed + i for i in slots], options=[{"task_id": task_ids[i // group_size]} for i in slots])
+    retrieving = isinstance(memory, SkillMemory) and not isinstance(memory, ReferenceSkills) and (teacher or student_skills)
     episodes: list[Episode] = []
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int, EpisodeState] = {}
     for i in slots:
         obs, info = resets[i]
         ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"])
-        state[i] = {"obs": obs, "info": info, "history": [], "skills": []}
-        if memory is not None and (teacher or student_skills):
-            query = SkillQuery(_env_name(env_id), info["task_id"], info["task"], info["task_type"])
-            chosen = memory.retrieve(query, skills_k)
-            ep.skill_ids, state[i]["skills"], state[i]["query"] = [s.id for s in chosen], [s.text for s in chosen], query
+        st = state[i] = EpisodeState(obs, info)
+        if retrieving:
+            st.query = SkillQuery(env_name(env_id), info["task_id"], info["task"], info["task_type"])
+            chosen = memory.retrieve(st.query, skills_k)
+            ep.skill_ids, st.skills = [s.id for s in chosen], [s.text for s in chosen]
         episodes.append(ep)
     samples: list[TurnSample] = []
+    teacher_ids: dict[int, list[int] | None] = {}
+    prompt_ids: dict[int, list[int]] = {}
     live = list(slots)
     turn = 0
     while live:
         for i in live:
             st = state[i]
-            kwargs = _prompt_args(st)
-            text = build(**kwargs)
-            if student_skills and st["skills"]:  # Skill-GRPO: the student's own prompt carries the skills
-                text = build(**kwargs, skills=fit_skills(st["skills"], max_teacher_prompt_tokens - max_prompt_tokens, count_tokens))
-            budget = max_teacher_prompt_tokens if student_skills else max_prompt_tokens
-            st["prompt_ids"] = encode(text, budget)
-            st["teacher_ids"] = None
-            if teacher:
-                # The teacher sees the whole prompt (even where the student's was cut to its budget) with
-                # as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge.
-                full = encode(text, 1 << 30)
-                room = max_teacher_prompt_tokens - len(full) - 4
-                skills = fit_skills(st["skills"], room, count_tokens) if st["skills"] and room > 0 else []
-                st["teacher_ids"] = encode(build(**kwargs, skills=skills), max_teacher_prompt_tokens) if skills else full[-max_teacher_prompt_tokens:]
-        responses = generate([state[i]["prompt_ids"] for i in live], seed * 1_000_003 + turn * 7919)
-        actions = {i: decode(r) for i, r in zip(live, responses, strict=True)}
+            text = build(**st.prompt_args())
+            budget = max_prompt_tokens
+            if student_skills and memory is not None:  # Skill-GRPO: the student's own message starts with them
+                room = max_teacher_prompt_tokens - codec.count(codec.chat_text(text)) - 4
+                shown = fit_skills(_turn_skills(memory, st, text, by_keywords=True), room, codec.count, privileged_prefix) if room > 0 else []
+                text, budget = privileged_prefix(shown) + text, max_teacher_prompt_tokens
+            prompt_ids[i] = codec.encode(text, budget)
+            teacher_ids[i] = _teacher_prompt(codec, build, st, text, memory, teacher_placement, max_teacher_prompt_tokens) if teacher else None
+        responses = generate([prompt_ids[i] for i in live], seed * 1_000_003 + turn * 7919)
+        actions = {i: codec.decode(r) for i, r in zip(live, responses, strict=True)}
         results = pool.step(actions)
         still = []
         for i, response in zip(live, responses, strict=True):
             obs, reward, terminated, truncated, info = results[i]
             st, ep = state[i], episodes[i]
-            samples.append(TurnSample(i, st["prompt_ids"], response, st["teacher_ids"], bool(info["valid_action"])))
+            fmt, ok = bool(info.get("format_valid", info["valid_action"])), bool(info.get("admissible", info["valid_action"]))
+            samples.append(TurnSample(i, prompt_ids[i], response, teacher_ids[i], fmt, ok))
             ep.env_return += float(reward)
             ep.turns += 1
-            ep.invalid += not info["valid_action"]
+            ep.invalid += not fmt
+            ep.inadmissible += not ok
             ep.actions.append(actions[i])
-            st["history"].append(Turn(st["obs"], actions[i].strip()))
-            st["obs"], st["info"] = obs, info
+            st.history.append(Turn(st.obs, actions[i].strip()))
+            st.obs, st.info = obs, info
             if terminated or truncated:
                 ep.won = bool(info["won"])
-                ep.reward = ep.env_return - invalid_penalty * ep.invalid
-                if memory is not None and "query" in st:
-                    memory.record_outcome(st["query"], ep.skill_ids, success=ep.won, reward=ep.env_return)
+                if retrieving and st.query is not None:
+                    memory.record_outcome(st.query, ep.skill_ids, success=ep.won, reward=ep.env_return)
             else:
                 still.append(i)
         live = still
@@ -160,7 +205,20 @@ def collect_rollout(
     return Rollout(episodes, samples)
 
 
-def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, encode: Callable[[str, int], list[int]],
+def _teacher_prompt(codec: PromptCodec, build: Any, st: EpisodeState, text: str, memory: Skills | None, placement: str, budget: int) -> list[int]:
+    """The teacher's prompt ids: the whole student prompt (even where the student's was cut to its
+    budget) with as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge."""
+    full = codec.encode(text, 1 << 30)
+    room = budget - len(full) - 4
+    skills = _turn_skills(memory, st, codec.chat_text(text)) if memory is not None and room > 0 else []
+    if placement == "before_chat":
+        fitted = fit_skills(skills, room, codec.count, privileged_prefix) if skills else []
+        return codec.encode_with_prefix(privileged_prefix(fitted), text, budget) if fitted else full[-budget:]
+    fitted = fit_skills(skills, room, codec.count) if skills else []
+    return codec.encode(build(**st.prompt_args(), skills=fitted), budget) if fitted else full[-budget:]
+
+
+def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, codec: PromptCodec,
                    tokenize_response: Callable[[str], list[int]], max_prompt_tokens: int, seed: int,
                    response_format: Callable[[str], str]) -> Rollout:  # fmt: skip
     """Demonstrations for behaviour cloning: each environment's ``info["expert_action"]`` played to the end.
@@ -172,19 +230,19 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, encod
     slots = list(range(len(task_ids)))
     resets = pool.reset(slots, seeds=[seed + i for i in slots], options=[{"task_id": t} for t in task_ids])
     episodes, samples = [], []
-    state = {}
+    state: dict[int, EpisodeState] = {}
     for i in slots:
         obs, info = resets[i]
         episodes.append(Episode(group=i, task_id=info["task_id"], task_type=info["task_type"]))
-        state[i] = {"obs": obs, "info": info, "history": []}
-    live = [i for i in slots if state[i]["info"].get("expert_action")]
+        state[i] = EpisodeState(obs, info)
+    live = [i for i in slots if state[i].info.get("expert_action")]
     while live:
         actions = {}
         for i in live:
             st = state[i]
-            text = build(**_prompt_args(st))
-            actions[i] = response_format(st["info"]["expert_action"])
-            samples.append(TurnSample(i, encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True))
+            text = build(**st.prompt_args())
+            actions[i] = response_format(st.info["expert_action"])
+            samples.append(TurnSample(i, codec.encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True, True))
         results = pool.step(actions)
         still = []
         for i in live:
@@ -193,18 +251,22 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, encod
             ep.env_return += float(reward)
             ep.turns += 1
             ep.actions.append(actions[i])
-            st["history"].append(Turn(st["obs"], actions[i]))
-            st["obs"], st["info"] = obs, info
+            st.history.append(Turn(st.obs, actions[i]))
+            st.obs, st.info = obs, info
             if terminated or truncated or not info.get("expert_action"):
-                ep.won, ep.reward = bool(info["won"]), ep.env_return
+                ep.won = bool(info["won"])
             else:
                 still.append(i)
         live = still
     return Rollout(episodes, samples)
 
 
-def default_memory(env_id: str, tier: str, seed: int, skill_file: str | None) -> SkillLibrary:
-    name = _env_name(env_id)
+def default_memory(env_id: str, tier: str, seed: int, skill_file: str | None, skill_dir: str | None = None) -> Skills:
+    """``skill_dir``: a reference-layout folder (:class:`skills.ReferenceSkills`); ``skill_file``: a saved
+    skill memory; else the packaged seed banks of the environment."""
+    if skill_dir:
+        return ReferenceSkills(skill_dir)
+    name = env_name(env_id)
     if skill_file:
         return SkillLibrary.load(skill_file, tier=tier, seed=seed)
     from skills.store import SEED_BANKS

@@ -1,9 +1,16 @@
-"""One trainer for GRPO, SDAR and the baselines: rollout -> advantages -> teacher pass -> update.
+"""One trainer for GRPO, SDAR and the baselines: rollout -> turn scores -> advantages -> teacher pass ->
+update, with the training signal of the SDAR reference (docs/FIDELITY.md).
 
 Reads top to bottom in :meth:`Trainer.train_step`. An algorithm only changes which loss terms are on
 (:data:`sdar_train.config.ALGORITHMS`):
 
-    L = PPO-clip(A) + kl_coef * KL(pi || ref) + sdar_coef * L_SDAR(beta)     (SDAR; GRPO: no L_SDAR)
+    L = PPO-dual-clip(A) - entropy_coef * H + kl_coef * KL(pi || ref) + sdar_coef * L_SDAR(beta)
+
+* turn score = the episode's training reward (reward_scale x won), minus invalid_penalty on that turn
+  alone when it breaks the format rule;
+* A = (score - mean) / (std + 1e-6) over all turn samples of the task's group (``advantage: turn``);
+* mini-batches of ``mini_batch_size`` turn samples, several optimizer steps per training step, the
+  ratio taken to the rollout-time policy (old log-probs scored before the first step).
 
 Data parallel through Accelerate: every process runs its share of the B tasks (whole groups), and the
 token-mean losses are normalised by the global token count, so the averaged gradient equals the
@@ -26,17 +33,10 @@ import torch
 from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool
-from sdar_train.config import TrainConfig
+from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.generation import Sampling, make_generator
-from sdar_train.losses import (
-    group_advantages,
-    low_var_kl,
-    masked_mean,
-    ppo_clip_loss,
-    rlsd_token_advantages,
-    sdar_loss,
-)
-from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
+from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_advantages, turn_advantages
+from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 
 __all__ = ["Trainer", "response_format"]
@@ -52,7 +52,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        self.cfg = cfg = config
+        self.cfg = cfg = resolve_reference_defaults(config)
         cpu = not torch.cuda.is_available()
         bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
@@ -77,8 +77,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.policy.model = acc.unwrap_model(self.model)  # generation and evaluation: DDP's wrapper has no generate()
         tok = self.policy.tokenizer
-        self.encode = lambda text, budget: encode_prompt(tok, text, budget)
-        self.count_tokens = lambda text: len(tok(text, add_special_tokens=False).input_ids)
+        self.codec = PromptCodec(tok)
         eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
         self.tokenize_response = lambda text: tok(text, add_special_tokens=False).input_ids + [eos]
         # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
@@ -100,7 +99,12 @@ class Trainer:
         slots = self.local_tasks * (1 if cfg.spec.sft else cfg.group_size)
         self.pool = EnvPool(cfg.env, slots, num_workers=cfg.env_workers, env_kwargs=env_kwargs)
         self.task_ids: list[str] = self.pool.call("task_ids")[0]
-        self.memory = default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file) if (cfg.spec.teacher or cfg.spec.student_skills) else None
+        uses_skills = cfg.spec.teacher or cfg.spec.student_skills
+        self.memory = default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file, cfg.skill_dir) if uses_skills else None
+        if uses_skills and acc.is_main_process:  # which skills and where: a run's log says it
+            source = f"reference folder {cfg.skill_dir}" if cfg.skill_dir else (cfg.skill_file or f"seed banks, {cfg.skill_tier} retrieval")
+            where = "student's user message" if cfg.spec.student_skills else f"teacher prompt, {cfg.teacher_placement}"
+            print(f"[{cfg.algo}] skills: {source}; placement: {where}")
         self.step = 0
         self.metrics_file = self.out / "metrics.jsonl"
         self.tb = None
@@ -127,7 +131,7 @@ class Trainer:
         tasks = self.tasks_for_step(step)
         if cfg.spec.sft:
             return expert_rollout(
-                self.pool, cfg.env, tasks, encode=self.encode, tokenize_response=self.tokenize_response,
+                self.pool, cfg.env, tasks, codec=self.codec, tokenize_response=self.tokenize_response,
                 max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed + step,
                 response_format=response_format,
             )  # fmt: skip
@@ -138,13 +142,11 @@ class Trainer:
 
         try:
             return collect_rollout(
-                self.pool, cfg.env, tasks, cfg.group_size,
-                encode=self.encode, decode=lambda ids: self.policy.tokenizer.decode(ids, skip_special_tokens=True),
+                self.pool, cfg.env, tasks, cfg.group_size, codec=self.codec,
                 generate=gen, seed=cfg.seed * 100_003 + step * 101 + self.rank,
                 max_prompt_tokens=cfg.max_prompt_tokens, max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
-                count_tokens=self.count_tokens, memory=self.memory, skills_k=cfg.skills_k,
-                teacher=cfg.spec.teacher, student_skills=cfg.spec.student_skills,
-                invalid_penalty=cfg.invalid_penalty, on_turn=lambda live: bar.update(1),
+                memory=self.memory, skills_k=cfg.skills_k, teacher=cfg.spec.teacher, student_skills=cfg.spec.student_skills,
+                teacher_placement=cfg.teacher_placement, on_turn=lambda live: bar.update(1),
             )  # fmt: skip
         finally:
             bar.close()
@@ -169,15 +171,22 @@ class Trainer:
         t0 = time.time()
         # 1. rollout: B x G episodes, one sample per turn
         rollout = self.rollout(step)
-        samples: list[TurnSample] = [s for s in rollout.samples if s.response_ids]
         t_rollout = time.time() - t0
-        # 2. group-relative advantages per episode, broadcast to every turn of it
-        rewards = torch.tensor([e.reward for e in rollout.episodes])
-        groups = torch.tensor([e.group for e in rollout.episodes])
-        episode_adv = group_advantages(rewards, groups) if spec.policy_gradient else torch.zeros_like(rewards)
-        adv = torch.tensor([float(episode_adv[s.episode]) for s in samples])
+        # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
+        use_won = cfg.train_reward == "won"
+        scores = torch.tensor(rollout.turn_scores(cfg.reward_scale, cfg.invalid_penalty, use_won, cfg.invalid_rule))
+        groups = torch.tensor([rollout.episodes[s.episode].group for s in rollout.samples])
+        episodes = torch.tensor([s.episode for s in rollout.samples])
+        if spec.policy_gradient and len(scores):
+            all_adv = turn_advantages(scores, groups, episodes, cross_steps=cfg.advantage == "turn")
+        else:
+            all_adv = torch.zeros_like(scores)
+        keep = [j for j, s in enumerate(rollout.samples) if s.response_ids]
+        samples: list[TurnSample] = [rollout.samples[j] for j in keep]
+        adv = all_adv[keep] if keep else torch.zeros(0)
         prompts, responses = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
-        # 3. no-grad passes with the rollout-time weights: teacher (skills + prompt) and reference
+        # 3. no-grad passes with the rollout-time weights: teacher (skills + prompt), reference, and the
+        # old policy whenever the update takes more than one optimizer step
         t1 = time.time()
         unwrapped = acc.unwrap_model(self.model)
         teacher = self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses) if spec.teacher and samples else None
@@ -187,17 +196,27 @@ class Trainer:
         elif samples and cfg.lora_r > 0 and cfg.kl_coef > 0:  # LoRA: the reference is the base model, adapters off
             with unwrapped.disable_adapter():
                 ref = self._score(unwrapped, prompts, responses)
-        old = self._score(unwrapped, prompts, responses) if cfg.ppo_epochs > 1 and samples else None
+        steps_per_update = cfg.ppo_epochs * self._agreed(math.ceil(len(samples) / cfg.mini_batch_size))
+        need_old = samples and (steps_per_update > 1 or spec.rlsd)
+        old = self._score(unwrapped, prompts, responses) if need_old else None
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
         stats = self.update(prompts, responses, adv, old, ref, teacher, step)
         self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
-        metrics = {**rollout.metrics(), **{k: float(np.mean(v)) for k, v in stats.items()}}
+        rewards = rollout.episode_rewards(cfg.reward_scale, use_won)
+        metrics = {**rollout.metrics(), "reward": float(np.mean(rewards)) if rewards else 0.0, **{k: float(np.mean(v)) for k, v in stats.items()}}
+        if spec.rlsd:
+            metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
         metrics.update(step=step, samples=len(samples) * self.world, time_s=time.time() - t0,
                        rollout_s=t_rollout, teacher_s=t_teacher)  # fmt: skip
         return metrics
+
+    def _agreed(self, n: int) -> int:
+        """The maximum of ``n`` over processes (every process must run the same number of passes)."""
+        acc = self.accelerator
+        return int(acc.reduce(torch.tensor(n, device=acc.device), reduction="max")) if self.world > 1 else n
 
     def update(self, prompts, responses, adv, old, ref, teacher, step: int, *, optimizer_step: bool = True) -> dict[str, list[float]]:  # noqa: ANN001
         """``ppo_epochs`` passes of mini-batch updates over this process's turn samples.
@@ -209,10 +228,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         stats: dict[str, list[float]] = {}
         order_rng = random.Random(cfg.seed * 7_919 + step)
-
-        def agreed(n: int) -> int:
-            return int(acc.reduce(torch.tensor(n, device=acc.device), reduction="max")) if self.world > 1 else n
-
+        agreed = self._agreed
+        lam = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         for _ in range(cfg.ppo_epochs):
             order = list(range(len(prompts)))
             order_rng.shuffle(order)
@@ -225,7 +242,7 @@ class Trainer:
                 n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
                 for c in range(n_micro):
                     micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
-                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats)
+                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats, lam)
                 if not optimizer_step:
                     continue
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -234,7 +251,7 @@ class Trainer:
                 stats.setdefault("grad_norm", []).append(float(grad_norm))
         return stats
 
-    def _accumulate(self, micro, prompts, responses, adv, old, ref, teacher, normalizer, stats) -> None:  # noqa: ANN001
+    def _accumulate(self, micro, prompts, responses, adv, old, ref, teacher, normalizer, stats, lam: float = 0.0) -> None:  # noqa: ANN001
         cfg, spec = self.cfg, self.cfg.spec
         if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
             pad = self.policy.pad_id
@@ -255,34 +272,26 @@ class Trainer:
         old_logp = aligned(old) if old is not None else logp.detach()
         teacher_logp, ref_logp = aligned(teacher), aligned(ref)
         token_adv = adv[micro].to(self.accelerator.device)[:, None].expand_as(logp)
-        if spec.rlsd and teacher_logp is not None:
-            token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, cfg.rlsd_lambda, cfg.rlsd_eps)
-        loss = torch.zeros((), device=self.accelerator.device)
-        if spec.policy_gradient:
-            pg, clip_frac = ppo_clip_loss(logp, old_logp, token_adv, mask, cfg.clip_ratio, normalizer)
-            loss = loss + pg
-            stats.setdefault("pg_loss", []).append(float(pg.detach()))
-            stats.setdefault("clip_frac", []).append(float(clip_frac))
+        if spec.rlsd and teacher_logp is not None:  # the gap from the rollout-time (old) log-probs, as the reference
+            token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, lam, cfg.rlsd_eps)
+        beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta
+        loss, terms = actor_loss(
+            logp, mask, old_logp=old_logp, advantages=token_adv, ref_logp=ref_logp,
+            teacher_logp=teacher_logp if spec.distill else None, entropy=None if spec.sft else ent,
+            policy_gradient=spec.policy_gradient, clip=cfg.clip_ratio, dual_clip=cfg.dual_clip, entropy_coef=cfg.entropy_coef,
+            kl_coef=cfg.kl_coef, sdar_coef=cfg.sdar_coef, sdar_beta=beta, normalizer=normalizer,
+        )  # fmt: skip
+        for k, v in terms.items():
+            stats.setdefault(k, []).append(float(v))
         if spec.sft:
             nll = masked_mean(-logp, mask, normalizer)
             loss = loss + nll
             stats.setdefault("sft_loss", []).append(float(nll.detach()))
-        if ref_logp is not None:
-            kl = low_var_kl(logp, ref_logp, mask, normalizer)
-            loss = loss + cfg.kl_coef * kl
-            stats.setdefault("kl", []).append(float(kl.detach()))
-        if spec.distill and teacher_logp is not None:
-            beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta
-            sd, sd_stats = sdar_loss(logp, teacher_logp, mask, beta, normalizer)
-            loss = loss + cfg.sdar_coef * sd
-            stats.setdefault("sdar_loss", []).append(float(sd.detach()))
-            for k, v in sd_stats.items():
-                stats.setdefault(k, []).append(float(v))
-        elif teacher_logp is not None:  # RLSD: the gap statistics are still worth logging
+        if teacher_logp is not None and not spec.distill:  # RLSD: the gap statistics are still worth logging
             gap = teacher_logp - old_logp
             stats.setdefault("gap_mean", []).append(float(masked_mean(gap, mask)))
             stats.setdefault("gap_negative", []).append(float(masked_mean((gap < 0).float(), mask)))
-        stats.setdefault("entropy", []).append(float(masked_mean(ent, mask)))
+        stats.setdefault("entropy", []).append(float(masked_mean(ent.detach(), mask)))
         stats.setdefault("loss", []).append(float(loss.detach()))
         self.accelerator.backward(loss)
 
@@ -317,9 +326,13 @@ class Trainer:
         report = None
         if acc.is_main_process:
             kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs, **({"max_steps": cfg.max_turns} if cfg.max_turns else {})}
-            report = evaluate(self.policy, cfg.env, generator=self.generator, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
-                              seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
-                              batch_size=cfg.generation_batch_size)  # fmt: skip
+            common = dict(generator=self.generator, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
+                          seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
+                          batch_size=cfg.generation_batch_size)  # fmt: skip
+            report = evaluate(self.policy, cfg.env, **common)
+            if cfg.spec.student_skills:  # Skill-GRPO trained with skills in view: report both, as the reference does
+                report["with_skills"] = evaluate(self.policy, cfg.env, memory=self.memory, skills_k=cfg.skills_k,
+                                                 max_skill_prompt_tokens=cfg.max_teacher_prompt_tokens, **common)  # fmt: skip
         acc.wait_for_everyone()
         return report
 

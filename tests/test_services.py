@@ -17,7 +17,9 @@ import requests
 
 from sdar_envs.searchqa.data import load_questions
 from sdar_envs.searchqa.search import HttpSearcher
+from sdar_envs.webshop.catalog import load_catalog
 from sdar_envs.webshop.client import WebShopServiceError
+from sdar_envs.webshop.reward import score_purchase, target_options
 from servers.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,9 @@ def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_serve
         shops = pool.map(shopper, range(64))
         searches = pool.map(searcher, range(16))
         shops, searches = list(shops), list(searches)
-    assert shops == [(f"synthetic-{i}", 1.0) for i in range(64)]
+    catalog = load_catalog()  # the expert buys its target: what master's reward gives that (a few goals < 1)
+    wanted = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in catalog.goals("synthetic", "test")[:64]]
+    assert shops == [(f"synthetic-{i}", wanted[i]) for i in range(64)] and wanted.count(1.0) >= 60
     assert all(searches)
 
 

@@ -75,6 +75,7 @@ class AlfworldEnv(TextEnv):
 
     task_label: ClassVar[str] = "ALFWorld"
     prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
+    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 10.0, "invalid_penalty": 0.1, "eval_temperature": 0.4}
 
     def __init__(
         self,

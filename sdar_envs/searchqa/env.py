@@ -32,7 +32,7 @@ from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_ques
 from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
 from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
 
-__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "parse_action"]
+__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "parse_action", "searchqa_format"]
 
 _INSTRUCTIONS = (
     "Answer the question below. Reason inside <think> </think> whenever you get new information. "
@@ -59,6 +59,27 @@ INVALID_MESSAGE = (
 )
 _THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", flags=re.DOTALL | re.IGNORECASE)
+
+
+_SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", flags=re.DOTALL | re.IGNORECASE)
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
+
+
+def searchqa_format(text: str) -> bool:
+    """The SDAR reference's format rule for Search-QA: a complete ``<search>`` or ``<answer>`` block in the
+    text up to the first ``</search>`` (else ``</answer>``), not both tags, and neither tag twice (any
+    case). Linear in the text: with at most one opening tag the block search scans once."""
+    if not isinstance(text, str):
+        return False
+    lowered = text.lower()
+    searches, answers = lowered.count("<search>"), lowered.count("<answer>")
+    if (searches and answers) or searches > 1 or answers > 1:
+        return False
+    for close in ("</search>", "</answer>"):  # the reference trims at the first close tag, as written
+        if close in text:
+            text = text[: text.index(close) + len(close)]
+            break
+    return bool(_SEARCH_BLOCK.search(text) or _ANSWER_BLOCK.search(text))
 
 
 def parse_action(text: str) -> tuple[str, str] | None:
@@ -89,6 +110,7 @@ class SearchQAEnv(TextEnv):
 
     task_label: ClassVar[str] = "Search-QA"
     prompt_builder: ClassVar[PromptBuilder] = SEARCHQA_PROMPT
+    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 1.0, "invalid_penalty": 0.01, "eval_temperature": 0.0}
 
     def __init__(
         self,
@@ -139,6 +161,10 @@ class SearchQAEnv(TextEnv):
             "expert_action": f"<search>{r.question}</search>",
         }
         return f"Question: {r.question}", info
+
+    @staticmethod
+    def format_valid(text: str) -> bool:
+        return searchqa_format(text)
 
     def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         assert self._record is not None

@@ -73,6 +73,7 @@ class WebShopEnv(TextEnv):
 
     task_label: ClassVar[str] = "WebShop"
     prompt_builder: ClassVar[PromptBuilder] = WEBSHOP_PROMPT
+    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 10.0, "invalid_penalty": 0.1, "eval_temperature": 0.4}
 
     def __init__(
         self,
