@@ -233,6 +233,8 @@ class TextEnv(gym.Env[str, str]):
         unknown = set(options) - {"task_id"}
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; supported: ['task_id']")
+        # A reset that fails leaves the env needing a reset: never the old task's info over a new goal.
+        self._info, self._done = {}, True
         if options.get("task_id") is not None:
             index = self._task_index(options["task_id"])
         else:

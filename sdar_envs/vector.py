@@ -9,11 +9,21 @@ each with its own options. The environments themselves remain plain Gymnasium en
 
 The engines are GIL-bound Python, so parallelism comes from processes. Workers start with ``spawn``
 (safe beside torch threads and a JVM) and each owns ``num_envs / num_workers`` environments.
+
+Failures are loud and bounded: every request carries a call number that its reply echoes, so a reply
+is never taken for another call's; a worker that dies, or answers nothing within ``timeout`` seconds
+(stopped, hung), is killed and raises :class:`EnvPoolError` naming it. Its environments are then down
+until :meth:`EnvPool.restart` re-creates them (they need a reset) or the pool is closed.
+
+With worker processes (``spawn``), a script that makes a pool must guard its entry point with
+``if __name__ == "__main__":`` (every worker re-imports the main module).
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,7 +37,8 @@ EnvFactory = Callable[[], gym.Env]
 
 
 class EnvPoolError(RuntimeError):
-    """An environment raised inside a worker; the message carries the worker's traceback."""
+    """An environment raised inside a worker (the message carries the worker's traceback), or a worker
+    died or stopped answering (the message names it)."""
 
 
 def _make(env_id: str | EnvFactory, env_kwargs: Mapping[str, Any]) -> gym.Env:
@@ -53,19 +64,19 @@ def _worker(conn: Any, env_id: str | EnvFactory, env_kwargs: Mapping[str, Any], 
     envs: dict[int, gym.Env] = {}
     try:
         envs = {i: _make(env_id, env_kwargs) for i in indices}
-        conn.send(("ok", None))
+        conn.send((0, "ok", None))
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        conn.send((0, "error", traceback.format_exc()))
         return
     try:
         while True:
-            command, payload = conn.recv()
+            call, command, payload = conn.recv()
             if command == "close":
                 break
             try:
-                conn.send(("ok", _serve(envs, command, payload)))
+                conn.send((call, "ok", _serve(envs, command, payload)))
             except Exception:
-                conn.send(("error", traceback.format_exc()))
+                conn.send((call, "error", traceback.format_exc()))
     except (EOFError, KeyboardInterrupt):
         pass
     finally:
@@ -83,6 +94,8 @@ class EnvPool:
         num_workers: worker processes; default ``min(num_envs, os.cpu_count())``. Environment ``i``
             lives in worker ``i % num_workers``.
         env_kwargs: keyword arguments for ``gymnasium.make``.
+        timeout: seconds a worker may take to answer one call (or to start) before it is declared
+            stuck, killed and reported; None waits forever.
     """
 
     def __init__(
@@ -93,6 +106,7 @@ class EnvPool:
         num_workers: int | None = None,
         env_kwargs: Mapping[str, Any] | None = None,
         start_method: str = "spawn",
+        timeout: float | None = 600.0,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -102,25 +116,30 @@ class EnvPool:
         self.num_workers = min(num_envs, os.cpu_count() or 1) if num_workers is None else num_workers
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        kwargs = dict(env_kwargs or {})
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 or None, got {timeout}")
+        self.timeout = timeout
+        self._env_id, self._kwargs = env_id, dict(env_kwargs or {})
         self._local: dict[int, gym.Env] = {}
         self._conns: list[Any] = []
         self._procs: list[mp.process.BaseProcess] = []
+        self._down: dict[int, str] = {}  # worker -> why it is down
+        self._calls = itertools.count(1)
         self._closed = False
         if self.num_workers == 0:
-            self._local = {i: _make(env_id, kwargs) for i in range(num_envs)}
+            self._local = {i: _make(env_id, self._kwargs) for i in range(num_envs)}
             return
-        ctx = mp.get_context(start_method)
+        self._ctx = mp.get_context(start_method)
         for w in range(self.num_workers):
-            indices = list(range(w, num_envs, self.num_workers))
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, env_id, kwargs, indices), daemon=True, name=f"EnvPool-{w}")
-            proc.start()
-            child.close()
-            self._conns.append(parent)
+            conn, proc = self._spawn(w)
+            self._conns.append(conn)
             self._procs.append(proc)
-        for w, conn in enumerate(self._conns):
-            self._receive(w, conn)
+        try:
+            for w in range(self.num_workers):
+                self._receive(w, 0)
+        except EnvPoolError:
+            self.close()
+            raise
 
     # --- public API -----------------------------------------------------------------------------
     def reset(
@@ -147,12 +166,25 @@ class EnvPool:
         """Call a method of every (unwrapped) environment."""
         if self.num_workers == 0:
             return _serve(self._local, "call", (name, args, kwargs))
-        results: dict[int, Any] = {}
-        for conn in self._conns:
-            conn.send(("call", (name, args, kwargs)))
-        for w, conn in enumerate(self._conns):
-            results.update(self._receive(w, conn))
-        return results
+        return self._request("call", {w: (name, args, kwargs) for w in range(self.num_workers)})
+
+    @property
+    def down_workers(self) -> dict[int, str]:
+        """Workers that died or stopped answering, with the reason; their environments raise until restarted."""
+        return dict(self._down)
+
+    def restart(self, workers: Sequence[int] | None = None) -> None:
+        """Replace the given workers (default: every one that is down) with fresh processes; their
+        environments are created anew and need a reset."""
+        if self._closed:
+            raise RuntimeError("EnvPool is closed")
+        for w in sorted(self._down) if workers is None else list(workers):
+            if not 0 <= w < self.num_workers:
+                raise IndexError(f"worker {w} out of range (num_workers={self.num_workers})")
+            self._stop(w)
+            self._conns[w], self._procs[w] = self._spawn(w)
+            self._down.pop(w, None)
+            self._receive(w, 0)
 
     def close(self) -> None:
         if self._closed:
@@ -160,17 +192,15 @@ class EnvPool:
         self._closed = True
         for env in self._local.values():
             env.close()
-        for conn in self._conns:
+        for w, conn in enumerate(self._conns):
+            if w in self._down:
+                continue
             try:
-                conn.send(("close", None))
+                conn.send((0, "close", None))
             except (BrokenPipeError, OSError):
                 pass
-        for proc in self._procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-        for conn in self._conns:
-            conn.close()
+        for w in range(len(self._procs)):
+            self._stop(w, grace=10.0)
 
     def __enter__(self) -> EnvPool:
         return self
@@ -185,6 +215,63 @@ class EnvPool:
             pass
 
     # --- plumbing -----------------------------------------------------------------------------
+    def _spawn(self, w: int) -> tuple[Any, mp.process.BaseProcess]:
+        indices = list(range(w, self.num_envs, self.num_workers))
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker, args=(child, self._env_id, self._kwargs, indices), daemon=True, name=f"EnvPool-{w}")
+        proc.start()
+        child.close()
+        return parent, proc
+
+    def _stop(self, w: int, grace: float = 0.0) -> None:
+        proc = self._procs[w]
+        proc.join(timeout=grace)
+        if proc.is_alive():
+            proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            proc.join(timeout=5)
+        self._conns[w].close()
+
+    @staticmethod
+    def _died(proc: mp.process.BaseProcess, call: int) -> str:
+        why = f"died (exit code {proc.exitcode})"
+        if call == 0:  # at start-up: the classic cause is a script without a main guard under spawn
+            why += ' while starting; a script that creates an EnvPool at module level must guard it with if __name__ == "__main__":'
+        return why
+
+    def _fail(self, w: int, why: str) -> EnvPoolError:
+        """Mark worker ``w`` down, kill it, and make the error that says so."""
+        self._down[w] = why
+        try:
+            self._stop(w)
+        except Exception:
+            pass
+        envs = list(range(w, self.num_envs, self.num_workers))
+        return EnvPoolError(f"worker {w} (environments {envs}) {why}; pool.restart() re-creates its environments, or close the pool")
+
+    def _request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
+        """Send one call to each worker in ``parts``, then collect every reply (a failure in one worker
+        never leaves another's reply unread)."""
+        for w in parts:
+            if w in self._down:
+                raise EnvPoolError(f"worker {w} is down ({self._down[w]}); pool.restart() re-creates its environments, or close the pool")
+        call = next(self._calls)
+        sent, errors = [], []
+        for w, payload in parts.items():
+            try:
+                self._conns[w].send((call, command, payload))
+                sent.append(w)
+            except (BrokenPipeError, ConnectionError, OSError):
+                errors.append(str(self._fail(w, f"died (exit code {self._procs[w].exitcode})")))
+        results: dict[int, Any] = {}
+        for w in sent:
+            try:
+                results.update(self._receive(w, call))
+            except EnvPoolError as e:
+                errors.append(str(e))
+        if errors:
+            raise EnvPoolError("\n".join(errors))
+        return results
+
     def _dispatch(self, command: str, items: list[tuple]) -> dict[int, Any]:
         if self._closed:
             raise RuntimeError("EnvPool is closed")
@@ -199,24 +286,33 @@ class EnvPool:
         by_worker: dict[int, list[tuple]] = {}
         for item in items:
             by_worker.setdefault(item[0] % self.num_workers, []).append(item)
-        for w, part in by_worker.items():
-            self._conns[w].send((command, part))
-        results: dict[int, Any] = {}
-        errors = []
-        for w in by_worker:
-            try:
-                results.update(self._receive(w, self._conns[w]))
-            except EnvPoolError as e:
-                errors.append(str(e))
-        if errors:
-            raise EnvPoolError("\n".join(errors))
+        results = self._request(command, by_worker)
         return {item[0]: results[item[0]] for item in items}
 
-    def _receive(self, w: int, conn: Any) -> Any:
-        try:
-            status, payload = conn.recv()
-        except EOFError as e:
-            raise EnvPoolError(f"worker {w} died (exit code {self._procs[w].exitcode})") from e
-        if status == "error":
-            raise EnvPoolError(f"worker {w} raised:\n{payload}")
-        return payload
+    def _receive(self, w: int, call: int) -> Any:
+        """The reply to ``call`` from worker ``w``: replies to earlier calls are dropped; death or
+        silence past the timeout marks the worker down."""
+        conn, proc = self._conns[w], self._procs[w]
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                raise self._fail(w, f"gave no answer within {self.timeout:g} s (stopped or hung); it was killed")
+            try:
+                ready = conn.poll(wait)
+                message = conn.recv() if ready else None
+            except (EOFError, OSError):
+                proc.join(timeout=1)
+                raise self._fail(w, self._died(proc, call)) from None
+            if message is None:
+                if not proc.is_alive():
+                    raise self._fail(w, self._died(proc, call))
+                continue
+            got, status, payload = message
+            if got != call:
+                continue  # a late reply to a call that already failed: never hand it to this one
+            if status == "error":
+                if call == 0:  # could not even make its environments
+                    self._down[w] = "failed to start"
+                raise EnvPoolError(f"worker {w} raised:\n{payload}")
+            return payload

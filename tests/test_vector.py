@@ -69,3 +69,55 @@ def test_gymnasium_make_vec_works_without_shared_memory():
             assert list(info["valid_action"]) == [True, False], mode
         finally:
             vec.close()
+
+
+def _first_obs(task_id: str) -> str:
+    import gymnasium as gym
+
+    return gym.make(ENV_ID, **KW).reset(options={"task_id": task_id})[0]
+
+
+def test_a_killed_worker_is_named_and_never_yields_another_calls_reply(valid_seen_tasks):
+    import os
+    import signal
+
+    a, b = valid_seen_tasks[3].task_id, valid_seen_tasks[60].task_id
+    with EnvPool(ENV_ID, 4, num_workers=2, env_kwargs=KW, timeout=60) as pool:
+        pool.reset(options=[{"task_id": a}] * 4)
+        os.kill(pool._procs[1].pid, signal.SIGKILL)
+        with pytest.raises(EnvPoolError, match=r"worker 1 \(environments \[1, 3\]\) died"):
+            pool.step({0: "<action>look</action>", 1: "<action>look</action>"})
+        # worker 0 answered that failed call; its reply must not be handed to the next one
+        assert pool.reset([0], options=[{"task_id": b}])[0][0] == _first_obs(b)
+        with pytest.raises(EnvPoolError, match="worker 1 is down"):
+            pool.step({3: "<action>look</action>"})
+        assert set(pool.down_workers) == {1}
+        pool.restart()
+        assert pool.down_workers == {} and pool.reset([3], options=[{"task_id": a}])[3][0] == _first_obs(a)
+
+
+def test_a_stopped_worker_times_out_instead_of_hanging(valid_seen_tasks):
+    import os
+    import signal
+    import time
+
+    with EnvPool(ENV_ID, 2, num_workers=2, env_kwargs=KW, timeout=3) as pool:
+        pool.reset(options=[{"task_id": valid_seen_tasks[0].task_id}] * 2)
+        os.kill(pool._procs[1].pid, signal.SIGSTOP)
+        t = time.monotonic()
+        with pytest.raises(EnvPoolError, match="worker 1 .* gave no answer within 3 s"):
+            pool.step({0: "<action>look</action>", 1: "<action>look</action>"})
+        assert time.monotonic() - t < 15 and not pool._procs[1].is_alive()
+        assert pool.step({0: "<action>look</action>"})[0][4]["step"] == 2  # the live worker carries on (it took the first step too)
+    assert not pool._procs[0].is_alive()  # closed cleanly
+
+
+def test_a_failed_reset_leaves_the_env_needing_a_reset(valid_seen_tasks):
+    import gymnasium as gym
+
+    env = gym.make(ENV_ID, **KW)
+    env.reset(options={"task_id": valid_seen_tasks[0].task_id})
+    with pytest.raises(ValueError):
+        env.reset(options={"task_id": "nope"})
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step("<action>look</action>")
