@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--file", help="skill memory file (YAML); default: the packaged seed banks")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)  # --file and --json also work after the subcommand
+    common.add_argument("--file", default=argparse.SUPPRESS, help="skill memory file (YAML)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])  # type: ignore[method-assign]
     p = sub.add_parser("list", help="the skills, one per row")
     p.add_argument("--env", help=f"only this environment (seed banks: {', '.join(SEED_BANKS)})")
     p = sub.add_parser("show", help="one skill in full")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from skills.base import Skill, SkillQuery, SkillStats
 from skills.retrieval import Retriever, make_retriever
-from skills.store import SEED_BANKS, load_skills, save_skills, seed_bank_path
+from skills.store import SEED_BANKS, load_skills, seed_bank_path, write_unlocked, writer_lock
 
 __all__ = ["SkillLibrary"]
 
@@ -43,6 +44,11 @@ class SkillLibrary:
         for item in skills:
             skill, stats = item if isinstance(item, tuple) else (item, SkillStats())
             self.add(skill, stats)
+        # what the file held when last read or written: save() merges other writers' work on top of it
+        self._saved_at: dict[Path, dict[str, SkillStats]] = {}
+        if self.path is not None:
+            self._saved_at[self.path] = {sid: replace(st) for sid, st in self.stats.items()}
+        self._removed: set[str] = set()
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -71,7 +77,9 @@ class SkillLibrary:
 
     def remove(self, skill_id: str) -> Skill:
         self.stats.pop(skill_id, None)
-        return self._skills.pop(skill_id)
+        skill = self._skills.pop(skill_id)
+        self._removed.add(skill_id)
+        return skill
 
     def get(self, skill_id: str) -> Skill:
         try:
@@ -108,10 +116,27 @@ class SkillLibrary:
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write skills and stats to ``path`` (default: the library's), merging what other writers put
+        there since this library last read or wrote it: their new skills are kept (and taken in), and
+        usage counts add up. The file's lock is held from the read to the write, so no writer's record
+        is lost. Skills this library removed stay removed."""
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("no path: pass one to save() or construct the library with path=")
-        with self._lock:
-            items = [(s, SkillStats(**vars(self.stats[s.id]))) for s in self._skills.values()]
-        save_skills(target, items)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with writer_lock(target):
+            on_disk = load_skills(target) if target.exists() and target.stat().st_size else []
+            with self._lock:
+                base = self._saved_at.get(target, {})
+                for skill, disk in on_disk:
+                    if skill.id in self._removed:
+                        continue
+                    if skill.id not in self._skills:  # another writer's skill
+                        self._skills[skill.id], self.stats[skill.id] = skill, replace(disk)
+                        continue
+                    ours, seen = self.stats[skill.id], base.get(skill.id, SkillStats())
+                    self.stats[skill.id] = SkillStats(**{k: getattr(disk, k) + getattr(ours, k) - getattr(seen, k) for k in vars(ours)})
+                items = [(s, replace(self.stats[s.id])) for s in self._skills.values()]
+                self._saved_at[target] = {s.id: replace(st) for s, st in items}
+            write_unlocked(target, items)
         return target

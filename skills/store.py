@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -101,23 +102,36 @@ def load_skills(path: str | os.PathLike[str]) -> list[tuple[Skill, SkillStats]]:
 def save_skills(path: str | os.PathLike[str], skills: Iterable[tuple[Skill, SkillStats]]) -> None:
     """Write skills and their stats to ``path`` atomically (see the module docstring)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        write_unlocked(path, skills)
+
+
+def write_unlocked(path: Path, skills: Iterable[tuple[Skill, SkillStats]]) -> None:
+    """The atomic write of :func:`save_skills`, for a caller already holding :func:`writer_lock`
+    (a read-modify-write holds it across the read too). An existing file keeps its permissions."""
     doc = {"version": 1, "skills": [_entry(s, st) for s, st in skills]}
     text = "# SDAR skill memory, written by skills.save_skills. Hand edits are fine while no run is writing.\n"
     text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _parse_entry(path: Path, line: int, entry: Any, default_env: str | None) -> tuple[Skill, SkillStats]:
@@ -175,7 +189,8 @@ def _line(node: yaml.Node) -> int:
 
 
 @contextlib.contextmanager
-def _writer_lock(path: Path) -> Iterator[None]:
+def writer_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock of ``path``'s writers (on ``<file>.lock``); not re-entrant."""
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

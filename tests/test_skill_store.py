@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -162,3 +163,54 @@ def test_readers_never_see_a_partial_file_while_a_writer_saves(tmp_path):
     assert result[1] == 0 and result[0] > 0, result
     assert i > 10
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+_ADDER = """
+import sys
+from skills import Skill, SkillLibrary, SkillQuery
+path, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lib = SkillLibrary.load(path)
+for i in range(n):
+    lib.add(Skill(f"{name}/{i}", "t", "text of a skill", "alfworld"))
+    lib.record_outcome(SkillQuery("alfworld", "t", "x", "pick"), ["shared/0"], success=True, reward=1.0)
+    lib.save()
+"""
+
+
+def test_concurrent_writers_lose_no_record(tmp_path):
+    """Two processes each load the file once, then add a skill and record an outcome 40 times, saving
+    after each: every skill of both is in the file and the shared skill's counts add up."""
+    path = tmp_path / "memory.yaml"
+    save_skills(path, [(Skill("shared/0", "t", "the shared skill", "alfworld"), SkillStats())])
+    procs = [subprocess.Popen([sys.executable, "-c", _ADDER, str(path), name, "40"]) for name in ("a", "b")]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    items = dict((s.id, st) for s, st in load_skills(path))
+    assert {f"{n}/{i}" for n in "ab" for i in range(40)} <= set(items)
+    assert items["shared/0"].episodes == 80 and items["shared/0"].successes == 80
+
+
+def test_parallel_cli_adds_lose_nothing(tmp_path):
+    path = tmp_path / "bank.yaml"
+    cmds = [[sys.executable, "-m", "skills", "add", "--file", str(path), "--env", "alfworld", "--id", f"cli/{w}/{i}", "--text", "do it"]
+            for w in range(4) for i in range(5)]  # fmt: skip
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in cmds[:10]]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 10
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in cmds[10:]]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 10
+    ids = {s.id for s, _ in load_skills(path)}
+    assert {f"cli/{w}/{i}" for w in range(4) for i in range(5)} <= ids
+
+
+def test_saving_keeps_the_files_mode_and_a_removed_skill_stays_removed(tmp_path):
+    path = tmp_path / "memory.yaml"
+    save_skills(path, [(Skill(f"s/{i}", "t", "text", "alfworld"), SkillStats()) for i in range(3)])
+    os.chmod(path, 0o640)
+    lib = SkillLibrary.load(path)
+    lib.remove("s/1")
+    lib.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [s.id for s, _ in load_skills(path)] == ["s/0", "s/2"]
+    lib.record_outcome(SkillQuery("alfworld", "t", "x", "pick"), ["s/0"], success=False, reward=0.0)
+    lib.save()
+    lib.save()  # saving twice counts once
+    assert dict((s.id, st.episodes) for s, st in load_skills(path)) == {"s/0": 1, "s/2": 0}
