@@ -33,9 +33,10 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,15 +77,55 @@ class FreeText(spaces.Text):
         return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
 
+def _blocks(text: str, names: Sequence[str]) -> Iterator[tuple[int, int, int, int, str]]:
+    """Complete ``<name>...</name>`` blocks, left to right, as ``re.finditer(r"<(a|b)>(.*?)</\\1>")`` with
+    IGNORECASE | DOTALL finds them: (open start, open end, close start, close end, lower-cased name).
+
+    The tags are located in one pass and paired with a bisect, so the time is linear in the text even
+    for outputs such as ``"<action>" * 20000`` that make the regex quadratic."""
+    pattern = re.compile(r"<(/?)(" + "|".join(map(re.escape, names)) + r")>", re.IGNORECASE)
+    opens: list[tuple[int, int, str]] = []
+    closes: dict[str, list[tuple[int, int]]] = {n.lower(): [] for n in names}
+    for m in pattern.finditer(text):
+        name = m.group(2).lower()
+        if m.group(1):
+            closes[name].append((m.start(), m.end()))
+        else:
+            opens.append((m.start(), m.end(), name))
+    starts = {n: [c[0] for c in cs] for n, cs in closes.items()}
+    pos = 0
+    for start, end, name in opens:
+        if start < pos:
+            continue
+        j = bisect.bisect_left(starts[name], end)
+        if j < len(starts[name]):
+            close_start, close_end = closes[name][j]
+            yield start, end, close_start, close_end, name
+            pos = close_end
+
+
+def _strip_blocks(text: str, name: str) -> str:
+    """``text`` with every complete ``<name>...</name>`` block replaced by a space."""
+    out, pos = [], 0
+    for start, _, _, close_end, _ in _blocks(text, (name,)):
+        out.append(text[pos:start])
+        pos = close_end
+    out.append(text[pos:])
+    return " ".join(out)
+
+
 def extract_tag(text: str, tag: str) -> str | None:
     """The content of the *last* ``<tag>...</tag>`` in ``text``, stripped; None when there is none.
 
     The last one wins because models often restate the format in their reasoning before answering.
+    Linear in the text (see :func:`_blocks`).
     """
     if not isinstance(text, str):
         return None
-    matches = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
-    return matches[-1].strip() if matches else None
+    last = None
+    for block in _blocks(text, (tag,)):
+        last = block
+    return None if last is None else text[last[1] : last[2]].strip()
 
 
 def think_action_format(text: str) -> bool:

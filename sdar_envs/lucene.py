@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -99,6 +100,23 @@ def _start_jvm() -> None:
         _JVM_READY = True
 
 
+MAX_QUERY_TERMS = 512  # Lucene refuses a query of more than 1,024 clauses (TooManyClauses)
+_TERM = re.compile(r"[A-Za-z0-9]+|[^\W_]", re.UNICODE)  # an ASCII word, or any other letter on its own
+
+
+def lucene_query(text: str, max_terms: int = MAX_QUERY_TERMS) -> str:
+    """``text`` made safe for the searcher: code points UTF-8 cannot carry (lone surrogates) dropped, and
+    the text cut after ``max_terms`` terms, counted generously (every non-ASCII letter as a term of its
+    own, as the analyzer does for CJK), so no query reaches Lucene's clause limit."""
+    text = text.encode("utf-8", "ignore").decode("utf-8") if isinstance(text, str) else ""
+    seen: set[str] = set()
+    for m in _TERM.finditer(text):
+        seen.add(m.group().lower())
+        if len(seen) > max_terms:
+            return text[: m.start()]
+    return text
+
+
 class BM25Searcher:
     """Anserini's ``SimpleSearcher`` with BM25(k1, b); thread-safe for searching.
 
@@ -123,17 +141,19 @@ class BM25Searcher:
         self.num_docs = int(self._searcher.get_total_num_docs())
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
+        """The top ``k`` hits; any text is a query (see :func:`lucene_query`)."""
         with self._lock:
-            return [_hit(h) for h in self._searcher.search(query, int(k))]
+            return [_hit(h) for h in self._searcher.search(lucene_query(query), int(k))]
 
     def batch_search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        """All queries in one call into Java, which spreads them over ``threads`` threads."""
+        """All queries in one call into Java, which spreads them over ``threads`` threads. Each query is
+        made safe on its own, so no query can fail the batch."""
         if not queries:
             return []
         with self._lock:
             jq, jids = self._lists(), self._lists()
             for i, q in enumerate(queries):
-                jq.add(q)
+                jq.add(lucene_query(q))
                 jids.add(str(i))
             results = self._searcher.batch_search(jq, jids, int(k), self.threads)
             return [[_hit(h) for h in results.get(str(i))] for i in range(len(queries))]

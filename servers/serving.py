@@ -21,6 +21,8 @@ def serve(app_factory: Callable[[], Any], *, host: str, port: int, workers: int,
                 "worker_class": "gthread",
                 "proc_name": name,
                 "timeout": 120,
+                # a WebShop search of 500 characters is a URL of up to ~6 kB percent-encoded (4-byte characters)
+                "limit_request_line": 8190,
                 "accesslog": None,
                 "preload_app": False,
                 "control_socket_disable": True,  # gunicorn >= 27; several servers may run side by side

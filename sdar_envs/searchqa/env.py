@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sdar_envs.core import PromptBuilder, TextEnv
+from sdar_envs.core import PromptBuilder, TextEnv, _blocks, _strip_blocks
 from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
 from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
 from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
@@ -57,10 +57,9 @@ INVALID_MESSAGE = (
     "Your previous output had no valid action. To search, put a query between <search> and </search>. "
     "To give the final answer, put it between <answer> and </answer>."
 )
-_THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
-_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", flags=re.DOTALL | re.IGNORECASE)
 
 
+MAX_QUERY_CHARS = 2048  # the retrieval service's limit (servers.retrieval.app.Limits); longer queries are cut
 _SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", flags=re.DOTALL | re.IGNORECASE)
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
 
@@ -83,14 +82,15 @@ def searchqa_format(text: str) -> bool:
 
 
 def parse_action(text: str) -> tuple[str, str] | None:
-    """``("search" | "answer", content)`` of the first complete tag outside ``<think>``, or None."""
+    """``("search" | "answer", content)`` of the first complete tag outside ``<think>``, or None. Linear
+    in the text (tags are located once, then paired), so no output can make a step slow."""
     if not isinstance(text, str):
         return None
-    m = _ACTION.search(_THINK.sub(" ", text))
-    if m is None:
-        return None
-    content = " ".join(m.group(2).split())
-    return (m.group(1).lower(), content) if content else None
+    outside = _strip_blocks(text, "think")
+    for _, open_end, close_start, _, name in _blocks(outside, ("search", "answer")):
+        content = " ".join(outside[open_end:close_start].split())
+        return (name, content) if content else None
+    return None
 
 
 class SearchQAEnv(TextEnv):
@@ -174,6 +174,8 @@ class SearchQAEnv(TextEnv):
             return INVALID_MESSAGE, 0.0, False, False, {}
         kind, content = parsed
         if kind == "search":
+            # one rule for both back-ends: the query as the service accepts it (valid UTF-8, its length limit)
+            content = content.encode("utf-8", "ignore").decode("utf-8")[:MAX_QUERY_CHARS]
             (passages,) = self.searcher.search([content], self.topk)
             searches = [*self._info.get("searches", []), content]
             obs = f"<information>{format_passages(passages).strip()}</information>"

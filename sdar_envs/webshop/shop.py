@@ -31,6 +31,7 @@ from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 __all__ = ["Page", "PageSource", "Shop", "ShopState"]
 
 SEARCH_RETURN_N = 50
+MAX_QUERY_CHARS = 500  # a longer search is an invalid action (the site answers 400 to it)
 SEARCH_CACHE_SIZE = 20_000
 PRODUCTS_PER_PAGE = 10
 SUB_PAGES = ("description", "features", "reviews", "attributes")
@@ -88,7 +89,7 @@ class PageSource:
         if kind is None:
             return state, False
         if kind == "search":
-            if state.view != "search" or not arg:
+            if state.view != "search" or not arg or len(arg) > MAX_QUERY_CHARS:  # one rule, in-process and over HTTP
                 return state, False
             return ShopState("results", arg, 1), True
         target = self.render(state, goal).clickables.get(arg)

@@ -86,7 +86,7 @@ def _document(p: Passage) -> dict[str, str]:
 def create_app(searcher: Searcher, *, limits: Limits | None = None, index_name: str = "", num_docs: int | None = None) -> Flask:
     """The WSGI app over any :class:`~sdar_envs.searchqa.search.Searcher`."""
     limits = limits or Limits()
-    app = Flask("sdar-retrieval")
+    app = Flask("sdar-retrieval", static_folder=None)  # no /static route serving the working directory
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.json.sort_keys = False
     started = time.time()
@@ -121,6 +121,8 @@ def create_app(searcher: Searcher, *, limits: Limits | None = None, index_name: 
             body = request.json_module.loads(text) if text.strip() else None
         except ValueError as e:
             raise BadRequest(f"the body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise BadRequest("the body nests too deeply") from None
         queries, topk, return_scores = _validate(body, limits)
         results: Sequence[Sequence[Passage]] = searcher.search(queries, topk)
         if return_scores:

@@ -18,7 +18,7 @@ def _build_app(args: argparse.Namespace) -> Any:
 
     searcher = LocalSearcher(args.index or _index_for(args.corpus), k1=args.k1, b=args.b, threads=args.search_threads)
     limits = Limits(max_queries=args.max_queries, max_topk=args.max_topk)
-    return create_app(searcher, limits=limits, index_name=str(searcher.bm25.index_dir), num_docs=searcher.bm25.num_docs)
+    return create_app(searcher, limits=limits, index_name=searcher.bm25.index_dir.name, num_docs=searcher.bm25.num_docs)
 
 
 def _index_for(corpus: str | None) -> str:

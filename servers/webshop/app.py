@@ -17,6 +17,7 @@ Jinja; malformed URLs, unknown ASINs, bad options and absurd page numbers get a 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlencode
@@ -26,11 +27,11 @@ from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from sdar_envs.webshop.catalog import Goal
-from sdar_envs.webshop.shop import PRODUCTS_PER_PAGE, SEARCH_RETURN_N, SUB_PAGES, Page, Shop, ShopState
+from sdar_envs.webshop.shop import MAX_QUERY_CHARS, PRODUCTS_PER_PAGE, SEARCH_RETURN_N, SUB_PAGES, Page, Shop, ShopState
 
 __all__ = ["create_app", "state_url"]
 
-MAX_QUERY_CHARS = 500
+_DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also accepts "²", which int() refuses
 
 BASE = """<!doctype html><html><head><meta charset="utf-8"><title>WebShop</title>
 <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}.instr{background:#eef;padding:.6em}
@@ -91,7 +92,7 @@ def state_url(sid: str, state: ShopState, kind: str = "synthetic") -> str:
 
 def create_app(shop: Shop | None = None) -> Flask:
     shop = shop or Shop()
-    app = Flask("sdar-webshop")
+    app = Flask("sdar-webshop", static_folder=None)  # no /static route: "static" is a session id like any other
     app.json.sort_keys = False
 
     def goal_for(sid: str) -> tuple[Goal, str]:
@@ -103,21 +104,21 @@ def create_app(shop: Shop | None = None) -> Flask:
             abort(404, "session ids are letters, digits, '_' and '-' (at most 100)")
         if sid.startswith("fixed_"):
             n = sid[len("fixed_") :]
-            if not n.isdigit() or int(n) >= len(goals):
+            if not _DIGITS.fullmatch(n) or int(n) >= len(goals):
                 abort(404, f"fixed_<n> needs 0 <= n < {len(goals)}")
             return goals[int(n)], kind
         return goals[int(hashlib.sha256(sid.encode()).hexdigest(), 16) % len(goals)], kind
 
     def page_number() -> int:
         raw = request.args.get("page", "1")
-        if not raw.isdigit() or not 1 <= int(raw) <= SEARCH_RETURN_N // PRODUCTS_PER_PAGE:
+        if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= SEARCH_RETURN_N // PRODUCTS_PER_PAGE:
             abort(400, f"page must be an integer in [1, {SEARCH_RETURN_N // PRODUCTS_PER_PAGE}]")
         return int(raw)
 
     def keywords() -> str:
         q = " ".join(request.args.get("q", "").split())
         if not q or len(q) > MAX_QUERY_CHARS:
-            abort(400, f"q must be 1 to {MAX_QUERY_CHARS} characters")
+            abort(400, f"q must be 1 to {MAX_QUERY_CHARS} characters")  # the env's own rule (sdar_envs.webshop.shop)
         return q
 
     def product_options(asin: str) -> tuple[tuple[str, str], ...]:

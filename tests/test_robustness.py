@@ -1,0 +1,111 @@
+"""What an LLM or a client can send: nothing raises in an env step, nothing answers 500, in-process and
+HTTP back-ends apply one rule, and no text makes a step slow."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import gymnasium as gym
+import pytest
+import requests
+
+from sdar_envs.core import extract_tag
+from sdar_envs.lucene import lucene_query
+from sdar_envs.searchqa.data import load_questions
+from sdar_envs.searchqa.env import parse_action
+
+CJK_1100 = "".join(chr(0x4E00 + i) for i in range(1100))  # 1,100 distinct terms: over Lucene's 1,024 clauses
+
+
+def _regex_extract(text: str, tag: str) -> str | None:  # the former implementation: quadratic, same answers
+    found = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
+    return found[-1].strip() if found else None
+
+
+def _regex_parse(text: str) -> tuple[str, str] | None:
+    outside = re.sub(r"<think>.*?</think>", " ", text, flags=re.DOTALL | re.IGNORECASE)
+    m = re.search(r"<(search|answer)>(.*?)</\1>", outside, flags=re.DOTALL | re.IGNORECASE)
+    if m is None:
+        return None
+    content = " ".join(m.group(2).split())
+    return (m.group(1).lower(), content) if content else None
+
+
+def test_linear_tag_parsers_answer_as_the_regexes_did():
+    rng = random.Random(0)
+    pieces = ["<action>", "</action>", "<ACTION>", "</Action>", "<think>", "</think>", "<search>", "</search>", "<answer>",
+              "</ANSWER>", "x", " go ", "\n", "<", ">", "/"]  # fmt: skip
+    for _ in range(20000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        assert extract_tag(text, "action") == _regex_extract(text, "action"), text
+        assert parse_action(text) == _regex_parse(text), text
+
+
+@pytest.mark.parametrize("env_id", ["SDAR/ALFWorld-v0", "SDAR/WebShop-v0", "SDAR/SearchQA-v0"])
+def test_pathological_outputs_are_invalid_steps(env_id, local_searcher):
+    kwargs = {"SDAR/ALFWorld-v0": {"split": "valid_seen"}, "SDAR/WebShop-v0": {"split": "test"},
+              "SDAR/SearchQA-v0": {"split": "test", "searcher": local_searcher}}[env_id]  # fmt: skip
+    env = gym.make(env_id, **kwargs)
+    env.reset(seed=0)
+    for text in ("<action>" * 20000 + "</action", "<think>" * 20000 + "</think", "<search>" * 20000, "\ud800" * 10):
+        *_, info = env.step(text)
+        assert info["admissible"] is False and info["format_valid"] is False
+
+
+def test_any_search_text_is_a_valid_search_in_process_and_over_http(local_searcher, retrieval_server):
+    from sdar_envs.searchqa.search import HttpSearcher
+
+    http = HttpSearcher(retrieval_server.url)
+    for query in (CJK_1100[:2000], "caf\ud800e au lait", "a " * 1500):
+        assert http.search([query[:2048]], 3) == local_searcher.search([query[:2048]], 3)
+    assert len(lucene_query(CJK_1100)) == 512 and lucene_query("x\ud800y") == "xy"
+    task = load_questions(["nq"], "test")[3].id
+    long = "<search>" + "who wrote hamlet " * 200 + "</search>"  # 3,400 characters: over the service's 2,048
+    results = []
+    for env in (gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher),
+                gym.make("SDAR/SearchQA-v0", split="test", retrieval_url=retrieval_server.url)):  # fmt: skip
+        env.reset(options={"task_id": task})
+        steps = [env.step(f"<search>{CJK_1100}</search>"), env.step("<search>lone \ud800 surrogate</search>"), env.step(long)]
+        assert all(info["admissible"] for *_, info in steps)
+        results.append([obs for obs, *_ in steps])
+    assert results[0] == results[1]
+
+
+def test_webshop_searches_follow_one_length_rule_on_both_back_ends(webshop_server):
+    outcomes = []
+    for kwargs in ({}, {"webshop_url": webshop_server.url}):
+        env = gym.make("SDAR/WebShop-v0", split="test", **kwargs)
+        env.reset(options={"task_id": "synthetic-0"})
+        *_, too_long = env.step("search[" + "pillow " * 86 + "]")  # 602 characters
+        *_, cjk = env.step(f"search[{CJK_1100[:480]}]")
+        outcomes.append((too_long["admissible"], cjk["admissible"]))
+    assert outcomes == [(False, True), (False, True)]
+
+
+@pytest.mark.parametrize(("path", "status"), [("/fixed_%C2%B2", 404), ("/fixed_0/results?q=shoes&page=%C2%B2", 400), ("/fixed_%D9%A3", 404)])
+def test_webshop_unicode_digits_are_4xx(webshop_server, path, status):
+    assert requests.get(webshop_server.url + path, timeout=10).status_code == status
+
+
+def test_no_static_route_and_static_is_a_session_id(webshop_server, retrieval_server):
+    page = requests.get(f"{webshop_server.url}/static", timeout=10)
+    assert page.status_code == 200 and "Search" in page.text
+    assert requests.get(f"{webshop_server.url}/static/app.py", timeout=10).status_code == 404
+    assert requests.get(f"{retrieval_server.url}/static/app.py", timeout=10).status_code == 404
+    health = requests.get(f"{retrieval_server.url}/health", timeout=10).json()
+    assert "/" not in health["index"] and health["index"]
+
+
+def test_retrieval_serves_or_refuses_hostile_bodies_without_500(retrieval_server):
+    url = f"{retrieval_server.url}/retrieve"
+    huge = requests.post(url, json={"queries": [CJK_1100] + ["who wrote hamlet"] * 99}, timeout=30)
+    assert huge.status_code == 200 and len(huge.json()["result"]) == 100 and huge.json()["result"][1]
+    lone = requests.post(url, data='{"queries": ["\\ud800 hamlet"]}', headers={"Content-Type": "application/json"}, timeout=10)
+    assert lone.status_code == 200
+    deep = requests.post(url, data="[" * 1000 + "]" * 1000, headers={"Content-Type": "application/json"}, timeout=10)
+    assert deep.status_code == 400 and "error" in deep.json()
+    nested = requests.post(url, data=json.dumps({"queries": ["a"], "topk": 3})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}",
+                           headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+    assert 400 <= nested.status_code < 500
