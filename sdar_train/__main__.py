@@ -7,13 +7,29 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-from sdar_train.config import config_from_args
+from sdar_train.config import ConfigError, check_model, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad settings, models and checkpoints end the run with one line naming what is wrong (exit 2);
+    ``SDAR_DEBUG=1`` shows the traceback instead."""
+    from sdar_train.trainer import CheckpointError
+
+    try:
+        return _train(argv)
+    except (ConfigError, CheckpointError) as e:
+        if os.environ.get("SDAR_DEBUG"):
+            raise
+        print(f"sdar_train: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _train(argv: list[str] | None) -> int:
     cfg = config_from_args(argv, description=__doc__)
+    check_model(cfg.model)
     from sdar_train.trainer import Trainer
 
     trainer = Trainer(cfg)

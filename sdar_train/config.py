@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["ALGORITHMS", "AlgoSpec", "TrainConfig", "config_from_args", "load_config", "resolve_reference_defaults"]
+__all__ = ["ALGORITHMS", "AlgoSpec", "ConfigError", "check_model", "TrainConfig", "config_from_args", "load_config", "resolve_reference_defaults"]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, named in the message; raised before any model is loaded."""
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -114,50 +119,70 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in fields(self):  # YAML files write 1e-6 as a string and 1 where 1.0 is meant
             value = getattr(self, f.name)
-            if f.type in ("float", float, "float | None") and isinstance(value, (int, str)) and not isinstance(value, bool):
+            kind = str(f.type)
+            if value is None and "None" in kind:
+                continue
+            if kind.startswith("float") and not isinstance(value, bool):
                 try:
-                    setattr(self, f.name, float(value))
-                except ValueError:
-                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{f.name} must be a number, got {value!r}") from None
+                if not math.isfinite(value):
+                    raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+                setattr(self, f.name, value)
+            elif kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            elif kind.startswith("bool") and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            elif kind.startswith("str") and not isinstance(value, str):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            elif kind.startswith("dict") and not isinstance(value, dict):
+                raise ConfigError(f"{f.name} must be a mapping like {{split: train}}, got {value!r}")
+        for name in ("lr", "max_grad_norm", "clip_ratio"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "kl_coef", "sdar_coef", "entropy_coef", "sdar_beta", "rlsd_lambda", "rlsd_eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.algo not in ALGORITHMS:
-            raise ValueError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
+            raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
         for name in ("steps", "tasks_per_step", "group_size", "max_prompt_tokens", "max_response_tokens", "ppo_epochs",
                      "mini_batch_size", "micro_batch_size", "generation_batch_size", "cpu_threads", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_turns is not None and self.max_turns < 1:
-            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+            raise ConfigError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.micro_batch_size > self.mini_batch_size:
-            raise ValueError("micro_batch_size must be <= mini_batch_size")
+            raise ConfigError("micro_batch_size must be <= mini_batch_size")
         if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
+            raise ConfigError("temperature must be > 0")
         if self.eval_temperature is not None and self.eval_temperature < 0:
-            raise ValueError("eval_temperature must be >= 0 (0: greedy)")
+            raise ConfigError("eval_temperature must be >= 0 (0: greedy)")
         choices = {"train_reward": ("won", "return"), "invalid_rule": ("format", "admissible"), "advantage": ("turn", "episode"),
                    "teacher_placement": ("before_chat", "in_user")}  # fmt: skip
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
+            raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
         if self.reward_scale is not None and self.reward_scale <= 0:
-            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+            raise ConfigError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.invalid_penalty is not None and self.invalid_penalty < 0:
-            raise ValueError(f"invalid_penalty must be >= 0, got {self.invalid_penalty}")
+            raise ConfigError(f"invalid_penalty must be >= 0, got {self.invalid_penalty}")
         if self.rlsd_warmdown_steps < 0:
-            raise ValueError(f"rlsd_warmdown_steps must be >= 0, got {self.rlsd_warmdown_steps}")
+            raise ConfigError(f"rlsd_warmdown_steps must be >= 0, got {self.rlsd_warmdown_steps}")
         if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise ConfigError("top_p must be in (0, 1]")
         if self.generation_backend not in ("hf", "vllm"):
-            raise ValueError(f"generation_backend must be hf or vllm, got {self.generation_backend!r}")
+            raise ConfigError(f"generation_backend must be hf or vllm, got {self.generation_backend!r}")
         if not 0 < self.vllm_gpu_memory_utilization < 1:
-            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1)")
+            raise ConfigError("vllm_gpu_memory_utilization must be in (0, 1)")
         if self.skill_tier not in ("keyword", "embedding", "random", "ucb"):
-            raise ValueError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
+            raise ConfigError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
         if self.max_teacher_prompt_tokens < self.max_prompt_tokens:
-            raise ValueError("max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)")
+            raise ConfigError("max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
-            raise ValueError("group_size must be >= 2 for group-relative advantages")
+            raise ConfigError("group_size must be >= 2 for group-relative advantages")
 
     @property
     def spec(self) -> AlgoSpec:
@@ -165,6 +190,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_model(name: str) -> None:
+    """Fail early, in one line, where ``--model`` names nothing loadable: a missing folder, a folder
+    without a model, or a hub name not in the local cache (nothing is ever downloaded)."""
+    if name == "tiny":
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model folder {path} holds no model (no config.json); pass a saved model folder, a cached hub name or 'tiny'")
+        return
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:  # a hub name is "org/name"
+        raise ConfigError(f"model {name!r}: no such folder" if not path.exists() else f"model {name!r} is a file, not a model folder")
+    from sdar_train.generation import resolve_model_path
+
+    try:
+        resolve_model_path(name)
+    except FileNotFoundError:
+        raise ConfigError(f"model {name!r} is neither a folder nor in the local Hugging Face cache (nothing is downloaded)") from None
 
 
 def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -182,15 +227,20 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     path = Path(path)
     if not path.exists() and (CONFIG_DIR / path).exists():
         path = CONFIG_DIR / path
-    data = yaml.safe_load(path.read_text()) or {}
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (a path, or one of: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of TrainConfig fields")
+        raise ConfigError(f"{path}: a config file must be a mapping of TrainConfig fields")
     base = data.pop("base", None)
     merged = {**(load_config(path.parent / base).to_dict() if base else {}), **data, **overrides}
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(merged) - known
     if unknown:
-        raise ValueError(f"{path}: unknown config field(s) {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown config field(s) {sorted(unknown)}")
     return TrainConfig(**merged)
 
 

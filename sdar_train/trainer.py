@@ -25,6 +25,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,33 @@ from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_a
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 
-__all__ = ["Trainer", "response_format"]
+__all__ = ["CheckpointError", "Trainer", "response_format"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed exactly; the message names the file and what is wrong."""
 
 
 def response_format(expert_action: str) -> str:
     """What the policy should emit for an expert action (SFT targets)."""
     return expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be whole (missing, bad header, shorter than its header says),
+    checked from the header alone, or None."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n < (100 << 20) else None
+        if not isinstance(header, dict):
+            return "unreadable header"
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return None if path.stat().st_size >= 8 + n + end else "truncated"
+    except FileNotFoundError:
+        return "missing"
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        return "unreadable header"
 
 
 class Trainer:
@@ -369,13 +391,47 @@ class Trainer:
         if not done:
             return
         latest = done[-1]
-        self.accelerator.load_state(str(latest))
+        self._check_checkpoint(latest)
+        try:
+            self.accelerator.load_state(str(latest))
+        except Exception as e:  # noqa: BLE001 - torch, safetensors and pickle each raise their own kinds
+            raise CheckpointError(f"{latest}: cannot be loaded ({type(e).__name__})") from e
         self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
         if self.memory is not None and (latest / "skills.yaml").exists():
             from skills import SkillLibrary
 
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
         self.generator.sync(self.accelerator.unwrap_model(self.model))
+
+    def _check_checkpoint(self, path: Path) -> None:
+        """Refuse a checkpoint that would resume inexactly: Accelerate skips an unreadable RNG state with
+        an info line only, and reports other damage as deep tracebacks."""
+        try:
+            state = json.loads((path / "trainer_state.json").read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+                raise ValueError("no non-negative integer 'step'")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
+        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
+        if not rng.is_file():
+            raise CheckpointError(f"{rng}: missing, so the resume would not be exact; remove {path} to resume from an earlier checkpoint")
+        from accelerate.utils import load
+
+        for name in ("optimizer.bin", rng.name):
+            try:
+                with warnings.catch_warnings():  # torch's unpickler comments on a damaged file's protocol
+                    warnings.simplefilter("ignore")
+                    loaded = load(path / name)  # Accelerate's own loader: weights only, no code runs
+            except FileNotFoundError:
+                raise CheckpointError(f"{path / name}: missing") from None
+            except Exception as e:  # noqa: BLE001 - a damaged pickle raises anything
+                raise CheckpointError(f"{path / name}: unreadable ({type(e).__name__}); remove {path} to resume from an earlier checkpoint") from None
+            if name == rng.name and not (isinstance(loaded, dict) and "torch_manual_seed" in loaded):
+                raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; remove {path} to resume from an earlier checkpoint")
+        for model_file in sorted(path.glob("model*.safetensors")) or [path / "model.safetensors"]:
+            problem = _safetensors_problem(model_file)
+            if problem:
+                raise CheckpointError(f"{model_file}: {problem}; remove {path} to resume from an earlier checkpoint")
 
     def save_model(self, path: Path | None = None) -> Path:
         path = path or self.out / "final"

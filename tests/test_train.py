@@ -372,3 +372,63 @@ def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
     teacher = tok.decode(rollout.samples[0].teacher_prompt_ids)
     general, pick = ((folder / f).read_text().strip() for f in ("general_skills.md", "pick_and_place.md"))
     assert teacher.startswith(f"[Privileged Skill Information]\n{general}\n\n{pick}\n\n<|im_start|>")
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "sdar_train", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr", "-0.001"], "lr must be > 0, got -0.001"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--steps", "abc"], "steps must be an integer, got 'abc'"),
+        (["--model", "/nonexistent/model"], "model '/nonexistent/model': no such folder"),
+        (["--model", "nobody/no-such-model-here"], "neither a folder nor in the local Hugging Face cache"),
+        (["--config", "nope.yaml"], "config file nope.yaml not found"),
+        (["--teacher_placement", "system"], "teacher_placement must be one of before_chat, in_user"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_loading_a_model(args, message):
+    done = _cli(*args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_folder_without_a_model_is_named(tmp_path):
+    done = _cli("--model", str(tmp_path))
+    assert done.returncode == 2 and f"model folder {tmp_path} holds no model (no config.json)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("random_states_0.pkl", "random_states_0.pkl: missing, so the resume would not be exact"),
+        ("random_states_0.pkl:garbage", "random_states_0.pkl: unreadable"),
+        ("optimizer.bin:garbage", "optimizer.bin: unreadable"),
+        ("model.safetensors:half", "model.safetensors: truncated"),
+        ("trainer_state.json:garbage", "trainer_state.json: unreadable"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, message):
+    out = tmp_path / "run"
+    common = ["--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo", "--model", "tiny", "--tasks_per_step", "1",
+              "--group_size", "2", "--max_turns", "1", "--max_response_tokens", "4", "--max_prompt_tokens", "256",
+              "--max_teacher_prompt_tokens", "256", "--progress", "false", "--output_dir", str(out)]  # fmt: skip
+    assert _cli(*common, "--steps", "1").returncode == 0
+    (ckpt,) = (out / "checkpoints").iterdir()
+    name, _, how = damage.partition(":")
+    target = ckpt / name
+    if not how:
+        target.unlink()
+    elif how == "half":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target.write_bytes(b"\x80\x04garbage" * 10)
+    done = _cli(*common, "--steps", "2", "--resume", "true")
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
