@@ -47,6 +47,10 @@ class SkillFileError(ValueError):
         super().__init__(f"{path}:{line}: {problem}" if line else f"{path}: {problem}")
 
 
+_HEADER = "# SDAR skill memory, written by skills.save_skills; its last line marks the end. Hand edits are fine while no run is writing.\n"
+_END = "# end of skill memory"  # a file that starts with _HEADER and lacks this line was cut short
+
+
 def seed_bank_path(env: str) -> Path:
     """The packaged seed bank of one environment (``alfworld``, ``webshop`` or ``searchqa``)."""
     if env not in SEED_BANKS:
@@ -64,9 +68,13 @@ def load_skills(path: str | os.PathLike[str]) -> list[tuple[Skill, SkillStats]]:
         raise SkillFileError(path, None, "no such skill file") from None
     except UnicodeDecodeError as e:
         raise SkillFileError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if text.startswith(_HEADER) and not text.rstrip("\n").endswith(_END):
+        raise SkillFileError(path, text.count("\n") + 1, f"truncated: a file written by save_skills ends with {_END!r}")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise SkillFileError(path, None, "invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise SkillFileError(path, mark.line + 1 if mark else None, f"invalid YAML: {e.problem or e.context}") from None
@@ -76,11 +84,11 @@ def load_skills(path: str | os.PathLike[str]) -> list[tuple[Skill, SkillStats]]:
         raise SkillFileError(path, 1, "empty file; expected a mapping with a 'skills' list")
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
         raise SkillFileError(path, 1, "expected a mapping with a 'skills' list at the top")
-    keys = {k.value: k for k, _ in root.value}
-    nodes = {k.value: v for k, v in root.value}
-    unknown = set(data) - {"env", "skills", "version"}
+    keys = {str(k.value): k for k, _ in root.value}
+    nodes = {str(k.value): v for k, v in root.value}
+    unknown = sorted(map(str, set(data) - {"env", "skills", "version"}))
     if unknown:
-        raise SkillFileError(path, _line(keys[sorted(unknown)[0]]), f"unknown top-level key {sorted(unknown)[0]!r}")
+        raise SkillFileError(path, _line(keys[unknown[0]]) if unknown[0] in keys else 1, f"unknown top-level key {unknown[0]!r}")
     default_env = data.get("env")
     if default_env is not None and not isinstance(default_env, str):
         raise SkillFileError(path, _line(nodes["env"]), "'env' must be a string")
@@ -111,8 +119,7 @@ def write_unlocked(path: Path, skills: Iterable[tuple[Skill, SkillStats]]) -> No
     """The atomic write of :func:`save_skills`, for a caller already holding :func:`writer_lock`
     (a read-modify-write holds it across the read too). An existing file keeps its permissions."""
     doc = {"version": 1, "skills": [_entry(s, st) for s, st in skills]}
-    text = "# SDAR skill memory, written by skills.save_skills. Hand edits are fine while no run is writing.\n"
-    text += yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    text = _HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100) + _END + "\n"
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:

@@ -214,3 +214,32 @@ def test_saving_keeps_the_files_mode_and_a_removed_skill_stays_removed(tmp_path)
     lib.save()
     lib.save()  # saving twice counts once
     assert dict((s.id, st.episodes) for s, st in load_skills(path)) == {"s/0": 1, "s/2": 0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1: x\n", ":1: unknown top-level key '1'"),
+        ("? [a, b]\n: x\n", ":1: invalid YAML: found unhashable key"),
+        ("skills: " + "[" * 10000 + "]" * 10000 + "\n", ": invalid YAML: nested too deeply"),
+        ("skills:\n  - {[a]: b}\n", ":2: invalid YAML: found unhashable key"),
+    ],
+)
+def test_hostile_skill_files_give_file_and_line(tmp_path, text, message):
+    path = tmp_path / "bank.yaml"
+    path.write_text(text)
+    with pytest.raises(SkillFileError) as e:
+        load_skills(path)
+    assert str(e.value) == f"{path}{message}"
+
+
+def test_a_cut_off_memory_file_is_refused_not_loaded_short(tmp_path):
+    path = tmp_path / "memory.yaml"
+    skills = [s for s, _ in load_skills(seed_bank_path("alfworld"))]
+    save_skills(path, [(s, SkillStats()) for s in skills])
+    whole = path.read_text()
+    assert len(load_skills(path)) == len(skills)
+    for cut in (len(whole) // 3, len(whole) - 40, len(whole) - 5):  # mid-skill, inside the last text, the end marker
+        path.write_text(whole[:cut])
+        with pytest.raises(SkillFileError, match="truncated"):
+            load_skills(path)
