@@ -3,7 +3,7 @@
     .venv/bin/python bench/retrieval.py [--batches 20] [--batch-size 256] [--singles 500] [--workers 1]
 
 * limit: ``BM25Searcher.batch_search`` (Lucene's batch search) in this process, the same batches;
-* service: ``sdar-retrieval`` (gunicorn, started here on 127.0.0.1) answering ``POST /retrieve``
+* service: ``sdar-retrieval`` (uvicorn, started here on 127.0.0.1) answering ``POST /retrieve``
   with the same batches, k=3, scores returned;
 * latency: one query per request over HTTP (a kept-alive session), k=3, p50/p95.
 Batches alternate between the two so machine noise hits both alike. Targets (issue #4): the service

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/services.py [--seconds 5] [--workers 2]
 
-Both services run as they do under ``sdar-serve`` (gunicorn, ``--workers`` each, 127.0.0.1). Each
+Both services run as they do under ``sdar-serve`` (uvicorn, ``--workers`` each, 127.0.0.1). Each
 client loops for ``--seconds``: WebShop clients fetch a results page and an item page as JSON (what
 the env's HTTP back-end does per step); retrieval clients post one query at k=3 (a rollout's search).
 """
@@ -85,7 +85,7 @@ def main() -> None:
     finally:
         webshop.stop()
         retrieval.stop()
-    print(f"{args.workers} gunicorn workers per service, {args.seconds:.0f} s per cell, 127.0.0.1")
+    print(f"{args.workers} worker processes per service, {args.seconds:.0f} s per cell, 127.0.0.1")
     print("| service | clients | loops/s (webshop: results + item page = 1 loop) | p50 (ms) | p95 (ms) | errors |")
     print("|---|---|---|---|---|---|")
     for name, c, rps, p50, p95, errs in rows:

@@ -20,6 +20,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (a ``kill -9`` of ``sdar-serve``
+    must not leave its services running on their ports); elsewhere a no-op."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class ServerProcess:
     """``python -m <module> <args> --port P``; waits for ``GET /health``; ``stop()`` sends SIGTERM."""
 
@@ -37,7 +52,8 @@ class ServerProcess:
             [sys.executable, "-m", self.module, *self.args, "--host", self.host, "--port", str(self.port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # gunicorn's workers go with their master
+            start_new_session=True,  # its worker processes go with it (stop() signals the group)
+            preexec_fn=die_with_parent,  # and it goes if whoever started it is killed
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.time() + timeout

@@ -1,5 +1,5 @@
 """``sdar-serve``: the no-Docker equivalent of ``docker compose up``. Starts the WebShop site and the
-retrieval service as local processes (gunicorn, 127.0.0.1 by default), waits until both answer
+retrieval service as local processes (uvicorn, 127.0.0.1 by default), waits until both answer
 ``/health``, prints the variables that point the environments at them, and stops both cleanly on
 Ctrl-C / SIGTERM (or when one of them dies, saying which).
 
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--webshop-port", type=int, default=3000)
     p.add_argument("--retrieval-port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers per service")
+    p.add_argument("--workers", type=int, default=2, help="worker processes per service")
     p.add_argument("--log-dir", default="runs/serve", help="one log file per service")
     p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for health (first start builds indexes)")
     args = p.parse_args(argv)

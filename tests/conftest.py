@@ -59,7 +59,7 @@ def local_searcher(searchqa_index):
 
 @pytest.fixture(scope="session")
 def retrieval_server(searchqa_index, tmp_path_factory):
-    """A real ``sdar-retrieval`` process (gunicorn, 2 workers) on a free port of 127.0.0.1."""
+    """A real ``sdar-retrieval`` process (2 workers) on a free port of 127.0.0.1."""
     from servers.process import ServerProcess
 
     log = tmp_path_factory.mktemp("logs") / "retrieval.log"
@@ -72,7 +72,7 @@ def retrieval_server(searchqa_index, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def webshop_server(tmp_path_factory):
-    """A real ``sdar-webshop`` process (gunicorn, 2 workers) on a free port of 127.0.0.1."""
+    """A real ``sdar-webshop`` process (2 workers) on a free port of 127.0.0.1."""
     from servers.process import ServerProcess
 
     log = tmp_path_factory.mktemp("logs") / "webshop.log"

@@ -166,3 +166,67 @@ def test_servers_bind_localhost_by_default():
     for module in ("servers.webshop.cli", "servers.retrieval.cli"):
         src = (ROOT / (module.replace(".", "/") + ".py")).read_text()
         assert 'default="127.0.0.1"' in src, module
+
+
+def test_a_killed_sdar_serve_takes_its_services_with_it(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "servers.serve", "--services", "webshop", "--webshop-port", str(port), "--workers", "2", "--log-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline and "Ctrl-C stops them" not in proc.stdout.readline():
+        assert proc.poll() is None
+    assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    proc.kill()  # kill -9: no chance to clean up
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
+        except requests.ConnectionError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the webshop outlived sdar-serve")
+
+
+def _slow_sockets(url: str, n: int) -> list:
+    """``n`` connections that send part of a request header and then nothing (slowloris)."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((u.hostname, u.port), timeout=5)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize("service", ["webshop", "retrieval"])
+def test_slow_clients_do_not_block_health(request, service):
+    """More half-sent requests than the service has workers x threads (2 x 16 and 2 x 8): /health and a
+    real request are still answered at once."""
+    server = request.getfixturevalue(f"{service}_server")
+    socks = _slow_sockets(server.url, 48)
+    try:
+        for _ in range(3):
+            assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
+        if service == "webshop":
+            assert requests.get(f"{server.url}/fixed_0/results?q=pillow&page=1", params={"format": "json"}, timeout=10).status_code == 200
+        else:
+            assert requests.post(f"{server.url}/retrieve", json={"queries": ["hamlet"]}, timeout=10).status_code == 200
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_clients_pausing_between_requests_keep_their_connections(webshop_server):
+    from sdar_envs.http import retrying_session
+
+    session = retrying_session()
+    for _ in range(4):
+        assert session.get(f"{webshop_server.url}/health", timeout=5).status_code == 200
+        time.sleep(2.1)  # past the 2 s keep-alive of the former server (gunicorn), which reset such connections

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sdar_envs.http import retrying_session
+
 __all__ = [
     "HttpSearcher",
     "LocalSearcher",
@@ -82,11 +84,10 @@ class HttpSearcher:
     failure, so a restarted service is picked up without restarting the caller."""
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
-        import requests
 
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = retrying_session(("POST", "GET"))  # a search or a page read may be sent again
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
         import requests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from sdar_envs.http import retrying_session
 from sdar_envs.webshop.catalog import Goal, load_catalog
 from sdar_envs.webshop.reward import RewardBreakdown
 from sdar_envs.webshop.shop import Page, PageSource, ShopState
@@ -27,14 +28,13 @@ class RemoteShop(PageSource):
     """Drop-in for :class:`~sdar_envs.webshop.shop.Shop` whose pages come from the site over HTTP."""
 
     def __init__(self, url: str, *, colour: Literal["original", "words"] = "original", timeout: float = 30.0) -> None:
-        import requests
 
         if colour != "original":
             raise ValueError("the HTTP back-end scores with the site's reward; start the site with the colour mode you want")
         self.url = url.rstrip("/")
         self.catalog = load_catalog()  # goals and expert paths; the site holds the same (seeded) catalogue
         self.timeout = timeout
-        self._session = requests.Session()
+        self._session = retrying_session(("GET",))  # a search or a page read may be sent again
         self._sid: dict[Goal, tuple[str, str]] = {}
         for kind in ("synthetic", "human"):
             for i, g in enumerate(self.catalog.goals(kind, "all")):

@@ -9,15 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["index_main", "main"]
+__all__ = ["index_main", "main", "wsgi_app"]
 
 
-def _build_app(args: argparse.Namespace) -> Any:
+def wsgi_app(index: str, k1: float, b: float, search_threads: int, max_queries: int, max_topk: int) -> Any:
+    """The service as one worker process serves it."""
     from sdar_envs.searchqa.search import LocalSearcher
     from servers.retrieval.app import Limits, create_app
 
-    searcher = LocalSearcher(args.index or _index_for(args.corpus), k1=args.k1, b=args.b, threads=args.search_threads)
-    limits = Limits(max_queries=args.max_queries, max_topk=args.max_topk)
+    searcher = LocalSearcher(index, k1=k1, b=b, threads=search_threads)
+    limits = Limits(max_queries=max_queries, max_topk=max_topk)
     return create_app(searcher, limits=limits, index_name=searcher.bm25.index_dir.name, num_docs=searcher.bm25.num_docs)
 
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--corpus", help="a JSONL corpus to index on first start (cached); default: the shipped one")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 inside containers)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (each holds a JVM, ~200 MB)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each holds a JVM, ~200 MB)")
     p.add_argument("--threads", type=int, default=8, help="request threads per worker")
     p.add_argument("--search-threads", type=int, default=2, help="Lucene threads per batch search")
     p.add_argument("--k1", type=float, default=0.9)
@@ -51,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.index = _index_for(args.corpus)  # build once here, not in every worker
     from servers.serving import serve
 
-    serve(lambda: _build_app(args), host=args.host, port=args.port, workers=args.workers, threads=args.threads, name="sdar-retrieval")
+    settings = {"index": str(args.index), "k1": args.k1, "b": args.b, "search_threads": args.search_threads,
+                "max_queries": args.max_queries, "max_topk": args.max_topk}  # fmt: skip
+    serve("servers.retrieval.cli:wsgi_app", settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+          name="sdar-retrieval")  # fmt: skip
     return 0
 
 

@@ -1,5 +1,5 @@
 """The WebShop site. Every page is a pure function of its URL (the shop state lives in the URL, as in
-the original), so any number of gunicorn workers and sessions can serve in parallel without sharing
+the original), so any number of worker processes and sessions can serve in parallel without sharing
 memory; a session id only chooses the goal (``fixed_<n>`` = goal n; any other id a goal fixed by a hash
 of it).
 

@@ -1,20 +1,29 @@
-"""``sdar-webshop``: serve the WebShop site under gunicorn (127.0.0.1 by default)."""
+"""``sdar-webshop``: serve the WebShop site (uvicorn + the Flask app, 127.0.0.1 by default)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "wsgi_app"]
+
+
+def wsgi_app(index: str, colour: str) -> Any:
+    """The site as one worker process serves it (the catalogue files come from the environment)."""
+    from sdar_envs.webshop.shop import Shop
+    from servers.webshop.app import create_app
+
+    return create_app(Shop(index_dir=index, colour=colour))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="sdar-webshop", description="The WebShop site (browse it, or point SDAR/WebShop-v0 at it).")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 inside containers)")
     p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers (each holds the catalogue and a JVM)")
-    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="worker processes (each holds the catalogue and a JVM)")
+    p.add_argument("--threads", type=int, default=8, help="request threads per worker")
     p.add_argument("--colour", choices=["original", "words"], default="original", help="the reward's colour matching")
     p.add_argument("--products", help="items_shuffle*.json (default: the shipped 1k catalogue; the full 1.18M file works)")
     p.add_argument("--attributes", help="items_ins_v2*.json matching --products")
@@ -32,14 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from servers.serving import serve
 
     index = args.index or cached_index(Shop().documents(), "webshop")  # built once here, not in every worker
-
-    def factory():  # noqa: ANN202
-        from sdar_envs.webshop.shop import Shop
-        from servers.webshop.app import create_app
-
-        return create_app(Shop(index_dir=index, colour=args.colour))
-
-    serve(factory, host=args.host, port=args.port, workers=args.workers, threads=args.threads, name="sdar-webshop")
+    serve("servers.webshop.cli:wsgi_app", {"index": str(index), "colour": args.colour}, host=args.host, port=args.port,
+          workers=args.workers, threads=args.threads, name="sdar-webshop")  # fmt: skip
     return 0
 
 
