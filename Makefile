@@ -45,8 +45,8 @@ test-vllm: $(VLLM_STAMP)
 # The main job: a short SDAR training on ALFWorld with the tiny local model on CPU (a behaviour-cloning
 # warm start, then SDAR), an evaluation on 12 valid_unseen games, metrics and a plot in runs/demo/.
 demo: $(STAMP)
-	$(BIN)/python -m sdar_train --config demo_sft.yaml --output_dir $(RUNS)/demo/sft
-	$(BIN)/python -m sdar_train --config demo_sdar.yaml --model $(RUNS)/demo/sft/final --output_dir $(RUNS)/demo/sdar
+	$(BIN)/python -m sdar_train --config demo_sft.yaml --output_dir $(RUNS)/demo/sft --overwrite true
+	$(BIN)/python -m sdar_train --config demo_sdar.yaml --model $(RUNS)/demo/sft/final --output_dir $(RUNS)/demo/sdar --overwrite true
 
 test: $(STAMP)
 	$(BIN)/ruff check .

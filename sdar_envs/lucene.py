@@ -32,6 +32,7 @@ __all__ = ["BM25Searcher", "Hit", "LuceneIndexError", "LuceneUnavailable", "buil
 
 _JVM_LOCK = threading.Lock()
 _JVM_READY = False
+_JVM_PID: int | None = None  # the process that started the JVM (a forked child cannot use it)
 
 
 class LuceneUnavailable(RuntimeError):
@@ -75,10 +76,39 @@ def _anserini_jar() -> str:
     return max(jars)
 
 
+FORKED_JVM = (
+    "this process was forked from one whose JVM (Lucene search) had already started, and a JVM does not "
+    "survive a fork: calls into it hang. Start worker processes with 'spawn', e.g. "
+    "gymnasium.make_vec(..., vectorization_mode='async', vector_kwargs={'context': 'spawn', 'shared_memory': False}), "
+    "or use EnvPool, which spawns"
+)
+
+
+_QUIET_LOGGERS: list[object] = []  # java.util.logging holds loggers weakly: keep ours alive
+
+
+def _quiet_lucene() -> None:
+    """Lucene announces its directory implementation at INFO on every start; keep its warnings only."""
+    try:
+        from jnius import autoclass
+
+        logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store")
+        logger.setLevel(autoclass("java.util.logging.Level").WARNING)
+        _QUIET_LOGGERS.append(logger)
+    except Exception:  # noqa: BLE001 - a quieter log is not worth failing a search for
+        pass
+
+
+def _check_not_forked() -> None:
+    if _JVM_PID is not None and _JVM_PID != os.getpid():
+        raise LuceneUnavailable(FORKED_JVM)
+
+
 def _start_jvm() -> None:
     """Configure and start the JVM once per process (pyjnius allows only one)."""
-    global _JVM_READY
+    global _JVM_READY, _JVM_PID
     with _JVM_LOCK:
+        _check_not_forked()
         if _JVM_READY:
             return
         os.environ["JAVA_HOME"] = java_home()
@@ -97,7 +127,8 @@ def _start_jvm() -> None:
                 import pyserini.pyclass  # noqa: F401 - sets the classpath and starts the JVM
             finally:
                 jnius_config.add_options = original
-        _JVM_READY = True
+        _quiet_lucene()
+        _JVM_READY, _JVM_PID = True, os.getpid()
 
 
 MAX_QUERY_TERMS = 512  # Lucene refuses a query of more than 1,024 clauses (TooManyClauses)
@@ -142,6 +173,7 @@ class BM25Searcher:
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         """The top ``k`` hits; any text is a query (see :func:`lucene_query`)."""
+        _check_not_forked()
         with self._lock:
             return [_hit(h) for h in self._searcher.search(lucene_query(query), int(k))]
 
@@ -150,6 +182,7 @@ class BM25Searcher:
         made safe on its own, so no query can fail the batch."""
         if not queries:
             return []
+        _check_not_forked()
         with self._lock:
             jq, jids = self._lists(), self._lists()
             for i, q in enumerate(queries):

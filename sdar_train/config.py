@@ -111,6 +111,7 @@ class TrainConfig:
     save_every: int = _f(50, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
+    overwrite: bool = _f(False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)")
     eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
     eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
     eval_temperature: float | None = _f(None, "sampling temperature for evaluation, 0 = greedy; null: the env's reference (0.4; Search-QA greedy)")
@@ -181,6 +182,8 @@ class TrainConfig:
             raise ConfigError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
         if self.max_teacher_prompt_tokens < self.max_prompt_tokens:
             raise ConfigError("max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
             raise ConfigError("group_size must be >= 2 for group-relative advantages")
 
@@ -259,10 +262,14 @@ def config_from_args(argv: list[str] | None = None, description: str = "") -> Tr
     """``--config FILE`` plus ``--field value`` for every TrainConfig field (values parsed as YAML)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"YAML config (a path, or a name under {CONFIG_DIR})")
+    presets = sorted(q.stem for q in (CONFIG_DIR / "presets").glob("*.yaml"))
+    p.add_argument("--preset", choices=presets, help="sizes laid over the config (cpu: a step in well under a minute on 2 cores, tiny model)")
     for f in fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         p.add_argument(f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]")
     args = vars(p.parse_args(argv))
-    config = args.pop("config")
+    config, preset = args.pop("config"), args.pop("preset")
     overrides = {k: v for k, v in args.items() if v is not None}
+    if preset:
+        overrides = {**(yaml.safe_load((CONFIG_DIR / "presets" / f"{preset}.yaml").read_text()) or {}), **overrides}
     return load_config(config, **overrides) if config else TrainConfig(**overrides)

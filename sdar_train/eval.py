@@ -43,6 +43,7 @@ def evaluate(
     memory: Skills | None = None,
     skills_k: int = 3,
     max_skill_prompt_tokens: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success. ``generator``:
     the generation back-end (default: HF ``generate`` on ``policy``). ``memory``: the policy sees skills
@@ -55,13 +56,25 @@ def evaluate(
     if episodes and episodes < len(task_ids):  # evenly spaced over the fixed order: all task types show up
         task_ids = [task_ids[(i * len(task_ids)) // episodes] for i in range(episodes)]
     tok = policy.tokenizer
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(task_ids), desc=f"evaluating {len(task_ids)} episodes", unit="episode", disable=not (progress and sys.stderr.isatty()))
+    done = [0]
+
+    def on_turn(live: int) -> None:  # episodes finish at different turns
+        bar.update(len(task_ids) - live - done[0])
+        done[0] = len(task_ids) - live
+
     with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
         rollout = collect_rollout(
             pool, env_id, task_ids, 1, codec=PromptCodec(tok),
             generate=lambda prompts, s: generator(prompts, s, sampling),
             seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_skill_prompt_tokens or max_prompt_tokens,
-            memory=memory, skills_k=skills_k, student_skills=memory is not None,
+            memory=memory, skills_k=skills_k, student_skills=memory is not None, on_turn=on_turn,
         )  # fmt: skip
+    bar.close()
     per_type: dict[str, list[bool]] = defaultdict(list)
     for ep in rollout.episodes:
         per_type[ep.task_type].append(ep.won)
@@ -84,13 +97,16 @@ def evaluate(
 
 
 def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
-    table = Table(title=f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}", title_justify="left")
+    console = Console()
+    # the heading on its own line: as a table title it wraps into the table's narrow width
+    console.print(f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}", highlight=False)
+    table = Table()
     for col in ("task type", "episodes", "success"):
         table.add_column(col, justify="left" if col == "task type" else "right")
     for k, v in report["per_task_type"].items():
         table.add_row(k, str(v["episodes"]), f"{v['success']:.1%}")
     table.add_row("all", str(report["episodes"]), f"{report['success']:.1%}", style="bold")
-    Console().print(table)
+    console.print(table)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,12 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="a saved model folder, a hub name available offline, or 'tiny'")
     p.add_argument("--split", default=None, help="the env's split (ALFWorld: valid_unseen; Search-QA: test)")
     p.add_argument("--episodes", type=int, default=0, help="N tasks evenly spaced over the split (0: all)")
-    p.add_argument("--max-turns", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.4, help="sampling temperature (0: greedy)")
+    # the trainer's spelling (--max_turns) first; the dashed one still works
+    p.add_argument("--max_turns", "--max-turns", dest="max_turns", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0: greedy (default: the env's reference, 0.4; Search-QA 0)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-prompt-tokens", type=int, default=2048)
-    p.add_argument("--max-response-tokens", type=int, default=512)
-    p.add_argument("--env-workers", type=int, default=0)
+    p.add_argument("--max_prompt_tokens", "--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=2048)
+    p.add_argument("--max_response_tokens", "--max-response-tokens", dest="max_response_tokens", type=int, default=512)
+    p.add_argument("--env_workers", "--env-workers", dest="env_workers", type=int, default=0)
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="generation back-end (vllm: the optional extra)")
     p.add_argument("--out", default=None, help="JSON report path")
     args = p.parse_args(argv)
@@ -113,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs["split"] = args.split
     if args.max_turns:
         kwargs["max_steps"] = args.max_turns
+    if args.temperature is None:
+        from sdar_envs import reference_training
+
+        args.temperature = reference_training(args.env)["eval_temperature"]
     torch.manual_seed(args.seed)
     policy = load_policy(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     generator = make_generator(args.backend, policy, model=args.model, max_model_len=args.max_prompt_tokens + args.max_response_tokens,
@@ -120,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = evaluate(policy, args.env, env_kwargs=kwargs, episodes=args.episodes, temperature=args.temperature, seed=args.seed,
                           max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-                          env_workers=args.env_workers, generator=generator)  # fmt: skip
+                          env_workers=args.env_workers, generator=generator, progress=True)  # fmt: skip
     finally:
         generator.close()
     print_report(report)

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
+import os
 import random
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool
-from sdar_train.config import TrainConfig, resolve_reference_defaults
+from sdar_train.config import ConfigError, TrainConfig, resolve_reference_defaults
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_advantages, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
@@ -50,6 +53,30 @@ class CheckpointError(RuntimeError):
 def response_format(expert_action: str) -> str:
     """What the policy should emit for an expert action (SFT targets)."""
     return expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
+
+
+class _DropTiedWeightNotice(logging.Filter):
+    """Accelerate reports on every save that the tied lm_head is stored once: expected, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_DropTiedWeightNotice())
+
+
+def _launcher_processes() -> int | None:
+    """``--num_processes N`` of the ``accelerate launch`` that started this process, if any (Linux)."""
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if not any(a.endswith("accelerate") for a in argv) or "launch" not in argv:
+        return None
+    for flag in ("--num_processes", "--num-processes"):
+        if flag in argv and argv.index(flag) + 1 < len(argv) and argv[argv.index(flag) + 1].isdigit():
+            return int(argv[argv.index(flag) + 1])
+    return None
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -79,10 +106,29 @@ class Trainer:
         bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
+        if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
+            raise ConfigError(f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups")
+        if acc.is_main_process:
+            print(f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'}"
+                  f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}", file=sys.stderr, flush=True)  # fmt: skip
+            asked = _launcher_processes()
+            if asked and asked > acc.num_processes:
+                print(f"[sdar_train] WARNING: accelerate launch asked for {asked} processes but {acc.num_processes} runs. "
+                      "On CPU, --cpu starts one process; use: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
+                      f"--num_processes {asked} -m sdar_train ...", file=sys.stderr, flush=True)  # fmt: skip
         if cpu:
             torch.set_num_threads(cfg.cpu_threads)
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
+        previous = [self.out / n for n in ("metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "curves.png", "final") if (self.out / n).exists()]
+        if previous and not cfg.resume:
+            if not cfg.overwrite:  # appending would mix two runs in one metrics file
+                raise ConfigError(f"output_dir {self.out} already holds a run ({previous[0].name}); pass --resume true to continue it, "
+                                  "--overwrite true to start over, or another --output_dir")  # fmt: skip
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                for old in previous:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -128,6 +174,8 @@ class Trainer:
             where = "student's user message" if cfg.spec.student_skills else f"teacher prompt, {cfg.teacher_placement}"
             print(f"[{cfg.algo}] skills: {source}; placement: {where}")
         self.step = 0
+        # progress bars only on a terminal: in a log file they are carriage returns and cursor codes
+        self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
         self.tb = None
         if acc.is_main_process:
@@ -157,7 +205,7 @@ class Trainer:
                 max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed + step,
                 response_format=response_format,
             )  # fmt: skip
-        bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not (cfg.progress and self.accelerator.is_main_process))
+        bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
 
         def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
             return self.generator(prompts, seed, self.sampling)
@@ -227,7 +275,10 @@ class Trainer:
         self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
         rewards = rollout.episode_rewards(cfg.reward_scale, use_won)
-        metrics = {**rollout.metrics(), "reward": float(np.mean(rewards)) if rewards else 0.0, **{k: float(np.mean(v)) for k, v in stats.items()}}
+        outcomes = {**rollout.metrics(), "reward": float(np.mean(rewards)) if rewards else 0.0}
+        if spec.sft:  # the episodes are the expert's demonstrations: label their outcomes as such
+            outcomes = {f"demo_{k}": v for k, v in outcomes.items()}
+        metrics = {**outcomes, **{k: float(np.mean(v)) for k, v in stats.items()}}
         if spec.rlsd:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
@@ -319,16 +370,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
-        cfg, acc = self.cfg, self.accelerator
+        cfg = self.cfg
         history = []
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step",
-                   disable=not (cfg.progress and acc.is_main_process))  # fmt: skip
+                   disable=not self._bars)  # fmt: skip
         while self.step < cfg.steps:
             metrics = self.train_step(self.step)
             history.append(metrics)
             self._log(metrics)
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}", success=f"{metrics['success']:.2f}", loss=f"{metrics.get('loss', 0):.3f}")
+            if cfg.spec.sft:  # what SFT rolls out are the demonstrations: their outcomes, not the model's
+                bar.set_postfix(loss=f"{metrics.get('sft_loss', 0):.3f}", **({"eval_success": f"{metrics['eval_success']:.2f}"} if "eval_success" in metrics else {}))
+            else:
+                bar.set_postfix(reward=f"{metrics['reward']:.2f}", success=f"{metrics['success']:.2f}", loss=f"{metrics.get('loss', 0):.3f}")
             self.step += 1
             if cfg.eval_every and cfg.eval_episodes and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 report = self.evaluate()

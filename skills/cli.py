@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from skills.base import Skill, SkillQuery
@@ -42,7 +43,7 @@ def _skill_table(lib: SkillLibrary, skills: Sequence[Skill], title: str) -> Tabl
     for s in skills:
         st = lib.stats[s.id]
         rate = "-" if st.success_rate is None else f"{st.success_rate:.0%}"
-        table.add_row(s.id, ",".join(s.task_types) or "(general)", s.title, str(st.retrieved), str(st.episodes), rate)
+        table.add_row(escape(s.id), escape(",".join(s.task_types) or "(general)"), escape(s.title), str(st.retrieved), str(st.episodes), rate)
     return table
 
 
@@ -102,7 +103,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             raise ValueError("--id and --text must not be empty")
         lib.add(skill)
         path = lib.save()
-        console.print(f"added {skill.id} to {path} ({len(lib)} skills)")
+        console.print(f"added {escape(skill.id)} to {escape(str(path))} ({len(lib)} skills)")
         return 0
     lib = _library(args)
     if args.command == "show":
@@ -112,7 +113,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             print(json.dumps(record, indent=2))
         else:
             for key, value in record.items():
-                console.print(f"[bold]{key}[/bold]: {value}")
+                console.print(f"[bold]{key}[/bold]: {escape(str(value))}")
         return 0
     if args.command == "retrieve":
         query = SkillQuery(args.env, "cli", args.task, args.task_type)
@@ -121,7 +122,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             print(json.dumps([{"id": s.id, "title": s.title, "text": s.text} for s in chosen], indent=2))
         else:
             for i, s in enumerate(chosen, 1):
-                console.print(f"{i}. [bold]{s.id}[/bold] ({s.title})\n   {s.text}")
+                console.print(f"{i}. [bold]{escape(s.id)}[/bold] ({escape(s.title)})\n   {escape(s.text)}")
         return 0
     skills = lib.skills(args.env)
     if args.json:
@@ -129,7 +130,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if args.command == "list":
-        console.print(_skill_table(lib, skills, f"{len(skills)} skills ({args.file or 'seed banks'})"))
+        console.print(_skill_table(lib, skills, escape(f"{len(skills)} skills ({args.file or 'seed banks'})")))
         return 0
     # stats: one summary row per environment, then the skills that have been used
     table = Table(title="skill memory usage", title_justify="left")
@@ -137,7 +138,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         table.add_column(col, justify="left" if col == "env" else "right")
     for env in sorted({s.env for s in skills}):
         mine = [lib.stats[s.id] for s in skills if s.env == env]
-        table.add_row(env, str(len(mine)), *(str(sum(getattr(st, f) for st in mine)) for f in ("retrieved", "episodes", "successes")))
+        table.add_row(escape(env), str(len(mine)), *(str(sum(getattr(st, f) for st in mine)) for f in ("retrieved", "episodes", "successes")))
     console.print(table)
     used = [s for s in skills if lib.stats[s.id].retrieved or lib.stats[s.id].episodes]
     if used:

@@ -102,10 +102,31 @@ def test_retrieval_serves_or_refuses_hostile_bodies_without_500(retrieval_server
     url = f"{retrieval_server.url}/retrieve"
     huge = requests.post(url, json={"queries": [CJK_1100] + ["who wrote hamlet"] * 99}, timeout=30)
     assert huge.status_code == 200 and len(huge.json()["result"]) == 100 and huge.json()["result"][1]
-    lone = requests.post(url, data='{"queries": ["\\ud800 hamlet"]}', headers={"Content-Type": "application/json"}, timeout=10)
+    lone = requests.post(url, data='{"queries": ["\\ud800", "\\ud800 hamlet"]}', headers={"Content-Type": "application/json"}, timeout=10)
     assert lone.status_code == 200
     deep = requests.post(url, data="[" * 1000 + "]" * 1000, headers={"Content-Type": "application/json"}, timeout=10)
     assert deep.status_code == 400 and "error" in deep.json()
     nested = requests.post(url, data=json.dumps({"queries": ["a"], "topk": 3})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}",
                            headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
     assert 400 <= nested.status_code < 500
+
+
+def test_async_vector_envs_after_the_parent_used_lucene_fail_fast_or_work_with_spawn(local_searcher):
+    """The parent's JVM is up (local_searcher). Forked workers cannot use it: they say so at once instead
+    of hanging; spawned workers start their own and work."""
+    local_searcher.search(["warm up"], 1)
+    forked = gym.make_vec("SDAR/SearchQA-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"shared_memory": False}, split="test")
+    try:
+        forked.reset(seed=[0, 1])
+        with pytest.raises(Exception, match="does not survive a fork"):
+            forked.step(["<search>hamlet</search>"] * 2)
+    finally:
+        forked.close(terminate=True)
+    spawned = gym.make_vec("SDAR/SearchQA-v0", num_envs=2, vectorization_mode="async",
+                           vector_kwargs={"shared_memory": False, "context": "spawn"}, split="test")  # fmt: skip
+    try:
+        spawned.reset(seed=[0, 1])
+        _, _, _, _, info = spawned.step(["<search>hamlet</search>"] * 2)
+        assert list(info["admissible"]) == [True, True]
+    finally:
+        spawned.close()

@@ -234,3 +234,21 @@ def test_cli_add_list_show_retrieve_stats(tmp_path, capsys):
     assert skills_cli(["--file", str(memory), "list"]) == 2
     err = capsys.readouterr().err
     assert re.search(rf"{re.escape(str(memory))}:\d+: unknown key 'txet'", err)
+
+
+def test_cli_prints_bracketed_text_verbatim_and_takes_flags_after_the_subcommand(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "skills", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "click[buy now]" in run("show", "webshop/general/procedure")  # not eaten as Rich markup
+    assert "click[" in run("retrieve", "--env", "webshop", "--task", "buy red shoes")
+    assert json.loads(run("show", "webshop/general/procedure", "--json"))["id"] == "webshop/general/procedure"
+    path = tmp_path / "mine.yaml"
+    run("add", "--file", str(path), "--env", "webshop", "--id", "mine/x", "--text", "then click[next >] twice")
+    assert "click[next >]" in run("show", "mine/x", "--file", str(path))

@@ -50,6 +50,8 @@ def test_every_algorithm_runs_on_the_real_environments(tmp_path, env_id, algo, l
             assert metrics["gate_mean"] == pytest.approx(0.5)
     if ALGORITHMS[algo].policy_gradient:
         assert {"pg_loss", "kl", "entropy", "reward", "success", "invalid_rate", "episode_length"} <= set(metrics)
+    if ALGORITHMS[algo].sft:  # the demonstrations' outcomes, labelled as such
+        assert {"demo_success", "demo_reward", "sft_loss"} <= set(metrics) and "success" not in metrics
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged[0]["step"] == 0 and (tmp_path / "checkpoints").is_dir()
 

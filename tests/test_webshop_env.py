@@ -153,6 +153,12 @@ def test_a_person_can_shop_through_the_html_pages(webshop_server):
         done_href += requests.compat.urlencode({"opt": f"{name}:{value}"})
     done = requests.get(base + done_href, timeout=10)
     assert re.search(r"Your score \(min 0.0, max 1.0\): <b>1.0000</b>", done.text)
+    assert 'href=""' not in item.text and 'href=""' not in results.text  # every button leads somewhere
+    name, value = goal.goal_options[0]
+    assert f"<td>{name}: {value}" in done.text.replace("&#34;", '"').replace("&#39;", "'")  # options as a person reads them
+    assert "{&#39;" not in done.text and "(&#39;" not in done.text  # no Python reprs
+    as_json = requests.get(f"{base}/fixed_1/search", params={"q": "pillow", "format": "json"}, timeout=10)
+    assert as_json.url.endswith("format=json") and as_json.json()["state"]["view"] == "results"
 
 
 def _chromium() -> str | None:

@@ -54,7 +54,7 @@ PAGES = {
 {% for name, values in product.options.items() %}<div class="option"><b>{{ name }}</b>
 {% for v in values %}<label><input type="radio" name="{{ name }}" {% if chosen.get(name) == v %}checked{% endif %}
 onclick="location.href=this.dataset.href" data-href="{{ option_links[(name, v)] }}"> {{ v }}</label>{% endfor %}</div>{% endfor %}
-<p>{% for sub in subs %}<a class="btn" href="{{ links[sub] }}">{{ sub|capitalize }}</a>{% endfor %}</p>
+<p>{% for sub in subs if sub in links %}<a class="btn" href="{{ links[sub] }}">{{ sub|capitalize }}</a>{% endfor %}</p>
 <a class="btn" id="buy-now" href="{{ links['buy now'] }}">Buy Now</a>{% endblock %}""",
     "sub": """{% extends base %}{% block body %}<a class="btn" href="/{{ sid }}">Back to Search</a>
 <a class="btn" href="{{ links['< prev'] }}">&lt; Prev</a><h2>{{ page.state.sub|capitalize }}</h2>
@@ -63,8 +63,8 @@ onclick="location.href=this.dataset.href" data-href="{{ option_links[(name, v)] 
 <p id="reward">Your score (min 0.0, max 1.0): <b>{{ '%.4f' % page.reward.score }}</b></p>
 <table border="1" cellpadding="4"><tr><th></th><th>purchased</th><th>target</th></tr>
 <tr><td>product</td><td>{{ product.asin }}: {{ product.title }}</td><td>{{ goal.asin }}: {{ goal.name }}</td></tr>
-<tr><td>options</td><td>{{ chosen }}</td><td>{{ goal.option_values }}</td></tr>
-<tr><td>attributes</td><td>{{ product.attributes }}</td><td>{{ goal.attributes }}</td></tr>
+<tr><td>options</td><td>{{ listed(chosen.items()) }}</td><td>{{ listed(goal.goal_options) }}</td></tr>
+<tr><td>attributes</td><td>{{ listed(product.attributes) }}</td><td>{{ listed(goal.attributes) }}</td></tr>
 <tr><td>price</td><td>${{ '%.2f' % product.price }}</td><td>under ${{ '%.2f' % goal.price_upper }}</td></tr></table>
 <p>type match {{ page.reward.r_type }}, attributes {{ page.reward.r_attribute }}, options {{ page.reward.r_option }}, price {{ page.reward.r_price }}</p>{% endblock %}""",
 }
@@ -88,6 +88,12 @@ def state_url(sid: str, state: ShopState, kind: str = "synthetic") -> str:
         "done": f"/{sid}/done/{state.asin}",
     }[state.view]
     return path + query
+
+
+def _listed(items: Any) -> str:
+    """Options and attributes as a person reads them: "size: large, color: black" (not Python reprs)."""
+    parts = [(f"{x[0]}: {x[1]}" if x[0] else str(x[1])) if isinstance(x, tuple) else str(x) for x in items]
+    return ", ".join(parts) or "(none)"
 
 
 def create_app(shop: Shop | None = None) -> Flask:
@@ -155,7 +161,7 @@ def create_app(shop: Shop | None = None) -> Flask:
                     option_links[(name, v)] = state_url(sid, ShopState("item", page.state.keywords, page.state.page, product.asin, chosen), kind)
         return render_template_string(
             PAGES[page.state.view], base=app.jinja_env.from_string(BASE), sid=sid, goal=goal, page=page, links=links,
-            product=product, chosen=dict(page.state.options), option_links=option_links, subs=SUB_PAGES,
+            product=product, chosen=dict(page.state.options), option_links=option_links, subs=SUB_PAGES, listed=_listed,
         )  # fmt: skip
 
     @app.errorhandler(HTTPException)
@@ -185,7 +191,10 @@ def create_app(shop: Shop | None = None) -> Flask:
     @app.get("/<sid>/search")
     def do_search(sid: str):  # noqa: ANN202 - the search form's target
         goal, kind = goal_for(sid)
-        return redirect(state_url(sid, ShopState("results", keywords(), 1), kind))
+        url = state_url(sid, ShopState("results", keywords(), 1), kind)
+        if request.args.get("format") == "json":  # the redirect keeps what the client asked for
+            url += ("&" if "?" in url else "?") + "format=json"
+        return redirect(url)
 
     @app.get("/<sid>/results")
     def results(sid: str):  # noqa: ANN202
