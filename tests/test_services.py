@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import requests
+import yaml
 
 from sdar_envs.searchqa.data import load_questions
 from sdar_envs.searchqa.search import HttpSearcher
@@ -51,13 +51,20 @@ def test_sdar_serve_starts_both_waits_for_health_and_stops_on_ctrl_c(tmp_path):
 
 
 def test_compose_file_passes_docker_compose_config():
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
-        pytest.skip("the docker compose CLI is not installed here; the file's content is checked by test_packaging")
-    out = subprocess.run([docker, "compose", "config", "--format", "json"], cwd=ROOT, capture_output=True, text=True)
+    """``docker compose config`` (the plugin) or Debian's ``docker-compose`` (1.29, which .ci/run installs
+    where it can): the file parses, and both services with their health checks are in it."""
+    docker, legacy = shutil.which("docker"), shutil.which("docker-compose")
+    if docker is not None and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        cmd = [docker, "compose", "config"]
+    elif legacy is not None:
+        cmd = [legacy, "config"]
+    else:
+        pytest.skip("neither docker compose nor docker-compose is installed here; the file's content is checked by test_packaging")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    services = json.loads(out.stdout)["services"]
+    services = yaml.safe_load(out.stdout)["services"]
     assert {"webshop", "retrieval"} <= set(services)
+    assert all("healthcheck" in services[s] for s in ("webshop", "retrieval"))
 
 
 def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_server, retrieval_server, local_searcher):

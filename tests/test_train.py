@@ -13,7 +13,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from sdar_train.config import ALGORITHMS, TrainConfig, config_from_args, load_config
+from sdar_train.config import ALGORITHMS, ConfigError, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
 from tests.conftest import launch_two_processes
@@ -240,7 +240,7 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
                  "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "3", "--progress", "false",
                  "--output_dir", str(out)]) == 0  # fmt: skip
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "eval_success" in r] == [0]  # after step 1 of 2; the final one goes to eval.json
+    assert [r["step"] for r in rows if "eval_success" in r] == [0, 2]  # after step 1 of 2, and the final one (also in eval.json)
     report = json.loads((out / "eval.json").read_text())
     # Search-QA evaluates greedy (T=0), the reference's setting
     assert report["episodes"] == 3 and report["temperature"] == 0.0 and set(report["per_task_type"]) <= {"nq", "hotpotqa", "musique"}
@@ -434,3 +434,48 @@ def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, m
     done = _cli(*common, "--steps", "2", "--resume", "true")
     assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
+
+
+def test_fewer_tasks_than_processes_is_refused_instead_of_hanging(tmp_path):
+    done = launch_two_processes(["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--model", "tiny",
+                                 "--tasks_per_step", "1", "--output_dir", str(tmp_path)], timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    assert "tasks_per_step (1) must be >= the number of processes (2)" in done.stderr, done.stderr[-3000:]
+
+
+def test_a_cpu_launch_that_starts_one_process_says_so(tmp_path):
+    import os
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    done = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo",
+         "--preset", "cpu", "--steps", "1", "--max_turns", "1", "--eval_episodes", "0", "--output_dir", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[sdar_train] 1 process(es), device cpu" in done.stderr
+    assert "WARNING: accelerate launch asked for 2 processes but 1 runs" in done.stderr
+
+
+def test_an_existing_run_is_not_appended_to(tmp_path):
+    common = dict(SMALL, env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path))
+    trainer = Trainer(TrainConfig(**common))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    with pytest.raises(ConfigError, match="already holds a run .*--resume true.*--overwrite true"):
+        Trainer(TrainConfig(**common))
+    again = Trainer(TrainConfig(**common, overwrite=True))
+    try:
+        again.train()
+    finally:
+        again.close()
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
+
+
+def test_the_cpu_preset_sizes_any_config():
+    cfg = config_from_args(["--config", "alfworld_sdar.yaml", "--preset", "cpu", "--steps", "2"])
+    assert (cfg.model, cfg.tasks_per_step, cfg.group_size, cfg.max_response_tokens, cfg.steps) == ("tiny", 2, 4, 32, 2)
+    assert cfg.algo == "sdar" and cfg.env == "SDAR/ALFWorld-v0" and cfg.lr == 1e-6  # the config's own fields stay
