@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUNS    ?= runs
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
-.PHONY: setup demo test lint bench clean setup-vllm test-vllm
+.PHONY: setup demo test test-fast lint bench clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -51,6 +51,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: everything but the slow end-to-end tests (multi-process launches, load, subprocess runs)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

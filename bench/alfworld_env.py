@@ -14,7 +14,7 @@ Resets are reported three ways: "first reset, cold" loads a game never seen on t
 translates its PDDL once); "first reset, cached" loads it in a new process-level cache after an earlier
 run left the translation on disk (the usual case from the second epoch or run on); "repeat reset"
 resets a game already loaded, which is 7 of every 8 resets of a GRPO group of 8.
-Targets (issue #2): reset >= 5x, step >= 3x faster than stock.
+Targets: reset >= 5x, step >= 3x faster than stock.
 """
 
 from __future__ import annotations

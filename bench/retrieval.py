@@ -6,7 +6,7 @@
 * service: ``sdar-retrieval`` (uvicorn, started here on 127.0.0.1) answering ``POST /retrieve``
   with the same batches, k=3, scores returned;
 * latency: one query per request over HTTP (a kept-alive session), k=3, p50/p95.
-Batches alternate between the two so machine noise hits both alike. Targets (issue #4): the service
+Batches alternate between the two so machine noise hits both alike. Targets: the service
 delivers >= 70% of the in-process batch throughput; single-query p95 < 20 ms.
 """
 
@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdar_envs.lucene import cached_index  # noqa: E402
-from sdar_envs.searchqa.data import CORPUS_PATH, load_questions  # noqa: E402
-from sdar_envs.searchqa.search import LocalSearcher  # noqa: E402
-from servers.process import ServerProcess  # noqa: E402
+from sdar_envs.lucene import cached_index
+from sdar_envs.searchqa.data import CORPUS_PATH, load_questions
+from sdar_envs.searchqa.search import LocalSearcher
+from servers.process import ServerProcess
 
 
 def main() -> None:

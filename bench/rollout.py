@@ -7,25 +7,21 @@ The rollout (prompt building, tokenisation, generation over the live episodes, e
 skill retrieval off) is timed end to end; every generation call it makes is replayed right after it
 with the same prompts and seeds, so the same tokens come out: the replays are the limit. Replays are
 interleaved with the rollout so that machine noise hits both alike, and their time is taken out of
-the rollout's. Target (issue #6): the
+the rollout's. Target: the
 rollout delivers >= 0.85 of the limit's tokens/s. Model: the tiny local Qwen2 on CPU (or --model).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdar_envs import EnvPool  # noqa: E402
-from sdar_train.generation import Sampling, make_generator  # noqa: E402
-from sdar_train.policy import PromptCodec, load_policy  # noqa: E402
-from sdar_train.rollout import collect_rollout  # noqa: E402
+from sdar_envs import EnvPool
+from sdar_train.generation import Sampling, make_generator
+from sdar_train.policy import PromptCodec, load_policy
+from sdar_train.rollout import collect_rollout
 
 
 def main() -> None:

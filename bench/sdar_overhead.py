@@ -8,7 +8,7 @@ one no-grad forward over the longer, skill-augmented prompts. Runs alternate (GR
 so that machine noise hits both alike. Peak memory: CUDA's max allocated on a GPU; on CPU the peak
 RSS of a fresh subprocess per variant.
 
-Target (issue #6): SDAR/GRPO time within 10% of 1 + T / (3 S), T = teacher tokens, S = student
+Target: SDAR/GRPO time within 10% of 1 + T / (3 S), T = teacher tokens, S = student
 tokens (a no-grad forward costs about a third of forward + backward); peak memory within 1.1x.
 """
 
@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def one_step(trainer, batch, teacher: bool) -> float:  # noqa: ANN001

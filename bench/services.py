@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
-from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdar_envs.searchqa.data import load_questions  # noqa: E402
-from sdar_envs.webshop.catalog import load_catalog  # noqa: E402
-from servers.process import ServerProcess  # noqa: E402
+from sdar_envs.searchqa.data import load_questions
+from sdar_envs.webshop.catalog import load_catalog
+from servers.process import ServerProcess
 
 
 def run(clients: int, seconds: float, request) -> tuple[float, float, float, int]:  # noqa: ANN001

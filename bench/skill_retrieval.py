@@ -10,18 +10,13 @@ is shown as shipped (titles, routed by task type) and with the alternatives it w
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import sdar_envs  # noqa: E402, F401
-from sdar_envs.alfworld.data import TASK_TYPES, list_tasks  # noqa: E402
-from skills import SkillLibrary, SkillQuery  # noqa: E402
-from skills.retrieval import EmbeddingRetriever, minilm_encoder  # noqa: E402
+from sdar_envs.alfworld.data import TASK_TYPES, list_tasks
+from skills import SkillLibrary, SkillQuery
+from skills.retrieval import EmbeddingRetriever, minilm_encoder
 
 
 class _TextEmbedding(EmbeddingRetriever):

@@ -6,25 +6,20 @@
   in-process (Pyserini in this process) and over HTTP (``sdar-webshop`` results page as JSON);
 * episodes: the expert's scripted path (search, click product, click options, buy: about 5-6 steps)
   through ``SDAR/WebShop-v0``, in-process and with ``webshop_url``; ms per episode and episodes/s.
-Targets (issue #3): search p95 < 20 ms on the 1k catalogue; a scripted episode in-process < 50 ms.
+Targets: search p95 < 20 ms on the 1k catalogue; a scripted episode in-process < 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import sdar_envs  # noqa: E402, F401
-from sdar_envs.webshop.shop import Shop  # noqa: E402
-from servers.process import ServerProcess  # noqa: E402
+from sdar_envs.webshop.shop import Shop
+from servers.process import ServerProcess
 
 
 def pct(values: list[float], q: float) -> float:

@@ -29,18 +29,20 @@ import gymnasium as gym
 
 from sdar_envs.core import INFO_KEYS, PromptBuilder, TextEnv, Turn, extract_tag
 from sdar_envs.vector import EnvPool, EnvPoolError
-from sdar_envs.wrappers import SkillHook
+from sdar_envs.wrappers import EpisodeSkills, SkillHook, env_name
 
 __all__ = [
     "ENV_IDS",
     "INFO_KEYS",
     "EnvPool",
     "EnvPoolError",
+    "EpisodeSkills",
     "PromptBuilder",
     "SkillHook",
     "TextEnv",
     "Turn",
     "env_class",
+    "env_name",
     "extract_tag",
     "prompt_builder",
     "reference_training",

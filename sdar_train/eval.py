@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdar_envs import EnvPool
+from sdar_envs.core import evaluation_tasks
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
 from sdar_train.policy import Policy, PromptCodec, load_policy
 from sdar_train.rollout import Skills, collect_rollout
@@ -53,8 +54,7 @@ def evaluate(
     kwargs = dict(env_kwargs or {})
     with EnvPool(env_id, 1, num_workers=0, env_kwargs=kwargs) as probe:
         task_ids = probe.call("task_ids")[0]
-    if episodes and episodes < len(task_ids):  # evenly spaced over the fixed order: all task types show up
-        task_ids = [task_ids[(i * len(task_ids)) // episodes] for i in range(episodes)]
+    task_ids = evaluation_tasks(task_ids, episodes)  # evenly spaced over the fixed order: all task types show up
     tok = policy.tokenizer
     import sys
 

@@ -155,6 +155,8 @@ class ScoredBatch:
 
 
 def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int) -> ScoredBatch:
+    """Token ids of (prompt, response) pairs as one :class:`ScoredBatch`: prompts left-padded so every
+    response starts at the same column, responses right-padded, ``mask`` 1 on response tokens only."""
     p_width = max(len(p) for p in prompts)
     r_width = max(1, max(len(r) for r in responses))
     n = len(prompts)

@@ -16,17 +16,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdar_envs import EnvPool, Turn, prompt_builder
+from sdar_envs import EnvPool, EpisodeSkills, Turn, env_name, prompt_builder
 from sdar_train.policy import PromptCodec
-from skills import ReferenceSkills, SkillLibrary, SkillQuery, fit_skills, privileged_prefix
+from sdar_train.seeding import derive_seed
+from skills import ReferenceSkills, SkillLibrary, fit_skills, privileged_prefix
 from skills.base import SkillMemory
 
-__all__ = ["Episode", "EpisodeState", "Rollout", "TurnSample", "collect_rollout", "env_name", "expert_rollout"]
+__all__ = ["Episode", "EpisodeState", "Rollout", "TurnSample", "collect_rollout", "expert_rollout"]
 
 
 @dataclass
 class TurnSample:
-    episode: int
+    """One turn of one episode as a training sample: the student's prompt, the sampled response, the
+    teacher's prompt (when there is a teacher) and the turn's two validity flags."""
+
+    episode: int  # index into Rollout.episodes
     prompt_ids: list[int]
     response_ids: list[int]
     teacher_prompt_ids: list[int] | None
@@ -36,6 +40,9 @@ class TurnSample:
 
 @dataclass
 class Episode:
+    """One finished episode: its task and group (the G episodes of a task), outcome, length and
+    invalid-turn counts, the skills its teacher saw, and the actions it took."""
+
     group: int
     task_id: str
     task_type: str
@@ -88,19 +95,13 @@ class EpisodeState:
     obs: str
     info: dict[str, Any]
     history: list[Turn] = field(default_factory=list)
-    skills: list[str] = field(default_factory=list)  # retrieved once per episode from a skill memory
-    query: SkillQuery | None = None
+    skills: EpisodeSkills | None = None  # retrieved once per episode from a skill memory
 
     def prompt_args(self) -> dict[str, Any]:
         """What the prompt builder needs: the task, the current observation, the history window's
         turns, the admissible actions and the step."""
         return {"task": self.info["task"], "observation": self.obs, "history": self.history,
                 "admissible_actions": self.info["admissible_actions"], "step": self.info["step"]}  # fmt: skip
-
-
-def env_name(env_id: str) -> str:
-    """``SDAR/ALFWorld-v0`` -> ``alfworld``: the skill banks' and queries' name of an environment."""
-    return env_id.split("/")[-1].split("-")[0].lower()
 
 
 def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_keywords: bool = False) -> list[str]:
@@ -111,7 +112,7 @@ def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_k
         if by_keywords:
             return [source.text_for(prompt_text=prompt_text)]
         return [source.text_for(prompt_text=prompt_text, game_file=st.info.get("game_file"), data_source=st.info.get("data_source"))]
-    return st.skills
+    return st.skills.texts if st.skills else []
 
 
 def collect_rollout(
@@ -147,7 +148,7 @@ def collect_rollout(
     if n > pool.num_envs:
         raise ValueError(f"the pool has {pool.num_envs} environments, the rollout needs {n}")
     slots = list(range(n))
-    resets = pool.reset(slots, seeds=[seed + i for i in slots], options=[{"task_id": task_ids[i // group_size]} for i in slots])
+    resets = pool.reset(slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": task_ids[i // group_size]} for i in slots])
     retrieving = isinstance(memory, SkillMemory) and not isinstance(memory, ReferenceSkills) and (teacher or student_skills)
     episodes: list[Episode] = []
     state: dict[int, EpisodeState] = {}
@@ -156,9 +157,8 @@ def collect_rollout(
         ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"])
         st = state[i] = EpisodeState(obs, info)
         if retrieving:
-            st.query = SkillQuery(env_name(env_id), info["task_id"], info["task"], info["task_type"])
-            chosen = memory.retrieve(st.query, skills_k)
-            ep.skill_ids, st.skills = [s.id for s in chosen], [s.text for s in chosen]
+            st.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, skills_k)
+            ep.skill_ids = list(st.skills.ids)
         episodes.append(ep)
     samples: list[TurnSample] = []
     teacher_ids: dict[int, list[int] | None] = {}
@@ -176,7 +176,7 @@ def collect_rollout(
                 text, budget = privileged_prefix(shown) + text, max_teacher_prompt_tokens
             prompt_ids[i] = codec.encode(text, budget)
             teacher_ids[i] = _teacher_prompt(codec, build, st, text, memory, teacher_placement, max_teacher_prompt_tokens) if teacher else None
-        responses = generate([prompt_ids[i] for i in live], seed * 1_000_003 + turn * 7919)
+        responses = generate([prompt_ids[i] for i in live], derive_seed(seed, "generate", turn))
         actions = {i: codec.decode(r) for i, r in zip(live, responses, strict=True)}
         results = pool.step(actions)
         still = []
@@ -194,8 +194,8 @@ def collect_rollout(
             st.obs, st.info = obs, info
             if terminated or truncated:
                 ep.won = bool(info["won"])
-                if retrieving and st.query is not None:
-                    memory.record_outcome(st.query, ep.skill_ids, success=ep.won, reward=ep.env_return)
+                if st.skills is not None:
+                    st.skills.record(won=ep.won, episode_return=ep.env_return)
             else:
                 still.append(i)
         live = still
@@ -228,7 +228,7 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, codec
     """
     build = prompt_builder(env_id)
     slots = list(range(len(task_ids)))
-    resets = pool.reset(slots, seeds=[seed + i for i in slots], options=[{"task_id": t} for t in task_ids])
+    resets = pool.reset(slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": t} for t in task_ids])
     episodes, samples = [], []
     state: dict[int, EpisodeState] = {}
     for i in slots:

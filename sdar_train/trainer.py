@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,33 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sdar_envs import EnvPool
+from sdar_envs import EnvPool, env_class
 from sdar_train.config import ConfigError, TrainConfig, resolve_reference_defaults
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_advantages, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
+from sdar_train.seeding import derive_seed
 
-__all__ = ["CheckpointError", "Trainer", "response_format"]
+__all__ = ["CheckpointError", "Trainer", "TurnBatch", "response_format"]
+
+
+@dataclass
+class TurnBatch:
+    """This process's turn samples of one training step, as the update consumes them: one row each,
+    indexed together (as CleanRL carries its ``b_*`` buffers). Log-prob tensors are response-aligned
+    ``[n, R]``, scored with the rollout-time weights; ``old_logp=None`` means the update takes a single
+    optimizer step, whose old log-probs are the current ones."""
+
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    advantages: torch.Tensor  # [n], one per turn sample, broadcast to its response tokens
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None  # the frozen reference (KL)
+    teacher_logp: torch.Tensor | None = None  # the policy with skills in its prompt
+
+    def __len__(self) -> int:
+        return len(self.prompts)
 
 
 class CheckpointError(RuntimeError):
@@ -97,6 +117,11 @@ def _safetensors_problem(path: Path) -> str | None:
 
 
 class Trainer:
+    """GRPO, SDAR and the baselines on one Accelerate set-up: the policy (HF model, optionally LoRA), its
+    frozen reference, a generation back-end, this process's environments (an :class:`EnvPool`) and the
+    skill memory. :meth:`train` runs :meth:`train_step` ``steps`` times with logging, evaluation and
+    checkpoints; everything is built in ``__init__`` from a validated :class:`TrainConfig`."""
+
     def __init__(self, config: TrainConfig) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -162,8 +187,8 @@ class Trainer:
         env_kwargs = dict(cfg.env_kwargs)
         if cfg.max_turns is not None:
             env_kwargs["max_steps"] = cfg.max_turns
-        if cfg.spec.sft and cfg.env.startswith("SDAR/ALFWorld"):
-            env_kwargs.setdefault("expert", "walkthrough")
+        if cfg.spec.sft:  # what the env needs to demonstrate (declared by the env class)
+            env_kwargs = {**getattr(env_class(cfg.env), "demonstration_kwargs", {}), **env_kwargs}
         slots = self.local_tasks * (1 if cfg.spec.sft else cfg.group_size)
         self.pool = EnvPool(cfg.env, slots, num_workers=cfg.env_workers, env_kwargs=env_kwargs)
         self.task_ids: list[str] = self.pool.call("task_ids")[0]
@@ -179,19 +204,16 @@ class Trainer:
         self.metrics_file = self.out / "metrics.jsonl"
         self.tb = None
         if acc.is_main_process:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.tb = None
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
         if cfg.resume:
             self._resume()
 
     # ------------------------------------------------------------------------------------------------
     def tasks_for_step(self, step: int) -> list[str]:
         """B tasks drawn from (seed, step) only, so a resumed run sees the same tasks; this rank's share."""
-        rng = np.random.default_rng([self.cfg.seed, step])
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, "tasks", step))
         chosen = rng.choice(len(self.task_ids), size=min(self.cfg.tasks_per_step, len(self.task_ids)), replace=False)
         mine = [self.task_ids[i] for i in chosen][self.rank :: self.world]
         return mine
@@ -202,7 +224,7 @@ class Trainer:
         if cfg.spec.sft:
             return expert_rollout(
                 self.pool, cfg.env, tasks, codec=self.codec, tokenize_response=self.tokenize_response,
-                max_prompt_tokens=cfg.max_prompt_tokens, seed=cfg.seed + step,
+                max_prompt_tokens=cfg.max_prompt_tokens, seed=derive_seed(cfg.seed, "demonstrations", step),
                 response_format=response_format,
             )  # fmt: skip
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
@@ -213,7 +235,7 @@ class Trainer:
         try:
             return collect_rollout(
                 self.pool, cfg.env, tasks, cfg.group_size, codec=self.codec,
-                generate=gen, seed=cfg.seed * 100_003 + step * 101 + self.rank,
+                generate=gen, seed=derive_seed(cfg.seed, "rollout", step, self.rank),
                 max_prompt_tokens=cfg.max_prompt_tokens, max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
                 memory=self.memory, skills_k=cfg.skills_k, teacher=cfg.spec.teacher, student_skills=cfg.spec.student_skills,
                 teacher_placement=cfg.teacher_placement, on_turn=lambda live: bar.update(1),
@@ -237,6 +259,8 @@ class Trainer:
         return out
 
     def train_step(self, step: int) -> dict[str, float]:
+        """One training step, top to bottom: rollout, turn scores and advantages, the no-grad passes
+        (teacher, reference, old policy), the update, and the metrics averaged over processes."""
         cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
         t0 = time.time()
         # 1. rollout: B x G episodes, one sample per turn
@@ -271,7 +295,8 @@ class Trainer:
         old = self._score(unwrapped, prompts, responses) if need_old else None
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
-        stats = self.update(prompts, responses, adv, old, ref, teacher, step)
+        batch = TurnBatch(prompts, responses, adv, old_logp=old, ref_logp=ref, teacher_logp=teacher)
+        stats = self.update(batch, step)
         self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
         rewards = rollout.episode_rewards(cfg.reward_scale, use_won)
@@ -291,7 +316,7 @@ class Trainer:
         acc = self.accelerator
         return int(acc.reduce(torch.tensor(n, device=acc.device), reduction="max")) if self.world > 1 else n
 
-    def update(self, prompts, responses, adv, old, ref, teacher, step: int, *, optimizer_step: bool = True) -> dict[str, list[float]]:  # noqa: ANN001
+    def update(self, batch: TurnBatch, step: int, *, optimizer_step: bool = True) -> dict[str, list[float]]:
         """``ppo_epochs`` passes of mini-batch updates over this process's turn samples.
 
         Processes hold different numbers of samples (episodes differ in length), but DDP needs every
@@ -300,22 +325,22 @@ class Trainer:
         """
         cfg, acc = self.cfg, self.accelerator
         stats: dict[str, list[float]] = {}
-        order_rng = random.Random(cfg.seed * 7_919 + step)
+        order_rng = random.Random(derive_seed(cfg.seed, "order", step))
         agreed = self._agreed
         lam = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         for _ in range(cfg.ppo_epochs):
-            order = list(range(len(prompts)))
+            order = list(range(len(batch)))
             order_rng.shuffle(order)
             n_mini = agreed(math.ceil(len(order) / cfg.mini_batch_size))
             for m in range(n_mini):
                 mini = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
-                local_tokens = torch.tensor(float(sum(len(responses[i]) for i in mini)), device=acc.device)
+                local_tokens = torch.tensor(float(sum(len(batch.responses[i]) for i in mini)), device=acc.device)
                 global_tokens = acc.reduce(local_tokens, reduction="sum") if self.world > 1 else local_tokens
                 normalizer = (global_tokens / self.world).clamp(min=1.0)
                 n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
                 for c in range(n_micro):
                     micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
-                    self._accumulate(micro, prompts, responses, adv, old, ref, teacher, normalizer, stats, lam)
+                    self._accumulate(batch, micro, normalizer, stats, lam)
                 if not optimizer_step:
                     continue
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -324,7 +349,8 @@ class Trainer:
                 stats.setdefault("grad_norm", []).append(float(grad_norm))
         return stats
 
-    def _accumulate(self, micro, prompts, responses, adv, old, ref, teacher, normalizer, stats, lam: float = 0.0) -> None:  # noqa: ANN001
+    def _accumulate(self, batch: TurnBatch, micro: list[int], normalizer: torch.Tensor, stats: dict[str, list[float]], lam: float = 0.0) -> None:
+        """Forward and backward one micro-batch (rows ``micro`` of ``batch``); the optimizer steps later."""
         cfg, spec = self.cfg, self.cfg.spec
         if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
             pad = self.policy.pad_id
@@ -332,19 +358,19 @@ class Trainer:
                 logp, _ = response_logprobs(self.model, pack([[pad]], [[pad]], pad), self.accelerator.device)
             self.accelerator.backward(logp.sum() * 0.0)
             return
-        batch = pack([prompts[i] for i in micro], [responses[i] for i in micro], self.policy.pad_id)
-        mask = batch.mask.to(self.accelerator.device)
+        packed = pack([batch.prompts[i] for i in micro], [batch.responses[i] for i in micro], self.policy.pad_id)
+        mask = packed.mask.to(self.accelerator.device)
         rw = mask.size(1)
 
         def aligned(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t[micro][:, :rw].to(self.accelerator.device)
 
         with self.accelerator.autocast():
-            logp, ent = response_logprobs(self.model, batch, self.accelerator.device, with_entropy=True)
+            logp, ent = response_logprobs(self.model, packed, self.accelerator.device, with_entropy=True)
         logp = logp.float()
-        old_logp = aligned(old) if old is not None else logp.detach()
-        teacher_logp, ref_logp = aligned(teacher), aligned(ref)
-        token_adv = adv[micro].to(self.accelerator.device)[:, None].expand_as(logp)
+        old_logp = aligned(batch.old_logp) if batch.old_logp is not None else logp.detach()
+        teacher_logp, ref_logp = aligned(batch.teacher_logp), aligned(batch.ref_logp)
+        token_adv = batch.advantages[micro].to(self.accelerator.device)[:, None].expand_as(logp)
         if spec.rlsd and teacher_logp is not None:  # the gap from the rollout-time (old) log-probs, as the reference
             token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, lam, cfg.rlsd_eps)
         beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta

@@ -23,7 +23,7 @@ def sample_per_type(split: str, per_type: int) -> list:
 
 def launch_two_processes(module_args: list[str], *, cpu: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``python -m <module_args>`` on two processes from the repository root;
-    ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU`` (NOTES)."""
+    ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU``: ``--cpu --num_processes 2`` starts one process."""
     from servers.process import free_port
 
     root = Path(__file__).resolve().parents[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +64,7 @@ def test_compose_services_bind_localhost_and_have_health_checks():
         assert "sdar-cache:/cache" in service["volumes"], name
 
 
+@pytest.mark.slow
 def test_the_readmes_python_examples_run_verbatim(tmp_path):
     """Every ```python block of the README, each as its own script, from an empty folder."""
     import os

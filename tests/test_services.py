@@ -25,6 +25,7 @@ from servers.process import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_sdar_serve_starts_both_waits_for_health_and_stops_on_ctrl_c(tmp_path):
     ports = free_port(), free_port()
     proc = subprocess.Popen(
@@ -67,6 +68,7 @@ def test_compose_file_passes_docker_compose_config():
     assert all("healthcheck" in services[s] for s in ("webshop", "retrieval"))
 
 
+@pytest.mark.slow
 def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_server, retrieval_server, local_searcher):
     questions = [r.question for r in load_questions(["nq"], "test")][:32]
     expected = [[p.id for p in per] for per in local_searcher.search(questions, 3)]
@@ -175,6 +177,7 @@ def test_servers_bind_localhost_by_default():
         assert 'default="127.0.0.1"' in src, module
 
 
+@pytest.mark.slow
 def test_a_killed_sdar_serve_takes_its_services_with_it(tmp_path):
     port = free_port()
     proc = subprocess.Popen(

@@ -177,6 +177,7 @@ for i in range(n):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_no_record(tmp_path):
     """Two processes each load the file once, then add a skill and record an outcome 40 times, saving
     after each: every skill of both is in the file and the shared skill's counts add up."""
@@ -189,6 +190,7 @@ def test_concurrent_writers_lose_no_record(tmp_path):
     assert items["shared/0"].episodes == 80 and items["shared/0"].successes == 80
 
 
+@pytest.mark.slow
 def test_parallel_cli_adds_lose_nothing(tmp_path):
     path = tmp_path / "bank.yaml"
     cmds = [[sys.executable, "-m", "skills", "add", "--file", str(path), "--env", "alfworld", "--id", f"cli/{w}/{i}", "--text", "do it"]

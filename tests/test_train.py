@@ -181,6 +181,7 @@ def test_tiny_model_tokenizer_round_trips_and_chats():
     assert 0.5e6 < sum(p.numel() for p in policy.model.parameters()) < 2e6
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
     """Accelerate DDP over gloo with two CPU processes vs one process on the whole batch."""
     import os
@@ -188,8 +189,8 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
-    subprocess.run([sys.executable, "-m", "sdar_train.grad_check", "--out", str(tmp_path / "one.pt")], check=True, env=env, cwd=root, capture_output=True)
-    two = launch_two_processes(["sdar_train.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
+    subprocess.run([sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")], check=True, env=env, cwd=root, capture_output=True)
+    two = launch_two_processes(["tests.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["processes"] == 1 and two["processes"] == 2
@@ -198,6 +199,7 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
         assert torch.allclose(g, two["grads"][name], atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
     """The whole loop under DDP: rollouts generate with the unwrapped model, the ranks' updates stay in
     step, the periodic evaluation runs on the main process, and the final model is saved once."""
@@ -296,6 +298,7 @@ def test_gradient_checkpointing_gives_the_same_step(tmp_path):
         assert runs[1][key] == pytest.approx(runs[0][key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_bf16_autocast_path_runs_and_stays_close_to_float32(tmp_path):
     """The GPU's bf16 path, checked on CPU: scores under autocast stay near float32 ones, and a training
     run with ``--bf16 true`` (its own process: Accelerate fixes mixed precision once per process) gives
@@ -416,6 +419,7 @@ def test_a_folder_without_a_model_is_named(tmp_path):
         ("trainer_state.json:garbage", "trainer_state.json: unreadable"),
     ],
 )
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, message):
     out = tmp_path / "run"
     common = ["--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo", "--model", "tiny", "--tasks_per_step", "1",
@@ -436,6 +440,7 @@ def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, m
     assert "Traceback" not in done.stderr and "weights_only=False" not in done.stderr
 
 
+@pytest.mark.slow
 def test_fewer_tasks_than_processes_is_refused_instead_of_hanging(tmp_path):
     done = launch_two_processes(["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--model", "tiny",
                                  "--tasks_per_step", "1", "--output_dir", str(tmp_path)], timeout=300)  # fmt: skip
@@ -443,6 +448,7 @@ def test_fewer_tasks_than_processes_is_refused_instead_of_hanging(tmp_path):
     assert "tasks_per_step (1) must be >= the number of processes (2)" in done.stderr, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_a_cpu_launch_that_starts_one_process_says_so(tmp_path):
     import os
 

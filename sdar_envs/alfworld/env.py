@@ -14,29 +14,11 @@ from typing import Any, ClassVar, Literal
 
 from sdar_envs.alfworld import engine
 from sdar_envs.alfworld.data import TASK_TYPES, AlfworldTask, list_tasks
-from sdar_envs.core import PromptBuilder, TextEnv, extract_tag, normalize_command
+from sdar_envs.core import PromptBuilder, TextEnv, command_text, normalize_command, stepwise_prompt, think_then_act
 
 __all__ = ["AlfworldEnv", "ALFWORLD_PROMPT", "project_action"]
 
-ALFWORLD_PROMPT = PromptBuilder(
-    history_length=2,
-    first_template=(
-        "You are an agent in a household simulated as a text game. Your task is to: {task}\n"
-        "Your current observation is: {observation}\n"
-        "Your admissible actions now are:\n{admissible_actions}\n\n"
-        "Think step by step inside <think> </think>, then give exactly one admissible action inside "
-        "<action> </action>."
-    ),
-    template=(
-        "You are an agent in a household simulated as a text game. Your task is to: {task}\n"
-        "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
-        "{history}\n"
-        "You are now at step {current_step} and your current observation is: {observation}\n"
-        "Your admissible actions now are:\n{admissible_actions}\n\n"
-        "Think step by step inside <think> </think>, then give exactly one admissible action inside "
-        "<action> </action>."
-    ),
-)
+ALFWORLD_PROMPT = stepwise_prompt("You are an agent in a household simulated as a text game.", closing=think_then_act("admissible action"))
 
 _INVALID_FEEDBACK = "Nothing happens."  # what the engine itself answers to a command it does not know
 
@@ -47,10 +29,7 @@ def project_action(text: str, admissible: list[str]) -> str | None:
     The command is the text of the last ``<action>...</action>``; with no tags, the whole output is
     taken as a bare command. Matching ignores case, repeated spaces and a trailing full stop.
     """
-    candidate = extract_tag(text, "action")
-    if candidate is None:
-        candidate = text if isinstance(text, str) and len(text) <= 256 else ""
-    wanted = normalize_command(candidate)
+    wanted = normalize_command(command_text(text))
     if not wanted:
         return None
     for command in admissible:
@@ -76,6 +55,7 @@ class AlfworldEnv(TextEnv):
     task_label: ClassVar[str] = "ALFWorld"
     prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
     reference_training: ClassVar[dict[str, float]] = {"reward_scale": 10.0, "invalid_penalty": 0.1, "eval_temperature": 0.4}
+    demonstration_kwargs: ClassVar[dict[str, Any]] = {"expert": "walkthrough"}  # what behaviour cloning needs
 
     def __init__(
         self,

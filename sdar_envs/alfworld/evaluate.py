@@ -2,7 +2,8 @@
 
     python -m sdar_envs.alfworld.evaluate --split valid_unseen --policy expert --episodes 134
 
-The episode list is the split's first ``--episodes`` tasks in its fixed (sorted) order, or all of them;
+The episode list is ``--episodes`` tasks evenly spaced over the split's fixed (sorted) order, or all of
+them (:func:`sdar_envs.core.evaluation_tasks`, the rule every evaluation uses);
 the random policy draws from a generator seeded by ``--seed`` and the task index, so a run can be
 repeated exactly. Prints success per task type and writes JSON with every episode's outcome.
 (The training harness evaluates LLM policies the same way: ``python -m sdar_train.eval``.)
@@ -23,6 +24,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from sdar_envs.alfworld.data import SPLITS, list_tasks
+from sdar_envs.core import evaluation_tasks
 from sdar_envs.vector import EnvPool
 
 POLICIES = ("expert", "random")
@@ -35,7 +37,9 @@ def _choose(policy: str, info: dict, rng: random.Random) -> str:
 
 
 def evaluate(split: str, policy: str, episodes: int | None, seed: int, workers: int, max_steps: int) -> dict:
-    tasks = list_tasks(split)[: episodes or None]
+    all_tasks = list_tasks(split)
+    chosen = set(evaluation_tasks([t.task_id for t in all_tasks], episodes))
+    tasks = [t for t in all_tasks if t.task_id in chosen]
     results = []
     slots = max(1, min(len(tasks), 2 * max(workers, 1)))
     kwargs = {"split": split, "max_steps": max_steps, "expert": "walkthrough" if policy == "expert" else None}
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--split", choices=SPLITS, default="valid_unseen")
     ap.add_argument("--policy", choices=POLICIES, default="expert")
-    ap.add_argument("--episodes", type=int, default=None, help="first N tasks of the split (default: all)")
+    ap.add_argument("--episodes", type=int, default=None, help="N tasks evenly spaced over the split (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2, help="worker processes (0: in this process)")
     ap.add_argument("--max-steps", type=int, default=50)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from sdar_envs.http import retrying_session
 from sdar_envs.webshop.catalog import Goal, load_catalog
 from sdar_envs.webshop.reward import RewardBreakdown
-from sdar_envs.webshop.shop import Page, PageSource, ShopState
+from sdar_envs.webshop.shop import Page, PageSource, ShopState, state_url
 
 __all__ = ["RemoteShop", "WebShopServiceError"]
 
@@ -43,7 +43,6 @@ class RemoteShop(PageSource):
     def render(self, state: ShopState, goal: Goal) -> Page:
         import requests
 
-        from servers.webshop.app import state_url
 
         sid, kind = self._sid[goal]
         url = self.url + state_url(sid, state, kind)

@@ -25,30 +25,17 @@ import os
 from dataclasses import asdict
 from typing import Any, ClassVar, Literal
 
-from sdar_envs.core import PromptBuilder, TextEnv, extract_tag
+from sdar_envs.core import PromptBuilder, TextEnv, command_text, stepwise_prompt, think_then_act
 from sdar_envs.webshop.catalog import TEST_GOALS, Goal
 from sdar_envs.webshop.reward import target_options
 from sdar_envs.webshop.shop import Page, Shop, ShopState, available_actions
 
 __all__ = ["WEBSHOP_PROMPT", "WebShopEnv"]
 
-WEBSHOP_PROMPT = PromptBuilder(
-    history_length=2,
-    first_template=(
-        "You are an agent shopping on the WebShop website. Your task is to: {task}\n"
-        "Your current observation is: {observation}\n"
-        "Your admissible actions now are:\n{admissible_actions}\n\n"
-        "Think step by step inside <think> </think>, then give exactly one action inside <action> </action>, "
-        "e.g. <action>search[red running shoes]</action> or <action>click[buy now]</action>."
-    ),
-    template=(
-        "You are an agent shopping on the WebShop website. Your task is to: {task}\n"
-        "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
-        "{history}\n"
-        "You are now at step {current_step} and your current observation is: {observation}\n"
-        "Your admissible actions now are:\n{admissible_actions}\n\n"
-        "Think step by step inside <think> </think>, then give exactly one action inside <action> </action>."
-    ),
+WEBSHOP_PROMPT = stepwise_prompt(
+    "You are an agent shopping on the WebShop website.",
+    closing=think_then_act("action"),
+    first_closing=think_then_act("action")[:-1] + ", e.g. <action>search[red running shoes]</action> or <action>click[buy now]</action>.",
 )
 
 _SHARED_SHOPS: dict[tuple, Shop] = {}
@@ -163,10 +150,7 @@ class WebShopEnv(TextEnv):
 
     def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         assert self._goal is not None
-        command = extract_tag(action, "action")
-        if command is None:
-            command = action if len(action) <= 512 else ""
-        state, valid = self.shop.step(self._state, self._goal, command)
+        state, valid = self.shop.step(self._state, self._goal, command_text(action))
         if valid:
             self._state = state
             self._page = self.shop.render(state, self._goal)

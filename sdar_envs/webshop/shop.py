@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlencode
 
 from sdar_envs.webshop.catalog import (
     SEARCH_DOCUMENTS,
@@ -28,7 +29,7 @@ from sdar_envs.webshop.catalog import (
 )
 from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 
-__all__ = ["Page", "PageSource", "Shop", "ShopState"]
+__all__ = ["Page", "PageSource", "Shop", "ShopState", "state_url"]
 
 SEARCH_RETURN_N = 50
 MAX_QUERY_CHARS = 500  # a longer search is an invalid action (the site answers 400 to it)
@@ -211,3 +212,21 @@ def available_actions(page: Page) -> dict[str, object]:
     return {"has_search_bar": page.has_search_bar, "clickables": (["search"] if page.has_search_bar else []) + list(page.clickables)}
 
 
+def state_url(sid: str, state: ShopState, kind: str = "synthetic") -> str:
+    """The site's URL of a shop state (``servers.webshop.app``'s routes are its inverse)."""
+    params: list[tuple[str, str]] = []
+    if kind != "synthetic":
+        params.append(("goals", kind))
+    if state.view in ("results", "item", "sub"):
+        params += [("q", state.keywords), ("page", str(state.page))]
+    if state.view in ("item", "sub", "done"):
+        params += [("opt", f"{n}:{v}") for n, v in state.options]
+    query = f"?{urlencode(params)}" if params else ""
+    path = {
+        "search": f"/{sid}",
+        "results": f"/{sid}/results",
+        "item": f"/{sid}/item/{state.asin}",
+        "sub": f"/{sid}/item/{state.asin}/{state.sub}",
+        "done": f"/{sid}/done/{state.asin}",
+    }[state.view]
+    return path + query

@@ -20,14 +20,22 @@ import hashlib
 import re
 from dataclasses import asdict
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Flask, abort, jsonify, redirect, render_template_string, request
 from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from sdar_envs.webshop.catalog import Goal
-from sdar_envs.webshop.shop import MAX_QUERY_CHARS, PRODUCTS_PER_PAGE, SEARCH_RETURN_N, SUB_PAGES, Page, Shop, ShopState
+from sdar_envs.webshop.shop import (
+    MAX_QUERY_CHARS,
+    PRODUCTS_PER_PAGE,
+    SEARCH_RETURN_N,
+    SUB_PAGES,
+    Page,
+    Shop,
+    ShopState,
+    state_url,
+)
 
 __all__ = ["create_app", "state_url"]
 
@@ -68,26 +76,6 @@ onclick="location.href=this.dataset.href" data-href="{{ option_links[(name, v)] 
 <tr><td>price</td><td>${{ '%.2f' % product.price }}</td><td>under ${{ '%.2f' % goal.price_upper }}</td></tr></table>
 <p>type match {{ page.reward.r_type }}, attributes {{ page.reward.r_attribute }}, options {{ page.reward.r_option }}, price {{ page.reward.r_price }}</p>{% endblock %}""",
 }
-
-
-def state_url(sid: str, state: ShopState, kind: str = "synthetic") -> str:
-    """The URL of a shop state (inverse of the routes below)."""
-    params: list[tuple[str, str]] = []
-    if kind != "synthetic":
-        params.append(("goals", kind))
-    if state.view in ("results", "item", "sub"):
-        params += [("q", state.keywords), ("page", str(state.page))]
-    if state.view in ("item", "sub", "done"):
-        params += [("opt", f"{n}:{v}") for n, v in state.options]
-    query = f"?{urlencode(params)}" if params else ""
-    path = {
-        "search": f"/{sid}",
-        "results": f"/{sid}/results",
-        "item": f"/{sid}/item/{state.asin}",
-        "sub": f"/{sid}/item/{state.asin}/{state.sub}",
-        "done": f"/{sid}/done/{state.asin}",
-    }[state.view]
-    return path + query
 
 
 def _listed(items: Any) -> str:

@@ -1,8 +1,8 @@
 """Data-parallel check: the gradient the trainer computes with N processes equals the gradient of the
 whole batch on one process.
 
-    python -m sdar_train.grad_check --out one.pt
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m sdar_train.grad_check --out two.pt
+    python -m tests.grad_check --out one.pt
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m tests.grad_check --out two.pt
 
 A fixed batch of 12 turn samples of different lengths (with advantages, teacher and reference
 log-probs) is split unevenly across the processes (rank 0 gets 3, rank 1 gets 9: episodes differ in
@@ -29,7 +29,7 @@ def main() -> int:
     args = p.parse_args()
     if "Test/LetterY-v0" not in gym.registry:
         gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
-    from sdar_train.trainer import Trainer
+    from sdar_train.trainer import Trainer, TurnBatch
 
     cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model="tiny", output_dir=tempfile.mkdtemp(), steps=1,
                       tasks_per_step=2, group_size=2, kl_coef=0.01, sdar_coef=0.5, progress=False,
@@ -45,7 +45,7 @@ def main() -> int:
     acc = trainer.accelerator
     mine = list(range(n)) if acc.num_processes == 1 else (list(range(3)) if acc.process_index == 0 else list(range(3, n)))
     pick = lambda xs: [xs[i] for i in mine]  # noqa: E731
-    trainer.update(pick(prompts), pick(responses), adv[mine], None, ref[mine], teacher[mine], step=0, optimizer_step=False)
+    trainer.update(TurnBatch(pick(prompts), pick(responses), adv[mine], ref_logp=ref[mine], teacher_logp=teacher[mine]), step=0, optimizer_step=False)
     grads = {k: v.grad.detach().cpu().clone() for k, v in acc.unwrap_model(trainer.model).named_parameters() if v.grad is not None}
     if acc.is_main_process:
         torch.save({"grads": grads, "processes": acc.num_processes}, args.out)
