@@ -28,7 +28,7 @@ import importlib
 import gymnasium as gym
 
 from sdar_envs.core import INFO_KEYS, PromptBuilder, TextEnv, Turn, extract_tag
-from sdar_envs.vector import EnvPool, EnvPoolError
+from sdar_envs.env_pool import EnvPool, EnvPoolError
 from sdar_envs.wrappers import EpisodeSkills, SkillHook, env_name
 
 __all__ = [

@@ -280,6 +280,11 @@ class TextEnv(gym.Env[str, str]):
         ALFWorld and WebShop use :func:`think_action_format`, Search-QA overrides it."""
         return think_action_format(text)
 
+    @staticmethod
+    def command_of(text: str) -> str:
+        """The environment command a raw output names (what a skill summariser reads), "" for none."""
+        return command_text(text)
+
     def task_ids(self) -> list[str]:
         """Every task id of this environment's task set, in its fixed order."""
         raise NotImplementedError

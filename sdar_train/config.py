@@ -83,6 +83,7 @@ class TrainConfig:
     skills_k: int = _f(3, "skills shown to the teacher")
     skill_file: str | None = _f(None, "a skill memory file (default: the packaged seed banks)")
     skill_dir: str | None = _f(None, "a skills folder in the SDAR reference's layout (skill_mapping.json + markdown files): its text, chosen by its rules, replaces the skill memory")
+    grow_skills: bool = _f(False, "add a skill to the memory from each won episode (skills.grow_from_trajectory), saved with checkpoints")
     teacher_placement: str = _f("before_chat", "where the teacher's skills go: before_chat (before the whole chat-formatted prompt, the reference's) or in_user (at the start of the user message)")
     max_teacher_prompt_tokens: int = _f(4096, "teacher prompt budget; skills are cut to fit, never the prompt")
     # optimisation

@@ -46,6 +46,7 @@ class Episode:
     group: int
     task_id: str
     task_type: str
+    task: str = ""  # the instruction
     env_return: float = 0.0
     won: bool = False
     turns: int = 0
@@ -154,7 +155,7 @@ def collect_rollout(
     state: dict[int, EpisodeState] = {}
     for i in slots:
         obs, info = resets[i]
-        ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"])
+        ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
         st = state[i] = EpisodeState(obs, info)
         if retrieving:
             st.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, skills_k)

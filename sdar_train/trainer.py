@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sdar_envs import EnvPool, env_class
+from sdar_envs import EnvPool, env_class, env_name
 from sdar_train.config import ConfigError, TrainConfig, resolve_reference_defaults
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_advantages, turn_advantages
@@ -265,6 +265,7 @@ class Trainer:
         t0 = time.time()
         # 1. rollout: B x G episodes, one sample per turn
         rollout = self.rollout(step)
+        grown = self.grow_skills(rollout) if cfg.grow_skills else 0
         t_rollout = time.time() - t0
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
         use_won = cfg.train_reward == "won"
@@ -306,10 +307,27 @@ class Trainer:
         metrics = {**outcomes, **{k: float(np.mean(v)) for k, v in stats.items()}}
         if spec.rlsd:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
+        if cfg.grow_skills:
+            metrics["skills_grown"] = float(grown)
         metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
         metrics.update(step=step, samples=len(samples) * self.world, time_s=time.time() - t0,
                        rollout_s=t_rollout, teacher_s=t_teacher)  # fmt: skip
         return metrics
+
+    def grow_skills(self, rollout: Rollout) -> int:
+        """Each won episode's commands become a skill in this process's memory (near-duplicates are
+        skipped); returns how many were added. Reference-layout skill folders do not grow."""
+        from skills import SkillLibrary, Trajectory, grow_from_trajectory
+
+        if not isinstance(self.memory, SkillLibrary):
+            return 0
+        command_of, name = env_class(self.cfg.env).command_of, env_name(self.cfg.env)
+        added = 0
+        for ep in rollout.episodes:
+            if ep.won:
+                commands = [c for c in (command_of(a) for a in ep.actions) if c]
+                added += grow_from_trajectory(self.memory, Trajectory(name, ep.task, ep.task_type, commands, True, ep.task_id)) is not None
+        return added
 
     def _agreed(self, n: int) -> int:
         """The maximum of ``n`` over processes (every process must run the same number of passes)."""

@@ -485,3 +485,32 @@ def test_the_cpu_preset_sizes_any_config():
     cfg = config_from_args(["--config", "alfworld_sdar.yaml", "--preset", "cpu", "--steps", "2"])
     assert (cfg.model, cfg.tasks_per_step, cfg.group_size, cfg.max_response_tokens, cfg.steps) == ("tiny", 2, 4, 32, 2)
     assert cfg.algo == "sdar" and cfg.env == "SDAR/ALFWorld-v0" and cfg.lr == 1e-6  # the config's own fields stay
+
+
+def test_won_episodes_grow_the_skill_memory_and_the_checkpoint_keeps_it(tmp_path, valid_seen_tasks):
+    from sdar_train.rollout import Episode, Rollout
+
+    env = gym.make("SDAR/ALFWorld-v0", split="valid_seen", expert="walkthrough")
+    _, info = env.reset(options={"task_id": valid_seen_tasks[0].task_id})
+    actions = []
+    while info["expert_action"]:
+        actions.append(f"<think>next</think><action>{info['expert_action']}</action>")
+        *_, info = env.step(actions[-1])
+    assert info["won"]
+    cfg = TrainConfig(env="SDAR/ALFWorld-v0", env_kwargs={"split": "valid_seen"}, algo="sdar", output_dir=str(tmp_path),
+                      grow_skills=True, **SMALL)  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        before = len(trainer.memory)
+        ep = Episode(group=0, task_id=valid_seen_tasks[0].task_id, task_type="pick", task="put a book on the sidetable", won=True, actions=actions)
+        lost = Episode(group=0, task_id="x", task_type="pick", task="x", won=False, actions=actions)
+        assert trainer.grow_skills(Rollout([ep, lost], [])) == 1
+        assert trainer.grow_skills(Rollout([ep], [])) == 0  # a near-duplicate is not added twice
+        assert len(trainer.memory) == before + 1
+        path = trainer.save_checkpoint()
+        from skills import load_skills
+
+        saved = [s.id for s, _ in load_skills(path / "skills.yaml")]
+        assert any("/learned/" in sid for sid in saved)
+    finally:
+        trainer.close()

@@ -62,7 +62,8 @@ __all__ = [
 # What our environment asks of the engine (the same as alfworld's AlfredTWEnv).
 REQUEST_INFOS = EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
 
-_T, _N, _C, _E, _L = range(5)  # template node kinds: terminal, nonterminal, conditional, eval, list
+# kinds of node in a compiled text-generation template
+TERMINAL, NONTERMINAL, CONDITIONAL, EVAL, LIST = range(5)
 
 
 def _translate(domain: str, problem: str, optimize: bool) -> tuple[Any, str]:
@@ -77,15 +78,15 @@ def _translate(domain: str, problem: str, optimize: bool) -> tuple[Any, str]:
 def _to_template(symbol: tw_textgen.Symbol) -> tuple:
     """textworld's parsed grammar symbols -> immutable tuples our derivation walks."""
     if isinstance(symbol, tw_textgen.TerminalSymbol):
-        return (_T, str(symbol.symbol))
+        return (TERMINAL, str(symbol.symbol))
     if isinstance(symbol, tw_textgen.NonterminalSymbol):
-        return (_N, str(symbol.symbol))
+        return (NONTERMINAL, str(symbol.symbol))
     if isinstance(symbol, tw_textgen.ConditionalSymbol):
-        return (_C, _to_template(symbol.expression), symbol.given)
+        return (CONDITIONAL, _to_template(symbol.expression), symbol.given)
     if isinstance(symbol, tw_textgen.EvalSymbol):
-        return (_E, compile(symbol.expression, "<grammar>", "eval"))
+        return (EVAL, compile(symbol.expression, "<grammar>", "eval"))
     if isinstance(symbol, tw_textgen.ListSymbol):
-        return (_L, _to_template(symbol.symbol))
+        return (LIST, _to_template(symbol.symbol))
     raise NotImplementedError(f"Unknown grammar symbol: {type(symbol).__name__}")
 
 
@@ -228,12 +229,12 @@ class FastGrammar:
         while stack:
             node, ctx = stack.pop()
             kind = node[0]
-            if kind == _T:
+            if kind == TERMINAL:
                 out.append(node[1])
-            elif kind == _N:
+            elif kind == NONTERMINAL:
                 rhs = self._first_applicable(node[1], state, ctx[1])
                 stack.extend((n, ctx) for n in reversed(rhs))
-            elif kind == _E:
+            elif kind == EVAL:
                 out.append(str(eval(node[1], tw_textgen.__dict__, dict(ctx[0]))))
             else:
                 stack.extend(reversed(self._expand(node, state, infos, ctx)))
@@ -250,20 +251,20 @@ class FastGrammar:
 
     def _expand(self, node: tuple, state: Any, infos: dict, ctx: tuple) -> list[tuple]:
         """One derivation step of a conditional or list symbol: (node, context) pairs to push."""
-        if node[0] == _C:
+        if node[0] == CONDITIONAL:
             _, expression, given = node
             return [(expression, c) for c in self._query(given, state, infos, ctx)] if given else [(expression, ctx)]
         # A list symbol derives its inner symbol once and joins the parts, as textgen.display_list does.
         inner = node[1]
-        if inner[0] == _E:
-            items = [((_T, str(eval(inner[1], tw_textgen.__dict__, dict(ctx[0])))), ctx)]
+        if inner[0] == EVAL:
+            items = [((TERMINAL, str(eval(inner[1], tw_textgen.__dict__, dict(ctx[0])))), ctx)]
         else:
             items = self._expand(inner, state, infos, ctx)
         if not items:
-            return [((_N, "list_empty"), ctx)]
+            return [((NONTERMINAL, "list_empty"), ctx)]
         if len(items) == 1:
             return items
-        sep, last = ((_N, "list_separator"), ctx), ((_N, "list_last_separator"), ctx)
+        sep, last = ((NONTERMINAL, "list_separator"), ctx), ((NONTERMINAL, "list_last_separator"), ctx)
         joined: list[tuple] = []
         for item in items[:-1]:
             joined += [item, sep]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sdar_envs.alfworld.data import SPLITS, list_tasks
 from sdar_envs.core import evaluation_tasks
-from sdar_envs.vector import EnvPool
+from sdar_envs.env_pool import EnvPool
 
 POLICIES = ("expert", "random")
 

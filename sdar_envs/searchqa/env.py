@@ -166,6 +166,11 @@ class SearchQAEnv(TextEnv):
     def format_valid(text: str) -> bool:
         return searchqa_format(text)
 
+    @staticmethod
+    def command_of(text: str) -> str:
+        parsed = parse_action(text)
+        return f"<{parsed[0]}>{parsed[1]}</{parsed[0]}>" if parsed else ""
+
     def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         assert self._record is not None
         gold = self._record.golden_answers

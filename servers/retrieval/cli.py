@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.index:
         args.index = _index_for(args.corpus)  # build once here, not in every worker
-    from servers.serving import serve
+    from servers.asgi import serve
 
     settings = {"index": str(args.index), "k1": args.k1, "b": args.b, "search_threads": args.search_threads,
                 "max_queries": args.max_queries, "max_topk": args.max_topk}  # fmt: skip

@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from sdar_envs.lucene import cached_index
     from sdar_envs.webshop.shop import Shop
-    from servers.serving import serve
+    from servers.asgi import serve
 
     index = args.index or cached_index(Shop().documents(), "webshop")  # built once here, not in every worker
     serve("servers.webshop.cli:wsgi_app", {"index": str(index), "colour": args.colour}, host=args.host, port=args.port,

@@ -32,7 +32,7 @@ def serve(factory: str, settings: dict[str, Any], *, host: str, port: int, worke
 
     os.environ[_SPEC] = json.dumps({"factory": factory, "settings": settings, "threads": threads, "name": name})
     uvicorn.run(
-        "servers.serving:asgi_app",
+        "servers.asgi:asgi_app",
         factory=True,
         host=host,
         port=port,
