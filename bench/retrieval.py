@@ -40,20 +40,26 @@ def main() -> None:
         batches = [questions[(i * args.batch_size) % len(questions) :][: args.batch_size] for i in range(args.batches)]
         for b in batches[:3]:  # warm both JITs
             local.search(b, 3)
-            session.post(f"{server.url}/retrieve", json={"queries": b, "topk": 3, "return_scores": True}).raise_for_status()
+            session.post(
+                f"{server.url}/retrieve", json={"queries": b, "topk": 3, "return_scores": True}
+            ).raise_for_status()
         t_local = t_http = 0.0
         for b in batches:
             t = time.perf_counter()
             local.search(b, 3)
             t_local += time.perf_counter() - t
             t = time.perf_counter()
-            session.post(f"{server.url}/retrieve", json={"queries": b, "topk": 3, "return_scores": True}).raise_for_status()
+            session.post(
+                f"{server.url}/retrieve", json={"queries": b, "topk": 3, "return_scores": True}
+            ).raise_for_status()
             t_http += time.perf_counter() - t
         n = sum(len(b) for b in batches)
         lat = []
         for q in questions[: args.singles]:
             t = time.perf_counter()
-            session.post(f"{server.url}/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}).raise_for_status()
+            session.post(
+                f"{server.url}/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}
+            ).raise_for_status()
             lat.append((time.perf_counter() - t) * 1000)
     finally:
         server.stop()
@@ -66,7 +72,9 @@ def main() -> None:
     print(f"| in-process batch_search (the limit) | {qps_local:,.0f} | 1.00 |")
     print(f"| sdar-retrieval over HTTP, {args.workers} worker(s) | {qps_http:,.0f} | {qps_http / qps_local:.2f} |")
     print(f"single query over HTTP, k=3, {len(lat)} requests: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
-    print(f"targets: ratio >= 0.70 -> {'met' if qps_http / qps_local >= 0.7 else 'MISSED'}; p95 < 20 ms -> {'met' if p95 < 20 else 'MISSED'}")
+    print(
+        f"targets: ratio >= 0.70 -> {'met' if qps_http / qps_local >= 0.7 else 'MISSED'}; p95 < 20 ms -> {'met' if p95 < 20 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,12 @@ def main() -> None:
         replayed[0] += sum(len(o) for o in again)
         return out
 
-    pool = EnvPool(args.env, args.tasks * args.group, num_workers=args.env_workers, env_kwargs={"split": args.split, "max_steps": args.turns})
+    pool = EnvPool(
+        args.env,
+        args.tasks * args.group,
+        num_workers=args.env_workers,
+        env_kwargs={"split": args.split, "max_steps": args.turns},
+    )
     task_ids = pool.call("task_ids")[0][: args.tasks]
     kw = dict(codec=PromptCodec(tok), generate=gen, max_prompt_tokens=2048, max_teacher_prompt_tokens=2048)
     collect_rollout(pool, args.env, task_ids, args.group, seed=1, **kw)  # warm-up: engine caches, kernels
@@ -74,12 +79,16 @@ def main() -> None:
     generator.close()
     tokens = sum(len(s.response_ids) for s in rollout.samples)
     assert replayed[0] == tokens, (replayed[0], tokens)
-    print(f"{args.env} ({args.split}): {args.tasks} tasks x {args.group} episodes, <= {args.turns} turns, <= {args.tokens} tokens/turn, "
-          f"{len(rollout.samples)} turns, {tokens} tokens, model {args.model} on {device}, {args.backend} back-end")  # fmt: skip
+    print(
+        f"{args.env} ({args.split}): {args.tasks} tasks x {args.group} episodes, <= {args.turns} turns, <= {args.tokens} tokens/turn, "
+        f"{len(rollout.samples)} turns, {tokens} tokens, model {args.model} on {device}, {args.backend} back-end"
+    )
     print("| | seconds | tokens/s | ratio |")
     print("|---|---|---|---|")
     print(f"| bare generate, same prompts and seeds (the limit) | {t_limit:.2f} | {tokens / t_limit:,.0f} | 1.00 |")
-    print(f"| multi-turn rollout with the environments | {t_rollout:.2f} | {tokens / t_rollout:,.0f} | {t_limit / t_rollout:.2f} |")
+    print(
+        f"| multi-turn rollout with the environments | {t_rollout:.2f} | {tokens / t_rollout:,.0f} | {t_limit / t_rollout:.2f} |"
+    )
     print(f"(inside the rollout, generation took {gen_time[0]:.2f} s; environments, prompts and tokenisation the rest)")
     print(f"target >= 0.85: {'met' if t_limit / t_rollout >= 0.85 else 'MISSED'}")
 

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one_step(trainer, batch, teacher: bool) -> float:  # noqa: ANN001
+def one_step(trainer, batch, teacher: bool) -> float:
     prompts, teacher_prompts, responses, adv = batch
     t = time.perf_counter()
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -37,14 +37,16 @@ def one_step(trainer, batch, teacher: bool) -> float:  # noqa: ANN001
     tokens = torch.tensor(float(sum(len(r) for r in responses)))
     mb = trainer.cfg.micro_batch_size
     for s in range(0, len(prompts), mb):
-        trainer._accumulate(list(range(s, min(s + mb, len(prompts)))), prompts, responses, adv, None, ref, teach, tokens, {})
+        trainer._accumulate(
+            list(range(s, min(s + mb, len(prompts)))), prompts, responses, adv, None, ref, teach, tokens, {}
+        )
     trainer.optimizer.zero_grad(set_to_none=True)  # measure, do not drift the weights
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
-def build(args: argparse.Namespace, algo: str):  # noqa: ANN201
+def build(args: argparse.Namespace, algo: str):
     import gymnasium as gym
 
     if "Test/LetterY-v0" not in gym.registry:
@@ -52,9 +54,20 @@ def build(args: argparse.Namespace, algo: str):  # noqa: ANN201
     from sdar_train.config import TrainConfig
     from sdar_train.trainer import Trainer
 
-    cfg = TrainConfig(env="Test/LetterY-v0", algo=algo, model=args.model, output_dir=tempfile.mkdtemp(), steps=1, tasks_per_step=1,
-                      group_size=2, kl_coef=0.01, micro_batch_size=args.micro, mini_batch_size=max(args.micro, args.samples),
-                      progress=False, cpu_threads=args.threads)  # fmt: skip
+    cfg = TrainConfig(
+        env="Test/LetterY-v0",
+        algo=algo,
+        model=args.model,
+        output_dir=tempfile.mkdtemp(),
+        steps=1,
+        tasks_per_step=1,
+        group_size=2,
+        kl_coef=0.01,
+        micro_batch_size=args.micro,
+        mini_batch_size=max(args.micro, args.samples),
+        progress=False,
+        cpu_threads=args.threads,
+    )
     trainer = Trainer(cfg)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, 4000, (args.prompt,), generator=g).tolist() for _ in range(args.samples)]
@@ -101,22 +114,32 @@ def main() -> None:
         unit = "MiB allocated (CUDA)"
     else:
         for algo in ("grpo", "sdar"):
-            out = subprocess.run([sys.executable, __file__, "--child", algo, *sys.argv[1:]], capture_output=True, text=True, check=True, cwd=ROOT)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", algo, *sys.argv[1:]],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            )
             mem[algo] = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
         unit = "MiB peak RSS (CPU)"
     s_tokens = args.samples * (args.prompt + args.response)
     t_tokens = args.samples * (args.skills + args.prompt + args.response)
     grpo, sdar = min(times["grpo"]), min(times["sdar"])
     predicted = 1 + t_tokens / (3 * s_tokens)
-    print(f"batch: {args.samples} turns, prompt {args.prompt} + skills {args.skills} + response {args.response} tokens, model {args.model}")
+    print(
+        f"batch: {args.samples} turns, prompt {args.prompt} + skills {args.skills} + response {args.response} tokens, model {args.model}"
+    )
     print(f"| | step (s, best of {args.repeats}) | peak memory ({unit}) |")
     print("|---|---|---|")
     print(f"| GRPO | {grpo:.2f} | {mem['grpo']:.0f} |")
     print(f"| SDAR | {sdar:.2f} | {mem['sdar']:.0f} |")
     print(f"| SDAR / GRPO | {sdar / grpo:.2f} | {mem['sdar'] / mem['grpo']:.2f} |")
-    print(f"predicted time ratio 1 + T/(3S) = {predicted:.2f}; measured/predicted = {sdar / grpo / predicted:.2f} "
-          f"(target within 10%: {'met' if abs(sdar / grpo / predicted - 1) <= 0.10 else 'MISSED'}); "
-          f"memory target <= 1.1x: {'met' if mem['sdar'] / mem['grpo'] <= 1.1 else 'MISSED'}")  # fmt: skip
+    print(
+        f"predicted time ratio 1 + T/(3S) = {predicted:.2f}; measured/predicted = {sdar / grpo / predicted:.2f} "
+        f"(target within 10%: {'met' if abs(sdar / grpo / predicted - 1) <= 0.10 else 'MISSED'}); "
+        f"memory target <= 1.1x: {'met' if mem['sdar'] / mem['grpo'] <= 1.1 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

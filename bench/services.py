@@ -21,7 +21,7 @@ from sdar_envs.webshop.catalog import load_catalog
 from servers.process import ServerProcess
 
 
-def run(clients: int, seconds: float, request) -> tuple[float, float, float, int]:  # noqa: ANN001
+def run(clients: int, seconds: float, request) -> tuple[float, float, float, int]:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -48,7 +48,12 @@ def run(clients: int, seconds: float, request) -> tuple[float, float, float, int
         t.join()
     elapsed = time.perf_counter() - start
     latencies.sort()
-    return len(latencies) / elapsed, statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))], errors[0]
+    return (
+        len(latencies) / elapsed,
+        statistics.median(latencies),
+        latencies[int(0.95 * (len(latencies) - 1))],
+        errors[0],
+    )
 
 
 def main() -> None:
@@ -61,17 +66,25 @@ def main() -> None:
     goals = catalog.goals("synthetic", "train")
     questions = [r.question for r in load_questions(["nq"], "train")]
     webshop = ServerProcess("servers.webshop", ["--workers", str(args.workers), "--threads", "16"]).start(timeout=300)
-    retrieval = ServerProcess("servers.retrieval", ["--workers", str(args.workers), "--threads", "16"]).start(timeout=300)
+    retrieval = ServerProcess("servers.retrieval", ["--workers", str(args.workers), "--threads", "16"]).start(
+        timeout=300
+    )
 
     def shop(session: requests.Session, i: int, n: int) -> None:
         g = goals[(i * 997 + n) % len(goals)]
         q = g.instruction.split(" with ")[0][:200]
-        session.get(f"{webshop.url}/fixed_{(i + n) % 500}/results", params={"q": q, "page": 1, "format": "json"}).raise_for_status()
-        session.get(f"{webshop.url}/fixed_0/item/{g.asin}", params={"q": q, "page": 1, "format": "json"}).raise_for_status()
+        session.get(
+            f"{webshop.url}/fixed_{(i + n) % 500}/results", params={"q": q, "page": 1, "format": "json"}
+        ).raise_for_status()
+        session.get(
+            f"{webshop.url}/fixed_0/item/{g.asin}", params={"q": q, "page": 1, "format": "json"}
+        ).raise_for_status()
 
     def search(session: requests.Session, i: int, n: int) -> None:
         q = questions[(i * 7919 + n) % len(questions)]
-        session.post(f"{retrieval.url}/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}).raise_for_status()
+        session.post(
+            f"{retrieval.url}/retrieve", json={"queries": [q], "topk": 3, "return_scores": True}
+        ).raise_for_status()
 
     rows = []
     try:

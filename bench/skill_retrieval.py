@@ -22,7 +22,7 @@ from skills.retrieval import EmbeddingRetriever, minilm_encoder
 class _TextEmbedding(EmbeddingRetriever):
     """The alternative: embed title + procedure text."""
 
-    def select(self, query, candidates, stats, k):  # noqa: ANN001, ANN201
+    def select(self, query, candidates, stats, k):
         if self.route_by_type:
             candidates = [s for s in candidates if s.applies_to(query.task_type)]
         sims = [float(self.encode([f"{s.title}. {s.text}"])[0] @ self.encode([query.task])[0]) for s in candidates]
@@ -44,14 +44,22 @@ def main() -> None:
     encode = minilm_encoder()
     tiers = {
         "keyword": SkillLibrary.from_seed_banks(["alfworld"], tier="keyword"),
-        "embedding (shipped: titles, routed)": SkillLibrary.from_seed_banks(["alfworld"], tier=EmbeddingRetriever(encode)),
-        "embedding: titles, not routed": SkillLibrary.from_seed_banks(["alfworld"], tier=EmbeddingRetriever(encode, route_by_type=False)),
+        "embedding (shipped: titles, routed)": SkillLibrary.from_seed_banks(
+            ["alfworld"], tier=EmbeddingRetriever(encode)
+        ),
+        "embedding: titles, not routed": SkillLibrary.from_seed_banks(
+            ["alfworld"], tier=EmbeddingRetriever(encode, route_by_type=False)
+        ),
         "embedding: title + text, routed": SkillLibrary.from_seed_banks(["alfworld"], tier=_TextEmbedding(encode)),
-        "embedding: title + text, not routed": SkillLibrary.from_seed_banks(["alfworld"], tier=_TextEmbedding(encode, route_by_type=False)),
+        "embedding: title + text, not routed": SkillLibrary.from_seed_banks(
+            ["alfworld"], tier=_TextEmbedding(encode, route_by_type=False)
+        ),
         "random (seed 0)": SkillLibrary.from_seed_banks(["alfworld"], tier="random", seed=0),
         "ucb (no outcomes yet)": SkillLibrary.from_seed_banks(["alfworld"], tier="ucb"),
     }
-    print(f"{len(queries)} real {args.split} instructions ({args.per_type} per task type); top-1 is the task type's own skill:")
+    print(
+        f"{len(queries)} real {args.split} instructions ({args.per_type} per task type); top-1 is the task type's own skill:"
+    )
     print("| tier | hits | share |")
     print("|---|---|---|")
     for name, lib in tiers.items():

@@ -59,7 +59,9 @@ def main() -> None:
             local_ms.append((time.perf_counter() - t) * 1000)
             q2 = queries[args.queries + i] if args.queries + i < len(queries) else q + " x"
             t = time.perf_counter()
-            session.get(f"{server.url}/fixed_0/results", params={"q": q2, "page": 1, "format": "json"}).raise_for_status()
+            session.get(
+                f"{server.url}/fixed_0/results", params={"q": q2, "page": 1, "format": "json"}
+            ).raise_for_status()
             http_ms.append((time.perf_counter() - t) * 1000)
         tasks = [f"synthetic-{500 + i}" for i in range(args.episodes)]
         local_env = gym.make("SDAR/WebShop-v0", split="train")
@@ -69,13 +71,19 @@ def main() -> None:
         ep_http = episodes(http_env, tasks)
     finally:
         server.stop()
-    print(f"catalogue: {len(shop.catalog.products)} products; {len(local_ms)} fresh queries per side; {args.episodes} expert episodes")
+    print(
+        f"catalogue: {len(shop.catalog.products)} products; {len(local_ms)} fresh queries per side; {args.episodes} expert episodes"
+    )
     print("| | search p50 (ms) | search p95 (ms) | episode mean (ms) | episodes/s |")
     print("|---|---|---|---|---|")
     for name, s, e in (("in-process", local_ms, ep_local), ("HTTP (sdar-webshop, 1 worker)", http_ms, ep_http)):
-        print(f"| {name} | {statistics.median(s):.1f} | {pct(s, 0.95):.1f} | {statistics.mean(e):.1f} | {1000 / statistics.mean(e):.1f} |")
-    print(f"targets: search p95 < 20 ms -> {'met' if pct(local_ms, 0.95) < 20 else 'MISSED'} (in-process); "
-          f"episode < 50 ms in-process -> {'met' if statistics.mean(ep_local) < 50 else 'MISSED'}")  # fmt: skip
+        print(
+            f"| {name} | {statistics.median(s):.1f} | {pct(s, 0.95):.1f} | {statistics.mean(e):.1f} | {1000 / statistics.mean(e):.1f} |"
+        )
+    print(
+        f"targets: search p95 < 20 ms -> {'met' if pct(local_ms, 0.95) < 20 else 'MISSED'} (in-process); "
+        f"episode < 50 ms in-process -> {'met' if statistics.mean(ep_local) < 50 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

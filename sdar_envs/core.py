@@ -63,7 +63,17 @@ __all__ = [
     "skills_block",
 ]
 
-INFO_KEYS = ("task_id", "task", "task_type", "admissible_actions", "won", "admissible", "format_valid", "valid_action", "step")
+INFO_KEYS = (
+    "task_id",
+    "task",
+    "task_type",
+    "admissible_actions",
+    "won",
+    "admissible",
+    "format_valid",
+    "valid_action",
+    "step",
+)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Text spaces need a charset; printable ASCII covers what the engines print. Actions outside it are
@@ -148,7 +158,9 @@ def think_then_act(what: str) -> str:
     return f"Think step by step inside <think> </think>, then give exactly one {what} inside <action> </action>."
 
 
-def stepwise_prompt(intro: str, *, closing: str, first_closing: str | None = None, history_length: int = 2) -> PromptBuilder:
+def stepwise_prompt(
+    intro: str, *, closing: str, first_closing: str | None = None, history_length: int = 2
+) -> PromptBuilder:
     """verl-agent's step-wise prompt: ``intro`` and the task, the last H turns, the current observation and
     the admissible actions, then ``closing`` (``first_closing`` on the first step, when given)."""
     head = intro + " Your task is to: {task}\n"
@@ -157,8 +169,11 @@ def stepwise_prompt(intro: str, *, closing: str, first_closing: str | None = Non
         history_length=history_length,
         first_template=head + "Your current observation is: {observation}\n" + actions + (first_closing or closing),
         template=(
-            head + "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
-            "{history}\nYou are now at step {current_step} and your current observation is: {observation}\n" + actions + closing
+            head
+            + "You have taken {step} step(s) so far. Your last {history_length} observation(s) and action(s) were:\n"
+            "{history}\nYou are now at step {current_step} and your current observation is: {observation}\n"
+            + actions
+            + closing
         ),
     )
 
@@ -254,7 +269,11 @@ class TextEnv(gym.Env[str, str]):
     # The training signal the SDAR reference uses with this environment (read by sdar_train when a
     # config leaves these fields null): training reward = reward_scale x won, the penalty of an
     # invalid turn, and the evaluation temperature (0: greedy).
-    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 1.0, "invalid_penalty": 0.0, "eval_temperature": 0.4}
+    reference_training: ClassVar[dict[str, float]] = {
+        "reward_scale": 1.0,
+        "invalid_penalty": 0.0,
+        "eval_temperature": 0.4,
+    }
     # keyword arguments that make the env fill info["expert_action"] for behaviour cloning (sdar_train's sft)
     demonstration_kwargs: ClassVar[dict[str, Any]] = {}
     task_label: ClassVar[str] = "task"  # how error messages name the tasks
@@ -348,7 +367,14 @@ class TextEnv(gym.Env[str, str]):
         truncated = not terminated and self._step_count >= self.max_steps
         self._done = terminated or truncated
         fmt = self.format_valid(action) if isinstance(action, str) else False
-        info = {**self._info, **updates, "admissible": bool(valid), "format_valid": bool(fmt), "valid_action": bool(valid), "step": self._step_count}
+        info = {
+            **self._info,
+            **updates,
+            "admissible": bool(valid),
+            "format_valid": bool(fmt),
+            "valid_action": bool(valid),
+            "step": self._step_count,
+        }
         self._last_obs, self._info = obs, info
         return obs, float(reward), bool(terminated), bool(truncated), dict(info)
 

@@ -218,7 +218,9 @@ class EnvPool:
     def _spawn(self, w: int) -> tuple[Any, mp.process.BaseProcess]:
         indices = list(range(w, self.num_envs, self.num_workers))
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker, args=(child, self._env_id, self._kwargs, indices), daemon=True, name=f"EnvPool-{w}")
+        proc = self._ctx.Process(
+            target=_worker, args=(child, self._env_id, self._kwargs, indices), daemon=True, name=f"EnvPool-{w}"
+        )
         proc.start()
         child.close()
         return parent, proc
@@ -246,14 +248,18 @@ class EnvPool:
         except Exception:
             pass
         envs = list(range(w, self.num_envs, self.num_workers))
-        return EnvPoolError(f"worker {w} (environments {envs}) {why}; pool.restart() re-creates its environments, or close the pool")
+        return EnvPoolError(
+            f"worker {w} (environments {envs}) {why}; pool.restart() re-creates its environments, or close the pool"
+        )
 
     def _request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
         """Send one call to each worker in ``parts``, then collect every reply (a failure in one worker
         never leaves another's reply unread)."""
         for w in parts:
             if w in self._down:
-                raise EnvPoolError(f"worker {w} is down ({self._down[w]}); pool.restart() re-creates its environments, or close the pool")
+                raise EnvPoolError(
+                    f"worker {w} is down ({self._down[w]}); pool.restart() re-creates its environments, or close the pool"
+                )
         call = next(self._calls)
         sent, errors = [], []
         for w, payload in parts.items():

@@ -16,8 +16,16 @@ def retrying_session(methods: Iterable[str] = ("GET",)) -> Any:
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    retry = Retry(total=1, connect=1, read=1, status=0, other=0, allowed_methods=frozenset(m.upper() for m in methods),
-                  backoff_factor=0, raise_on_status=False)  # fmt: skip
+    retry = Retry(
+        total=1,
+        connect=1,
+        read=1,
+        status=0,
+        other=0,
+        allowed_methods=frozenset(m.upper() for m in methods),
+        backoff_factor=0,
+        raise_on_status=False,
+    )
     session = requests.Session()
     for prefix in ("http://", "https://"):
         session.mount(prefix, HTTPAdapter(max_retries=retry))

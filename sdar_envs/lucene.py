@@ -69,7 +69,9 @@ def _anserini_jar() -> str:
     try:
         import pyserini
     except ImportError:
-        raise LuceneUnavailable("pyserini is not installed: pip install --no-deps pyserini==1.6.0 (see README)") from None
+        raise LuceneUnavailable(
+            "pyserini is not installed: pip install --no-deps pyserini==1.6.0 (see README)"
+        ) from None
     jars = glob.glob(os.path.join(os.path.dirname(pyserini.__file__), "resources", "jars", "anserini-*-fatjar.jar"))
     if not jars:
         raise LuceneUnavailable("pyserini is installed without its Anserini jar; reinstall pyserini==1.6.0")
@@ -95,7 +97,7 @@ def _quiet_lucene() -> None:
         logger = autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store")
         logger.setLevel(autoclass("java.util.logging.Level").WARNING)
         _QUIET_LOGGERS.append(logger)
-    except Exception:  # noqa: BLE001 - a quieter log is not worth failing a search for
+    except Exception:
         pass
 
 
@@ -159,7 +161,9 @@ class BM25Searcher:
     def __init__(self, index_dir: str | os.PathLike[str], *, k1: float = 0.9, b: float = 0.4, threads: int = 2) -> None:
         index_dir = Path(index_dir)
         if not (index_dir / "segments_1").exists() and not list(index_dir.glob("segments_*")):
-            raise LuceneIndexError(f"no Lucene index at {index_dir} (build one with build_index or sdar-retrieval-index)")
+            raise LuceneIndexError(
+                f"no Lucene index at {index_dir} (build one with build_index or sdar-retrieval-index)"
+            )
         _start_jvm()
         from pyserini.pyclass import autoclass
 
@@ -225,13 +229,20 @@ def build_index(corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str
             "-cp",
             _anserini_jar(),
             "io.anserini.index.IndexCollection",
-            "-collection", "JsonCollection",
-            "-input", staging,
-            "-index", str(index_dir),
-            "-generator", "DefaultLuceneDocumentGenerator",
-            "-threads", str(max(1, threads)),
-            "-storePositions", "-storeDocvectors", "-storeRaw",
-        ]  # fmt: skip
+            "-collection",
+            "JsonCollection",
+            "-input",
+            staging,
+            "-index",
+            str(index_dir),
+            "-generator",
+            "DefaultLuceneDocumentGenerator",
+            "-threads",
+            str(max(1, threads)),
+            "-storePositions",
+            "-storeDocvectors",
+            "-storeRaw",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

@@ -1,7 +1,7 @@
 """``python -m sdar_train`` / ``accelerate launch -m sdar_train``: train a policy on an SDAR/* env.
 
-    python -m sdar_train --config alfworld_sdar.yaml --steps 10 --model tiny
-    accelerate launch -m sdar_train --env SDAR/ALFWorld-v0 --algo grpo --model Qwen/Qwen2.5-3B-Instruct
+python -m sdar_train --config alfworld_sdar.yaml --steps 10 --model tiny
+accelerate launch -m sdar_train --env SDAR/ALFWorld-v0 --algo grpo --model Qwen/Qwen2.5-3B-Instruct
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ def _train(argv: list[str] | None) -> int:
 
                 (trainer.out / "eval.json").write_text(json.dumps(report, indent=2))
                 print_report(report, title=f"after {len(history)} {cfg.algo} steps")
-            print(f"model: {final}; metrics: {trainer.metrics_file}; plot: {trainer.out / 'curves.png'}", file=sys.stderr)
+            print(
+                f"model: {final}; metrics: {trainer.metrics_file}; plot: {trainer.out / 'curves.png'}", file=sys.stderr
+            )
     finally:
         trainer.close()
     return 0

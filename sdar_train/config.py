@@ -12,11 +12,21 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ALGORITHMS", "AlgoSpec", "ConfigError", "check_model", "TrainConfig", "config_from_args", "load_config", "resolve_reference_defaults"]
+__all__ = [
+    "ALGORITHMS",
+    "AlgoSpec",
+    "ConfigError",
+    "check_model",
+    "TrainConfig",
+    "config_from_args",
+    "load_config",
+    "resolve_reference_defaults",
+]
 
 
 class ConfigError(ValueError):
     """A setting that cannot work, named in the message; raised before any model is loaded."""
+
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -38,14 +48,16 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     "grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False),
     "sdar": AlgoSpec(policy_gradient=True, teacher=True, distill=True),
     "opsd": AlgoSpec(policy_gradient=True, teacher=True, distill=True, force_beta=0.0),
-    "opsd_only": AlgoSpec(policy_gradient=False, teacher=True, distill=True),  # gated (beta 5), as the reference runs it
+    "opsd_only": AlgoSpec(
+        policy_gradient=False, teacher=True, distill=True
+    ),  # gated (beta 5), as the reference runs it
     "skill_grpo": AlgoSpec(policy_gradient=True, teacher=False, distill=False, student_skills=True),
     "rlsd": AlgoSpec(policy_gradient=True, teacher=True, distill=False, rlsd=True),
     "sft": AlgoSpec(policy_gradient=False, teacher=False, distill=False, sft=True),
 }
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best here
+def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
     return field(default=default, metadata={"help": help}, **kw)
@@ -70,33 +82,60 @@ class TrainConfig:
     max_response_tokens: int = _f(512, "tokens generated per turn")
     temperature: float = _f(1.0, "sampling temperature for rollouts")
     top_p: float = _f(1.0, "nucleus sampling for rollouts")
-    train_reward: str = _f("won", "an episode's training reward: won (reward_scale x success, the reference's) or return (reward_scale x the env's own return)")
-    reward_scale: float | None = _f(None, "multiplier of the training reward; null: the env's reference value (ALFWorld 10, WebShop 10, Search-QA 1)")
-    invalid_penalty: float | None = _f(None, "subtracted from an invalid turn's own score; null: the env's reference value (0.1; Search-QA 0.01)")
-    invalid_rule: str = _f("format", "what makes a turn invalid: format (info['format_valid'], the reference's rule) or admissible (info['admissible'])")
+    train_reward: str = _f(
+        "won",
+        "an episode's training reward: won (reward_scale x success, the reference's) or return (reward_scale x the env's own return)",
+    )
+    reward_scale: float | None = _f(
+        None,
+        "multiplier of the training reward; null: the env's reference value (ALFWorld 10, WebShop 10, Search-QA 1)",
+    )
+    invalid_penalty: float | None = _f(
+        None, "subtracted from an invalid turn's own score; null: the env's reference value (0.1; Search-QA 0.01)"
+    )
+    invalid_rule: str = _f(
+        "format",
+        "what makes a turn invalid: format (info['format_valid'], the reference's rule) or admissible (info['admissible'])",
+    )
     env_workers: int = _f(0, "EnvPool worker processes (0: environments in this process)")
     generation_batch_size: int = _f(64, "live episodes generated for at once (hf back-end)")
     generation_backend: str = _f("hf", "hf (transformers generate; CPU or GPU) or vllm (the optional extra; GPUs)")
-    vllm_gpu_memory_utilization: float = _f(0.3, "vllm: share of GPU memory for the engine's weights and KV cache; training uses the rest")
+    vllm_gpu_memory_utilization: float = _f(
+        0.3, "vllm: share of GPU memory for the engine's weights and KV cache; training uses the rest"
+    )
     # skills and the teacher
     skill_tier: str = _f("keyword", "retrieval tier: keyword, embedding, random, ucb")
     skills_k: int = _f(3, "skills shown to the teacher")
     skill_file: str | None = _f(None, "a skill memory file (default: the packaged seed banks)")
-    skill_dir: str | None = _f(None, "a skills folder in the SDAR reference's layout (skill_mapping.json + markdown files): its text, chosen by its rules, replaces the skill memory")
-    grow_skills: bool = _f(False, "add a skill to the memory from each won episode (skills.grow_from_trajectory), saved with checkpoints")
-    teacher_placement: str = _f("before_chat", "where the teacher's skills go: before_chat (before the whole chat-formatted prompt, the reference's) or in_user (at the start of the user message)")
+    skill_dir: str | None = _f(
+        None,
+        "a skills folder in the SDAR reference's layout (skill_mapping.json + markdown files): its text, chosen by its rules, replaces the skill memory",
+    )
+    grow_skills: bool = _f(
+        False, "add a skill to the memory from each won episode (skills.grow_from_trajectory), saved with checkpoints"
+    )
+    teacher_placement: str = _f(
+        "before_chat",
+        "where the teacher's skills go: before_chat (before the whole chat-formatted prompt, the reference's) or in_user (at the start of the user message)",
+    )
     max_teacher_prompt_tokens: int = _f(4096, "teacher prompt budget; skills are cut to fit, never the prompt")
     # optimisation
     lr: float = _f(1e-6, "AdamW learning rate")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     max_grad_norm: float = _f(1.0, "gradient clipping")
     ppo_epochs: int = _f(1, "passes over each batch")
-    mini_batch_size: int = _f(256, "turn samples per optimiser step (per process); several steps per training step, each after the first with a real ratio to the rollout-time policy")
+    mini_batch_size: int = _f(
+        256,
+        "turn samples per optimiser step (per process); several steps per training step, each after the first with a real ratio to the rollout-time policy",
+    )
     micro_batch_size: int = _f(8, "turn samples per forward pass (gradient accumulation)")
     clip_ratio: float = _f(0.2, "PPO clip")
     dual_clip: float | None = _f(3.0, "dual-clip c (> 1) capping the loss of negative-advantage tokens; null: off")
     entropy_coef: float = _f(0.001, "entropy bonus")
-    advantage: str = _f("turn", "GRPO statistics: turn (mean/std over all turn samples of a group, the reference's) or episode (one score per episode)")
+    advantage: str = _f(
+        "turn",
+        "GRPO statistics: turn (mean/std over all turn samples of a group, the reference's) or episode (one score per episode)",
+    )
     kl_coef: float = _f(0.01, "low-variance KL to the frozen reference (0.001 for Search-QA)")
     sdar_coef: float = _f(0.01, "lambda: weight of the self-distillation term")
     sdar_beta: float = _f(5.0, "beta: gate sharpness")
@@ -104,7 +143,9 @@ class TrainConfig:
     rlsd_eps: float = _f(0.2, "RLSD: clip of the token weight around 1")
     rlsd_warmdown_steps: int = _f(100, "RLSD: the share decays linearly from rlsd_lambda to 0 over these steps")
     # machinery
-    bf16: bool | None = _f(None, "bfloat16 autocast; null: on GPUs only; true: on CPU too (slow, but checks the bf16 path); false: off")
+    bf16: bool | None = _f(
+        None, "bfloat16 autocast; null: on GPUs only; true: on CPU too (slow, but checks the bf16 path); false: off"
+    )
     gradient_checkpointing: bool = _f(False, "trade compute for memory")
     lora_r: int = _f(0, "LoRA rank through peft (0: full fine-tuning)")
     lora_alpha: int = _f(32, "LoRA alpha")
@@ -112,10 +153,14 @@ class TrainConfig:
     save_every: int = _f(50, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
-    overwrite: bool = _f(False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)")
+    overwrite: bool = _f(
+        False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)"
+    )
     eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
     eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
-    eval_temperature: float | None = _f(None, "sampling temperature for evaluation, 0 = greedy; null: the env's reference (0.4; Search-QA greedy)")
+    eval_temperature: float | None = _f(
+        None, "sampling temperature for evaluation, 0 = greedy; null: the env's reference (0.4; Search-QA greedy)"
+    )
     progress: bool = _f(True, "progress bars")
 
     def __post_init__(self) -> None:
@@ -148,8 +193,20 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        for name in ("steps", "tasks_per_step", "group_size", "max_prompt_tokens", "max_response_tokens", "ppo_epochs",
-                     "mini_batch_size", "micro_batch_size", "generation_batch_size", "cpu_threads", "save_every", "keep_checkpoints"):
+        for name in (
+            "steps",
+            "tasks_per_step",
+            "group_size",
+            "max_prompt_tokens",
+            "max_response_tokens",
+            "ppo_epochs",
+            "mini_batch_size",
+            "micro_batch_size",
+            "generation_batch_size",
+            "cpu_threads",
+            "save_every",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_turns is not None and self.max_turns < 1:
@@ -160,8 +217,12 @@ class TrainConfig:
             raise ConfigError("temperature must be > 0")
         if self.eval_temperature is not None and self.eval_temperature < 0:
             raise ConfigError("eval_temperature must be >= 0 (0: greedy)")
-        choices = {"train_reward": ("won", "return"), "invalid_rule": ("format", "admissible"), "advantage": ("turn", "episode"),
-                   "teacher_placement": ("before_chat", "in_user")}  # fmt: skip
+        choices = {
+            "train_reward": ("won", "return"),
+            "invalid_rule": ("format", "admissible"),
+            "advantage": ("turn", "episode"),
+            "teacher_placement": ("before_chat", "in_user"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -182,7 +243,9 @@ class TrainConfig:
         if self.skill_tier not in ("keyword", "embedding", "random", "ucb"):
             raise ConfigError(f"skill_tier must be keyword, embedding, random or ucb, got {self.skill_tier!r}")
         if self.max_teacher_prompt_tokens < self.max_prompt_tokens:
-            raise ConfigError("max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)")
+            raise ConfigError(
+                "max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)"
+            )
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
@@ -204,16 +267,22 @@ def check_model(name: str) -> None:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model folder {path} holds no model (no config.json); pass a saved model folder, a cached hub name or 'tiny'")
+            raise ConfigError(
+                f"model folder {path} holds no model (no config.json); pass a saved model folder, a cached hub name or 'tiny'"
+            )
         return
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:  # a hub name is "org/name"
-        raise ConfigError(f"model {name!r}: no such folder" if not path.exists() else f"model {name!r} is a file, not a model folder")
+        raise ConfigError(
+            f"model {name!r}: no such folder" if not path.exists() else f"model {name!r} is a file, not a model folder"
+        )
     from sdar_train.generation import resolve_model_path
 
     try:
         resolve_model_path(name)
     except FileNotFoundError:
-        raise ConfigError(f"model {name!r} is neither a folder nor in the local Hugging Face cache (nothing is downloaded)") from None
+        raise ConfigError(
+            f"model {name!r} is neither a folder nor in the local Hugging Face cache (nothing is downloaded)"
+        ) from None
 
 
 def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -222,7 +291,9 @@ def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
     from sdar_envs import reference_training
 
     ref = reference_training(cfg.env)
-    updates = {k: float(ref[k]) for k in ("reward_scale", "invalid_penalty", "eval_temperature") if getattr(cfg, k) is None}
+    updates = {
+        k: float(ref[k]) for k in ("reward_scale", "invalid_penalty", "eval_temperature") if getattr(cfg, k) is None
+    }
     return dataclasses.replace(cfg, **updates) if updates else cfg
 
 
@@ -232,7 +303,9 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
     if not path.exists() and (CONFIG_DIR / path).exists():
         path = CONFIG_DIR / path
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found (a path, or one of: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})")
+        raise ConfigError(
+            f"config file {path} not found (a path, or one of: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.yaml')))})"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -249,7 +322,7 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 
 def _parse_value(text: str) -> Any:
-    """"3" -> 3, "1e-6" -> 1e-06, "true" -> True, "{split: train}" -> dict, "null" -> None."""
+    """ "3" -> 3, "1e-6" -> 1e-06, "true" -> True, "{split: train}" -> dict, "null" -> None."""
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
@@ -264,10 +337,16 @@ def config_from_args(argv: list[str] | None = None, description: str = "") -> Tr
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help=f"YAML config (a path, or a name under {CONFIG_DIR})")
     presets = sorted(q.stem for q in (CONFIG_DIR / "presets").glob("*.yaml"))
-    p.add_argument("--preset", choices=presets, help="sizes laid over the config (cpu: a step in well under a minute on 2 cores, tiny model)")
+    p.add_argument(
+        "--preset",
+        choices=presets,
+        help="sizes laid over the config (cpu: a step in well under a minute on 2 cores, tiny model)",
+    )
     for f in fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        p.add_argument(f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]")
+        p.add_argument(
+            f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]"
+        )
     args = vars(p.parse_args(argv))
     config, preset = args.pop("config"), args.pop("preset")
     overrides = {k: v for k, v in args.items() if v is not None}

@@ -60,7 +60,12 @@ def evaluate(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(task_ids), desc=f"evaluating {len(task_ids)} episodes", unit="episode", disable=not (progress and sys.stderr.isatty()))
+    bar = tqdm(
+        total=len(task_ids),
+        desc=f"evaluating {len(task_ids)} episodes",
+        unit="episode",
+        disable=not (progress and sys.stderr.isatty()),
+    )
     done = [0]
 
     def on_turn(live: int) -> None:  # episodes finish at different turns
@@ -69,11 +74,20 @@ def evaluate(
 
     with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
         rollout = collect_rollout(
-            pool, env_id, task_ids, 1, codec=PromptCodec(tok),
+            pool,
+            env_id,
+            task_ids,
+            1,
+            codec=PromptCodec(tok),
             generate=lambda prompts, s: generator(prompts, s, sampling),
-            seed=seed, max_prompt_tokens=max_prompt_tokens, max_teacher_prompt_tokens=max_skill_prompt_tokens or max_prompt_tokens,
-            memory=memory, skills_k=skills_k, student_skills=memory is not None, on_turn=on_turn,
-        )  # fmt: skip
+            seed=seed,
+            max_prompt_tokens=max_prompt_tokens,
+            max_teacher_prompt_tokens=max_skill_prompt_tokens or max_prompt_tokens,
+            memory=memory,
+            skills_k=skills_k,
+            student_skills=memory is not None,
+            on_turn=on_turn,
+        )
     bar.close()
     per_type: dict[str, list[bool]] = defaultdict(list)
     for ep in rollout.episodes:
@@ -89,8 +103,15 @@ def evaluate(
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
         "results": [
-            {"task_id": e.task_id, "task_type": e.task_type, "won": e.won, "return": e.env_return, "turns": e.turns,
-             "invalid": e.invalid, "actions": e.actions}  # fmt: skip
+            {
+                "task_id": e.task_id,
+                "task_type": e.task_type,
+                "won": e.won,
+                "return": e.env_return,
+                "turns": e.turns,
+                "invalid": e.invalid,
+                "actions": e.actions,
+            }
             for e in rollout.episodes
         ],
     }
@@ -99,7 +120,10 @@ def evaluate(
 def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
     console = Console()
     # the heading on its own line: as a table title it wraps into the table's narrow width
-    console.print(f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}", highlight=False)
+    console.print(
+        f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}",
+        highlight=False,
+    )
     table = Table()
     for col in ("task type", "episodes", "success"):
         table.add_column(col, justify="left" if col == "task type" else "right")
@@ -117,12 +141,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=0, help="N tasks evenly spaced over the split (0: all)")
     # the trainer's spelling (--max_turns) first; the dashed one still works
     p.add_argument("--max_turns", "--max-turns", dest="max_turns", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature, 0: greedy (default: the env's reference, 0.4; Search-QA 0)")
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature, 0: greedy (default: the env's reference, 0.4; Search-QA 0)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_prompt_tokens", "--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=2048)
     p.add_argument("--max_response_tokens", "--max-response-tokens", dest="max_response_tokens", type=int, default=512)
     p.add_argument("--env_workers", "--env-workers", dest="env_workers", type=int, default=0)
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="generation back-end (vllm: the optional extra)")
+    p.add_argument(
+        "--backend", choices=("hf", "vllm"), default="hf", help="generation back-end (vllm: the optional extra)"
+    )
     p.add_argument("--out", default=None, help="JSON report path")
     args = p.parse_args(argv)
     kwargs: dict[str, Any] = {}
@@ -136,12 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.temperature = reference_training(args.env)["eval_temperature"]
     torch.manual_seed(args.seed)
     policy = load_policy(args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    generator = make_generator(args.backend, policy, model=args.model, max_model_len=args.max_prompt_tokens + args.max_response_tokens,
-                               bf16=True, seed=args.seed)  # fmt: skip
+    generator = make_generator(
+        args.backend,
+        policy,
+        model=args.model,
+        max_model_len=args.max_prompt_tokens + args.max_response_tokens,
+        bf16=True,
+        seed=args.seed,
+    )
     try:
-        report = evaluate(policy, args.env, env_kwargs=kwargs, episodes=args.episodes, temperature=args.temperature, seed=args.seed,
-                          max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-                          env_workers=args.env_workers, generator=generator, progress=True)  # fmt: skip
+        report = evaluate(
+            policy,
+            args.env,
+            env_kwargs=kwargs,
+            episodes=args.episodes,
+            temperature=args.temperature,
+            seed=args.seed,
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_response_tokens=args.max_response_tokens,
+            env_workers=args.env_workers,
+            generator=generator,
+            progress=True,
+        )
     finally:
         generator.close()
     print_report(report)

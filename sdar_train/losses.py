@@ -32,7 +32,10 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         picked = torch.gather(logits, -1, index.unsqueeze(-1)).squeeze(-1)
         return picked - torch.logsumexp(logits, dim=-1)
     # half precision: logsumexp row by row is more accurate
-    rows = [torch.gather(F.log_softmax(lg.float(), -1), -1, ix.unsqueeze(-1)).squeeze(-1) for lg, ix in zip(logits, index, strict=True)]
+    rows = [
+        torch.gather(F.log_softmax(lg.float(), -1), -1, ix.unsqueeze(-1)).squeeze(-1)
+        for lg, ix in zip(logits, index, strict=True)
+    ]
     return torch.stack(rows)
 
 
@@ -42,14 +45,18 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Token-mean over the mask; with ``normalizer`` the sum is divided by it instead of the mask's sum."""
     total = (values * mask).sum()
     denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
     return total / denom
 
 
-def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6, scale: bool = True
+) -> torch.Tensor:
     """GRPO: ``(R - mean_group(R)) / (std_group(R) + eps)`` per episode; ``groups`` holds group ids.
 
     The std is the unbiased sample std as in verl's GRPO; a group of one has advantage 0.
@@ -134,12 +141,16 @@ def ppo_clip_loss(
     return masked_mean(per_token, mask, normalizer), clip_frac.detach()
 
 
-def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, coef: float, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+def entropy_bonus(
+    entropy: torch.Tensor, mask: torch.Tensor, coef: float, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """The entropy term added to the loss: ``-coef * token-mean(entropy)`` (minimising it raises entropy)."""
     return -coef * masked_mean(entropy, mask, normalizer)
 
 
-def low_var_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+def low_var_kl(
+    logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """The k3 estimator of KL(pi || ref): ``exp(ref - logp) - (ref - logp) - 1`` per token, clamped to
     [-10, 10] as the reference does, token-mean."""
     diff = ref_logp - logp
@@ -171,7 +182,9 @@ def sdar_loss(
     return loss, stats
 
 
-def rlsd_token_advantages(advantages: torch.Tensor, gap: torch.Tensor, lam: float = 0.5, eps: float = 0.2) -> torch.Tensor:
+def rlsd_token_advantages(
+    advantages: torch.Tensor, gap: torch.Tensor, lam: float = 0.5, eps: float = 0.2
+) -> torch.Tensor:
     """RLSD-style hybrid: the teacher reweights each token's advantage,
     ``A_t = A * ((1 - lam) + lam * clip(exp(sign(A) * gap_t), 1 - eps, 1 + eps))`` with a detached gap."""
     weight = torch.clamp(torch.exp(torch.sign(advantages) * gap.detach()), 1.0 - eps, 1.0 + eps)

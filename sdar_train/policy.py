@@ -34,7 +34,9 @@ class Policy:
         return sorted(ids)
 
 
-def load_policy(name: str, device: torch.device, *, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> Policy:
+def load_policy(
+    name: str, device: torch.device, *, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False
+) -> Policy:
     """``name``: a local path or hub name (``local_files_only``: nothing is downloaded), or ``tiny``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,7 +72,9 @@ class PromptCodec:
     tokenizer: Any
 
     def chat_text(self, user_text: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
+        )
 
     def encode(self, user_text: str, budget: int) -> list[int]:
         """The chat-formatted prompt; an over-long one keeps its last ``budget`` tokens."""
@@ -114,7 +118,9 @@ def generate(
     out: list[list[int]] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
     greedy = temperature < 1e-5
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    sampling = (
+        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    )
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]

@@ -23,17 +23,37 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
     from matplotlib.ticker import MaxNLocator
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    keys = [k for k in ("eval_success", "reward", "success", "invalid_rate", "loss", "sft_loss", "gate_mean", "gap_negative", "entropy")
-            if any(k in r for r in rows)]  # fmt: skip
+    keys = [
+        k
+        for k in (
+            "eval_success",
+            "reward",
+            "success",
+            "invalid_rate",
+            "loss",
+            "sft_loss",
+            "gate_mean",
+            "gap_negative",
+            "entropy",
+        )
+        if any(k in r for r in rows)
+    ]
     if not keys:
         return None
     cols = min(4, len(keys))
-    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(3.4 * cols, 2.9 * math.ceil(len(keys) / cols)), squeeze=False)
+    fig, axes = plt.subplots(
+        math.ceil(len(keys) / cols), cols, figsize=(3.4 * cols, 2.9 * math.ceil(len(keys) / cols)), squeeze=False
+    )
     for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys, strict=False):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key == "eval_success" or len(pts) < 20 else "", markersize=3)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            marker="o" if key == "eval_success" or len(pts) < 20 else "",
+            markersize=3,
+        )
         ax.set_title("held-out success" if key == "eval_success" else key.replace("_", " "))
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

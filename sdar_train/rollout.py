@@ -65,7 +65,9 @@ class Rollout:
         """Each episode's training reward: ``reward_scale x won`` (the reference's) or x its env return."""
         return [reward_scale * (float(e.won) if use_won else e.env_return) for e in self.episodes]
 
-    def turn_scores(self, reward_scale: float = 1.0, penalty: float = 0.0, use_won: bool = True, rule: str = "format") -> list[float]:
+    def turn_scores(
+        self, reward_scale: float = 1.0, penalty: float = 0.0, use_won: bool = True, rule: str = "format"
+    ) -> list[float]:
         """One score per turn sample, as the reference scores them: the episode's training reward, lowered by
         ``penalty`` on that turn alone when it is invalid (``rule``: ``format`` or ``admissible``)."""
         rewards = self.episode_rewards(reward_scale, use_won)
@@ -101,8 +103,13 @@ class EpisodeState:
     def prompt_args(self) -> dict[str, Any]:
         """What the prompt builder needs: the task, the current observation, the history window's
         turns, the admissible actions and the step."""
-        return {"task": self.info["task"], "observation": self.obs, "history": self.history,
-                "admissible_actions": self.info["admissible_actions"], "step": self.info["step"]}  # fmt: skip
+        return {
+            "task": self.info["task"],
+            "observation": self.obs,
+            "history": self.history,
+            "admissible_actions": self.info["admissible_actions"],
+            "step": self.info["step"],
+        }
 
 
 def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_keywords: bool = False) -> list[str]:
@@ -112,7 +119,11 @@ def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_k
     if isinstance(source, ReferenceSkills):
         if by_keywords:
             return [source.text_for(prompt_text=prompt_text)]
-        return [source.text_for(prompt_text=prompt_text, game_file=st.info.get("game_file"), data_source=st.info.get("data_source"))]
+        return [
+            source.text_for(
+                prompt_text=prompt_text, game_file=st.info.get("game_file"), data_source=st.info.get("data_source")
+            )
+        ]
     return st.skills.texts if st.skills else []
 
 
@@ -149,8 +160,14 @@ def collect_rollout(
     if n > pool.num_envs:
         raise ValueError(f"the pool has {pool.num_envs} environments, the rollout needs {n}")
     slots = list(range(n))
-    resets = pool.reset(slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": task_ids[i // group_size]} for i in slots])
-    retrieving = isinstance(memory, SkillMemory) and not isinstance(memory, ReferenceSkills) and (teacher or student_skills)
+    resets = pool.reset(
+        slots,
+        seeds=[derive_seed(seed, "reset", i) for i in slots],
+        options=[{"task_id": task_ids[i // group_size]} for i in slots],
+    )
+    retrieving = (
+        isinstance(memory, SkillMemory) and not isinstance(memory, ReferenceSkills) and (teacher or student_skills)
+    )
     episodes: list[Episode] = []
     state: dict[int, EpisodeState] = {}
     for i in slots:
@@ -173,10 +190,18 @@ def collect_rollout(
             budget = max_prompt_tokens
             if student_skills and memory is not None:  # Skill-GRPO: the student's own message starts with them
                 room = max_teacher_prompt_tokens - codec.count(codec.chat_text(text)) - 4
-                shown = fit_skills(_turn_skills(memory, st, text, by_keywords=True), room, codec.count, privileged_prefix) if room > 0 else []
+                shown = (
+                    fit_skills(_turn_skills(memory, st, text, by_keywords=True), room, codec.count, privileged_prefix)
+                    if room > 0
+                    else []
+                )
                 text, budget = privileged_prefix(shown) + text, max_teacher_prompt_tokens
             prompt_ids[i] = codec.encode(text, budget)
-            teacher_ids[i] = _teacher_prompt(codec, build, st, text, memory, teacher_placement, max_teacher_prompt_tokens) if teacher else None
+            teacher_ids[i] = (
+                _teacher_prompt(codec, build, st, text, memory, teacher_placement, max_teacher_prompt_tokens)
+                if teacher
+                else None
+            )
         responses = generate([prompt_ids[i] for i in live], derive_seed(seed, "generate", turn))
         actions = {i: codec.decode(r) for i, r in zip(live, responses, strict=True)}
         results = pool.step(actions)
@@ -184,7 +209,10 @@ def collect_rollout(
         for i, response in zip(live, responses, strict=True):
             obs, reward, terminated, truncated, info = results[i]
             st, ep = state[i], episodes[i]
-            fmt, ok = bool(info.get("format_valid", info["valid_action"])), bool(info.get("admissible", info["valid_action"]))
+            fmt, ok = (
+                bool(info.get("format_valid", info["valid_action"])),
+                bool(info.get("admissible", info["valid_action"])),
+            )
             samples.append(TurnSample(i, prompt_ids[i], response, teacher_ids[i], fmt, ok))
             ep.env_return += float(reward)
             ep.turns += 1
@@ -206,7 +234,9 @@ def collect_rollout(
     return Rollout(episodes, samples)
 
 
-def _teacher_prompt(codec: PromptCodec, build: Any, st: EpisodeState, text: str, memory: Skills | None, placement: str, budget: int) -> list[int]:
+def _teacher_prompt(
+    codec: PromptCodec, build: Any, st: EpisodeState, text: str, memory: Skills | None, placement: str, budget: int
+) -> list[int]:
     """The teacher's prompt ids: the whole student prompt (even where the student's was cut to its
     budget) with as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge."""
     full = codec.encode(text, 1 << 30)
@@ -219,9 +249,17 @@ def _teacher_prompt(codec: PromptCodec, build: Any, st: EpisodeState, text: str,
     return codec.encode(build(**st.prompt_args(), skills=fitted), budget) if fitted else full[-budget:]
 
 
-def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, codec: PromptCodec,
-                   tokenize_response: Callable[[str], list[int]], max_prompt_tokens: int, seed: int,
-                   response_format: Callable[[str], str]) -> Rollout:  # fmt: skip
+def expert_rollout(
+    pool: EnvPool,
+    env_id: str,
+    task_ids: Sequence[str],
+    *,
+    codec: PromptCodec,
+    tokenize_response: Callable[[str], list[int]],
+    max_prompt_tokens: int,
+    seed: int,
+    response_format: Callable[[str], str],
+) -> Rollout:
     """Demonstrations for behaviour cloning: each environment's ``info["expert_action"]`` played to the end.
 
     ``response_format`` turns an expert action into the text the policy should emit (e.g. wraps an
@@ -229,7 +267,9 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, codec
     """
     build = prompt_builder(env_id)
     slots = list(range(len(task_ids)))
-    resets = pool.reset(slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": t} for t in task_ids])
+    resets = pool.reset(
+        slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": t} for t in task_ids]
+    )
     episodes, samples = [], []
     state: dict[int, EpisodeState] = {}
     for i in slots:
@@ -243,7 +283,9 @@ def expert_rollout(pool: EnvPool, env_id: str, task_ids: Sequence[str], *, codec
             st = state[i]
             text = build(**st.prompt_args())
             actions[i] = response_format(st.info["expert_action"])
-            samples.append(TurnSample(i, codec.encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True, True))
+            samples.append(
+                TurnSample(i, codec.encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True, True)
+            )
         results = pool.step(actions)
         still = []
         for i in live:

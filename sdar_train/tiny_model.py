@@ -62,7 +62,11 @@ def _train_tokenizer(vocab_size: int) -> object:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    tok = Tokenizer(models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    tok = Tokenizer(
+        models.BPE(
+            unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False
+        )
+    )
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -126,7 +130,10 @@ def build_tiny_model(
         # transformers re-creates a qwen2 tokenizer with its own pipeline: the ids must not change.
         reloaded = AutoTokenizer.from_pretrained(staging)
         sample = "Your task is to: put a hot apple in fridge. <action>go to countertop 1</action> Röntgen 1901"
-        if reloaded(sample).input_ids != fast(sample).input_ids or reloaded.decode(reloaded(sample).input_ids) != sample:
+        if (
+            reloaded(sample).input_ids != fast(sample).input_ids
+            or reloaded.decode(reloaded(sample).input_ids) != sample
+        ):
             raise RuntimeError("the tiny tokenizer does not round-trip through AutoTokenizer")
         if out.exists():
             shutil.rmtree(out)
@@ -153,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    path = build_tiny_model(args.out, vocab_size=args.vocab_size, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
+    path = build_tiny_model(
+        args.out, vocab_size=args.vocab_size, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed
+    )
     from transformers import AutoModelForCausalLM
 
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(path).parameters())

@@ -132,24 +132,40 @@ class Trainer:
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
         if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
-            raise ConfigError(f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups")
+            raise ConfigError(
+                f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups"
+            )
         if acc.is_main_process:
-            print(f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'}"
-                  f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'}"
+                f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}",
+                file=sys.stderr,
+                flush=True,
+            )
             asked = _launcher_processes()
             if asked and asked > acc.num_processes:
-                print(f"[sdar_train] WARNING: accelerate launch asked for {asked} processes but {acc.num_processes} runs. "
-                      "On CPU, --cpu starts one process; use: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
-                      f"--num_processes {asked} -m sdar_train ...", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"[sdar_train] WARNING: accelerate launch asked for {asked} processes but {acc.num_processes} runs. "
+                    "On CPU, --cpu starts one process; use: ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
+                    f"--num_processes {asked} -m sdar_train ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if cpu:
             torch.set_num_threads(cfg.cpu_threads)
         set_seed(cfg.seed)
         self.out = Path(cfg.output_dir)
-        previous = [self.out / n for n in ("metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "curves.png", "final") if (self.out / n).exists()]
+        previous = [
+            self.out / n
+            for n in ("metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "curves.png", "final")
+            if (self.out / n).exists()
+        ]
         if previous and not cfg.resume:
             if not cfg.overwrite:  # appending would mix two runs in one metrics file
-                raise ConfigError(f"output_dir {self.out} already holds a run ({previous[0].name}); pass --resume true to continue it, "
-                                  "--overwrite true to start over, or another --output_dir")  # fmt: skip
+                raise ConfigError(
+                    f"output_dir {self.out} already holds a run ({previous[0].name}); pass --resume true to continue it, "
+                    "--overwrite true to start over, or another --output_dir"
+                )
             acc.wait_for_everyone()
             if acc.is_main_process:
                 for old in previous:
@@ -163,10 +179,15 @@ class Trainer:
         if cfg.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"))
+            model = get_peft_model(
+                model,
+                LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"),
+            )
         elif cfg.kl_coef > 0 and not cfg.spec.sft:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.policy.model = acc.unwrap_model(self.model)  # generation and evaluation: DDP's wrapper has no generate()
         tok = self.policy.tokenizer
@@ -177,10 +198,16 @@ class Trainer:
         self.sampling = Sampling(cfg.max_response_tokens, cfg.temperature, cfg.top_p, tuple(self.policy.stop_ids))
         prompt_budget = cfg.max_teacher_prompt_tokens if cfg.spec.student_skills else cfg.max_prompt_tokens
         self.generator = make_generator(
-            "hf" if cfg.spec.sft else cfg.generation_backend, self.policy, model=cfg.model,  # SFT samples only to evaluate
-            batch_size=cfg.generation_batch_size, max_model_len=prompt_budget + cfg.max_response_tokens, bf16=bf16,
-            seed=cfg.seed, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, distributed=acc.num_processes > 1,
-        )  # fmt: skip
+            "hf" if cfg.spec.sft else cfg.generation_backend,
+            self.policy,
+            model=cfg.model,  # SFT samples only to evaluate
+            batch_size=cfg.generation_batch_size,
+            max_model_len=prompt_budget + cfg.max_response_tokens,
+            bf16=bf16,
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            distributed=acc.num_processes > 1,
+        )
         # environments: this process's share of the B tasks, G episodes each
         self.world, self.rank = acc.num_processes, acc.process_index
         self.local_tasks = math.ceil(cfg.tasks_per_step / self.world)
@@ -193,9 +220,15 @@ class Trainer:
         self.pool = EnvPool(cfg.env, slots, num_workers=cfg.env_workers, env_kwargs=env_kwargs)
         self.task_ids: list[str] = self.pool.call("task_ids")[0]
         uses_skills = cfg.spec.teacher or cfg.spec.student_skills
-        self.memory = default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file, cfg.skill_dir) if uses_skills else None
+        self.memory = (
+            default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file, cfg.skill_dir) if uses_skills else None
+        )
         if uses_skills and acc.is_main_process:  # which skills and where: a run's log says it
-            source = f"reference folder {cfg.skill_dir}" if cfg.skill_dir else (cfg.skill_file or f"seed banks, {cfg.skill_tier} retrieval")
+            source = (
+                f"reference folder {cfg.skill_dir}"
+                if cfg.skill_dir
+                else (cfg.skill_file or f"seed banks, {cfg.skill_tier} retrieval")
+            )
             where = "student's user message" if cfg.spec.student_skills else f"teacher prompt, {cfg.teacher_placement}"
             print(f"[{cfg.algo}] skills: {source}; placement: {where}")
         self.step = 0
@@ -223,10 +256,15 @@ class Trainer:
         tasks = self.tasks_for_step(step)
         if cfg.spec.sft:
             return expert_rollout(
-                self.pool, cfg.env, tasks, codec=self.codec, tokenize_response=self.tokenize_response,
-                max_prompt_tokens=cfg.max_prompt_tokens, seed=derive_seed(cfg.seed, "demonstrations", step),
+                self.pool,
+                cfg.env,
+                tasks,
+                codec=self.codec,
+                tokenize_response=self.tokenize_response,
+                max_prompt_tokens=cfg.max_prompt_tokens,
+                seed=derive_seed(cfg.seed, "demonstrations", step),
                 response_format=response_format,
-            )  # fmt: skip
+            )
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
 
         def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
@@ -234,12 +272,22 @@ class Trainer:
 
         try:
             return collect_rollout(
-                self.pool, cfg.env, tasks, cfg.group_size, codec=self.codec,
-                generate=gen, seed=derive_seed(cfg.seed, "rollout", step, self.rank),
-                max_prompt_tokens=cfg.max_prompt_tokens, max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
-                memory=self.memory, skills_k=cfg.skills_k, teacher=cfg.spec.teacher, student_skills=cfg.spec.student_skills,
-                teacher_placement=cfg.teacher_placement, on_turn=lambda live: bar.update(1),
-            )  # fmt: skip
+                self.pool,
+                cfg.env,
+                tasks,
+                cfg.group_size,
+                codec=self.codec,
+                generate=gen,
+                seed=derive_seed(cfg.seed, "rollout", step, self.rank),
+                max_prompt_tokens=cfg.max_prompt_tokens,
+                max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
+                memory=self.memory,
+                skills_k=cfg.skills_k,
+                teacher=cfg.spec.teacher,
+                student_skills=cfg.spec.student_skills,
+                teacher_placement=cfg.teacher_placement,
+                on_turn=lambda live: bar.update(1),
+            )
         finally:
             bar.close()
 
@@ -284,7 +332,11 @@ class Trainer:
         # old policy whenever the update takes more than one optimizer step
         t1 = time.time()
         unwrapped = acc.unwrap_model(self.model)
-        teacher = self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses) if spec.teacher and samples else None
+        teacher = (
+            self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses)
+            if spec.teacher and samples
+            else None
+        )
         ref = None
         if samples and self.ref_model is not None:
             ref = self._score(self.ref_model, prompts, responses)
@@ -309,9 +361,17 @@ class Trainer:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         if cfg.grow_skills:
             metrics["skills_grown"] = float(grown)
-        metrics = {k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean")) for k, v in sorted(metrics.items())}
-        metrics.update(step=step, samples=len(samples) * self.world, time_s=time.time() - t0,
-                       rollout_s=t_rollout, teacher_s=t_teacher)  # fmt: skip
+        metrics = {
+            k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
+            for k, v in sorted(metrics.items())
+        }
+        metrics.update(
+            step=step,
+            samples=len(samples) * self.world,
+            time_s=time.time() - t0,
+            rollout_s=t_rollout,
+            teacher_s=t_teacher,
+        )
         return metrics
 
     def grow_skills(self, rollout: Rollout) -> int:
@@ -326,7 +386,12 @@ class Trainer:
         for ep in rollout.episodes:
             if ep.won:
                 commands = [c for c in (command_of(a) for a in ep.actions) if c]
-                added += grow_from_trajectory(self.memory, Trajectory(name, ep.task, ep.task_type, commands, True, ep.task_id)) is not None
+                added += (
+                    grow_from_trajectory(
+                        self.memory, Trajectory(name, ep.task, ep.task_type, commands, True, ep.task_id)
+                    )
+                    is not None
+                )
         return added
 
     def _agreed(self, n: int) -> int:
@@ -367,7 +432,14 @@ class Trainer:
                 stats.setdefault("grad_norm", []).append(float(grad_norm))
         return stats
 
-    def _accumulate(self, batch: TurnBatch, micro: list[int], normalizer: torch.Tensor, stats: dict[str, list[float]], lam: float = 0.0) -> None:
+    def _accumulate(
+        self,
+        batch: TurnBatch,
+        micro: list[int],
+        normalizer: torch.Tensor,
+        stats: dict[str, list[float]],
+        lam: float = 0.0,
+    ) -> None:
         """Forward and backward one micro-batch (rows ``micro`` of ``batch``); the optimizer steps later."""
         cfg, spec = self.cfg, self.cfg.spec
         if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
@@ -393,11 +465,22 @@ class Trainer:
             token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, lam, cfg.rlsd_eps)
         beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta
         loss, terms = actor_loss(
-            logp, mask, old_logp=old_logp, advantages=token_adv, ref_logp=ref_logp,
-            teacher_logp=teacher_logp if spec.distill else None, entropy=None if spec.sft else ent,
-            policy_gradient=spec.policy_gradient, clip=cfg.clip_ratio, dual_clip=cfg.dual_clip, entropy_coef=cfg.entropy_coef,
-            kl_coef=cfg.kl_coef, sdar_coef=cfg.sdar_coef, sdar_beta=beta, normalizer=normalizer,
-        )  # fmt: skip
+            logp,
+            mask,
+            old_logp=old_logp,
+            advantages=token_adv,
+            ref_logp=ref_logp,
+            teacher_logp=teacher_logp if spec.distill else None,
+            entropy=None if spec.sft else ent,
+            policy_gradient=spec.policy_gradient,
+            clip=cfg.clip_ratio,
+            dual_clip=cfg.dual_clip,
+            entropy_coef=cfg.entropy_coef,
+            kl_coef=cfg.kl_coef,
+            sdar_coef=cfg.sdar_coef,
+            sdar_beta=beta,
+            normalizer=normalizer,
+        )
         for k, v in terms.items():
             stats.setdefault(k, []).append(float(v))
         if spec.sft:
@@ -416,23 +499,33 @@ class Trainer:
     def train(self) -> list[dict[str, float]]:
         cfg = self.cfg
         history = []
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step",
-                   disable=not self._bars)  # fmt: skip
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step", disable=not self._bars
+        )
         while self.step < cfg.steps:
             metrics = self.train_step(self.step)
             history.append(metrics)
             self._log(metrics)
             bar.update(1)
             if cfg.spec.sft:  # what SFT rolls out are the demonstrations: their outcomes, not the model's
-                bar.set_postfix(loss=f"{metrics.get('sft_loss', 0):.3f}", **({"eval_success": f"{metrics['eval_success']:.2f}"} if "eval_success" in metrics else {}))
+                bar.set_postfix(
+                    loss=f"{metrics.get('sft_loss', 0):.3f}",
+                    **({"eval_success": f"{metrics['eval_success']:.2f}"} if "eval_success" in metrics else {}),
+                )
             else:
-                bar.set_postfix(reward=f"{metrics['reward']:.2f}", success=f"{metrics['success']:.2f}", loss=f"{metrics.get('loss', 0):.3f}")
+                bar.set_postfix(
+                    reward=f"{metrics['reward']:.2f}",
+                    success=f"{metrics['success']:.2f}",
+                    loss=f"{metrics.get('loss', 0):.3f}",
+                )
             self.step += 1
             if cfg.eval_every and cfg.eval_episodes and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 report = self.evaluate()
                 if report is not None:
                     metrics.update({"eval_success": report["success"], "eval_return": report["return"]})
-                    self._log({"step": metrics["step"], "eval_success": report["success"], "eval_return": report["return"]})
+                    self._log(
+                        {"step": metrics["step"], "eval_success": report["success"], "eval_return": report["return"]}
+                    )
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
@@ -445,14 +538,31 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         report = None
         if acc.is_main_process:
-            kwargs = {**cfg.env_kwargs, **cfg.eval_env_kwargs, **({"max_steps": cfg.max_turns} if cfg.max_turns else {})}
-            common = dict(generator=self.generator, env_kwargs=kwargs, episodes=cfg.eval_episodes, temperature=cfg.eval_temperature,
-                          seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_response_tokens=cfg.max_response_tokens,
-                          batch_size=cfg.generation_batch_size)  # fmt: skip
+            kwargs = {
+                **cfg.env_kwargs,
+                **cfg.eval_env_kwargs,
+                **({"max_steps": cfg.max_turns} if cfg.max_turns else {}),
+            }
+            common = dict(
+                generator=self.generator,
+                env_kwargs=kwargs,
+                episodes=cfg.eval_episodes,
+                temperature=cfg.eval_temperature,
+                seed=cfg.seed,
+                max_prompt_tokens=cfg.max_prompt_tokens,
+                max_response_tokens=cfg.max_response_tokens,
+                batch_size=cfg.generation_batch_size,
+            )
             report = evaluate(self.policy, cfg.env, **common)
             if cfg.spec.student_skills:  # Skill-GRPO trained with skills in view: report both, as the reference does
-                report["with_skills"] = evaluate(self.policy, cfg.env, memory=self.memory, skills_k=cfg.skills_k,
-                                                 max_skill_prompt_tokens=cfg.max_teacher_prompt_tokens, **common)  # fmt: skip
+                report["with_skills"] = evaluate(
+                    self.policy,
+                    cfg.env,
+                    memory=self.memory,
+                    skills_k=cfg.skills_k,
+                    max_skill_prompt_tokens=cfg.max_teacher_prompt_tokens,
+                    **common,
+                )
         acc.wait_for_everyone()
         return report
 
@@ -492,7 +602,7 @@ class Trainer:
         self._check_checkpoint(latest)
         try:
             self.accelerator.load_state(str(latest))
-        except Exception as e:  # noqa: BLE001 - torch, safetensors and pickle each raise their own kinds
+        except Exception as e:
             raise CheckpointError(f"{latest}: cannot be loaded ({type(e).__name__})") from e
         self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
         if self.memory is not None and (latest / "skills.yaml").exists():
@@ -512,7 +622,9 @@ class Trainer:
             raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
         rng = path / f"random_states_{self.accelerator.process_index}.pkl"
         if not rng.is_file():
-            raise CheckpointError(f"{rng}: missing, so the resume would not be exact; remove {path} to resume from an earlier checkpoint")
+            raise CheckpointError(
+                f"{rng}: missing, so the resume would not be exact; remove {path} to resume from an earlier checkpoint"
+            )
         from accelerate.utils import load
 
         for name in ("optimizer.bin", rng.name):
@@ -522,10 +634,14 @@ class Trainer:
                     loaded = load(path / name)  # Accelerate's own loader: weights only, no code runs
             except FileNotFoundError:
                 raise CheckpointError(f"{path / name}: missing") from None
-            except Exception as e:  # noqa: BLE001 - a damaged pickle raises anything
-                raise CheckpointError(f"{path / name}: unreadable ({type(e).__name__}); remove {path} to resume from an earlier checkpoint") from None
+            except Exception as e:
+                raise CheckpointError(
+                    f"{path / name}: unreadable ({type(e).__name__}); remove {path} to resume from an earlier checkpoint"
+                ) from None
             if name == rng.name and not (isinstance(loaded, dict) and "torch_manual_seed" in loaded):
-                raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; remove {path} to resume from an earlier checkpoint")
+                raise CheckpointError(
+                    f"{rng}: not an RNG state, so the resume would not be exact; remove {path} to resume from an earlier checkpoint"
+                )
         for model_file in sorted(path.glob("model*.safetensors")) or [path / "model.safetensors"]:
             problem = _safetensors_problem(model_file)
             if problem:

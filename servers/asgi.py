@@ -26,7 +26,9 @@ KEEP_ALIVE_S = 75
 _SPEC = "SDAR_SERVE_SPEC"
 
 
-def serve(factory: str, settings: dict[str, Any], *, host: str, port: int, workers: int, threads: int, name: str) -> None:
+def serve(
+    factory: str, settings: dict[str, Any], *, host: str, port: int, workers: int, threads: int, name: str
+) -> None:
     """Serve ``factory(**settings)`` (``"module:function"`` returning a WSGI app) on ``host:port``."""
     import uvicorn
 

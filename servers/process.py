@@ -38,7 +38,15 @@ def die_with_parent() -> None:
 class ServerProcess:
     """``python -m <module> <args> --port P``; waits for ``GET /health``; ``stop()`` sends SIGTERM."""
 
-    def __init__(self, module: str, args: Sequence[str], *, port: int | None = None, log: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        module: str,
+        args: Sequence[str],
+        *,
+        port: int | None = None,
+        log: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.module, self.args = module, list(args)
         self.port = port or free_port()
         self.host = host

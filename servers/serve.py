@@ -27,14 +27,18 @@ SERVICES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sdar-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sdar-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--services", nargs="+", choices=list(SERVICES), default=list(SERVICES))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--webshop-port", type=int, default=3000)
     p.add_argument("--retrieval-port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2, help="worker processes per service")
     p.add_argument("--log-dir", default="runs/serve", help="one log file per service")
-    p.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for health (first start builds indexes)")
+    p.add_argument(
+        "--start-timeout", type=float, default=300.0, help="seconds to wait for health (first start builds indexes)"
+    )
     args = p.parse_args(argv)
     logs = Path(args.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for name in args.services:
             module, _ = SERVICES[name]
-            server = ServerProcess(module, ["--workers", str(args.workers)], port=ports[name], log=logs / f"{name}.log", host=args.host)
+            server = ServerProcess(
+                module, ["--workers", str(args.workers)], port=ports[name], log=logs / f"{name}.log", host=args.host
+            )
             print(f"starting {name} on {server.url} (log: {server.log}) ...", flush=True)
             server.start(timeout=args.start_timeout)
             running.append((name, server))
@@ -62,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop["now"]:
             for name, server in running:
                 if server.proc is not None and server.proc.poll() is not None:
-                    print(f"sdar-serve: {name} exited with {server.proc.returncode}; see {server.log}", file=sys.stderr, flush=True)
+                    print(
+                        f"sdar-serve: {name} exited with {server.proc.returncode}; see {server.log}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     stop["now"], code = True, 1
             time.sleep(0.5)
     except (RuntimeError, TimeoutError) as e:

@@ -43,7 +43,14 @@ def _skill_table(lib: SkillLibrary, skills: Sequence[Skill], title: str) -> Tabl
     for s in skills:
         st = lib.stats[s.id]
         rate = "-" if st.success_rate is None else f"{st.success_rate:.0%}"
-        table.add_row(escape(s.id), escape(",".join(s.task_types) or "(general)"), escape(s.title), str(st.retrieved), str(st.episodes), rate)
+        table.add_row(
+            escape(s.id),
+            escape(",".join(s.task_types) or "(general)"),
+            escape(s.title),
+            str(st.retrieved),
+            str(st.episodes),
+            rate,
+        )
     return table
 
 
@@ -126,7 +133,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         return 0
     skills = lib.skills(args.env)
     if args.json:
-        rows = [{"id": s.id, "env": s.env, "task_types": list(s.task_types), "title": s.title, **vars(lib.stats[s.id])} for s in skills]
+        rows = [
+            {"id": s.id, "env": s.env, "task_types": list(s.task_types), "title": s.title, **vars(lib.stats[s.id])}
+            for s in skills
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     if args.command == "list":
@@ -138,7 +148,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         table.add_column(col, justify="left" if col == "env" else "right")
     for env in sorted({s.env for s in skills}):
         mine = [lib.stats[s.id] for s in skills if s.env == env]
-        table.add_row(escape(env), str(len(mine)), *(str(sum(getattr(st, f) for st in mine)) for f in ("retrieved", "episodes", "successes")))
+        table.add_row(
+            escape(env),
+            str(len(mine)),
+            *(str(sum(getattr(st, f) for st in mine)) for f in ("retrieved", "episodes", "successes")),
+        )
     console.print(table)
     used = [s for s in skills if lib.stats[s.id].retrieved or lib.stats[s.id].episodes]
     if used:

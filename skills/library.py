@@ -58,7 +58,9 @@ class SkillLibrary:
         return cls(items, **kwargs)
 
     @classmethod
-    def load(cls, *paths: str | os.PathLike[str], save_to: str | os.PathLike[str] | None = None, **kwargs) -> SkillLibrary:
+    def load(
+        cls, *paths: str | os.PathLike[str], save_to: str | os.PathLike[str] | None = None, **kwargs
+    ) -> SkillLibrary:
         """Skills and stats from skill files (see :mod:`skills.store`); later files may not repeat ids.
 
         ``save_to`` defaults to the only file when one is given.
@@ -135,7 +137,9 @@ class SkillLibrary:
                         self._skills[skill.id], self.stats[skill.id] = skill, replace(disk)
                         continue
                     ours, seen = self.stats[skill.id], base.get(skill.id, SkillStats())
-                    self.stats[skill.id] = SkillStats(**{k: getattr(disk, k) + getattr(ours, k) - getattr(seen, k) for k in vars(ours)})
+                    self.stats[skill.id] = SkillStats(
+                        **{k: getattr(disk, k) + getattr(ours, k) - getattr(seen, k) for k in vars(ours)}
+                    )
                 items = [(s, replace(self.stats[s.id])) for s in self._skills.values()]
                 self._saved_at[target] = {s.id: replace(st) for s, st in items}
             write_unlocked(target, items)

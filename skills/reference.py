@@ -28,7 +28,12 @@ from skills.store import SkillFileError
 
 __all__ = ["ReferenceSkills"]
 
-_BY_SOURCE = {"popqa": "entity_attribute_lookup", "nq": "direct_retrieval", "triviaqa": "direct_retrieval", "hotpotqa": "multi_hop_reasoning"}
+_BY_SOURCE = {
+    "popqa": "entity_attribute_lookup",
+    "nq": "direct_retrieval",
+    "triviaqa": "direct_retrieval",
+    "hotpotqa": "multi_hop_reasoning",
+}
 _MULTI_HOP_SOURCES = ("2wikimultihopqa", "musique", "bamboogle")
 GENERAL = "general_skills"
 
@@ -40,21 +45,35 @@ class ReferenceSkills:
         self.skill_dir = Path(skill_dir)
         mapping_file = self.skill_dir / "skill_mapping.json"
         if not mapping_file.is_file():
-            raise SkillFileError(mapping_file, None, "not found (a reference skills folder holds skill_mapping.json and its markdown files)")
+            raise SkillFileError(
+                mapping_file,
+                None,
+                "not found (a reference skills folder holds skill_mapping.json and its markdown files)",
+            )
         try:
             mapping = json.loads(mapping_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SkillFileError(mapping_file, e.lineno if isinstance(e, json.JSONDecodeError) else None, f"not valid JSON ({e})") from None
-        if not isinstance(mapping, dict) or not isinstance(mapping.get("skill_files"), dict) or not isinstance(mapping.get("task_to_skill"), dict):
+            raise SkillFileError(
+                mapping_file, e.lineno if isinstance(e, json.JSONDecodeError) else None, f"not valid JSON ({e})"
+            ) from None
+        if (
+            not isinstance(mapping, dict)
+            or not isinstance(mapping.get("skill_files"), dict)
+            or not isinstance(mapping.get("task_to_skill"), dict)
+        ):
             raise SkillFileError(mapping_file, None, "needs the mappings 'skill_files' and 'task_to_skill'")
         self.contents: dict[str, str] = {}
         for name, filename in mapping["skill_files"].items():
             path = self.skill_dir / str(filename)
             if not path.is_file():
-                raise SkillFileError(mapping_file, None, f"skill {name!r} names {filename!r}, which is not in {self.skill_dir}")
+                raise SkillFileError(
+                    mapping_file, None, f"skill {name!r} names {filename!r}, which is not in {self.skill_dir}"
+                )
             self.contents[name] = path.read_text(encoding="utf-8").strip()
         self.task_to_skill: dict[str, str] = dict(mapping["task_to_skill"])
-        self.task_keywords: dict[str, list[str]] = {k: list(v or []) for k, v in (mapping.get("task_keywords") or {}).items()}
+        self.task_keywords: dict[str, list[str]] = {
+            k: list(v or []) for k, v in (mapping.get("task_keywords") or {}).items()
+        }
         self.skill_all = skill_all
 
     def _text(self, task_types: list[str]) -> str:
@@ -88,5 +107,7 @@ class ReferenceSkills:
             elif source in _MULTI_HOP_SOURCES:
                 task_type = "multi_hop_reasoning"
         if task_type is None and source == "text":
-            return self._text([t for t, words in self.task_keywords.items() if words and any(w in lowered for w in words)])
+            return self._text(
+                [t for t, words in self.task_keywords.items() if words and any(w in lowered for w in words)]
+            )
         return self._text([task_type] if task_type else [])

@@ -24,7 +24,10 @@ def privileged_prefix(skills: Sequence[str]) -> str:
 
 
 def fit_skills(
-    skills: Sequence[str], max_tokens: int, count_tokens: Callable[[str], int], render: Callable[[Sequence[str]], str] = skills_block
+    skills: Sequence[str],
+    max_tokens: int,
+    count_tokens: Callable[[str], int],
+    render: Callable[[Sequence[str]], str] = skills_block,
 ) -> list[str]:
     """The longest prefix of ``skills`` whose rendering (``render``: :func:`skills_block` or
     :func:`privileged_prefix`) costs at most ``max_tokens``.

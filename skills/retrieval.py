@@ -42,7 +42,9 @@ __all__ = [
 class Retriever(Protocol):
     """Ranks the candidate skills (all of the query's environment, in bank order) and returns the top k."""
 
-    def select(self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int) -> list[Skill]: ...
+    def select(
+        self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int
+    ) -> list[Skill]: ...
 
 
 def _keyword_hits(skill: Skill, text: str) -> int:
@@ -52,7 +54,9 @@ def _keyword_hits(skill: Skill, text: str) -> int:
 class KeywordRetriever:
     """Task-type routing, then keyword matches against the instruction, then bank order."""
 
-    def select(self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int) -> list[Skill]:
+    def select(
+        self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int
+    ) -> list[Skill]:
         text = query.task.lower()
         eligible = [(i, s) for i, s in enumerate(candidates) if s.applies_to(query.task_type)]
         ranked = sorted(eligible, key=lambda p: (p[1].general, -_keyword_hits(p[1], text), p[0]))
@@ -65,7 +69,9 @@ class RandomRetriever:
     def __init__(self, seed: int = 0) -> None:
         self.rng = random.Random(seed)
 
-    def select(self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int) -> list[Skill]:
+    def select(
+        self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int
+    ) -> list[Skill]:
         return self.rng.sample(list(candidates), min(k, len(candidates)))
 
 
@@ -81,7 +87,9 @@ class UCBRetriever:
             raise ValueError(f"c must be >= 0, got {c}")
         self.c = c
 
-    def select(self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int) -> list[Skill]:
+    def select(
+        self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int
+    ) -> list[Skill]:
         eligible = [s for s in candidates if s.applies_to(query.task_type)]
         empty = SkillStats()
         total = sum(stats.get(s.id, empty).episodes for s in eligible)
@@ -113,7 +121,9 @@ class EmbeddingRetriever:
             self._encode = minilm_encoder()
         return self._encode
 
-    def select(self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int) -> list[Skill]:
+    def select(
+        self, query: SkillQuery, candidates: Sequence[Skill], stats: Mapping[str, SkillStats], k: int
+    ) -> list[Skill]:
         if self.route_by_type:
             candidates = [s for s in candidates if s.applies_to(query.task_type)]
         if not candidates or k <= 0:

@@ -88,7 +88,9 @@ def load_skills(path: str | os.PathLike[str]) -> list[tuple[Skill, SkillStats]]:
     nodes = {str(k.value): v for k, v in root.value}
     unknown = sorted(map(str, set(data) - {"env", "skills", "version"}))
     if unknown:
-        raise SkillFileError(path, _line(keys[unknown[0]]) if unknown[0] in keys else 1, f"unknown top-level key {unknown[0]!r}")
+        raise SkillFileError(
+            path, _line(keys[unknown[0]]) if unknown[0] in keys else 1, f"unknown top-level key {unknown[0]!r}"
+        )
     default_env = data.get("env")
     if default_env is not None and not isinstance(default_env, str):
         raise SkillFileError(path, _line(nodes["env"]), "'env' must be a string")

@@ -21,7 +21,9 @@ def sample_per_type(split: str, per_type: int) -> list:
     return out
 
 
-def launch_two_processes(module_args: list[str], *, cpu: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch_two_processes(
+    module_args: list[str], *, cpu: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``accelerate launch`` of ``python -m <module_args>`` on two processes from the repository root;
     ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU``: ``--cpu --num_processes 2`` starts one process."""
     from servers.process import free_port
@@ -30,10 +32,29 @@ def launch_two_processes(module_args: list[str], *, cpu: bool = True, timeout: i
     env = {**os.environ, "PYTHONPATH": str(root), **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
     accelerate = Path(sys.executable).with_name("accelerate")
     return subprocess.run(
-        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", *module_args],
-        env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [
+            str(accelerate),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            *module_args,
+        ],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +85,9 @@ def retrieval_server(searchqa_index, tmp_path_factory):
 
     log = tmp_path_factory.mktemp("logs") / "retrieval.log"
     server = ServerProcess(
-        "servers.retrieval", ["--index", str(searchqa_index), "--workers", "2", "--threads", "8", "--max-queries", "256"], log=log
+        "servers.retrieval",
+        ["--index", str(searchqa_index), "--workers", "2", "--threads", "8", "--max-queries", "256"],
+        log=log,
     ).start()
     yield server
     server.stop()

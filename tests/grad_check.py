@@ -31,22 +31,49 @@ def main() -> int:
         gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
     from sdar_train.trainer import Trainer, TurnBatch
 
-    cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model="tiny", output_dir=tempfile.mkdtemp(), steps=1,
-                      tasks_per_step=2, group_size=2, kl_coef=0.01, sdar_coef=0.5, progress=False,
-                      mini_batch_size=64, micro_batch_size=2)  # fmt: skip
+    cfg = TrainConfig(
+        env="Test/LetterY-v0",
+        algo="sdar",
+        model="tiny",
+        output_dir=tempfile.mkdtemp(),
+        steps=1,
+        tasks_per_step=2,
+        group_size=2,
+        kl_coef=0.01,
+        sdar_coef=0.5,
+        progress=False,
+        mini_batch_size=64,
+        micro_batch_size=2,
+    )
     trainer = Trainer(cfg)
     gen = torch.Generator().manual_seed(0)
     n = 12
-    prompts = [torch.randint(10, 4000, (int(torch.randint(5, 30, (1,), generator=gen)),), generator=gen).tolist() for _ in range(n)]
-    responses = [torch.randint(10, 4000, (int(torch.randint(1, 9, (1,), generator=gen)),), generator=gen).tolist() for _ in range(n)]
+    prompts = [
+        torch.randint(10, 4000, (int(torch.randint(5, 30, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
+    responses = [
+        torch.randint(10, 4000, (int(torch.randint(1, 9, (1,), generator=gen)),), generator=gen).tolist()
+        for _ in range(n)
+    ]
     adv = torch.randn(n, generator=gen)
     teacher = -torch.rand(n, 8, generator=gen) * 5
     ref = -torch.rand(n, 8, generator=gen) * 5
     acc = trainer.accelerator
-    mine = list(range(n)) if acc.num_processes == 1 else (list(range(3)) if acc.process_index == 0 else list(range(3, n)))
+    mine = (
+        list(range(n)) if acc.num_processes == 1 else (list(range(3)) if acc.process_index == 0 else list(range(3, n)))
+    )
     pick = lambda xs: [xs[i] for i in mine]  # noqa: E731
-    trainer.update(TurnBatch(pick(prompts), pick(responses), adv[mine], ref_logp=ref[mine], teacher_logp=teacher[mine]), step=0, optimizer_step=False)
-    grads = {k: v.grad.detach().cpu().clone() for k, v in acc.unwrap_model(trainer.model).named_parameters() if v.grad is not None}
+    trainer.update(
+        TurnBatch(pick(prompts), pick(responses), adv[mine], ref_logp=ref[mine], teacher_logp=teacher[mine]),
+        step=0,
+        optimizer_step=False,
+    )
+    grads = {
+        k: v.grad.detach().cpu().clone()
+        for k, v in acc.unwrap_model(trainer.model).named_parameters()
+        if v.grad is not None
+    }
     if acc.is_main_process:
         torch.save({"grads": grads, "processes": acc.num_processes}, args.out)
     trainer.close()

@@ -108,7 +108,9 @@ def test_turn_scores_and_advantages_equal_the_references(env, scale):
 def test_turn_scores_by_hand():
     """A won 3-turn episode with one invalid turn, a lost 1-turn invalid episode: the penalty lands on the
     invalid turn alone, once, and a long failure cannot outweigh a success."""
-    rollout = _rollout([["g", "a", 10.0, 2, True], ["g", "a", 10.0, 2, False], ["g", "a", 10.0, 2, True], ["g", "b", 0.0, 2, False]])
+    rollout = _rollout(
+        [["g", "a", 10.0, 2, True], ["g", "a", 10.0, 2, False], ["g", "a", 10.0, 2, True], ["g", "b", 0.0, 2, False]]
+    )
     assert rollout.turn_scores(reward_scale=10.0, penalty=0.1) == pytest.approx([10.0, 9.9, 10.0, -0.1])
     assert rollout.turn_scores(reward_scale=10.0, penalty=0.1, rule="admissible") == [10.0, 10.0, 10.0, 0.0]
     # cross-step statistics: mean and unbiased std of the four scores
@@ -117,7 +119,9 @@ def test_turn_scores_by_hand():
     mean, std = 29.8 / 4, math.sqrt(sum((x - 29.8 / 4) ** 2 for x in s.tolist()) / 3)
     assert adv.tolist() == pytest.approx([(x - mean) / (std + 1e-6) for x in s.tolist()], rel=1e-5)
     # a group with a single score: mean 0, std 1 (the reference's rule), so the score passes through
-    assert turn_advantages(torch.tensor([2.0]), torch.tensor([0]), torch.tensor([0])).item() == pytest.approx(2.0 / (1 + 1e-6))
+    assert turn_advantages(torch.tensor([2.0]), torch.tensor([0]), torch.tensor([0])).item() == pytest.approx(
+        2.0 / (1 + 1e-6)
+    )
     # equal scores: no signal
     assert turn_advantages(torch.tensor([1.0, 1.0, 1.0]), torch.zeros(3), torch.tensor([0, 1, 2])).abs().max() < 1e-6
 
@@ -130,13 +134,19 @@ def _loss_inputs() -> dict[str, torch.Tensor]:
 def test_ppo_dual_clip_kl_entropy_and_sdar_equal_the_references():
     x, ref = _loss_inputs(), REF["losses"]
     loss, frac = ppo_clip_loss(x["logp"], x["old_logp"], x["advantages"], x["mask"], clip=0.2, dual_clip=3.0)
-    assert loss.item() == pytest.approx(ref["ppo"]["loss"], rel=1e-5) and frac.item() == pytest.approx(ref["ppo"]["clip_frac"])
+    assert loss.item() == pytest.approx(ref["ppo"]["loss"], rel=1e-5) and frac.item() == pytest.approx(
+        ref["ppo"]["clip_frac"]
+    )
     plain, _ = ppo_clip_loss(x["logp"], x["old_logp"], x["advantages"], x["mask"], clip=0.2, dual_clip=None)
     assert plain.item() == pytest.approx(ref["ppo"]["loss_without_dual_clip"], rel=1e-5)
     assert ref["ppo"]["dual_clip_frac"] > 0 and plain.item() > loss.item()  # the case makes the dual clip act
-    assert low_var_kl(x["logp"], x["ref_logp"], x["mask"]).item() == pytest.approx(ref["low_var_kl"]["token_mean"], rel=1e-5)
+    assert low_var_kl(x["logp"], x["ref_logp"], x["mask"]).item() == pytest.approx(
+        ref["low_var_kl"]["token_mean"], rel=1e-5
+    )
     assert max(max(row) for row in ref["low_var_kl"]["per_token"]) == 10.0  # one token hits the clamp
-    assert entropy_bonus(x["entropy"], x["mask"], 0.001).item() == pytest.approx(-0.001 * ref["entropy_token_mean"], rel=1e-5)
+    assert entropy_bonus(x["entropy"], x["mask"], 0.001).item() == pytest.approx(
+        -0.001 * ref["entropy_token_mean"], rel=1e-5
+    )
     sd, stats = sdar_loss(x["logp"], x["teacher_logp"], x["mask"], beta=5.0)
     assert sd.item() == pytest.approx(ref["sdar"]["loss"], rel=1e-5)
     assert stats["gate_mean"].item() == pytest.approx(ref["sdar"]["metrics"]["sdar/gate_mean"], rel=1e-5)
@@ -148,8 +158,19 @@ def test_ppo_dual_clip_kl_entropy_and_sdar_equal_the_references():
 
 def test_the_combined_actor_loss_equals_the_references():
     x, ref = _loss_inputs(), REF["losses"]["actor_loss"]
-    common = dict(old_logp=x["old_logp"], advantages=x["advantages"], ref_logp=x["ref_logp"], teacher_logp=x["teacher_logp"],
-                  entropy=x["entropy"], clip=0.2, dual_clip=3.0, entropy_coef=0.001, kl_coef=0.01, sdar_coef=0.01, sdar_beta=5.0)  # fmt: skip
+    common = dict(
+        old_logp=x["old_logp"],
+        advantages=x["advantages"],
+        ref_logp=x["ref_logp"],
+        teacher_logp=x["teacher_logp"],
+        entropy=x["entropy"],
+        clip=0.2,
+        dual_clip=3.0,
+        entropy_coef=0.001,
+        kl_coef=0.01,
+        sdar_coef=0.01,
+        sdar_beta=5.0,
+    )
     loss, terms = actor_loss(x["logp"], x["mask"], **common)
     assert loss.item() == pytest.approx(ref["value"], rel=1e-5)
     only, _ = actor_loss(x["logp"], x["mask"], policy_gradient=False, **common)  # OPSD alone: no policy-gradient term
@@ -160,17 +181,25 @@ def test_the_combined_actor_loss_equals_the_references():
 def test_dual_clip_by_hand():
     """A = -1 and ratio e^2 ~ 7.39: plain PPO charges max(7.39, 0.8) = 7.39, the dual clip caps it at 3."""
     logp, old, mask = torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.ones(1, 1)
-    assert ppo_clip_loss(logp, old, torch.tensor([[-1.0]]), mask, dual_clip=None)[0].item() == pytest.approx(math.exp(2))
+    assert ppo_clip_loss(logp, old, torch.tensor([[-1.0]]), mask, dual_clip=None)[0].item() == pytest.approx(
+        math.exp(2)
+    )
     assert ppo_clip_loss(logp, old, torch.tensor([[-1.0]]), mask, dual_clip=3.0)[0].item() == pytest.approx(3.0)
-    assert ppo_clip_loss(logp, old, torch.tensor([[1.0]]), mask, dual_clip=3.0)[0].item() == pytest.approx(-1.2)  # A > 0: clipped at 1.2
+    assert ppo_clip_loss(logp, old, torch.tensor([[1.0]]), mask, dual_clip=3.0)[0].item() == pytest.approx(
+        -1.2
+    )  # A > 0: clipped at 1.2
 
 
 def test_rlsd_schedule_and_token_advantages_equal_the_references():
     x, ref = _loss_inputs(), REF["losses"]["rlsd"]
-    assert {int(k): rlsd_lambda(int(k), 0.5, 100) for k in ref["lambdas"]} == pytest.approx({int(k): v for k, v in ref["lambdas"].items()})
+    assert {int(k): rlsd_lambda(int(k), 0.5, 100) for k in ref["lambdas"]} == pytest.approx(
+        {int(k): v for k, v in ref["lambdas"].items()}
+    )
     lam = rlsd_lambda(25, 0.5, 100)
     got = rlsd_token_advantages(x["advantages"], x["teacher_logp"] - x["old_logp"], lam, 0.2) * x["mask"]
-    assert got.flatten().tolist() == pytest.approx(torch.tensor(ref["token_advantages_step25"]).flatten().tolist(), rel=1e-5, abs=1e-7)
+    assert got.flatten().tolist() == pytest.approx(
+        torch.tensor(ref["token_advantages_step25"]).flatten().tolist(), rel=1e-5, abs=1e-7
+    )
 
 
 # --- skills and the teacher prompt ---------------------------------------------------------------------
@@ -185,13 +214,18 @@ def test_reference_skill_folders_choose_as_the_reference():
     search = ReferenceSkills(DATA / "reference_skills" / "search")
     for c in cases["search"]:
         assert search.text_for(prompt_text=c["prompt"], data_source=c["data_source"]) == c["text"], c
-    assert ReferenceSkills(DATA / "reference_skills" / "alfworld", skill_all=True).text_for(prompt_text="") == cases["skill_all_alfworld"]
+    assert (
+        ReferenceSkills(DATA / "reference_skills" / "alfworld", skill_all=True).text_for(prompt_text="")
+        == cases["skill_all_alfworld"]
+    )
 
 
 def test_a_broken_reference_skill_folder_says_what_is_wrong(tmp_path):
     with pytest.raises(SkillFileError, match="skill_mapping.json: not found"):
         ReferenceSkills(tmp_path)
-    (tmp_path / "skill_mapping.json").write_text('{"skill_files": {"general_skills": "general.md"}, "task_to_skill": {}}')
+    (tmp_path / "skill_mapping.json").write_text(
+        '{"skill_files": {"general_skills": "general.md"}, "task_to_skill": {}}'
+    )
     with pytest.raises(SkillFileError, match="general.md"):
         ReferenceSkills(tmp_path)
     (tmp_path / "skill_mapping.json").write_text("{not json")
@@ -207,13 +241,40 @@ def test_teacher_prompt_text_is_the_references():
 # --- the defaults ---------------------------------------------------------------------------------------
 def test_defaults_are_the_references_training_signal():
     cfg = TrainConfig()
-    assert (cfg.train_reward, cfg.invalid_rule, cfg.advantage, cfg.teacher_placement) == ("won", "format", "turn", "before_chat")
-    assert (cfg.dual_clip, cfg.entropy_coef, cfg.weight_decay, cfg.max_grad_norm, cfg.mini_batch_size) == (3.0, 0.001, 0.01, 1.0, 256)
-    assert (cfg.sdar_beta, cfg.sdar_coef, cfg.kl_coef, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps) == (5.0, 0.01, 0.01, 0.5, 100)
-    for env, scale, penalty, temperature in [("SDAR/ALFWorld-v0", 10, 0.1, 0.4), ("SDAR/WebShop-v0", 10, 0.1, 0.4), ("SDAR/SearchQA-v0", 1, 0.01, 0.0)]:
+    assert (cfg.train_reward, cfg.invalid_rule, cfg.advantage, cfg.teacher_placement) == (
+        "won",
+        "format",
+        "turn",
+        "before_chat",
+    )
+    assert (cfg.dual_clip, cfg.entropy_coef, cfg.weight_decay, cfg.max_grad_norm, cfg.mini_batch_size) == (
+        3.0,
+        0.001,
+        0.01,
+        1.0,
+        256,
+    )
+    assert (cfg.sdar_beta, cfg.sdar_coef, cfg.kl_coef, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps) == (
+        5.0,
+        0.01,
+        0.01,
+        0.5,
+        100,
+    )
+    for env, scale, penalty, temperature in [
+        ("SDAR/ALFWorld-v0", 10, 0.1, 0.4),
+        ("SDAR/WebShop-v0", 10, 0.1, 0.4),
+        ("SDAR/SearchQA-v0", 1, 0.01, 0.0),
+    ]:
         resolved = resolve_reference_defaults(TrainConfig(env=env))
-        assert (resolved.reward_scale, resolved.invalid_penalty, resolved.eval_temperature) == (scale, penalty, temperature), env
-    mine = resolve_reference_defaults(TrainConfig(env="SDAR/WebShop-v0", reward_scale=1.0, invalid_penalty=0.0, eval_temperature=1.0))
+        assert (resolved.reward_scale, resolved.invalid_penalty, resolved.eval_temperature) == (
+            scale,
+            penalty,
+            temperature,
+        ), env
+    mine = resolve_reference_defaults(
+        TrainConfig(env="SDAR/WebShop-v0", reward_scale=1.0, invalid_penalty=0.0, eval_temperature=1.0)
+    )
     assert (mine.reward_scale, mine.invalid_penalty, mine.eval_temperature) == (1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="teacher_placement"):
         TrainConfig(teacher_placement="system")

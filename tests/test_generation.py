@@ -21,8 +21,14 @@ from sdar_train.policy import Policy, cut_at_stop, encode_prompt, load_policy, p
 from tests.conftest import launch_two_processes
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-TASKS = ["put a clean mug in the coffee machine", "find two pencils", "heat an apple", "look at the book under the lamp",
-         "buy a red dress under 30 dollars", "who wrote the iliad"]  # fmt: skip
+TASKS = [
+    "put a clean mug in the coffee machine",
+    "find two pencils",
+    "heat an apple",
+    "look at the book under the lamp",
+    "buy a red dress under 30 dollars",
+    "who wrote the iliad",
+]
 
 
 def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.5) -> None:
@@ -51,7 +57,10 @@ def policy(varied_model) -> Policy:
 
 def _prompts(policy: Policy) -> list[list[int]]:
     # different lengths, so batches are left-padded
-    return [encode_prompt(policy.tokenizer, f"Your task is to: {t}." + " Think first." * i, 512) for i, t in enumerate(TASKS)]
+    return [
+        encode_prompt(policy.tokenizer, f"Your task is to: {t}." + " Think first." * i, 512)
+        for i, t in enumerate(TASKS)
+    ]
 
 
 def test_hf_replies_keep_the_stop_token_and_do_not_depend_on_the_batch(policy):
@@ -59,7 +68,9 @@ def test_hf_replies_keep_the_stop_token_and_do_not_depend_on_the_batch(policy):
     gen = HFGenerator(policy, batch_size=4)
     free = gen(prompts, 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))
     assert all(len(r) == 10 for r in free) and len({tuple(r) for r in free}) > 1
-    alone = [HFGenerator(policy, batch_size=1)([p], 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))[0] for p in prompts]
+    alone = [
+        HFGenerator(policy, batch_size=1)([p], 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))[0] for p in prompts
+    ]
     assert alone == free, "left padding must not change a reply"
     stop = free[0][3]  # a token the first reply emits: it must end there, with the token kept
     stopped = gen(prompts, 0, Sampling(10, 0.0, stop_ids=(stop,)))
@@ -122,10 +133,15 @@ def test_vllm_samples_with_the_probabilities_the_trainer_scores(engine, policy):
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = [SamplingParams(temperature=1.0, top_p=1.0, max_tokens=8, seed=i, logprobs=0, detokenize=False) for i in range(len(prompts))]
+    params = [
+        SamplingParams(temperature=1.0, top_p=1.0, max_tokens=8, seed=i, logprobs=0, detokenize=False)
+        for i in range(len(prompts))
+    ]
     outs = engine.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     responses = [list(o.outputs[0].token_ids) for o in outs]
-    engine_logp = [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)] for o in outs]
+    engine_logp = [
+        [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)] for o in outs
+    ]
     with torch.no_grad():
         trainer_logp, _ = response_logprobs(policy.model, pack(prompts, responses, policy.pad_id), torch.device("cpu"))
     diff = max(abs(trainer_logp[i, j].item() - lp) for i, row in enumerate(engine_logp) for j, lp in enumerate(row))
@@ -149,7 +165,9 @@ def test_vllm_sync_follows_the_trainers_weights_and_merges_lora(engine, policy):
 
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(policy.model, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        policy.model, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(2))
@@ -157,7 +175,9 @@ def test_vllm_sync_follows_the_trainers_weights_and_merges_lora(engine, policy):
     base = {n: p.clone() for n, p in peft_model.named_parameters() if "base_layer" in n}
     engine.sync(peft_model)
     assert engine(prompts, 0, s) == HFGenerator(lora_policy)(prompts, 0, s) != after
-    assert all(torch.equal(p, base[n]) for n, p in peft_model.named_parameters() if n in base), "adapters unmerged again"
+    assert all(torch.equal(p, base[n]) for n, p in peft_model.named_parameters() if n in base), (
+        "adapters unmerged again"
+    )
 
 
 @vllm_only
@@ -166,9 +186,22 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
 
     if "Test/LetterY-v0" not in gym.registry:
         gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
-    cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model=varied_model, output_dir=str(tmp_path), steps=2, tasks_per_step=2,
-                      group_size=4, max_response_tokens=6, max_prompt_tokens=64, max_teacher_prompt_tokens=256, lr=5e-3,
-                      progress=False, save_every=100, generation_backend="vllm")  # fmt: skip
+    cfg = TrainConfig(
+        env="Test/LetterY-v0",
+        algo="sdar",
+        model=varied_model,
+        output_dir=str(tmp_path),
+        steps=2,
+        tasks_per_step=2,
+        group_size=4,
+        max_response_tokens=6,
+        max_prompt_tokens=64,
+        max_teacher_prompt_tokens=256,
+        lr=5e-3,
+        progress=False,
+        save_every=100,
+        generation_backend="vllm",
+    )
     trainer = Trainer(cfg)
     try:
         history = trainer.train()
@@ -190,8 +223,31 @@ def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_mode
     reports = {}
     for backend in ("hf", "vllm"):
         out = tmp_path / f"{backend}.json"
-        assert eval_main(["--env", "SDAR/SearchQA-v0", "--model", varied_model, "--split", "test", "--episodes", "4", "--max-turns", "2",
-                          "--temperature", "0", "--max-response-tokens", "12", "--backend", backend, "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            eval_main(
+                [
+                    "--env",
+                    "SDAR/SearchQA-v0",
+                    "--model",
+                    varied_model,
+                    "--split",
+                    "test",
+                    "--episodes",
+                    "4",
+                    "--max-turns",
+                    "2",
+                    "--temperature",
+                    "0",
+                    "--max-response-tokens",
+                    "12",
+                    "--backend",
+                    backend,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         reports[backend] = json.loads(out.read_text())
     assert [r["actions"] for r in reports["hf"]["results"]] == [r["actions"] for r in reports["vllm"]["results"]]
     assert any(a for r in reports["hf"]["results"] for a in r["actions"])
@@ -200,11 +256,40 @@ def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_mode
 @vllm_only
 def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
     done = launch_two_processes(
-        ["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2",
-         "--tasks_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
-         "--max_teacher_prompt_tokens", "768", "--progress", "false", "--output_dir", str(tmp_path), "--generation_backend", "vllm"],
-        cpu=not torch.cuda.is_available(), timeout=900,
-    )  # fmt: skip
+        [
+            "sdar_train",
+            "--env",
+            "SDAR/SearchQA-v0",
+            "--env_kwargs",
+            "{split: test}",
+            "--algo",
+            "sdar",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--tasks_per_step",
+            "2",
+            "--group_size",
+            "2",
+            "--max_turns",
+            "2",
+            "--max_response_tokens",
+            "8",
+            "--max_prompt_tokens",
+            "512",
+            "--max_teacher_prompt_tokens",
+            "768",
+            "--progress",
+            "false",
+            "--output_dir",
+            str(tmp_path),
+            "--generation_backend",
+            "vllm",
+        ],
+        cpu=not torch.cuda.is_available(),
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [0, 1] and all(m["samples"] > 0 for m in logged)

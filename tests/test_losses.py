@@ -77,7 +77,9 @@ def test_rlsd_token_advantage_by_hand():
     gap = t([0.1, 0.5, 3.0])
     out = rlsd_token_advantages(adv, gap, lam=0.5, eps=0.2)
     # exp(+0.1)=1.105 (inside [0.8, 1.2]); exp(-0.5)=0.607 -> 0.8; exp(3) -> 1.2
-    assert out.tolist() == pytest.approx([2.0 * (0.5 + 0.5 * math.exp(0.1)), -1.0 * (0.5 + 0.4), 1.0 * (0.5 + 0.6)], abs=1e-6)
+    assert out.tolist() == pytest.approx(
+        [2.0 * (0.5 + 0.5 * math.exp(0.1)), -1.0 * (0.5 + 0.4), 1.0 * (0.5 + 0.6)], abs=1e-6
+    )
 
 
 def test_group_advantages_by_hand():

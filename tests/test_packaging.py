@@ -43,7 +43,18 @@ def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
     import zipfile
 
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
         cwd=tmp_path,
@@ -79,5 +90,7 @@ def test_the_readmes_python_examples_run_verbatim(tmp_path):
     for i, code in enumerate(blocks):
         script = tmp_path / f"readme_{i}.py"
         script.write_text(code)
-        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, f"README python block {i}:\n{code}\n{done.stderr[-3000:]}"

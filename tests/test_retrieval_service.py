@@ -19,7 +19,9 @@ def test_health_and_a_batch_of_100_queries(retrieval_server, local_searcher):
     health = requests.get(f"{retrieval_server.url}/health", timeout=5).json()
     assert health["status"] == "ok" and health["num_docs"] == 17825
     questions = [r.question for r in load_questions(["nq"], "train")][:100]
-    resp = requests.post(f"{retrieval_server.url}/retrieve", json={"queries": questions, "topk": 5, "return_scores": True}, timeout=30)
+    resp = requests.post(
+        f"{retrieval_server.url}/retrieve", json={"queries": questions, "topk": 5, "return_scores": True}, timeout=30
+    )
     assert resp.status_code == 200
     result = resp.json()["result"]
     assert len(result) == 100 and all(len(per) == 5 for per in result)
@@ -28,7 +30,9 @@ def test_health_and_a_batch_of_100_queries(retrieval_server, local_searcher):
     expected = local_searcher.search(questions, 5)
     assert [[d["document"]["id"] for d in per] for per in result] == [[p.id for p in per] for per in expected]
     # without scores: just the documents, as Search-R1's server answers
-    plain = requests.post(f"{retrieval_server.url}/retrieve", json={"queries": questions[:2], "topk": 2}, timeout=10).json()
+    plain = requests.post(
+        f"{retrieval_server.url}/retrieve", json={"queries": questions[:2], "topk": 2}, timeout=10
+    ).json()
     assert plain["result"][0] == [d["document"] for d in result[0][:2]]
 
 
@@ -49,7 +53,12 @@ BAD_REQUESTS = [
     ("not UTF-8", {"data": b"\xff\xfe{}", "headers": {"Content-Type": "application/json"}}, 400, "not UTF-8"),
     ("no content type", {"data": json.dumps({"queries": ["a"]})}, 415, "Content-Type: application/json"),
     ("a JSON list", {"json": ["a"]}, 400, "JSON object"),
-    ("a huge body", {"data": b"[" + b"1," * 2_000_000 + b"1]", "headers": {"Content-Type": "application/json"}}, 413, "413"),
+    (
+        "a huge body",
+        {"data": b"[" + b"1," * 2_000_000 + b"1]", "headers": {"Content-Type": "application/json"}},
+        413,
+        "413",
+    ),
 ]
 
 

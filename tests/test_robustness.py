@@ -35,8 +35,24 @@ def _regex_parse(text: str) -> tuple[str, str] | None:
 
 def test_linear_tag_parsers_answer_as_the_regexes_did():
     rng = random.Random(0)
-    pieces = ["<action>", "</action>", "<ACTION>", "</Action>", "<think>", "</think>", "<search>", "</search>", "<answer>",
-              "</ANSWER>", "x", " go ", "\n", "<", ">", "/"]  # fmt: skip
+    pieces = [
+        "<action>",
+        "</action>",
+        "<ACTION>",
+        "</Action>",
+        "<think>",
+        "</think>",
+        "<search>",
+        "</search>",
+        "<answer>",
+        "</ANSWER>",
+        "x",
+        " go ",
+        "\n",
+        "<",
+        ">",
+        "/",
+    ]
     for _ in range(20000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
         assert extract_tag(text, "action") == _regex_extract(text, "action"), text
@@ -45,8 +61,11 @@ def test_linear_tag_parsers_answer_as_the_regexes_did():
 
 @pytest.mark.parametrize("env_id", ["SDAR/ALFWorld-v0", "SDAR/WebShop-v0", "SDAR/SearchQA-v0"])
 def test_pathological_outputs_are_invalid_steps(env_id, local_searcher):
-    kwargs = {"SDAR/ALFWorld-v0": {"split": "valid_seen"}, "SDAR/WebShop-v0": {"split": "test"},
-              "SDAR/SearchQA-v0": {"split": "test", "searcher": local_searcher}}[env_id]  # fmt: skip
+    kwargs = {
+        "SDAR/ALFWorld-v0": {"split": "valid_seen"},
+        "SDAR/WebShop-v0": {"split": "test"},
+        "SDAR/SearchQA-v0": {"split": "test", "searcher": local_searcher},
+    }[env_id]
     env = gym.make(env_id, **kwargs)
     env.reset(seed=0)
     for text in ("<action>" * 20000 + "</action", "<think>" * 20000 + "</think", "<search>" * 20000, "\ud800" * 10):
@@ -64,10 +83,16 @@ def test_any_search_text_is_a_valid_search_in_process_and_over_http(local_search
     task = load_questions(["nq"], "test")[3].id
     long = "<search>" + "who wrote hamlet " * 200 + "</search>"  # 3,400 characters: over the service's 2,048
     results = []
-    for env in (gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher),
-                gym.make("SDAR/SearchQA-v0", split="test", retrieval_url=retrieval_server.url)):  # fmt: skip
+    for env in (
+        gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher),
+        gym.make("SDAR/SearchQA-v0", split="test", retrieval_url=retrieval_server.url),
+    ):
         env.reset(options={"task_id": task})
-        steps = [env.step(f"<search>{CJK_1100}</search>"), env.step("<search>lone \ud800 surrogate</search>"), env.step(long)]
+        steps = [
+            env.step(f"<search>{CJK_1100}</search>"),
+            env.step("<search>lone \ud800 surrogate</search>"),
+            env.step(long),
+        ]
         assert all(info["admissible"] for *_, info in steps)
         results.append([obs for obs, *_ in steps])
     assert results[0] == results[1]
@@ -84,7 +109,9 @@ def test_webshop_searches_follow_one_length_rule_on_both_back_ends(webshop_serve
     assert outcomes == [(False, True), (False, True)]
 
 
-@pytest.mark.parametrize(("path", "status"), [("/fixed_%C2%B2", 404), ("/fixed_0/results?q=shoes&page=%C2%B2", 400), ("/fixed_%D9%A3", 404)])
+@pytest.mark.parametrize(
+    ("path", "status"), [("/fixed_%C2%B2", 404), ("/fixed_0/results?q=shoes&page=%C2%B2", 400), ("/fixed_%D9%A3", 404)]
+)
 def test_webshop_unicode_digits_are_4xx(webshop_server, path, status):
     assert requests.get(webshop_server.url + path, timeout=10).status_code == status
 
@@ -102,12 +129,18 @@ def test_retrieval_serves_or_refuses_hostile_bodies_without_500(retrieval_server
     url = f"{retrieval_server.url}/retrieve"
     huge = requests.post(url, json={"queries": [CJK_1100] + ["who wrote hamlet"] * 99}, timeout=30)
     assert huge.status_code == 200 and len(huge.json()["result"]) == 100 and huge.json()["result"][1]
-    lone = requests.post(url, data='{"queries": ["\\ud800", "\\ud800 hamlet"]}', headers={"Content-Type": "application/json"}, timeout=10)
+    lone = requests.post(
+        url, data='{"queries": ["\\ud800", "\\ud800 hamlet"]}', headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert lone.status_code == 200
     deep = requests.post(url, data="[" * 1000 + "]" * 1000, headers={"Content-Type": "application/json"}, timeout=10)
     assert deep.status_code == 400 and "error" in deep.json()
-    nested = requests.post(url, data=json.dumps({"queries": ["a"], "topk": 3})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}",
-                           headers={"Content-Type": "application/json"}, timeout=10)  # fmt: skip
+    nested = requests.post(
+        url,
+        data=json.dumps({"queries": ["a"], "topk": 3})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}",
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
     assert 400 <= nested.status_code < 500
 
 
@@ -115,15 +148,22 @@ def test_async_vector_envs_after_the_parent_used_lucene_fail_fast_or_work_with_s
     """The parent's JVM is up (local_searcher). Forked workers cannot use it: they say so at once instead
     of hanging; spawned workers start their own and work."""
     local_searcher.search(["warm up"], 1)
-    forked = gym.make_vec("SDAR/SearchQA-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"shared_memory": False}, split="test")
+    forked = gym.make_vec(
+        "SDAR/SearchQA-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"shared_memory": False}, split="test"
+    )
     try:
         forked.reset(seed=[0, 1])
         with pytest.raises(Exception, match="does not survive a fork"):
             forked.step(["<search>hamlet</search>"] * 2)
     finally:
         forked.close(terminate=True)
-    spawned = gym.make_vec("SDAR/SearchQA-v0", num_envs=2, vectorization_mode="async",
-                           vector_kwargs={"shared_memory": False, "context": "spawn"}, split="test")  # fmt: skip
+    spawned = gym.make_vec(
+        "SDAR/SearchQA-v0",
+        num_envs=2,
+        vectorization_mode="async",
+        vector_kwargs={"shared_memory": False, "context": "spawn"},
+        split="test",
+    )
     try:
         spawned.reset(seed=[0, 1])
         _, _, _, _, info = spawned.step(["<search>hamlet</search>"] * 2)

@@ -47,12 +47,20 @@ def test_datasets_have_one_record_shape_and_stable_splits():
         records = load_dataset(name)
         assert len(records) == n and len({r.id for r in records}) == n
         assert all(r.question and r.golden_answers and all(r.golden_answers) for r in records)
-    assert {r.data_source for name in DATASETS for r in load_dataset(name)} == {"nq", "hotpotqa", "musique", "2wikimultihopqa", "bamboogle"}
+    assert {r.data_source for name in DATASETS for r in load_dataset(name)} == {
+        "nq",
+        "hotpotqa",
+        "musique",
+        "2wikimultihopqa",
+        "bamboogle",
+    }
     train, test = load_questions(DEFAULT_DATASETS, "train"), load_questions(DEFAULT_DATASETS, "test")
     assert not {r.id for r in train} & {r.id for r in test}
     assert len(train) + len(test) == 3610 + 200 + 299
     assert 0.15 < len(test) / (len(train) + len(test)) < 0.25
-    assert split_of("nq-dev-0") == split_of("nq-dev-0") and load_questions(["nq"], "test") == load_questions(["nq"], "test")
+    assert split_of("nq-dev-0") == split_of("nq-dev-0") and load_questions(["nq"], "test") == load_questions(
+        ["nq"], "test"
+    )
     # NQ oracle questions reuse NQ-open ids, so a question is in the same split in both sets
     nq_ids = {r.id for r in load_dataset("nq")}
     assert all(r.id in nq_ids for r in load_dataset("nq_oracle"))
@@ -69,7 +77,9 @@ def test_searching_a_passages_own_title_and_sentence_returns_it_first(local_sear
         queries.append(f"{title.strip(chr(34))} {text.split('. ')[0]}")
     results = local_searcher.search(queries, 3)
     firsts = [r[0].id for r in results]
-    assert sum(f == d["id"] for f, d in zip(firsts, docs, strict=True)) >= 24, list(zip(firsts, [d["id"] for d in docs], strict=True))
+    assert sum(f == d["id"] for f, d in zip(firsts, docs, strict=True)) >= 24, list(
+        zip(firsts, [d["id"] for d in docs], strict=True)
+    )
     assert all(len(r) == 3 and r[0].score >= r[1].score >= r[2].score for r in results)
 
 
@@ -87,10 +97,14 @@ def _episode(env, task_id, actions):
 def test_an_episode_that_searches_and_answers_right_gets_reward_1(local_searcher):
     env = gym.make("SDAR/SearchQA-v0", split="all", searcher=local_searcher)
     record = next(r for r in load_dataset("nq_oracle") if r.golden_answers[0] == "Wilhelm Conrad Röntgen")
-    trace, info = _episode(env, record.id, [
-        "<think>I should look it up.</think><search> first nobel prize in physics </search>",
-        "<think>Doc 1 says it.</think> <answer>Wilhelm Conrad Röntgen</answer>",
-    ])
+    trace, info = _episode(
+        env,
+        record.id,
+        [
+            "<think>I should look it up.</think><search> first nobel prize in physics </search>",
+            "<think>Doc 1 says it.</think> <answer>Wilhelm Conrad Röntgen</answer>",
+        ],
+    )
     information = trace[1][0]
     assert information.startswith('<information>Doc 1(Title: "List of Nobel laureates in Physics") The first Nobel')
     assert information.count("Doc ") == 3 and information.endswith("</information>")
@@ -125,7 +139,10 @@ def test_malformed_outputs_are_invalid_steps_not_exceptions(local_searcher, outp
 
 
 def test_first_tag_outside_thoughts_counts_and_four_turns_truncate(local_searcher):
-    assert parse_action("<think>maybe <search>a</search></think><search>b</search><answer>c</answer>") == ("search", "b")
+    assert parse_action("<think>maybe <search>a</search></think><search>b</search><answer>c</answer>") == (
+        "search",
+        "b",
+    )
     env = gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher)
     _, info = env.reset(seed=3)
     for turn in range(4):
@@ -154,8 +171,15 @@ def test_http_and_in_process_backends_return_the_same(local_searcher, retrieval_
     http = HttpSearcher(retrieval_server.url)
     questions = [r.question for r in load_questions(["nq", "hotpotqa", "musique"], "test")][:100]
     assert http.search(questions, 3) == local_searcher.search(questions, 3)
-    assert format_passages(http.search(questions[:1], 5)[0]) == format_passages(local_searcher.search(questions[:1], 5)[0])
-    script = ["<search>capital of australia</search>", "bad output", "<search>who wrote hamlet</search>", "<answer>x</answer>"]
+    assert format_passages(http.search(questions[:1], 5)[0]) == format_passages(
+        local_searcher.search(questions[:1], 5)[0]
+    )
+    script = [
+        "<search>capital of australia</search>",
+        "bad output",
+        "<search>who wrote hamlet</search>",
+        "<answer>x</answer>",
+    ]
     task_id = load_questions(["nq"], "test")[7].id
     local_env = gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher)
     http_env = gym.make("SDAR/SearchQA-v0", split="test", retrieval_url=retrieval_server.url)

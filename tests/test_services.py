@@ -29,10 +29,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sdar_serve_starts_both_waits_for_health_and_stops_on_ctrl_c(tmp_path):
     ports = free_port(), free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.serve", "--webshop-port", str(ports[0]), "--retrieval-port", str(ports[1]),
-         "--workers", "1", "--log-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "servers.serve",
+            "--webshop-port",
+            str(ports[0]),
+            "--retrieval-port",
+            str(ports[1]),
+            "--workers",
+            "1",
+            "--log-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     lines = []
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -60,7 +74,9 @@ def test_compose_file_passes_docker_compose_config():
     elif legacy is not None:
         cmd = [legacy, "config"]
     else:
-        pytest.skip("neither docker compose nor docker-compose is installed here; the file's content is checked by test_packaging")
+        pytest.skip(
+            "neither docker compose nor docker-compose is installed here; the file's content is checked by test_packaging"
+        )
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     services = yaml.safe_load(out.stdout)["services"]
@@ -85,31 +101,47 @@ def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_serve
 
     def searcher(i: int) -> bool:
         http = HttpSearcher(retrieval_server.url)
-        return all([[p.id for p in per] for per in http.search(questions[i::16], 3)] == expected[i::16] for _ in range(5))
+        return all(
+            [[p.id for p in per] for per in http.search(questions[i::16], 3)] == expected[i::16] for _ in range(5)
+        )
 
     with ThreadPoolExecutor(80) as pool:
         shops = pool.map(shopper, range(64))
         searches = pool.map(searcher, range(16))
         shops, searches = list(shops), list(searches)
     catalog = load_catalog()  # the expert buys its target: what master's reward gives that (a few goals < 1)
-    wanted = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in catalog.goals("synthetic", "test")[:64]]
+    wanted = [
+        score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score
+        for g in catalog.goals("synthetic", "test")[:64]
+    ]
     assert shops == [(f"synthetic-{i}", wanted[i]) for i in range(64)] and wanted.count(1.0) >= 60
     assert all(searches)
 
 
 FUZZ_PATHS = [
-    "/%00", "/..%2f..%2fetc%2fpasswd", "/fixed_0/results?q=%ff%fe&page=1", "/fixed_0/results?q=x&page=1e9",
-    "/fixed_0/results?q=x&page=" + "9" * 50, "/fixed_0/item/B0743JKHBV?q=x&page=1&opt=%00:%00",
-    "/fixed_0/item/" + "A" * 5000, "/" + "x" * 3000, "/fixed_0/done/B0743JKHBV?opt=size:" + "%22" * 100,
-    "/fixed_0/item/B0743JKHBV/description?q=<img src=x onerror=alert(1)>&page=1", "/fixed_0?goals=%3Cb%3E",
-]  # fmt: skip
+    "/%00",
+    "/..%2f..%2fetc%2fpasswd",
+    "/fixed_0/results?q=%ff%fe&page=1",
+    "/fixed_0/results?q=x&page=1e9",
+    "/fixed_0/results?q=x&page=" + "9" * 50,
+    "/fixed_0/item/B0743JKHBV?q=x&page=1&opt=%00:%00",
+    "/fixed_0/item/" + "A" * 5000,
+    "/" + "x" * 3000,
+    "/fixed_0/done/B0743JKHBV?opt=size:" + "%22" * 100,
+    "/fixed_0/item/B0743JKHBV/description?q=<img src=x onerror=alert(1)>&page=1",
+    "/fixed_0?goals=%3Cb%3E",
+]
 
 
 @pytest.mark.parametrize("path", FUZZ_PATHS)
 def test_webshop_fuzzed_urls_get_4xx_and_no_reflected_html(webshop_server, path):
     resp = requests.get(webshop_server.url + path, timeout=10)
     assert resp.status_code < 500, (path, resp.status_code)
-    assert "Traceback" not in resp.text and "<img src=x" not in resp.text and "<b>" not in resp.text.replace("<b>Instruction:</b>", "")
+    assert (
+        "Traceback" not in resp.text
+        and "<img src=x" not in resp.text
+        and "<b>" not in resp.text.replace("<b>Instruction:</b>", "")
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,8 +173,15 @@ def test_hypothesis_json_bodies_never_crash_the_retrieval_service(retrieval_serv
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-                          lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=8)  # fmt: skip
+    values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=8,
+    )
     bodies = st.dictionaries(st.sampled_from(["queries", "topk", "return_scores", "x"]), values, max_size=4)
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
@@ -181,9 +220,24 @@ def test_servers_bind_localhost_by_default():
 def test_a_killed_sdar_serve_takes_its_services_with_it(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "servers.serve", "--services", "webshop", "--webshop-port", str(port), "--workers", "2", "--log-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "servers.serve",
+            "--services",
+            "webshop",
+            "--webshop-port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and "Ctrl-C stops them" not in proc.stdout.readline():
         assert proc.poll() is None
@@ -225,7 +279,12 @@ def test_slow_clients_do_not_block_health(request, service):
         for _ in range(3):
             assert requests.get(f"{server.url}/health", timeout=5).status_code == 200
         if service == "webshop":
-            assert requests.get(f"{server.url}/fixed_0/results?q=pillow&page=1", params={"format": "json"}, timeout=10).status_code == 200
+            assert (
+                requests.get(
+                    f"{server.url}/fixed_0/results?q=pillow&page=1", params={"format": "json"}, timeout=10
+                ).status_code
+                == 200
+            )
         else:
             assert requests.post(f"{server.url}/retrieve", json={"queries": ["hamlet"]}, timeout=10).status_code == 200
     finally:

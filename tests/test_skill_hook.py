@@ -27,9 +27,14 @@ def test_skills_at_reset_and_outcome_once_at_the_end(valid_seen_tasks):
     assert info["skill_ids"] == ["alfworld/heat/microwave", "alfworld/general/search"]
     assert info["skills"][0] == memory.get("alfworld/heat/microwave").text
     teacher = prompt_builder("SDAR/ALFWorld-v0")(
-        task=info["task"], observation=obs, history=[], admissible_actions=info["admissible_actions"], step=0, skills=info["skills"]
+        task=info["task"],
+        observation=obs,
+        history=[],
+        admissible_actions=info["admissible_actions"],
+        step=0,
+        skills=info["skills"],
     )
-    assert teacher.startswith("[Privileged Skill Information]\n- Take the object, \"go to microwave 1\"")
+    assert teacher.startswith('[Privileged Skill Information]\n- Take the object, "go to microwave 1"')
     info = _play(env, heat.task_id, expert=True)
     assert info["won"] and info["skill_ids"] == ["alfworld/heat/microwave", "alfworld/general/search"]
     assert memory.stats["alfworld/heat/microwave"].episodes == 1

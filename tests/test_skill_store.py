@@ -129,7 +129,7 @@ def test_killed_writer_never_leaves_a_torn_file(tmp_path):
         assert items, "the file is never empty"
         versions = {(st.retrieved, st.episodes, st.successes) for _, st in items}
         assert len(versions) == 1, "a file never mixes two versions"
-        (v, _, _), = versions
+        ((v, _, _),) = versions
         assert len(items) == 1 + v % 7
 
 
@@ -140,7 +140,7 @@ def _reader(path: str, stop_at: float, out: mp.Queue) -> None:
             items = load_skills(path)
             assert len({st.episodes for _, st in items}) == 1
             reads += 1
-        except Exception as e:  # noqa: BLE001 - any failure is what the test counts
+        except Exception as e:
             errors += 1
             out.put(repr(e))
     out.put((reads, errors))
@@ -193,8 +193,24 @@ def test_concurrent_writers_lose_no_record(tmp_path):
 @pytest.mark.slow
 def test_parallel_cli_adds_lose_nothing(tmp_path):
     path = tmp_path / "bank.yaml"
-    cmds = [[sys.executable, "-m", "skills", "add", "--file", str(path), "--env", "alfworld", "--id", f"cli/{w}/{i}", "--text", "do it"]
-            for w in range(4) for i in range(5)]  # fmt: skip
+    cmds = [
+        [
+            sys.executable,
+            "-m",
+            "skills",
+            "add",
+            "--file",
+            str(path),
+            "--env",
+            "alfworld",
+            "--id",
+            f"cli/{w}/{i}",
+            "--text",
+            "do it",
+        ]
+        for w in range(4)
+        for i in range(5)
+    ]
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in cmds[:10]]
     assert [p.wait(timeout=300) for p in procs] == [0] * 10
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL) for c in cmds[10:]]

@@ -119,13 +119,18 @@ def test_embedding_tier_ranks_by_meaning_within_the_task_type(embedding_library,
     assert hits == 6, "the task type's own skill should be the closest for every type"
     # ranked by similarity, not bank order: the comparison skill (a general one) is not simply appended
     query = SkillQuery("webshop", "t", "gluten free snack bars, 12 pack, and price lower than 30.00 dollars", "grocery")
-    assert [s.id for s in embedding_library.retrieve(query, k=2)] == ["webshop/grocery/pack", "webshop/general/procedure"]
+    assert [s.id for s in embedding_library.retrieve(query, k=2)] == [
+        "webshop/grocery/pack",
+        "webshop/general/procedure",
+    ]
 
 
 def test_embedding_tier_without_routing_searches_the_whole_environment(embedding_library):
     from skills.retrieval import EmbeddingRetriever
 
-    unrouted = SkillLibrary(embedding_library.skills(), tier=EmbeddingRetriever(embedding_library.retriever.encode, route_by_type=False))
+    unrouted = SkillLibrary(
+        embedding_library.skills(), tier=EmbeddingRetriever(embedding_library.retriever.encode, route_by_type=False)
+    )
     query = SkillQuery("alfworld", "t", "look at alarmclock under the desklamp.", "")
     chosen = unrouted.retrieve(query, k=len(unrouted.skills("alfworld")))
     assert {s.id for s in chosen} == {s.id for s in unrouted.skills("alfworld")}
@@ -134,7 +139,9 @@ def test_embedding_tier_without_routing_searches_the_whole_environment(embedding
 
 def test_random_tier_is_seeded_and_stays_in_the_environment():
     query = SkillQuery("alfworld", "t", "put a hot apple in fridge.", "heat")
-    draws = [[s.id for s in SkillLibrary.from_seed_banks(tier="random", seed=seed).retrieve(query, 3)] for seed in (7, 7, 8)]
+    draws = [
+        [s.id for s in SkillLibrary.from_seed_banks(tier="random", seed=seed).retrieve(query, 3)] for seed in (7, 7, 8)
+    ]
     assert draws[0] == draws[1]
     assert draws[0] != draws[2]
     lib = SkillLibrary.from_seed_banks(tier="random", seed=1)
@@ -204,20 +211,57 @@ def test_growing_from_real_expert_episodes_adds_a_skill_once(valid_seen_tasks):
     assert grow_from_trajectory(lib, failed) is None
     # the summariser is pluggable (an LLM call in practice)
     custom = grow_from_trajectory(
-        lib, trajectories[0], summarize=lambda t: procedure_from_trajectory(t).__class__("mine", "Mine", "Say hi first.", "alfworld")
+        lib,
+        trajectories[0],
+        summarize=lambda t: procedure_from_trajectory(t).__class__("mine", "Mine", "Say hi first.", "alfworld"),
     )
     assert custom is not None and custom.id == "mine" and "mine" in lib
 
 
 def test_cli_add_list_show_retrieve_stats(tmp_path, capsys):
     memory = tmp_path / "memory.yaml"
-    assert skills_cli(["--file", str(memory), "add", "--id", "alfworld/mine", "--env", "alfworld",
-                       "--text", "Check the fridge first.", "--task-types", "cool", "--keywords", "cold,garbagecan"]) == 0
+    assert (
+        skills_cli(
+            [
+                "--file",
+                str(memory),
+                "add",
+                "--id",
+                "alfworld/mine",
+                "--env",
+                "alfworld",
+                "--text",
+                "Check the fridge first.",
+                "--task-types",
+                "cool",
+                "--keywords",
+                "cold,garbagecan",
+            ]
+        )
+        == 0
+    )
     seeded = len(load_skills(seed_bank_path("alfworld"))) + len(load_skills(seed_bank_path("webshop")))
     assert len(load_skills(memory)) > seeded, "a new memory file starts from the seed banks"
     capsys.readouterr()
-    assert skills_cli(["--file", str(memory), "--json", "retrieve", "--env", "alfworld", "--task-type", "cool",
-                       "--task", "put a cold apple in garbagecan.", "-k", "2"]) == 0
+    assert (
+        skills_cli(
+            [
+                "--file",
+                str(memory),
+                "--json",
+                "retrieve",
+                "--env",
+                "alfworld",
+                "--task-type",
+                "cool",
+                "--task",
+                "put a cold apple in garbagecan.",
+                "-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     ids = [r["id"] for r in json.loads(capsys.readouterr().out)]
     assert ids == ["alfworld/mine", "alfworld/cool/fridge"]  # two keyword hits beat one
     assert skills_cli(["--file", str(memory), "--json", "show", "alfworld/mine"]) == 0

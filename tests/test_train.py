@@ -22,9 +22,20 @@ if "Test/LetterY-v0" not in gym.registry:
     gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
 
 SMALL = dict(
-    model="tiny", steps=1, tasks_per_step=1, group_size=2, max_turns=2, max_response_tokens=8, max_prompt_tokens=512,
-    max_teacher_prompt_tokens=768, mini_batch_size=8, micro_batch_size=4, lr=1e-4, progress=False, save_every=100,
-)  # fmt: skip
+    model="tiny",
+    steps=1,
+    tasks_per_step=1,
+    group_size=2,
+    max_turns=2,
+    max_response_tokens=8,
+    max_prompt_tokens=512,
+    max_teacher_prompt_tokens=768,
+    mini_batch_size=8,
+    micro_batch_size=4,
+    lr=1e-4,
+    progress=False,
+    save_every=100,
+)
 ENVS = {
     "SDAR/ALFWorld-v0": {"split": "valid_seen"},
     "SDAR/SearchQA-v0": {"split": "test"},
@@ -67,8 +78,19 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
     obs, info = env.reset(options={"task_id": valid_seen_tasks[0].task_id})
     history, prompts = [], []
     for _ in range(3):
-        prompts.append(encode_prompt(policy.tokenizer, build(task=info["task"], observation=obs, history=history,
-                                                             admissible_actions=info["admissible_actions"], step=info["step"]), 1024))  # fmt: skip
+        prompts.append(
+            encode_prompt(
+                policy.tokenizer,
+                build(
+                    task=info["task"],
+                    observation=obs,
+                    history=history,
+                    admissible_actions=info["admissible_actions"],
+                    step=info["step"],
+                ),
+                1024,
+            )
+        )
         action = info["expert_action"]
         history.append(Turn(obs, action))
         obs, *_, info = env.step(action)
@@ -81,7 +103,7 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
         assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
     captured = {}
 
-    def keep(module, inputs, output):  # noqa: ANN001
+    def keep(module, inputs, output):
         captured["logits"] = output
 
     handle = policy.model.lm_head.register_forward_hook(keep)
@@ -99,7 +121,9 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
 
 
 def test_resume_continues_exactly(tmp_path):
-    base = dict(SMALL, env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", steps=3, tasks_per_step=2, lr=1e-3)
+    base = dict(
+        SMALL, env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", steps=3, tasks_per_step=2, lr=1e-3
+    )
     straight = Trainer(TrainConfig(output_dir=str(tmp_path / "a"), **base))
     try:
         full = straight.train()
@@ -122,10 +146,25 @@ def test_resume_continues_exactly(tmp_path):
 
 def _letter_run(tmp_path, algo: str, skill_file: str | None = None) -> list[dict]:
     cfg = TrainConfig(
-        env="Test/LetterY-v0", algo=algo, model="tiny", output_dir=str(tmp_path / algo), steps=30, tasks_per_step=4,
-        group_size=8, max_response_tokens=4, max_prompt_tokens=64, max_teacher_prompt_tokens=256, lr=5e-3, kl_coef=0.0,
-        mini_batch_size=32, micro_batch_size=32, progress=False, save_every=1000, skill_file=skill_file, sdar_coef=0.01,
-    )  # fmt: skip
+        env="Test/LetterY-v0",
+        algo=algo,
+        model="tiny",
+        output_dir=str(tmp_path / algo),
+        steps=30,
+        tasks_per_step=4,
+        group_size=8,
+        max_response_tokens=4,
+        max_prompt_tokens=64,
+        max_teacher_prompt_tokens=256,
+        lr=5e-3,
+        kl_coef=0.0,
+        mini_batch_size=32,
+        micro_batch_size=32,
+        progress=False,
+        save_every=1000,
+        skill_file=skill_file,
+        sdar_coef=0.01,
+    )
     trainer = Trainer(cfg)
     try:
         return trainer.train()
@@ -157,7 +196,9 @@ def test_configs_load_and_validate(tmp_path):
             cfg = load_config(f"{env}_{algo}.yaml")
             assert cfg.algo == algo and cfg.env.startswith("SDAR/")
     assert load_config("alfworld_sdar.yaml").lr == 1e-6 and load_config("searchqa_grpo.yaml").kl_coef == 0.001
-    cfg = config_from_args(["--config", "alfworld_sdar.yaml", "--lr", "1e-4", "--env_kwargs", "{split: valid_seen}", "--steps", "3"])
+    cfg = config_from_args(
+        ["--config", "alfworld_sdar.yaml", "--lr", "1e-4", "--env_kwargs", "{split: valid_seen}", "--steps", "3"]
+    )
     assert cfg.lr == 1e-4 and cfg.env_kwargs == {"split": "valid_seen"} and cfg.steps == 3 and cfg.sdar_beta == 5.0
     with pytest.raises(ValueError, match="algo must be one of"):
         TrainConfig(algo="ppo")
@@ -189,7 +230,13 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
-    subprocess.run([sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")], check=True, env=env, cwd=root, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")],
+        check=True,
+        env=env,
+        cwd=root,
+        capture_output=True,
+    )
     two = launch_two_processes(["tests.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
@@ -204,11 +251,40 @@ def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
     """The whole loop under DDP: rollouts generate with the unwrapped model, the ranks' updates stay in
     step, the periodic evaluation runs on the main process, and the final model is saved once."""
     done = launch_two_processes(
-        ["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "sdar", "--model", "tiny", "--steps", "2",
-         "--tasks_per_step", "2", "--group_size", "2", "--max_turns", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
-         "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "2", "--progress", "false",
-         "--output_dir", str(tmp_path)],
-    )  # fmt: skip
+        [
+            "sdar_train",
+            "--env",
+            "SDAR/SearchQA-v0",
+            "--env_kwargs",
+            "{split: test}",
+            "--algo",
+            "sdar",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--tasks_per_step",
+            "2",
+            "--group_size",
+            "2",
+            "--max_turns",
+            "2",
+            "--max_response_tokens",
+            "8",
+            "--max_prompt_tokens",
+            "512",
+            "--max_teacher_prompt_tokens",
+            "768",
+            "--eval_every",
+            "1",
+            "--eval_episodes",
+            "2",
+            "--progress",
+            "false",
+            "--output_dir",
+            str(tmp_path),
+        ],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
@@ -217,11 +293,21 @@ def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
 
 
 def test_lora_trains_only_adapters_and_keeps_a_kl_to_the_base_model(tmp_path):
-    cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path),
-                      lora_r=4, **{**SMALL, "lr": 1e-2, "steps": 2})  # fmt: skip
+    cfg = TrainConfig(
+        env="SDAR/SearchQA-v0",
+        env_kwargs={"split": "test"},
+        algo="sdar",
+        output_dir=str(tmp_path),
+        lora_r=4,
+        **{**SMALL, "lr": 1e-2, "steps": 2},
+    )
     trainer = Trainer(cfg)
     try:
-        base = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).named_parameters() if "lora" not in k}
+        base = {
+            k: v.clone()
+            for k, v in trainer.accelerator.unwrap_model(trainer.model).named_parameters()
+            if "lora" not in k
+        }
         history = trainer.train()
         after = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
         assert all(torch.equal(base[k], after[k]) for k in base), "base weights stay frozen"
@@ -237,15 +323,53 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
     from sdar_train.__main__ import main
 
     out = tmp_path / "run"
-    assert main(["--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo", "--model", "tiny", "--steps", "2",
-                 "--tasks_per_step", "1", "--group_size", "2", "--max_response_tokens", "8", "--max_prompt_tokens", "512",
-                 "--max_teacher_prompt_tokens", "768", "--eval_every", "1", "--eval_episodes", "3", "--progress", "false",
-                 "--output_dir", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--env",
+                "SDAR/SearchQA-v0",
+                "--env_kwargs",
+                "{split: test}",
+                "--algo",
+                "grpo",
+                "--model",
+                "tiny",
+                "--steps",
+                "2",
+                "--tasks_per_step",
+                "1",
+                "--group_size",
+                "2",
+                "--max_response_tokens",
+                "8",
+                "--max_prompt_tokens",
+                "512",
+                "--max_teacher_prompt_tokens",
+                "768",
+                "--eval_every",
+                "1",
+                "--eval_episodes",
+                "3",
+                "--progress",
+                "false",
+                "--output_dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "eval_success" in r] == [0, 2]  # after step 1 of 2, and the final one (also in eval.json)
+    assert [r["step"] for r in rows if "eval_success" in r] == [
+        0,
+        2,
+    ]  # after step 1 of 2, and the final one (also in eval.json)
     report = json.loads((out / "eval.json").read_text())
     # Search-QA evaluates greedy (T=0), the reference's setting
-    assert report["episodes"] == 3 and report["temperature"] == 0.0 and set(report["per_task_type"]) <= {"nq", "hotpotqa", "musique"}
+    assert (
+        report["episodes"] == 3
+        and report["temperature"] == 0.0
+        and set(report["per_task_type"]) <= {"nq", "hotpotqa", "musique"}
+    )
     assert (out / "curves.png").stat().st_size > 1000 and (out / "final" / "config.json").exists()
     assert list((out / "tensorboard").iterdir())
 
@@ -262,11 +386,19 @@ def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid
     with EnvPool("SDAR/ALFWorld-v0", 2, num_workers=0, env_kwargs={"split": "valid_seen", "max_steps": 2}) as pool:
         for budget in (300, 4096):  # 300: the student's prompt is cut; the teacher still sees it whole
             rollout = collect_rollout(
-                pool, "SDAR/ALFWorld-v0", [valid_seen_tasks[0].task_id], 2, codec=PromptCodec(tok),
-                generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts), seed=0,
-                max_prompt_tokens=min(budget, 2048), max_teacher_prompt_tokens=budget + 400,
-                memory=memory, teacher=True, teacher_placement=placement,
-            )  # fmt: skip
+                pool,
+                "SDAR/ALFWorld-v0",
+                [valid_seen_tasks[0].task_id],
+                2,
+                codec=PromptCodec(tok),
+                generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts),
+                seed=0,
+                max_prompt_tokens=min(budget, 2048),
+                max_teacher_prompt_tokens=budget + 400,
+                memory=memory,
+                teacher=True,
+                teacher_placement=placement,
+            )
             for sample in rollout.samples:
                 teacher = tok.decode(sample.teacher_prompt_ids)
                 student = tok.decode(sample.prompt_ids)
@@ -284,12 +416,20 @@ def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid
 def test_gradient_checkpointing_gives_the_same_step(tmp_path):
     runs = []
     for flag in (False, True):
-        cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / str(flag)),
-                          gradient_checkpointing=flag, **SMALL)  # fmt: skip
+        cfg = TrainConfig(
+            env="SDAR/SearchQA-v0",
+            env_kwargs={"split": "test"},
+            algo="grpo",
+            output_dir=str(tmp_path / str(flag)),
+            gradient_checkpointing=flag,
+            **SMALL,
+        )
         trainer = Trainer(cfg)
         try:
             model = trainer.accelerator.unwrap_model(trainer.model)
-            state = getattr(model, "is_activation_checkpointing", None)  # transformers 5; 4.x: is_gradient_checkpointing
+            state = getattr(
+                model, "is_activation_checkpointing", None
+            )  # transformers 5; 4.x: is_gradient_checkpointing
             assert (model.is_gradient_checkpointing if state is None else state) == flag
             runs.append(trainer.train()[0])
         finally:
@@ -304,8 +444,15 @@ def test_bf16_autocast_path_runs_and_stays_close_to_float32(tmp_path):
     run with ``--bf16 true`` (its own process: Accelerate fixes mixed precision once per process) gives
     finite losses and SDAR statistics near those of the float32 run."""
     policy = load_policy("tiny", torch.device("cpu"))
-    tasks = ["put a clean mug in coffeemachine", "heat some egg and put it in garbagecan", "find two pencil", "examine the book"]
-    prompts = [encode_prompt(policy.tokenizer, f"Your task is to: {t}. You are in the middle of a room.", 512) for t in tasks]
+    tasks = [
+        "put a clean mug in coffeemachine",
+        "heat some egg and put it in garbagecan",
+        "find two pencil",
+        "examine the book",
+    ]
+    prompts = [
+        encode_prompt(policy.tokenizer, f"Your task is to: {t}. You are in the middle of a room.", 512) for t in tasks
+    ]
     responses = [encode_prompt(policy.tokenizer, "go to countertop 1", 32)[-8:] for _ in prompts]
     batch = pack(prompts, responses, policy.pad_id)
     with torch.no_grad():
@@ -316,10 +463,39 @@ def test_bf16_autocast_path_runs_and_stays_close_to_float32(tmp_path):
     runs = {}
     for flag in ("true", "false"):
         out = tmp_path / flag
-        cmd = [sys.executable, "-m", "sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "sdar",
-               "--model", "tiny", "--steps", "1", "--tasks_per_step", "2", "--group_size", "2", "--max_turns", "2",
-               "--max_response_tokens", "8", "--max_prompt_tokens", "512", "--max_teacher_prompt_tokens", "768",
-               "--progress", "false", "--bf16", flag, "--output_dir", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "sdar_train",
+            "--env",
+            "SDAR/SearchQA-v0",
+            "--env_kwargs",
+            "{split: test}",
+            "--algo",
+            "sdar",
+            "--model",
+            "tiny",
+            "--steps",
+            "1",
+            "--tasks_per_step",
+            "2",
+            "--group_size",
+            "2",
+            "--max_turns",
+            "2",
+            "--max_response_tokens",
+            "8",
+            "--max_prompt_tokens",
+            "512",
+            "--max_teacher_prompt_tokens",
+            "768",
+            "--progress",
+            "false",
+            "--bf16",
+            flag,
+            "--output_dir",
+            str(out),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[flag] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -335,8 +511,13 @@ def test_several_optimizer_steps_per_training_step_use_the_rollout_time_policy(t
     rollout-time (old) policy that is not 1; one mini-batch: the ratio is exactly 1."""
     runs = {}
     for mini in (2, 64):
-        cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / str(mini)),
-                          **{**SMALL, "mini_batch_size": mini, "micro_batch_size": 2, "lr": 1e-2, "group_size": 3})  # fmt: skip
+        cfg = TrainConfig(
+            env="SDAR/SearchQA-v0",
+            env_kwargs={"split": "test"},
+            algo="grpo",
+            output_dir=str(tmp_path / str(mini)),
+            **{**SMALL, "mini_batch_size": mini, "micro_batch_size": 2, "lr": 1e-2, "group_size": 3},
+        )
         trainer = Trainer(cfg)
         try:
             runs[mini] = trainer.train()[0]
@@ -347,8 +528,14 @@ def test_several_optimizer_steps_per_training_step_use_the_rollout_time_policy(t
 
 
 def test_skill_grpo_evaluates_with_and_without_skills(tmp_path):
-    cfg = TrainConfig(env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="skill_grpo", output_dir=str(tmp_path),
-                      eval_episodes=2, **SMALL)  # fmt: skip
+    cfg = TrainConfig(
+        env="SDAR/SearchQA-v0",
+        env_kwargs={"split": "test"},
+        algo="skill_grpo",
+        output_dir=str(tmp_path),
+        eval_episodes=2,
+        **SMALL,
+    )
     trainer = Trainer(cfg)
     try:
         report = trainer.evaluate()
@@ -369,11 +556,18 @@ def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
     task = next(t for t in valid_seen_tasks if "pick_and_place_simple" in t.game_file)
     with EnvPool("SDAR/ALFWorld-v0", 1, num_workers=0, env_kwargs={"split": "valid_seen", "max_steps": 1}) as pool:
         rollout = collect_rollout(
-            pool, "SDAR/ALFWorld-v0", [task.task_id], 1, codec=PromptCodec(tok),
-            generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts), seed=0,
-            max_prompt_tokens=1024, max_teacher_prompt_tokens=1536, memory=default_memory("SDAR/ALFWorld-v0", "keyword", 0, None, str(folder)),
+            pool,
+            "SDAR/ALFWorld-v0",
+            [task.task_id],
+            1,
+            codec=PromptCodec(tok),
+            generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts),
+            seed=0,
+            max_prompt_tokens=1024,
+            max_teacher_prompt_tokens=1536,
+            memory=default_memory("SDAR/ALFWorld-v0", "keyword", 0, None, str(folder)),
             teacher=True,
-        )  # fmt: skip
+        )
     teacher = tok.decode(rollout.samples[0].teacher_prompt_ids)
     general, pick = ((folder / f).read_text().strip() for f in ("general_skills.md", "pick_and_place.md"))
     assert teacher.startswith(f"[Privileged Skill Information]\n{general}\n\n{pick}\n\n<|im_start|>")
@@ -382,8 +576,13 @@ def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "sdar_train", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "sdar_train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -422,9 +621,32 @@ def test_a_folder_without_a_model_is_named(tmp_path):
 @pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, message):
     out = tmp_path / "run"
-    common = ["--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo", "--model", "tiny", "--tasks_per_step", "1",
-              "--group_size", "2", "--max_turns", "1", "--max_response_tokens", "4", "--max_prompt_tokens", "256",
-              "--max_teacher_prompt_tokens", "256", "--progress", "false", "--output_dir", str(out)]  # fmt: skip
+    common = [
+        "--env",
+        "SDAR/SearchQA-v0",
+        "--env_kwargs",
+        "{split: test}",
+        "--algo",
+        "grpo",
+        "--model",
+        "tiny",
+        "--tasks_per_step",
+        "1",
+        "--group_size",
+        "2",
+        "--max_turns",
+        "1",
+        "--max_response_tokens",
+        "4",
+        "--max_prompt_tokens",
+        "256",
+        "--max_teacher_prompt_tokens",
+        "256",
+        "--progress",
+        "false",
+        "--output_dir",
+        str(out),
+    ]
     assert _cli(*common, "--steps", "1").returncode == 0
     (ckpt,) = (out / "checkpoints").iterdir()
     name, _, how = damage.partition(":")
@@ -442,8 +664,22 @@ def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, m
 
 @pytest.mark.slow
 def test_fewer_tasks_than_processes_is_refused_instead_of_hanging(tmp_path):
-    done = launch_two_processes(["sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--model", "tiny",
-                                 "--tasks_per_step", "1", "--output_dir", str(tmp_path)], timeout=300)  # fmt: skip
+    done = launch_two_processes(
+        [
+            "sdar_train",
+            "--env",
+            "SDAR/SearchQA-v0",
+            "--env_kwargs",
+            "{split: test}",
+            "--model",
+            "tiny",
+            "--tasks_per_step",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        timeout=300,
+    )
     assert done.returncode != 0
     assert "tasks_per_step (1) must be >= the number of processes (2)" in done.stderr, done.stderr[-3000:]
 
@@ -454,11 +690,42 @@ def test_a_cpu_launch_that_starts_one_process_says_so(tmp_path):
 
     accelerate = Path(sys.executable).with_name("accelerate")
     done = subprocess.run(
-        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "sdar_train", "--env", "SDAR/SearchQA-v0", "--env_kwargs", "{split: test}", "--algo", "grpo",
-         "--preset", "cpu", "--steps", "1", "--max_turns", "1", "--eval_episodes", "0", "--output_dir", str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            str(accelerate),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "sdar_train",
+            "--env",
+            "SDAR/SearchQA-v0",
+            "--env_kwargs",
+            "{split: test}",
+            "--algo",
+            "grpo",
+            "--preset",
+            "cpu",
+            "--steps",
+            "1",
+            "--max_turns",
+            "1",
+            "--eval_episodes",
+            "0",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[sdar_train] 1 process(es), device cpu" in done.stderr
     assert "WARNING: accelerate launch asked for 2 processes but 1 runs" in done.stderr
@@ -497,12 +764,25 @@ def test_won_episodes_grow_the_skill_memory_and_the_checkpoint_keeps_it(tmp_path
         actions.append(f"<think>next</think><action>{info['expert_action']}</action>")
         *_, info = env.step(actions[-1])
     assert info["won"]
-    cfg = TrainConfig(env="SDAR/ALFWorld-v0", env_kwargs={"split": "valid_seen"}, algo="sdar", output_dir=str(tmp_path),
-                      grow_skills=True, **SMALL)  # fmt: skip
+    cfg = TrainConfig(
+        env="SDAR/ALFWorld-v0",
+        env_kwargs={"split": "valid_seen"},
+        algo="sdar",
+        output_dir=str(tmp_path),
+        grow_skills=True,
+        **SMALL,
+    )
     trainer = Trainer(cfg)
     try:
         before = len(trainer.memory)
-        ep = Episode(group=0, task_id=valid_seen_tasks[0].task_id, task_type="pick", task="put a book on the sidetable", won=True, actions=actions)
+        ep = Episode(
+            group=0,
+            task_id=valid_seen_tasks[0].task_id,
+            task_type="pick",
+            task="put a book on the sidetable",
+            won=True,
+            actions=actions,
+        )
         lost = Episode(group=0, task_id="x", task_type="pick", task="x", won=False, actions=actions)
         assert trainer.grow_skills(Rollout([ep, lost], [])) == 1
         assert trainer.grow_skills(Rollout([ep], [])) == 0  # a near-duplicate is not added twice

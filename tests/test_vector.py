@@ -108,7 +108,9 @@ def test_a_stopped_worker_times_out_instead_of_hanging(valid_seen_tasks):
         with pytest.raises(EnvPoolError, match="worker 1 .* gave no answer within 3 s"):
             pool.step({0: "<action>look</action>", 1: "<action>look</action>"})
         assert time.monotonic() - t < 15 and not pool._procs[1].is_alive()
-        assert pool.step({0: "<action>look</action>"})[0][4]["step"] == 2  # the live worker carries on (it took the first step too)
+        assert (
+            pool.step({0: "<action>look</action>"})[0][4]["step"] == 2
+        )  # the live worker carries on (it took the first step too)
     assert not pool._procs[0].is_alive()  # closed cleanly
 
 

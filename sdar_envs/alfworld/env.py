@@ -18,7 +18,9 @@ from sdar_envs.core import PromptBuilder, TextEnv, command_text, normalize_comma
 
 __all__ = ["AlfworldEnv", "ALFWORLD_PROMPT", "project_action"]
 
-ALFWORLD_PROMPT = stepwise_prompt("You are an agent in a household simulated as a text game.", closing=think_then_act("admissible action"))
+ALFWORLD_PROMPT = stepwise_prompt(
+    "You are an agent in a household simulated as a text game.", closing=think_then_act("admissible action")
+)
 
 _INVALID_FEEDBACK = "Nothing happens."  # what the engine itself answers to a command it does not know
 
@@ -54,7 +56,11 @@ class AlfworldEnv(TextEnv):
 
     task_label: ClassVar[str] = "ALFWorld"
     prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
-    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 10.0, "invalid_penalty": 0.1, "eval_temperature": 0.4}
+    reference_training: ClassVar[dict[str, float]] = {
+        "reward_scale": 10.0,
+        "invalid_penalty": 0.1,
+        "eval_temperature": 0.4,
+    }
     demonstration_kwargs: ClassVar[dict[str, Any]] = {"expert": "walkthrough"}  # what behaviour cloning needs
 
     def __init__(

@@ -21,7 +21,9 @@ from sdar_envs.searchqa.search import LocalSearcher
 __all__ = ["answerable_share", "main"]
 
 
-def answerable_share(searcher: LocalSearcher, datasets: Sequence[str], split: str, ks: Sequence[int]) -> dict[str, dict]:
+def answerable_share(
+    searcher: LocalSearcher, datasets: Sequence[str], split: str, ks: Sequence[int]
+) -> dict[str, dict]:
     out = {}
     for name in datasets:
         records = load_questions([name], split)  # type: ignore[arg-type]

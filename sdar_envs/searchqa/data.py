@@ -89,7 +89,10 @@ def _answers(*values: Any) -> tuple[str, ...]:
 
 
 def _nq() -> list[QARecord]:
-    return [QARecord(f"nq-dev-{i}", r["question"], _answers(r["answer"]), "nq") for i, r in enumerate(_lines("NQ-open.dev.jsonl.gz"))]
+    return [
+        QARecord(f"nq-dev-{i}", r["question"], _answers(r["answer"]), "nq")
+        for i, r in enumerate(_lines("NQ-open.dev.jsonl.gz"))
+    ]
 
 
 def _nq_oracle() -> list[QARecord]:
@@ -106,16 +109,24 @@ def _hotpotqa() -> list[QARecord]:
         QARecord(f"hotpotqa-dev-{i}", r["question"], _answers(r["answer"]), "hotpotqa")
         for i, r in enumerate(_json("meve_hotpot_dev_first100_hfformat.json.gz"))
     ]
-    out += [QARecord(f"hotpotqa-{r['_id']}", r["question"], _answers(r["answer"]), "hotpotqa") for r in _json("hipporag_hotpotqa_train.json.gz")]
+    out += [
+        QARecord(f"hotpotqa-{r['_id']}", r["question"], _answers(r["answer"]), "hotpotqa")
+        for r in _json("hipporag_hotpotqa_train.json.gz")
+    ]
     return out
 
 
 def _musique() -> list[QARecord]:
     out: dict[str, QARecord] = {}
     for r in _lines("musique_ans_v1.0_train-200.jsonl.gz"):
-        out[r["id"]] = QARecord(f"musique-{r['id']}", r["question"], _answers(r["answer"], r.get("answer_aliases")), "musique")
+        out[r["id"]] = QARecord(
+            f"musique-{r['id']}", r["question"], _answers(r["answer"], r.get("answer_aliases")), "musique"
+        )
     for r in _json("hipporag_musique_train.json.gz"):
-        out.setdefault(r["id"], QARecord(f"musique-{r['id']}", r["question"], _answers(r["answer"], r.get("answer_aliases")), "musique"))
+        out.setdefault(
+            r["id"],
+            QARecord(f"musique-{r['id']}", r["question"], _answers(r["answer"], r.get("answer_aliases")), "musique"),
+        )
     return list(out.values())
 
 

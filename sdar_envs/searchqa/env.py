@@ -110,7 +110,11 @@ class SearchQAEnv(TextEnv):
 
     task_label: ClassVar[str] = "Search-QA"
     prompt_builder: ClassVar[PromptBuilder] = SEARCHQA_PROMPT
-    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 1.0, "invalid_penalty": 0.01, "eval_temperature": 0.0}
+    reference_training: ClassVar[dict[str, float]] = {
+        "reward_scale": 1.0,
+        "invalid_penalty": 0.01,
+        "eval_temperature": 0.0,
+    }
 
     def __init__(
         self,
@@ -128,7 +132,9 @@ class SearchQAEnv(TextEnv):
             raise ValueError(f"topk must be >= 1, got {topk}")
         self.split = split
         self.topk = topk
-        self.records: list[QARecord] = load_questions([datasets] if isinstance(datasets, str) else list(datasets), split)
+        self.records: list[QARecord] = load_questions(
+            [datasets] if isinstance(datasets, str) else list(datasets), split
+        )
         self._retrieval_url, self._index_dir = retrieval_url, index_dir
         self._searcher = searcher
         self._record: QARecord | None = None

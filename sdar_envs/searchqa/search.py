@@ -54,7 +54,9 @@ def format_passages(passages: Sequence[Passage]) -> str:
 class LocalSearcher:
     """BM25 over a Lucene index in this process (the index is built and cached on first use)."""
 
-    def __init__(self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4, threads: int = 2) -> None:
+    def __init__(
+        self, index_dir: str | os.PathLike[str] | None = None, *, k1: float = 0.9, b: float = 0.4, threads: int = 2
+    ) -> None:
         from sdar_envs.lucene import BM25Searcher, cached_index
         from sdar_envs.searchqa.data import default_corpus
 
@@ -62,7 +64,13 @@ class LocalSearcher:
         self.bm25 = BM25Searcher(index, k1=k1, b=b, threads=threads)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
-        hits = self.bm25.batch_search(list(queries), k) if len(queries) > 1 else [self.bm25.search(queries[0], k)] if queries else []
+        hits = (
+            self.bm25.batch_search(list(queries), k)
+            if len(queries) > 1
+            else [self.bm25.search(queries[0], k)]
+            if queries
+            else []
+        )
         return [[_passage(h.docid, h.raw, h.score) for h in per_query] for per_query in hits]
 
 
@@ -104,7 +112,9 @@ class HttpSearcher:
             raise RetrievalServiceError(self.url, f"HTTP {resp.status_code}: {_error_text(resp)}")
         try:
             result = resp.json()["result"]
-            return [[_passage(h["document"]["id"], json.dumps(h["document"]), h["score"]) for h in per] for per in result]
+            return [
+                [_passage(h["document"]["id"], json.dumps(h["document"]), h["score"]) for h in per] for per in result
+            ]
         except (ValueError, KeyError, TypeError) as e:
             raise RetrievalServiceError(self.url, f"malformed answer ({e})") from e
 

@@ -140,7 +140,9 @@ class Catalog:
     synthetic_goals: list[Goal]
     human_goals: list[Goal]
 
-    def goals(self, kind: Literal["synthetic", "human"] = "synthetic", split: Literal["train", "test", "all"] = "all") -> list[Goal]:
+    def goals(
+        self, kind: Literal["synthetic", "human"] = "synthetic", split: Literal["train", "test", "all"] = "all"
+    ) -> list[Goal]:
         goals = self.synthetic_goals if kind == "synthetic" else self.human_goals
         if split == "test":
             return goals[:TEST_GOALS]
@@ -157,7 +159,11 @@ def data_paths() -> tuple[Path, Path, Path | None]:
     catalogue shipped with the package."""
     env = os.environ
     human = env.get("SDAR_WEBSHOP_HUMAN", str(HUMAN))
-    return Path(env.get("SDAR_WEBSHOP_PRODUCTS", PRODUCTS)), Path(env.get("SDAR_WEBSHOP_ATTRIBUTES", ATTRIBUTES)), Path(human) if human else None
+    return (
+        Path(env.get("SDAR_WEBSHOP_PRODUCTS", PRODUCTS)),
+        Path(env.get("SDAR_WEBSHOP_ATTRIBUTES", ATTRIBUTES)),
+        Path(human) if human else None,
+    )
 
 
 def load_catalog(
@@ -180,7 +186,9 @@ def load_catalog(
 
 
 @cache
-def _load(products_path: str, attributes_path: str, human_path: str | None, num_products: int | None, seed: int) -> Catalog:
+def _load(
+    products_path: str, attributes_path: str, human_path: str | None, num_products: int | None, seed: int
+) -> Catalog:
     raw_products = _read_json(Path(products_path))
     attrs = _read_json(Path(attributes_path))
     human = _read_json(Path(human_path)) if human_path else {}
@@ -253,7 +261,9 @@ def _synthetic_goals(products: Sequence[Product], rng: random.Random) -> list[Go
     goals = []
     for p, attributes, chosen, upper, text in drafts:
         weight = sum(1.0 / counts[a] for a in attributes) / len(attributes) if attributes else 1.0
-        goals.append(Goal(p.asin, text, attributes, chosen, upper, p.category, p.query, p.title, p.product_category, weight))
+        goals.append(
+            Goal(p.asin, text, attributes, chosen, upper, p.category, p.query, p.title, p.product_category, weight)
+        )
     return goals
 
 
@@ -267,7 +277,9 @@ def _human_goals(products: Sequence[Product], rng: random.Random) -> list[Goal]:
             upper, price_text = _price_cap(p.price, rng)
             options = tuple(("", v) for v in record.get("instruction_options") or ())
             text = record["instruction"].strip(".") + price_text
-            goals.append(Goal(p.asin, text, attributes, options, upper, p.category, p.query, p.title, p.product_category, 1.0))
+            goals.append(
+                Goal(p.asin, text, attributes, options, upper, p.category, p.query, p.title, p.product_category, 1.0)
+            )
     return goals
 
 
@@ -276,7 +288,10 @@ def search_document(product: Product) -> dict[str, str]:
     options ("name: v1, v2, and name2: ..."), lower-cased."""
     option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in product.options.items())
     first_bullet = product.bullet_points[0] if product.bullet_points else ""
-    return {"id": product.asin, "contents": " ".join([product.title, product.description, first_bullet, option_text]).lower()}
+    return {
+        "id": product.asin,
+        "contents": " ".join([product.title, product.description, first_bullet, option_text]).lower(),
+    }
 
 
 def write_search_documents(catalog: Catalog, out: str | os.PathLike[str]) -> Path:

@@ -21,7 +21,9 @@ class WebShopServiceError(ConnectionError):
 
 
 def _state(d: dict[str, Any]) -> ShopState:
-    return ShopState(d["view"], d["keywords"], int(d["page"]), d["asin"], tuple((n, v) for n, v in d["options"]), d["sub"])
+    return ShopState(
+        d["view"], d["keywords"], int(d["page"]), d["asin"], tuple((n, v) for n, v in d["options"]), d["sub"]
+    )
 
 
 class RemoteShop(PageSource):
@@ -30,7 +32,9 @@ class RemoteShop(PageSource):
     def __init__(self, url: str, *, colour: Literal["original", "words"] = "original", timeout: float = 30.0) -> None:
 
         if colour != "original":
-            raise ValueError("the HTTP back-end scores with the site's reward; start the site with the colour mode you want")
+            raise ValueError(
+                "the HTTP back-end scores with the site's reward; start the site with the colour mode you want"
+            )
         self.url = url.rstrip("/")
         self.catalog = load_catalog()  # goals and expert paths; the site holds the same (seeded) catalogue
         self.timeout = timeout
@@ -43,7 +47,6 @@ class RemoteShop(PageSource):
     def render(self, state: ShopState, goal: Goal) -> Page:
         import requests
 
-
         sid, kind = self._sid[goal]
         url = self.url + state_url(sid, state, kind)
         try:
@@ -54,8 +57,13 @@ class RemoteShop(PageSource):
         if resp.status_code != 200:
             raise WebShopServiceError(self.url, f"HTTP {resp.status_code} for {url}")
         data = resp.json()
-        page = Page(_state(data["state"]), list(data["parts"]), {k: _state(v) for k, v in data["clickables"].items()},
-                    has_search_bar=bool(data["has_search_bar"]), total_results=int(data["total_results"]))  # fmt: skip
+        page = Page(
+            _state(data["state"]),
+            list(data["parts"]),
+            {k: _state(v) for k, v in data["clickables"].items()},
+            has_search_bar=bool(data["has_search_bar"]),
+            total_results=int(data["total_results"]),
+        )
         if data["reward"] is not None:
             page.reward = RewardBreakdown(**data["reward"])
         return page

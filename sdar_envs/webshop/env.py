@@ -35,7 +35,8 @@ __all__ = ["WEBSHOP_PROMPT", "WebShopEnv"]
 WEBSHOP_PROMPT = stepwise_prompt(
     "You are an agent shopping on the WebShop website.",
     closing=think_then_act("action"),
-    first_closing=think_then_act("action")[:-1] + ", e.g. <action>search[red running shoes]</action> or <action>click[buy now]</action>.",
+    first_closing=think_then_act("action")[:-1]
+    + ", e.g. <action>search[red running shoes]</action> or <action>click[buy now]</action>.",
 )
 
 _SHARED_SHOPS: dict[tuple, Shop] = {}
@@ -60,7 +61,11 @@ class WebShopEnv(TextEnv):
 
     task_label: ClassVar[str] = "WebShop"
     prompt_builder: ClassVar[PromptBuilder] = WEBSHOP_PROMPT
-    reference_training: ClassVar[dict[str, float]] = {"reward_scale": 10.0, "invalid_penalty": 0.1, "eval_temperature": 0.4}
+    reference_training: ClassVar[dict[str, float]] = {
+        "reward_scale": 10.0,
+        "invalid_penalty": 0.1,
+        "eval_temperature": 0.4,
+    }
 
     def __init__(
         self,
@@ -145,7 +150,12 @@ class WebShopEnv(TextEnv):
         self._goal = self.goals[index]
         self._state = ShopState()
         self._page = self.shop.render(self._state, self._goal)
-        info = {"task_id": self._ids[index], "task": self._goal.instruction, "task_type": self._goal.category, "asin": self._goal.asin}
+        info = {
+            "task_id": self._ids[index],
+            "task": self._goal.instruction,
+            "task_type": self._goal.category,
+            "asin": self._goal.asin,
+        }
         return self._observe(), {**info, **self._page_info()}
 
     def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:

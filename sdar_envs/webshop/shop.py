@@ -100,8 +100,14 @@ class PageSource:
 class Shop(PageSource):
     """A catalogue, its goals and its BM25 search (Pyserini, k1 0.9, b 0.4, top 50)."""
 
-    def __init__(self, catalog: Catalog | None = None, *, index_dir: str | os.PathLike[str] | None = None,
-                 search_documents: str | os.PathLike[str] | None = None, colour: Literal["original", "words"] = "original") -> None:  # fmt: skip
+    def __init__(
+        self,
+        catalog: Catalog | None = None,
+        *,
+        index_dir: str | os.PathLike[str] | None = None,
+        search_documents: str | os.PathLike[str] | None = None,
+        colour: Literal["original", "words"] = "original",
+    ) -> None:
         self.catalog = catalog or load_catalog()
         self.colour = colour
         self._index_dir = index_dir
@@ -126,7 +132,7 @@ class Shop(PageSource):
         return out if out.exists() else write_search_documents(self.catalog, out)
 
     @cached_property
-    def searcher(self):  # noqa: ANN201 - built on first search: making a shop must not start a JVM
+    def searcher(self):
         from sdar_envs.lucene import BM25Searcher, cached_index
 
         index = self._index_dir or cached_index(self.documents(), "webshop")
@@ -176,8 +182,15 @@ class Shop(PageSource):
                     parts.append(value)
                     chosen = tuple((n, v) for n, v in state.options if n != name) + ((name, value),)
                     clicks.setdefault(value, replace(state, options=chosen))
-            parts += [product.title, f"Price: {product.price_tag}", f"Rating: {product.rating}",
-                      "Description", "Features", "Reviews", "Buy Now"]  # fmt: skip
+            parts += [
+                product.title,
+                f"Price: {product.price_tag}",
+                f"Rating: {product.rating}",
+                "Description",
+                "Features",
+                "Reviews",
+                "Buy Now",
+            ]
             for sub in SUB_PAGES[:3]:
                 clicks[sub] = replace(state, view="sub", sub=sub)
             clicks["buy now"] = replace(state, view="done")
@@ -209,7 +222,10 @@ def parse_action(text: str) -> tuple[str | None, str]:
 
 
 def available_actions(page: Page) -> dict[str, object]:
-    return {"has_search_bar": page.has_search_bar, "clickables": (["search"] if page.has_search_bar else []) + list(page.clickables)}
+    return {
+        "has_search_bar": page.has_search_bar,
+        "clickables": (["search"] if page.has_search_bar else []) + list(page.clickables),
+    }
 
 
 def state_url(sid: str, state: ShopState, kind: str = "synthetic") -> str:

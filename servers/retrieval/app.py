@@ -83,7 +83,9 @@ def _document(p: Passage) -> dict[str, str]:
     return {"id": p.id, "contents": p.contents}
 
 
-def create_app(searcher: Searcher, *, limits: Limits | None = None, index_name: str = "", num_docs: int | None = None) -> Flask:
+def create_app(
+    searcher: Searcher, *, limits: Limits | None = None, index_name: str = "", num_docs: int | None = None
+) -> Flask:
     """The WSGI app over any :class:`~sdar_envs.searchqa.search.Searcher`."""
     limits = limits or Limits()
     app = Flask("sdar-retrieval", static_folder=None)  # no /static route serving the working directory
@@ -92,24 +94,24 @@ def create_app(searcher: Searcher, *, limits: Limits | None = None, index_name: 
     started = time.time()
 
     @app.errorhandler(BadRequest)
-    def bad_request(e: BadRequest):  # noqa: ANN202
+    def bad_request(e: BadRequest):
         return jsonify(error=str(e)), e.status
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):  # noqa: ANN202 - 404, 405, 413 from werkzeug, as JSON
+    def http_error(e: HTTPException):
         return jsonify(error=f"{e.code} {e.name}: {e.description}"), e.code
 
     @app.errorhandler(Exception)
-    def internal_error(e: Exception):  # noqa: ANN202 - logged here, never sent to the client
+    def internal_error(e: Exception):
         log.exception("retrieval failed")
         return jsonify(error="internal error while searching; see the server log"), 500
 
     @app.get("/health")
-    def health():  # noqa: ANN202
+    def health():
         return jsonify(status="ok", index=index_name, num_docs=num_docs, uptime_s=round(time.time() - started, 1))
 
     @app.post("/retrieve")
-    def retrieve():  # noqa: ANN202
+    def retrieve():
         if not request.is_json:
             raise BadRequest("send JSON with Content-Type: application/json", 415)
         raw = request.get_data(cache=False)

@@ -52,15 +52,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.index = _index_for(args.corpus)  # build once here, not in every worker
     from servers.asgi import serve
 
-    settings = {"index": str(args.index), "k1": args.k1, "b": args.b, "search_threads": args.search_threads,
-                "max_queries": args.max_queries, "max_topk": args.max_topk}  # fmt: skip
-    serve("servers.retrieval.cli:wsgi_app", settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
-          name="sdar-retrieval")  # fmt: skip
+    settings = {
+        "index": str(args.index),
+        "k1": args.k1,
+        "b": args.b,
+        "search_threads": args.search_threads,
+        "max_queries": args.max_queries,
+        "max_topk": args.max_topk,
+    }
+    serve(
+        "servers.retrieval.cli:wsgi_app",
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        name="sdar-retrieval",
+    )
     return 0
 
 
 def index_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sdar-retrieval-index", description="Build a BM25 Lucene index from a JSONL corpus.")
+    p = argparse.ArgumentParser(
+        prog="sdar-retrieval-index", description="Build a BM25 Lucene index from a JSONL corpus."
+    )
     p.add_argument("--corpus", required=True, help='JSONL (or .jsonl.gz) with {"id", "contents"} per line')
     p.add_argument("--index", required=True, help="output folder")
     p.add_argument("--threads", type=int, default=2)

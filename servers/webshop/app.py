@@ -146,38 +146,49 @@ def create_app(shop: Shop | None = None) -> Flask:
             for name, values in product.options.items():
                 for v in values:
                     chosen = tuple((n, x) for n, x in page.state.options if n != name) + ((name, v),)
-                    option_links[(name, v)] = state_url(sid, ShopState("item", page.state.keywords, page.state.page, product.asin, chosen), kind)
+                    option_links[(name, v)] = state_url(
+                        sid, ShopState("item", page.state.keywords, page.state.page, product.asin, chosen), kind
+                    )
         return render_template_string(
-            PAGES[page.state.view], base=app.jinja_env.from_string(BASE), sid=sid, goal=goal, page=page, links=links,
-            product=product, chosen=dict(page.state.options), option_links=option_links, subs=SUB_PAGES, listed=_listed,
-        )  # fmt: skip
+            PAGES[page.state.view],
+            base=app.jinja_env.from_string(BASE),
+            sid=sid,
+            goal=goal,
+            page=page,
+            links=links,
+            product=product,
+            chosen=dict(page.state.options),
+            option_links=option_links,
+            subs=SUB_PAGES,
+            listed=_listed,
+        )
 
     @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException):  # noqa: ANN202
+    def http_error(e: HTTPException):
         if request.args.get("format") == "json" or request.accept_mimetypes.best == "application/json":
             return jsonify(error=f"{e.code} {e.name}: {e.description}"), e.code
         return f"<!doctype html><h1>{e.code} {escape(e.name)}</h1><p class=err>{escape(e.description)}</p>", e.code
 
     @app.errorhandler(Exception)
-    def internal_error(e: Exception):  # noqa: ANN202 - logged, never shown
+    def internal_error(e: Exception):
         app.logger.exception("webshop page failed")
         return "<!doctype html><h1>500</h1><p>internal error; see the server log</p>", 500
 
     @app.get("/health")
-    def health():  # noqa: ANN202
+    def health():
         return jsonify(status="ok", products=len(shop.catalog.products), goals=len(shop.catalog.synthetic_goals))
 
     @app.get("/")
-    def index():  # noqa: ANN202
+    def index():
         return redirect("/fixed_0")
 
     @app.get("/<sid>")
-    def search_page(sid: str):  # noqa: ANN202
+    def search_page(sid: str):
         goal, kind = goal_for(sid)
         return respond(sid, kind, goal, shop.render(ShopState(), goal))
 
     @app.get("/<sid>/search")
-    def do_search(sid: str):  # noqa: ANN202 - the search form's target
+    def do_search(sid: str):
         goal, kind = goal_for(sid)
         url = state_url(sid, ShopState("results", keywords(), 1), kind)
         if request.args.get("format") == "json":  # the redirect keeps what the client asked for
@@ -185,19 +196,19 @@ def create_app(shop: Shop | None = None) -> Flask:
         return redirect(url)
 
     @app.get("/<sid>/results")
-    def results(sid: str):  # noqa: ANN202
+    def results(sid: str):
         goal, kind = goal_for(sid)
         state = ShopState("results", keywords(), page_number())
         return respond(sid, kind, goal, shop.render(state, goal))
 
     @app.get("/<sid>/item/<asin>")
-    def item(sid: str, asin: str):  # noqa: ANN202
+    def item(sid: str, asin: str):
         goal, kind = goal_for(sid)
         state = ShopState("item", keywords(), page_number(), asin, product_options(asin))
         return respond(sid, kind, goal, shop.render(state, goal))
 
     @app.get("/<sid>/item/<asin>/<sub>")
-    def item_sub(sid: str, asin: str, sub: str):  # noqa: ANN202
+    def item_sub(sid: str, asin: str, sub: str):
         goal, kind = goal_for(sid)
         if sub not in SUB_PAGES:
             abort(404, f"no such tab; tabs are {', '.join(SUB_PAGES)}")
@@ -205,7 +216,7 @@ def create_app(shop: Shop | None = None) -> Flask:
         return respond(sid, kind, goal, shop.render(state, goal))
 
     @app.get("/<sid>/done/<asin>")
-    def done(sid: str, asin: str):  # noqa: ANN202
+    def done(sid: str, asin: str):
         goal, kind = goal_for(sid)
         state = ShopState("done", "", 1, asin, product_options(asin))
         return respond(sid, kind, goal, shop.render(state, goal))
