@@ -27,7 +27,7 @@ import importlib
 
 import gymnasium as gym
 
-from sdar_envs.core import INFO_KEYS, PromptBuilder, TextEnv, Turn, extract_tag
+from sdar_envs.core import INFO_KEYS, PromptBuilder, StepInfo, TextEnv, Turn, extract_tag
 from sdar_envs.env_pool import EnvPool, EnvPoolError
 from sdar_envs.wrappers import EpisodeSkills, SkillHook, env_name
 
@@ -39,6 +39,7 @@ __all__ = [
     "EpisodeSkills",
     "PromptBuilder",
     "SkillHook",
+    "StepInfo",
     "TextEnv",
     "Turn",
     "env_class",
@@ -61,13 +62,14 @@ for _env_id, _entry_point in ENV_IDS.items():
         gym.register(_env_id, entry_point=_entry_point)
 
 
-def env_class(env_id: str) -> type:
+def env_class(env_id: str) -> type[TextEnv]:
     """The class of a registered environment, without creating the environment."""
     entry = gym.spec(env_id).entry_point
     if not isinstance(entry, str):
-        return entry
+        return entry  # type: ignore[return-value]
     module, _, attr = entry.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    cls: type[TextEnv] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def prompt_builder(env_id: str) -> PromptBuilder:

@@ -38,7 +38,7 @@ import re
 import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -47,6 +47,7 @@ from skills.render import SKILLS_HEADER, skills_block
 
 __all__ = [
     "INFO_KEYS",
+    "StepInfo",
     "SKILLS_HEADER",
     "FreeText",
     "TEXT_CHARSET",
@@ -63,17 +64,23 @@ __all__ = [
     "skills_block",
 ]
 
-INFO_KEYS = (
-    "task_id",
-    "task",
-    "task_type",
-    "admissible_actions",
-    "won",
-    "admissible",
-    "format_valid",
-    "valid_action",
-    "step",
-)
+
+class StepInfo(TypedDict):
+    """The ``info`` keys every ``SDAR/*`` environment returns from ``reset`` and ``step`` (each env adds
+    its own, documented in its module: ALFWorld ``game_file``, WebShop ``score``, Search-QA ``em``...)."""
+
+    task_id: str
+    task: str
+    task_type: str
+    admissible_actions: list[str] | None
+    won: bool
+    admissible: bool
+    format_valid: bool
+    valid_action: bool
+    step: int
+
+
+INFO_KEYS = tuple(StepInfo.__annotations__)
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 # Text spaces need a charset; printable ASCII covers what the engines print. Actions outside it are
@@ -264,7 +271,7 @@ class TextEnv(gym.Env[str, str]):
     Subclasses set ``prompt_builder`` and implement ``task_ids()``, ``_start(index)`` and ``_act(action)``.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata: dict[str, Any] = {"render_modes": ["ansi"], "render_fps": 4}  # an instance attribute in gymnasium.Env
     prompt_builder: ClassVar[PromptBuilder]
     # The training signal the SDAR reference uses with this environment (read by sdar_train when a
     # config leaves these fields null): training reward = reward_scale x won, the penalty of an

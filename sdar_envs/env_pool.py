@@ -129,7 +129,7 @@ class EnvPool:
         if self.num_workers == 0:
             self._local = {i: _make(env_id, self._kwargs) for i in range(num_envs)}
             return
-        self._ctx = mp.get_context(start_method)
+        self._ctx: Any = mp.get_context(start_method)
         for w in range(self.num_workers):
             conn, proc = self._spawn(w)
             self._conns.append(conn)

@@ -82,4 +82,4 @@ class SkillHook(gym.Wrapper[str, str, str, str]):
         self._return += float(reward)
         if (terminated or truncated) and self._episode is not None:
             self._episode.record(won=bool(info["won"]), episode_return=self._return)
-        return obs, reward, terminated, truncated, self._with_skills(info)
+        return obs, float(reward), terminated, truncated, self._with_skills(info)

@@ -291,7 +291,7 @@ def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
     from sdar_envs import reference_training
 
     ref = reference_training(cfg.env)
-    updates = {
+    updates: dict[str, Any] = {
         k: float(ref[k]) for k in ("reward_scale", "invalid_penalty", "eval_temperature") if getattr(cfg, k) is None
     }
     return dataclasses.replace(cfg, **updates) if updates else cfg
@@ -343,7 +343,7 @@ def config_from_args(argv: list[str] | None = None, description: str = "") -> Tr
         help="sizes laid over the config (cpu: a step in well under a minute on 2 cores, tiny model)",
     )
     for f in fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         p.add_argument(
             f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]"
         )

@@ -116,7 +116,7 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     from peft.tuners.lora import LoraLayer
 
     deltas = {
-        f"{name}.base_layer.weight": sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)
+        f"{name}.base_layer.weight": sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)  # type: ignore[attr-defined]
         for name, m in model.named_modules()
         if isinstance(m, LoraLayer)
     }

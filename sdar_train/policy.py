@@ -16,8 +16,8 @@ __all__ = ["Policy", "PromptCodec", "ScoredBatch", "cut_at_stop", "encode_prompt
 
 @dataclass
 class Policy:
-    model: torch.nn.Module
-    tokenizer: object
+    model: Any  # a transformers causal LM (torch.nn.Module with generate())
+    tokenizer: Any  # a transformers tokenizer
     device: torch.device
 
     @property
@@ -52,10 +52,10 @@ def load_policy(
     if gradient_checkpointing:  # transformers 5 renamed it; 4.x has only the old name
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.config.use_cache = False
-    return Policy(model.to(device), tokenizer, device)
+    return Policy(model.to(device), tokenizer, device)  # type: ignore[arg-type]  # PreTrainedModel.to
 
 
-def encode_prompt(tokenizer: object, text: str, max_tokens: int) -> list[int]:
+def encode_prompt(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
     """The chat-formatted user turn plus the assistant header; over-long prompts keep their end."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "input_ids"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sdar_envs import EnvPool, EpisodeSkills, Turn, env_name, prompt_builder
 from sdar_train.policy import PromptCodec
@@ -175,7 +175,7 @@ def collect_rollout(
         ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
         st = state[i] = EpisodeState(obs, info)
         if retrieving:
-            st.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, skills_k)
+            st.skills = EpisodeSkills.retrieve(cast(SkillMemory, memory), env_name(env_id), info, skills_k)
             ep.skill_ids = list(st.skills.ids)
         episodes.append(ep)
     samples: list[TurnSample] = []

@@ -119,8 +119,8 @@ def build_tiny_model(
             num_key_value_heads=kv_heads,
             max_position_embeddings=8192,
             tie_word_embeddings=True,
-            eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
-            pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"),
+            eos_token_id=int(fast.convert_tokens_to_ids("<|im_end|>")),  # type: ignore[arg-type]
+            pad_token_id=int(fast.convert_tokens_to_ids("<|endoftext|>")),  # type: ignore[arg-type]
             bos_token_id=None,
         )
         model = Qwen2ForCausalLM(config)

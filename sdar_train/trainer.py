@@ -44,6 +44,7 @@ from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_a
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
+from skills import SkillLibrary
 
 __all__ = ["CheckpointError", "Trainer", "TurnBatch", "response_format"]
 
@@ -317,6 +318,7 @@ class Trainer:
         t_rollout = time.time() - t0
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
         use_won = cfg.train_reward == "won"
+        assert cfg.reward_scale is not None and cfg.invalid_penalty is not None  # resolve_reference_defaults set them
         scores = torch.tensor(rollout.turn_scores(cfg.reward_scale, cfg.invalid_penalty, use_won, cfg.invalid_rule))
         groups = torch.tensor([rollout.episodes[s.episode].group for s in rollout.samples])
         episodes = torch.tensor([s.episode for s in rollout.samples])
@@ -333,7 +335,7 @@ class Trainer:
         t1 = time.time()
         unwrapped = acc.unwrap_model(self.model)
         teacher = (
-            self._score(unwrapped, [s.teacher_prompt_ids for s in samples], responses)
+            self._score(unwrapped, [s.teacher_prompt_ids or [] for s in samples], responses)
             if spec.teacher and samples
             else None
         )
@@ -377,7 +379,7 @@ class Trainer:
     def grow_skills(self, rollout: Rollout) -> int:
         """Each won episode's commands become a skill in this process's memory (near-duplicates are
         skipped); returns how many were added. Reference-layout skill folders do not grow."""
-        from skills import SkillLibrary, Trajectory, grow_from_trajectory
+        from skills import Trajectory, grow_from_trajectory
 
         if not isinstance(self.memory, SkillLibrary):
             return 0
@@ -452,14 +454,16 @@ class Trainer:
         mask = packed.mask.to(self.accelerator.device)
         rw = mask.size(1)
 
-        def aligned(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[micro][:, :rw].to(self.accelerator.device)
+        def aligned(t: torch.Tensor) -> torch.Tensor:
+            return t[micro][:, :rw].to(self.accelerator.device)
 
         with self.accelerator.autocast():
             logp, ent = response_logprobs(self.model, packed, self.accelerator.device, with_entropy=True)
         logp = logp.float()
+        assert ent is not None
         old_logp = aligned(batch.old_logp) if batch.old_logp is not None else logp.detach()
-        teacher_logp, ref_logp = aligned(batch.teacher_logp), aligned(batch.ref_logp)
+        teacher_logp = aligned(batch.teacher_logp) if batch.teacher_logp is not None else None
+        ref_logp = aligned(batch.ref_logp) if batch.ref_logp is not None else None
         token_adv = batch.advantages[micro].to(self.accelerator.device)[:, None].expand_as(logp)
         if spec.rlsd and teacher_logp is not None:  # the gap from the rollout-time (old) log-probs, as the reference
             token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, lam, cfg.rlsd_eps)
@@ -543,7 +547,7 @@ class Trainer:
                 **cfg.eval_env_kwargs,
                 **({"max_steps": cfg.max_turns} if cfg.max_turns else {}),
             }
-            common = dict(
+            common: dict[str, Any] = dict(
                 generator=self.generator,
                 env_kwargs=kwargs,
                 episodes=cfg.eval_episodes,
@@ -585,7 +589,7 @@ class Trainer:
         acc.save_state(str(path))
         if acc.is_main_process:
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
-            if self.memory is not None:
+            if isinstance(self.memory, SkillLibrary):  # a reference-layout folder is read-only
                 self.memory.save(path / "skills.yaml")
             done = sorted((self.out / "checkpoints").glob("step_*"))
             for old in done[: -self.cfg.keep_checkpoints]:
@@ -606,8 +610,6 @@ class Trainer:
             raise CheckpointError(f"{latest}: cannot be loaded ({type(e).__name__})") from e
         self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
         if self.memory is not None and (latest / "skills.yaml").exists():
-            from skills import SkillLibrary
-
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
         self.generator.sync(self.accelerator.unwrap_model(self.model))
 

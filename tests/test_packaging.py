@@ -94,3 +94,13 @@ def test_the_readmes_python_examples_run_verbatim(tmp_path):
             [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
         assert done.returncode == 0, f"README python block {i}:\n{code}\n{done.stderr[-3000:]}"
+
+
+def test_the_contributing_guides_example_environment_works():
+    """CONTRIBUTING.md's worked example of a new environment runs as written and passes gymnasium's checker."""
+    import gymnasium.utils.env_checker
+
+    code = re.search(r"```python\n(.*?)```", (ROOT / "CONTRIBUTING.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)
+    gymnasium.utils.env_checker.check_env(namespace["EchoEnv"](), skip_render_check=True)

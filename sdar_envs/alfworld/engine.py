@@ -364,10 +364,10 @@ class _FastPddlState(pddl_logic.PddlState):
     """``PddlState`` built from a cached translation instead of translating again."""
 
     def __init__(self, downward_lib: Any, game: _Game, replan: bool) -> None:
-        self._facts = defaultdict(set)
-        self._vars_by_name = {}
-        self._vars_by_type = defaultdict(set)
-        self._var_counts = Counter()
+        self._facts: defaultdict[Any, set[Any]] = defaultdict(set)
+        self._vars_by_name: dict[str, Any] = {}
+        self._vars_by_type: defaultdict[Any, set[Any]] = defaultdict(set)
+        self._var_counts: Counter[Any] = Counter()
         self._logic = game.logic
         self.downward_lib = downward_lib
         self.pddl_problem = game.data["pddl_problem"]
@@ -444,9 +444,9 @@ class FastPddlEnv(PddlEnv):
 
     def reset(self) -> GameState:
         self._pddl_state = self._new_state()
-        self.prev_state = None
+        self.prev_state: Any = None
         self.state = GameState()
-        self._last_action = None
+        self._last_action: Any = None
         self._moves = 0
         self.state.feedback = self._derive("#intro#", {})
         self.state.raw = self.state.feedback

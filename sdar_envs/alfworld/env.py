@@ -119,14 +119,13 @@ class AlfworldEnv(TextEnv):
         if command is None:
             # A no-op: the engine would answer "Nothing happens." without changing anything.
             self._on_walkthrough = False
-            updates = {"expert_action": self._expert_action(self._step_count + 1)}
-            return _INVALID_FEEDBACK, 0.0, False, False, updates
+            return _INVALID_FEEDBACK, 0.0, False, False, {"expert_action": self._expert_action(self._step_count + 1)}
         step = self._step_count
         if self._on_walkthrough and (step >= len(self._walkthrough) or self._walkthrough[step] != command):
             self._on_walkthrough = False
         self._state, score, _ = self._engine.step(command)
         won = bool(self._state["won"])
-        updates = {
+        updates: dict[str, Any] = {
             "admissible_actions": list(self._state["admissible_commands"]),
             "won": won,
             "expert_action": self._expert_action(step + 1),

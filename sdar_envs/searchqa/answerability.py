@@ -29,7 +29,7 @@ def answerable_share(
         records = load_questions([name], split)  # type: ignore[arg-type]
         spans = [r for r in records if not {normalize_answer(a) for a in r.golden_answers} <= {"yes", "no"}]
         hits = searcher.search([r.question for r in spans], max(ks))
-        row = {"n": len(records), "yes_no": len(records) - len(spans)}
+        row: dict[str, float] = {"n": len(records), "yes_no": len(records) - len(spans)}
         for k in ks:
             found = 0
             for r, passages in zip(spans, hits, strict=True):

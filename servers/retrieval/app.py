@@ -90,7 +90,7 @@ def create_app(
     limits = limits or Limits()
     app = Flask("sdar-retrieval", static_folder=None)  # no /static route serving the working directory
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's default provider has it
     started = time.time()
 
     @app.errorhandler(BadRequest)

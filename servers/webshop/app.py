@@ -87,13 +87,13 @@ def _listed(items: Any) -> str:
 def create_app(shop: Shop | None = None) -> Flask:
     shop = shop or Shop()
     app = Flask("sdar-webshop", static_folder=None)  # no /static route: "static" is a session id like any other
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's default provider has it
 
     def goal_for(sid: str) -> tuple[Goal, str]:
         kind = request.args.get("goals", "synthetic")
         if kind not in ("synthetic", "human"):
             abort(400, "goals must be 'synthetic' or 'human'")
-        goals = shop.catalog.goals(kind, "all")
+        goals = shop.catalog.goals(kind, "all")  # type: ignore[arg-type]  # checked just above
         if len(sid) > 100 or not sid.replace("_", "").replace("-", "").isalnum():
             abort(404, "session ids are letters, digits, '_' and '-' (at most 100)")
         if sid.startswith("fixed_"):
@@ -119,7 +119,7 @@ def create_app(shop: Shop | None = None) -> Flask:
         if asin not in shop.catalog.by_asin:
             abort(404, "no product with this ASIN")
         product = shop.catalog.by_asin[asin]
-        chosen = []
+        chosen: list[tuple[str, str]] = []
         for raw in request.args.getlist("opt"):
             name, sep, value = raw.partition(":")
             if not sep or name not in product.options or value not in product.options[name]:

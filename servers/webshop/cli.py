@@ -15,7 +15,7 @@ def wsgi_app(index: str, colour: str) -> Any:
     from sdar_envs.webshop.shop import Shop
     from servers.webshop.app import create_app
 
-    return create_app(Shop(index_dir=index, colour=colour))
+    return create_app(Shop(index_dir=index, colour=colour))  # type: ignore[arg-type]  # argparse's choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
