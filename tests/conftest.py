@@ -22,38 +22,20 @@ def sample_per_type(split: str, per_type: int) -> list:
 
 
 def launch_two_processes(
-    module_args: list[str], *, cpu: bool = True, timeout: int = 600
+    module_args: list[str], *, cpu: bool = True, flags: tuple[str, ...] = ("--multi_gpu",), timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``python -m <module_args>`` on two processes from the repository root;
-    ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU``: ``--cpu --num_processes 2`` starts one process."""
+    """``accelerate launch --num_processes 2 <flags>`` of ``python -m <module_args>`` from the repository
+    root. ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU`` (``--cpu
+    --num_processes 2``, as people type it, starts one process)."""
     from servers.process import free_port
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
-    accelerate = Path(sys.executable).with_name("accelerate")
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launcher = [accelerate, "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launcher += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
     return subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            "-m",
-            *module_args,
-        ],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [*launcher, "-m", *module_args], env=env, cwd=root, capture_output=True, text=True, timeout=timeout
     )
 
 

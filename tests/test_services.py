@@ -25,36 +25,26 @@ from servers.process import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _start_sdar_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``sdar-serve <args>`` as a process, once it says its services are healthy (or has exited)."""
+    cmd = [sys.executable, "-m", "servers.serve", *args, "--log-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    lines: list[str] = []
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        lines.append(proc.stdout.readline())
+        if "Ctrl-C stops them" in lines[-1]:
+            break
+    return proc, "".join(lines)
+
+
 @pytest.mark.slow
 def test_sdar_serve_starts_both_waits_for_health_and_stops_on_ctrl_c(tmp_path):
     ports = free_port(), free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "servers.serve",
-            "--webshop-port",
-            str(ports[0]),
-            "--retrieval-port",
-            str(ports[1]),
-            "--workers",
-            "1",
-            "--log-dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
+    proc, out = _start_sdar_serve(
+        tmp_path, "--webshop-port", str(ports[0]), "--retrieval-port", str(ports[1]), "--workers", "1"
     )
-    lines = []
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "Ctrl-C stops them" in line or proc.poll() is not None:
-            break
-    assert f"export SDAR_WEBSHOP_URL=http://127.0.0.1:{ports[0]}" in "".join(lines), lines
+    assert f"export SDAR_WEBSHOP_URL=http://127.0.0.1:{ports[0]}" in out, out
     assert requests.get(f"http://127.0.0.1:{ports[0]}/health", timeout=5).json()["status"] == "ok"
     assert requests.get(f"http://127.0.0.1:{ports[1]}/health", timeout=5).json()["status"] == "ok"
     proc.send_signal(signal.SIGINT)
@@ -219,28 +209,7 @@ def test_servers_bind_localhost_by_default():
 @pytest.mark.slow
 def test_a_killed_sdar_serve_takes_its_services_with_it(tmp_path):
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "servers.serve",
-            "--services",
-            "webshop",
-            "--webshop-port",
-            str(port),
-            "--workers",
-            "2",
-            "--log-dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline and "Ctrl-C stops them" not in proc.stdout.readline():
-        assert proc.poll() is None
+    proc, _ = _start_sdar_serve(tmp_path, "--services", "webshop", "--webshop-port", str(port), "--workers", "2")
     assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
     proc.kill()  # kill -9: no chance to clean up
     proc.wait()

@@ -686,46 +686,19 @@ def test_fewer_tasks_than_processes_is_refused_instead_of_hanging(tmp_path):
 
 @pytest.mark.slow
 def test_a_cpu_launch_that_starts_one_process_says_so(tmp_path):
-    import os
-
-    accelerate = Path(sys.executable).with_name("accelerate")
-    done = subprocess.run(
-        [
-            str(accelerate),
-            "launch",
-            "--cpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "sdar_train",
-            "--env",
-            "SDAR/SearchQA-v0",
-            "--env_kwargs",
-            "{split: test}",
-            "--algo",
-            "grpo",
-            "--preset",
-            "cpu",
-            "--steps",
-            "1",
-            "--max_turns",
-            "1",
-            "--eval_episodes",
-            "0",
-            "--output_dir",
-            str(tmp_path),
-        ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    args = [
+        "sdar_train",
+        "--env",
+        "SDAR/SearchQA-v0",
+        "--env_kwargs",
+        "{split: test}",
+        "--algo",
+        "grpo",
+        "--preset",
+        "cpu",
+    ]
+    args += ["--steps", "1", "--max_turns", "1", "--eval_episodes", "0", "--output_dir", str(tmp_path)]
+    done = launch_two_processes(args, cpu=False, flags=("--cpu",))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[sdar_train] 1 process(es), device cpu" in done.stderr
     assert "WARNING: accelerate launch asked for 2 processes but 1 runs" in done.stderr
