@@ -21,6 +21,20 @@ def sample_per_type(split: str, per_type: int) -> list:
     return out
 
 
+SMALL_RUN = {
+    "env": "SDAR/SearchQA-v0", "env_kwargs": "{split: test}", "model": "tiny", "steps": "2", "tasks_per_step": "2",
+    "group_size": "2", "max_turns": "2", "max_response_tokens": "8", "max_prompt_tokens": "512",
+    "max_teacher_prompt_tokens": "768", "progress": "false",
+}  # fmt: skip
+
+
+def run_args(**fields: object) -> list[str]:
+    """``python -m sdar_train`` arguments for a small Search-QA run with the tiny model; ``fields``
+    override or add (``--field value``)."""
+    merged = {**SMALL_RUN, **{k: str(v) for k, v in fields.items()}}
+    return [item for k, v in merged.items() for item in (f"--{k}", v)]
+
+
 def launch_two_processes(
     module_args: list[str], *, cpu: bool = True, flags: tuple[str, ...] = ("--multi_gpu",), timeout: int = 600
 ) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ import torch
 from sdar_train.config import TrainConfig
 from sdar_train.generation import HFGenerator, Sampling, make_generator
 from sdar_train.policy import Policy, cut_at_stop, encode_prompt, load_policy, pack, response_logprobs
-from tests.conftest import launch_two_processes
+from tests.conftest import launch_two_processes, run_args
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 TASKS = [
@@ -256,37 +256,7 @@ def test_greedy_evaluation_is_the_same_with_either_backend(tmp_path, varied_mode
 @vllm_only
 def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
     done = launch_two_processes(
-        [
-            "sdar_train",
-            "--env",
-            "SDAR/SearchQA-v0",
-            "--env_kwargs",
-            "{split: test}",
-            "--algo",
-            "sdar",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--tasks_per_step",
-            "2",
-            "--group_size",
-            "2",
-            "--max_turns",
-            "2",
-            "--max_response_tokens",
-            "8",
-            "--max_prompt_tokens",
-            "512",
-            "--max_teacher_prompt_tokens",
-            "768",
-            "--progress",
-            "false",
-            "--output_dir",
-            str(tmp_path),
-            "--generation_backend",
-            "vllm",
-        ],
+        ["sdar_train", *run_args(algo="sdar", output_dir=tmp_path, generation_backend="vllm")],
         cpu=not torch.cuda.is_available(),
         timeout=900,
     )

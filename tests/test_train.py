@@ -16,7 +16,7 @@ import torch
 from sdar_train.config import ALGORITHMS, ConfigError, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
-from tests.conftest import launch_two_processes
+from tests.conftest import launch_two_processes, run_args
 
 if "Test/LetterY-v0" not in gym.registry:
     gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
@@ -250,41 +250,8 @@ def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
 def test_two_cpu_processes_train_evaluate_and_save_end_to_end(tmp_path):
     """The whole loop under DDP: rollouts generate with the unwrapped model, the ranks' updates stay in
     step, the periodic evaluation runs on the main process, and the final model is saved once."""
-    done = launch_two_processes(
-        [
-            "sdar_train",
-            "--env",
-            "SDAR/SearchQA-v0",
-            "--env_kwargs",
-            "{split: test}",
-            "--algo",
-            "sdar",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--tasks_per_step",
-            "2",
-            "--group_size",
-            "2",
-            "--max_turns",
-            "2",
-            "--max_response_tokens",
-            "8",
-            "--max_prompt_tokens",
-            "512",
-            "--max_teacher_prompt_tokens",
-            "768",
-            "--eval_every",
-            "1",
-            "--eval_episodes",
-            "2",
-            "--progress",
-            "false",
-            "--output_dir",
-            str(tmp_path),
-        ],
-    )
+    args = run_args(algo="sdar", eval_every=1, eval_episodes=2, output_dir=tmp_path)
+    done = launch_two_processes(["sdar_train", *args])
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
@@ -323,46 +290,11 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
     from sdar_train.__main__ import main
 
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "--env",
-                "SDAR/SearchQA-v0",
-                "--env_kwargs",
-                "{split: test}",
-                "--algo",
-                "grpo",
-                "--model",
-                "tiny",
-                "--steps",
-                "2",
-                "--tasks_per_step",
-                "1",
-                "--group_size",
-                "2",
-                "--max_response_tokens",
-                "8",
-                "--max_prompt_tokens",
-                "512",
-                "--max_teacher_prompt_tokens",
-                "768",
-                "--eval_every",
-                "1",
-                "--eval_episodes",
-                "3",
-                "--progress",
-                "false",
-                "--output_dir",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    args = run_args(algo="grpo", tasks_per_step=1, max_turns=4, eval_every=1, eval_episodes=3, output_dir=out)
+    assert main(args) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "eval_success" in r] == [
-        0,
-        2,
-    ]  # after step 1 of 2, and the final one (also in eval.json)
+    # after step 1 of 2, and the final one (also in eval.json)
+    assert [r["step"] for r in rows if "eval_success" in r] == [0, 2]
     report = json.loads((out / "eval.json").read_text())
     # Search-QA evaluates greedy (T=0), the reference's setting
     assert (
@@ -463,39 +395,7 @@ def test_bf16_autocast_path_runs_and_stays_close_to_float32(tmp_path):
     runs = {}
     for flag in ("true", "false"):
         out = tmp_path / flag
-        cmd = [
-            sys.executable,
-            "-m",
-            "sdar_train",
-            "--env",
-            "SDAR/SearchQA-v0",
-            "--env_kwargs",
-            "{split: test}",
-            "--algo",
-            "sdar",
-            "--model",
-            "tiny",
-            "--steps",
-            "1",
-            "--tasks_per_step",
-            "2",
-            "--group_size",
-            "2",
-            "--max_turns",
-            "2",
-            "--max_response_tokens",
-            "8",
-            "--max_prompt_tokens",
-            "512",
-            "--max_teacher_prompt_tokens",
-            "768",
-            "--progress",
-            "false",
-            "--bf16",
-            flag,
-            "--output_dir",
-            str(out),
-        ]
+        cmd = [sys.executable, "-m", "sdar_train", *run_args(algo="sdar", steps=1, bf16=flag, output_dir=out)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[flag] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -621,32 +521,8 @@ def test_a_folder_without_a_model_is_named(tmp_path):
 @pytest.mark.slow
 def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, message):
     out = tmp_path / "run"
-    common = [
-        "--env",
-        "SDAR/SearchQA-v0",
-        "--env_kwargs",
-        "{split: test}",
-        "--algo",
-        "grpo",
-        "--model",
-        "tiny",
-        "--tasks_per_step",
-        "1",
-        "--group_size",
-        "2",
-        "--max_turns",
-        "1",
-        "--max_response_tokens",
-        "4",
-        "--max_prompt_tokens",
-        "256",
-        "--max_teacher_prompt_tokens",
-        "256",
-        "--progress",
-        "false",
-        "--output_dir",
-        str(out),
-    ]
+    small = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
+    common = run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **small)
     assert _cli(*common, "--steps", "1").returncode == 0
     (ckpt,) = (out / "checkpoints").iterdir()
     name, _, how = damage.partition(":")
