@@ -268,3 +268,38 @@ def test_clients_pausing_between_requests_keep_their_connections(webshop_server)
     for _ in range(4):
         assert session.get(f"{webshop_server.url}/health", timeout=5).status_code == 200
         time.sleep(2.1)  # past the 2 s keep-alive of the former server (gunicorn), which reset such connections
+
+
+def test_environments_spread_over_service_replicas_and_pass_over_a_dead_one(webshop_server, retrieval_server, tmp_path):
+    """Two WebShop replicas and a dead address: pages come from both live ones, the dead one is passed
+    over, and the episode is the same as against one site. The same for retrieval."""
+    from sdar_envs.searchqa.search import HttpSearcher
+    from sdar_envs.webshop.env import WebShopEnv
+
+    second = ServerProcess("servers.webshop", ["--workers", "1"], log=tmp_path / "w2.log").start()
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        urls = [webshop_server.url, dead, second.url]
+        env = gym.make("SDAR/WebShop-v0", split="test", webshop_url=",".join(urls))
+        single = gym.make("SDAR/WebShop-v0", split="test", webshop_url=webshop_server.url)
+        traces = []
+        for e in (env, single):
+            obs, info = e.reset(options={"task_id": "synthetic-3"})
+            trace, done = [obs], False
+            while not done and info["expert_action"]:
+                obs, reward, terminated, truncated, info = e.step(
+                    f"<think>go</think><action>{info['expert_action']}</action>"
+                )
+                trace.append((obs, reward))
+                done = terminated or truncated
+            traces.append(trace)
+        assert traces[0] == traces[1]
+        shop = env.unwrapped.shop
+        assert isinstance(env.unwrapped, WebShopEnv) and shop.replicas.urls == urls
+        served = shop.replicas.requests
+        assert served[webshop_server.url] > 0 and served[second.url] > 0 and served[dead] == 0
+    finally:
+        second.stop()
+    http = HttpSearcher([dead, retrieval_server.url])
+    assert [len(per) for per in http.search(["who wrote hamlet", "capital of france"], 3)] == [3, 3]
+    assert http.replicas.requests == {dead: 0, retrieval_server.url: 1}

@@ -102,7 +102,8 @@ class SearchQAEnv(TextEnv):
         split: ``train`` (~80%), ``test`` (~20%, hash-based) or ``all``.
         max_steps: turns before truncation (4, as in the SDAR paper).
         topk: passages per search (3, as in Search-R1).
-        retrieval_url: a running ``sdar-retrieval`` service (default ``$SDAR_RETRIEVAL_URL``); without
+        retrieval_url: a running ``sdar-retrieval`` service, or several replicas (a list, or comma-separated;
+            default ``$SDAR_RETRIEVAL_URL``), requests spread over them; without
             it, an in-process Lucene searcher over ``index_dir`` (default: the shipped corpus, indexed
             and cached on first use).
         searcher: any object with ``search(queries, k)`` (overrides the two above).
@@ -122,7 +123,7 @@ class SearchQAEnv(TextEnv):
         split: Split = "train",
         max_steps: int = 4,
         topk: int = 3,
-        retrieval_url: str | None = None,
+        retrieval_url: str | Sequence[str] | None = None,
         index_dir: str | None = None,
         searcher: Searcher | None = None,
         render_mode: str | None = None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sdar_envs.http import retrying_session
+from sdar_envs.http import Replicas, retrying_session
 
 __all__ = [
     "HttpSearcher",
@@ -91,9 +91,11 @@ class HttpSearcher:
     """Client of ``sdar-retrieval`` (the Search-R1 ``POST /retrieve`` API); reconnects on every
     failure, so a restarted service is picked up without restarting the caller."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
-
-        self.url = url.rstrip("/")
+    def __init__(self, url: str | Sequence[str], *, timeout: float = 30.0) -> None:
+        """``url``: the service, or several replicas (a list or comma-separated): requests are spread
+        over them, and one that cannot be reached is passed over (:class:`~sdar_envs.http.Replicas`)."""
+        self.replicas = Replicas(url)
+        self.url = str(self.replicas)
         self.timeout = timeout
         self._session = retrying_session(("POST", "GET"))  # a search or a page read may be sent again
 
@@ -104,12 +106,14 @@ class HttpSearcher:
             return []
         payload = {"queries": list(queries), "topk": int(k), "return_scores": True}
         try:
-            resp = self._session.post(f"{self.url}/retrieve", json=payload, timeout=self.timeout)
+            resp, base = self.replicas.call(
+                lambda base: self._session.post(f"{base}/retrieve", json=payload, timeout=self.timeout)
+            )
         except requests.RequestException as e:
             self._session.close()  # drop pooled connections to a dead server
             raise RetrievalServiceError(self.url, f"unreachable ({type(e).__name__}: {e})") from e
         if resp.status_code != 200:
-            raise RetrievalServiceError(self.url, f"HTTP {resp.status_code}: {_error_text(resp)}")
+            raise RetrievalServiceError(base, f"HTTP {resp.status_code}: {_error_text(resp)}")
         try:
             result = resp.json()["result"]
             return [
@@ -122,7 +126,7 @@ class HttpSearcher:
         import requests
 
         try:
-            return self._session.get(f"{self.url}/health", timeout=self.timeout).json()
+            return self.replicas.call(lambda base: self._session.get(f"{base}/health", timeout=self.timeout))[0].json()
         except (requests.RequestException, ValueError) as e:
             self._session.close()
             raise RetrievalServiceError(self.url, f"unreachable ({type(e).__name__}: {e})") from e
@@ -135,7 +139,7 @@ def _error_text(resp: Any) -> str:
         return resp.text[:200]
 
 
-def make_searcher(retrieval_url: str | None = None, index_dir: str | None = None) -> Searcher:
+def make_searcher(retrieval_url: str | Sequence[str] | None = None, index_dir: str | None = None) -> Searcher:
     """``retrieval_url`` (or ``$SDAR_RETRIEVAL_URL``) selects the HTTP client; otherwise in-process BM25."""
     url = retrieval_url or os.environ.get("SDAR_RETRIEVAL_URL")
     return HttpSearcher(url) if url else LocalSearcher(index_dir)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from sdar_envs.http import retrying_session
+from sdar_envs.http import Replicas, retrying_session
 from sdar_envs.webshop.catalog import Goal, load_catalog
 from sdar_envs.webshop.reward import RewardBreakdown
 from sdar_envs.webshop.shop import Page, PageSource, ShopState, state_url
@@ -29,13 +30,17 @@ def _state(d: dict[str, Any]) -> ShopState:
 class RemoteShop(PageSource):
     """Drop-in for :class:`~sdar_envs.webshop.shop.Shop` whose pages come from the site over HTTP."""
 
-    def __init__(self, url: str, *, colour: Literal["original", "words"] = "original", timeout: float = 30.0) -> None:
-
+    def __init__(
+        self, url: str | Sequence[str], *, colour: Literal["original", "words"] = "original", timeout: float = 30.0
+    ) -> None:
+        """``url``: the site, or several replicas of it (a list or ``"http://a:3000,http://b:3000"``): the
+        site keeps no state between requests, so pages are spread over them (:class:`Replicas`)."""
         if colour != "original":
             raise ValueError(
                 "the HTTP back-end scores with the site's reward; start the site with the colour mode you want"
             )
-        self.url = url.rstrip("/")
+        self.replicas = Replicas(url)
+        self.url = str(self.replicas)
         self.catalog = load_catalog()  # goals and expert paths; the site holds the same (seeded) catalogue
         self.timeout = timeout
         self._session = retrying_session(("GET",))  # a search or a page read may be sent again
@@ -48,14 +53,16 @@ class RemoteShop(PageSource):
         import requests
 
         sid, kind = self._sid[goal]
-        url = self.url + state_url(sid, state, kind)
+        path = state_url(sid, state, kind)
         try:
-            resp = self._session.get(url, params={"format": "json"}, timeout=self.timeout)
+            resp, base = self.replicas.call(
+                lambda base: self._session.get(base + path, params={"format": "json"}, timeout=self.timeout)
+            )
         except requests.RequestException as e:
             self._session.close()
             raise WebShopServiceError(self.url, f"unreachable ({type(e).__name__}: {e})") from e
         if resp.status_code != 200:
-            raise WebShopServiceError(self.url, f"HTTP {resp.status_code} for {url}")
+            raise WebShopServiceError(base, f"HTTP {resp.status_code} for {base + path}")
         data = resp.json()
         page = Page(
             _state(data["state"]),

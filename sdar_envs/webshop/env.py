@@ -22,6 +22,7 @@ search the target's title, click it, click the goal's options, buy).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, ClassVar, Literal
 
@@ -56,7 +57,8 @@ class WebShopEnv(TextEnv):
     split: ``test`` (goals[:500]), ``train`` (the rest) or ``all``.
     max_steps: 15.  observation_mode: ``text`` | ``text_rich``.
     colour: ``original`` (the published reward's colour quirk) | ``words`` (corrected).
-    webshop_url: a running sdar-webshop (default ``$SDAR_WEBSHOP_URL``); unset: in-process.
+    webshop_url: a running sdar-webshop, or several replicas (a list, or comma-separated; default
+        ``$SDAR_WEBSHOP_URL``), pages spread over them; unset: in-process.
     """
 
     task_label: ClassVar[str] = "WebShop"
@@ -74,7 +76,7 @@ class WebShopEnv(TextEnv):
         max_steps: int = 15,
         observation_mode: Literal["text", "text_rich"] = "text",
         colour: Literal["original", "words"] = "original",
-        webshop_url: str | None = None,
+        webshop_url: str | Sequence[str] | None = None,
         render_mode: str | None = None,
     ) -> None:
         super().__init__(max_steps=max_steps, render_mode=render_mode)
