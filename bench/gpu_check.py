@@ -1,0 +1,136 @@
+"""GPU check: one bf16 training step of a randomly initialised Qwen2-architecture model (~0.5B parameters,
+Qwen2.5-0.5B's shape; nothing is downloaded), its generation speed, and the cost of SDAR's step against
+GRPO's, with peak memory. On a machine without CUDA, ``--dry-run`` runs the same code on a tiny model of
+the same architecture on the CPU (what the test suite checks), so the script cannot rot unseen.
+
+    python bench/gpu_check.py              # on a CUDA machine
+    python bench/gpu_check.py --dry-run    # anywhere
+
+What it measures, side by side in one run:
+* generation: ``generate`` of ``--new-tokens`` tokens for ``--batch`` prompts of ``--prompt-tokens``;
+* the GRPO update: forward + backward of the actor loss (PPO clip, entropy, KL) on the same samples;
+* the SDAR update: the same plus the teacher's no-grad forward on prompts ``--skill-tokens`` longer
+  and the gated distillation term; the ratio SDAR / GRPO is the price of the teacher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from sdar_train.losses import actor_loss
+from sdar_train.policy import pack, response_logprobs
+
+SHAPES = {  # Qwen2.5-0.5B's shape; a tiny one of the same architecture for the dry run
+    "0.5b": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
+    ),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+}
+
+
+def build_model(shape: str, vocab: int, device: torch.device) -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=4096, tie_word_embeddings=True, **SHAPES[shape])
+    return Qwen2ForCausalLM(config).to(device)
+
+
+def timed(device: torch.device, fn) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def update_step(model: torch.nn.Module, prompts, responses, teacher_prompts, device, autocast) -> None:
+    """One micro-batch of the trainer's update: the student forward with grad, the teacher's (if any)
+    without, the actor loss, backward."""
+    batch = pack(prompts, responses, pad_id=0)
+    mask = batch.mask.to(device)
+    teacher = None
+    if teacher_prompts is not None:
+        with torch.no_grad(), autocast():
+            teacher, _ = response_logprobs(model, pack(teacher_prompts, responses, pad_id=0), device)
+        teacher = teacher.float()
+    with autocast():
+        logp, ent = response_logprobs(model, batch, device, with_entropy=True)
+    logp = logp.float()
+    loss, _ = actor_loss(logp, mask, old_logp=logp.detach(), advantages=torch.randn_like(logp), ref_logp=logp.detach() - 0.01,
+                         teacher_logp=teacher, entropy=ent)  # fmt: skip
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--dry-run", action="store_true", help="tiny model on the CPU: checks the code path, measures nothing real"
+    )
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt-tokens", type=int, default=1024)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--skill-tokens", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=151936)
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.dry_run
+    if not cuda and not args.dry_run:
+        print("gpu_check: no CUDA device here; run with --dry-run to check the code path on the CPU")
+        return 2
+    if args.dry_run:
+        args.batch, args.prompt_tokens, args.new_tokens, args.skill_tokens, args.vocab = 2, 32, 8, 16, 512
+    device = torch.device("cuda" if cuda else "cpu")
+    model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
+    params = sum(x.numel() for x in model.parameters())
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, args.vocab, (args.prompt_tokens,), generator=gen).tolist() for _ in range(args.batch)]
+    skills = torch.randint(1, args.vocab, (args.skill_tokens,), generator=gen).tolist()
+    teacher_prompts = [skills + q for q in prompts]
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    ids = torch.tensor(prompts, device=device)
+    model.eval()
+    with torch.no_grad(), autocast():
+        t_gen, out = timed(device, lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                                         max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0))  # fmt: skip
+    responses = [row[args.prompt_tokens :] for row in out.tolist()]
+    model.train()
+    update_step(model, prompts, responses, None, device, autocast)  # warm-up (kernels, allocator)
+    t_grpo, _ = timed(device, lambda: update_step(model, prompts, responses, None, device, autocast))
+    t_sdar, _ = timed(device, lambda: update_step(model, prompts, responses, teacher_prompts, device, autocast))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    tokens = args.batch * args.new_tokens
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu (dry run, tiny model)'}; model {params / 1e6:.1f}M parameters, "
+          f"{'bf16 autocast' if cuda else 'fp32'}; batch {args.batch} x {args.prompt_tokens} prompt + {args.new_tokens} new tokens")  # fmt: skip
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| generation | {tokens / t_gen:,.0f} tokens/s |")
+    print(
+        f"| GRPO update (fwd + bwd) | {args.batch * (args.prompt_tokens + args.new_tokens) / t_grpo:,.0f} tokens/s, {t_grpo:.3f} s |"
+    )
+    print(f"| SDAR update (+ teacher fwd, {args.skill_tokens} skill tokens) | {t_sdar:.3f} s |")
+    print(f"| SDAR / GRPO step time | {t_sdar / t_grpo:.2f} |")
+    print(f"| peak GPU memory | {peak:.1f} GiB |")
+    try:
+        import vllm  # noqa: F401
+
+        print("vLLM is installed: `make test-vllm` checks the colocated rollout and its weight sync on this machine")
+    except ImportError:
+        print("vLLM is not installed here (`make setup-vllm`); its colocated rollout is checked by `make test-vllm`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
