@@ -1,6 +1,6 @@
 """SDAR's cost over GRPO on the same batch: step time and peak memory, measured side by side.
 
-    .venv/bin/python bench/sdar_overhead.py [--samples 32] [--prompt 512] [--skills 128] [--response 48] [--repeats 3]
+    .venv/bin/python -m bench.sdar_overhead [--samples 32] [--prompt 512] [--skills 128] [--response 48] [--repeats 3]
 
 One "step" here is everything after the rollout, on a fixed synthetic batch of turn samples:
 GRPO = reference pass (no grad) + update (forward + backward); SDAR = the same plus the teacher pass,
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from sdar_train.trainer import TurnBatch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,10 +38,9 @@ def one_step(trainer, batch, teacher: bool) -> float:
     teach = trainer._score(model, teacher_prompts, responses) if teacher else None
     tokens = torch.tensor(float(sum(len(r) for r in responses)))
     mb = trainer.cfg.micro_batch_size
+    rows = TurnBatch(prompts, responses, adv, ref_logp=ref, teacher_logp=teach)
     for s in range(0, len(prompts), mb):
-        trainer._accumulate(
-            list(range(s, min(s + mb, len(prompts)))), prompts, responses, adv, None, ref, teach, tokens, {}
-        )
+        trainer._accumulate(rows, list(range(s, min(s + mb, len(prompts)))), tokens, {})
     trainer.optimizer.zero_grad(set_to_none=True)  # measure, do not drift the weights
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -115,7 +116,7 @@ def main() -> None:
     else:
         for algo in ("grpo", "sdar"):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", algo, *sys.argv[1:]],
+                [sys.executable, "-m", "bench.sdar_overhead", "--child", algo, *sys.argv[1:]],
                 capture_output=True,
                 text=True,
                 check=True,
