@@ -96,6 +96,11 @@ class EnvPool:
         env_kwargs: keyword arguments for ``gymnasium.make``.
         timeout: seconds a worker may take to answer one call (or to start) before it is declared
             stuck, killed and reported; None waits forever.
+        backend: ``"process"`` (worker processes on this machine) or ``"ray"`` (Ray actors anywhere in a
+            Ray cluster, :mod:`sdar_envs.ray_workers`; the optional extra ``sdar[ray]``), same contract.
+        ray_address: the cluster to join (``"auto"``, ``"ray://host:10001"``); None: the running one, or a
+            local instance.
+        ray_actor_options: Ray resources of each worker actor (default ``{"num_cpus": 1}``).
     """
 
     def __init__(
@@ -107,6 +112,9 @@ class EnvPool:
         env_kwargs: Mapping[str, Any] | None = None,
         start_method: str = "spawn",
         timeout: float | None = 600.0,
+        backend: str = "process",
+        ray_address: str | None = None,
+        ray_actor_options: Mapping[str, Any] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -126,8 +134,24 @@ class EnvPool:
         self._down: dict[int, str] = {}  # worker -> why it is down
         self._calls = itertools.count(1)
         self._closed = False
+        self._ray: Any = None
+        if backend not in ("process", "ray"):
+            raise ValueError(f"backend must be 'process' or 'ray', got {backend!r}")
         if self.num_workers == 0:
             self._local = {i: _make(env_id, self._kwargs) for i in range(num_envs)}
+            return
+        if backend == "ray":
+            from sdar_envs.ray_workers import RayWorkers
+
+            self._ray = RayWorkers(
+                env_id,
+                self._kwargs,
+                num_envs,
+                self.num_workers,
+                timeout,
+                address=ray_address,
+                actor_options=ray_actor_options,
+            )
             return
         self._ctx: Any = mp.get_context(start_method)
         for w in range(self.num_workers):
@@ -171,16 +195,19 @@ class EnvPool:
     @property
     def down_workers(self) -> dict[int, str]:
         """Workers that died or stopped answering, with the reason; their environments raise until restarted."""
-        return dict(self._down)
+        return dict(self._ray.down if self._ray is not None else self._down)
 
     def restart(self, workers: Sequence[int] | None = None) -> None:
         """Replace the given workers (default: every one that is down) with fresh processes; their
         environments are created anew and need a reset."""
         if self._closed:
             raise RuntimeError("EnvPool is closed")
-        for w in sorted(self._down) if workers is None else list(workers):
+        for w in sorted(self.down_workers) if workers is None else list(workers):
             if not 0 <= w < self.num_workers:
                 raise IndexError(f"worker {w} out of range (num_workers={self.num_workers})")
+            if self._ray is not None:
+                self._ray.restart(w)
+                continue
             self._stop(w)
             self._conns[w], self._procs[w] = self._spawn(w)
             self._down.pop(w, None)
@@ -192,6 +219,9 @@ class EnvPool:
         self._closed = True
         for env in self._local.values():
             env.close()
+        if self._ray is not None:
+            self._ray.close()
+            return
         for w, conn in enumerate(self._conns):
             if w in self._down:
                 continue
@@ -255,6 +285,8 @@ class EnvPool:
     def _request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
         """Send one call to each worker in ``parts``, then collect every reply (a failure in one worker
         never leaves another's reply unread)."""
+        if self._ray is not None:
+            return self._ray.request(command, parts)
         for w in parts:
             if w in self._down:
                 raise EnvPoolError(

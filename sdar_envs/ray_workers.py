@@ -1,0 +1,137 @@
+"""``EnvPool(..., backend="ray")``: the pool's workers as Ray actors, placed anywhere in a Ray cluster.
+
+The contract is the process pool's: worker ``w`` holds environments ``w, w + W, ...``; a call goes to
+the workers holding the environments it names and waits for all of them; an environment that raises
+gives :class:`~sdar_envs.env_pool.EnvPoolError` with its traceback; a worker that dies or answers
+nothing within ``timeout`` is killed, named, and down until :meth:`restart`. Ray's futures tie each
+reply to its call, so no reply can be handed to another call.
+
+``ray`` is an optional extra (``pip install 'sdar[ray]'``). Without a running cluster
+(``address=None`` and no ``ray.init`` yet) a local instance is started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["RayWorkers"]
+
+
+class _EnvActor:
+    """One Ray actor: the environments of one pool worker."""
+
+    def __init__(self, env_id: Any, env_kwargs: Mapping[str, Any], indices: list[int]) -> None:
+        from sdar_envs.env_pool import _make
+
+        self.envs = {i: _make(env_id, env_kwargs) for i in indices}
+
+    def serve(self, command: str, payload: Any) -> Any:
+        from sdar_envs.env_pool import _serve
+
+        return _serve(self.envs, command, payload)
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayWorkers:
+    """The actors of one pool and the calls to them."""
+
+    def __init__(
+        self,
+        env_id: Any,
+        env_kwargs: Mapping[str, Any],
+        num_envs: int,
+        num_workers: int,
+        timeout: float | None,
+        *,
+        address: str | None = None,
+        actor_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("EnvPool(backend='ray') needs ray: pip install 'sdar[ray]'") from None
+        if not ray.is_initialized():
+            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        self._ray = ray
+        self._remote = ray.remote(_EnvActor).options(**{"num_cpus": 1, **dict(actor_options or {})})
+        self.env_id, self.env_kwargs, self.num_envs, self.num_workers, self.timeout = (
+            env_id, dict(env_kwargs), num_envs, num_workers, timeout
+        )  # fmt: skip
+        self.down: dict[int, str] = {}
+        self.actors = [self._start(w) for w in range(num_workers)]
+        from sdar_envs.env_pool import EnvPoolError
+
+        try:  # every actor has made its environments (or says why not)
+            self._gather({w: actor.ready.remote() for w, actor in enumerate(self.actors)})
+        except EnvPoolError:
+            self.close()
+            raise
+
+    def _start(self, w: int) -> Any:
+        return self._remote.remote(self.env_id, self.env_kwargs, list(range(w, self.num_envs, self.num_workers)))
+
+    def request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
+        from sdar_envs.env_pool import EnvPoolError
+
+        for w in parts:
+            if w in self.down:
+                raise EnvPoolError(
+                    f"worker {w} is down ({self.down[w]}); pool.restart() re-creates its environments, or close the pool"
+                )
+        results: dict[int, Any] = {}
+        for answer in self._gather(
+            {w: self.actors[w].serve.remote(command, payload) for w, payload in parts.items()}
+        ).values():
+            results.update(answer)
+        return results
+
+    def _gather(self, refs: dict[int, Any]) -> dict[int, Any]:
+        """Every worker's answer; all are waited for (within the timeout) before any error is raised."""
+        from sdar_envs.env_pool import EnvPoolError
+
+        ray, exc = self._ray, self._ray.exceptions
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout)
+        answers, errors = {}, []
+        for w, ref in refs.items():
+            envs = list(range(w, self.num_envs, self.num_workers))
+            if ref not in ready:
+                self._fail(w, f"gave no answer within {self.timeout:g} s (stopped or hung); it was killed")
+                errors.append(
+                    f"worker {w} (environments {envs}) gave no answer within {self.timeout:g} s; it was killed"
+                )
+                continue
+            try:
+                answers[w] = ray.get(ref)
+            except exc.RayActorError as e:
+                self._fail(w, "died")
+                errors.append(
+                    f"worker {w} (environments {envs}) died ({type(e).__name__}); pool.restart() re-creates its environments"
+                )
+            except exc.RayTaskError as e:
+                errors.append(f"worker {w} raised:\n{e}")
+        if errors:
+            raise EnvPoolError("\n".join(errors))
+        return answers
+
+    def _fail(self, w: int, why: str) -> None:
+        self.down[w] = why
+        try:
+            self._ray.kill(self.actors[w])
+        except Exception:
+            pass
+
+    def restart(self, w: int) -> None:
+        self._fail(w, "restarting")
+        self.actors[w] = self._start(w)
+        self.down.pop(w, None)
+        self._gather({w: self.actors[w].ready.remote()})
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self._ray.kill(actor)
+            except Exception:
+                pass
