@@ -132,6 +132,11 @@ class Trainer:
         bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
+        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):  # refuse rather than train wrongly
+            raise ConfigError(
+                f"{acc.distributed_type.name} sharding is not supported yet: generation, the reference model and the vLLM "
+                "weight sync read unsharded weights. Launch with DDP (the default accelerate config) or use --lora_r"
+            )
         if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
             raise ConfigError(
                 f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups"
