@@ -88,6 +88,12 @@ class PromptCodec:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def encode_response(self, text: str) -> list[int]:
+        """A reply as the policy should emit it (behaviour-cloning targets): its tokens and the end of turn."""
+        tok = self.tokenizer
+        eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+        return list(tok(text, add_special_tokens=False).input_ids) + [int(eos)]
+
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 

@@ -46,6 +46,9 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
     )
     for ax in axes.flat[len(keys) :]:
         ax.set_visible(False)
+    steps = [r["step"] for r in rows if "step" in r]
+    lo, hi = (min(steps), max(steps)) if steps else (0, 1)
+    pad = max(0.5, 0.03 * (hi - lo))  # every panel spans the whole run, so a lone point sits at its step
     for ax, key in zip(axes.flat, keys, strict=False):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(
@@ -56,6 +59,7 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
         )
         ax.set_title("held-out success" if key == "eval_success" else key.replace("_", " "))
         ax.set_xlabel("step")
+        ax.set_xlim(lo - pad, hi + pad)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.grid(alpha=0.3)

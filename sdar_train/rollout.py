@@ -255,7 +255,6 @@ def expert_rollout(
     task_ids: Sequence[str],
     *,
     codec: PromptCodec,
-    tokenize_response: Callable[[str], list[int]],
     max_prompt_tokens: int,
     seed: int,
     response_format: Callable[[str], str],
@@ -284,7 +283,9 @@ def expert_rollout(
             text = build(**st.prompt_args())
             actions[i] = response_format(st.info["expert_action"])
             samples.append(
-                TurnSample(i, codec.encode(text, max_prompt_tokens), tokenize_response(actions[i]), None, True, True)
+                TurnSample(
+                    i, codec.encode(text, max_prompt_tokens), codec.encode_response(actions[i]), None, True, True
+                )
             )
         results = pool.step(actions)
         still = []

@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed exactly; the message names the file and what is wrong."""
 
 
-def response_format(expert_action: str) -> str:
-    """What the policy should emit for an expert action (SFT targets)."""
-    return expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
+def response_format(expert_action: str, format_valid: Callable[[str], bool] | None = None) -> str:
+    """What the policy should emit for an expert action (SFT targets): a tagged action stays as it is, a bare
+    command goes into ``<action>`` tags, and, where the env's format rule (``format_valid``) wants a
+    ``<think>`` block too (ALFWorld, WebShop), an empty one goes first, so demonstrations are valid turns."""
+    text = expert_action if expert_action.lstrip().startswith("<") else f"<action>{expert_action}</action>"
+    if format_valid is not None and not format_valid(text):
+        text = "<think></think>" + text
+    return text
 
 
 class _DropTiedWeightNotice(logging.Filter):
@@ -198,8 +204,6 @@ class Trainer:
         self.policy.model = acc.unwrap_model(self.model)  # generation and evaluation: DDP's wrapper has no generate()
         tok = self.policy.tokenizer
         self.codec = PromptCodec(tok)
-        eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-        self.tokenize_response = lambda text: tok(text, add_special_tokens=False).input_ids + [eos]
         # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
         self.sampling = Sampling(cfg.max_response_tokens, cfg.temperature, cfg.top_p, tuple(self.policy.stop_ids))
         prompt_budget = cfg.max_teacher_prompt_tokens if cfg.spec.student_skills else cfg.max_prompt_tokens
@@ -266,10 +270,9 @@ class Trainer:
                 cfg.env,
                 tasks,
                 codec=self.codec,
-                tokenize_response=self.tokenize_response,
                 max_prompt_tokens=cfg.max_prompt_tokens,
                 seed=derive_seed(cfg.seed, "demonstrations", step),
-                response_format=response_format,
+                response_format=lambda action: response_format(action, env_class(cfg.env).format_valid),
             )
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
 

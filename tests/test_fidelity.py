@@ -280,3 +280,20 @@ def test_defaults_are_the_references_training_signal():
         TrainConfig(teacher_placement="system")
     with pytest.raises(ValueError, match="dual_clip"):
         TrainConfig(dual_clip=0.5)
+
+
+def test_demonstrations_follow_each_envs_format_rule():
+    """SFT targets are valid turns under the rule the penalty uses: ALFWorld/WebShop commands get an
+    (empty) think block before their action tags; Search-QA's tagged actions stay as they are."""
+    from sdar_envs import env_class
+    from sdar_train.trainer import response_format
+
+    for env_id, action in (
+        ("SDAR/ALFWorld-v0", "go to desk 1"),
+        ("SDAR/WebShop-v0", "click[buy now]"),
+        ("SDAR/SearchQA-v0", "<search>x</search>"),
+    ):
+        rule = env_class(env_id).format_valid
+        text = response_format(action, rule)
+        assert rule(text), (env_id, text)
+    assert response_format("<answer>y</answer>", env_class("SDAR/SearchQA-v0").format_valid) == "<answer>y</answer>"
