@@ -59,6 +59,8 @@ __all__ = [
     "extract_tag",
     "normalize_command",
     "stepwise_prompt",
+    "strip_tag_blocks",
+    "tag_blocks",
     "think_then_act",
     "think_action_format",
     "skills_block",
@@ -98,7 +100,7 @@ class FreeText(spaces.Text):
         return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
 
-def _blocks(text: str, names: Sequence[str]) -> Iterator[tuple[int, int, int, int, str]]:
+def tag_blocks(text: str, names: Sequence[str]) -> Iterator[tuple[int, int, int, int, str]]:
     """Complete ``<name>...</name>`` blocks, left to right, as ``re.finditer(r"<(a|b)>(.*?)</\\1>")`` with
     IGNORECASE | DOTALL finds them: (open start, open end, close start, close end, lower-cased name).
 
@@ -125,10 +127,10 @@ def _blocks(text: str, names: Sequence[str]) -> Iterator[tuple[int, int, int, in
             pos = close_end
 
 
-def _strip_blocks(text: str, name: str) -> str:
+def strip_tag_blocks(text: str, name: str) -> str:
     """``text`` with every complete ``<name>...</name>`` block replaced by a space."""
     out, pos = [], 0
-    for start, _, _, close_end, _ in _blocks(text, (name,)):
+    for start, _, _, close_end, _ in tag_blocks(text, (name,)):
         out.append(text[pos:start])
         pos = close_end
     out.append(text[pos:])
@@ -139,12 +141,12 @@ def extract_tag(text: str, tag: str) -> str | None:
     """The content of the *last* ``<tag>...</tag>`` in ``text``, stripped; None when there is none.
 
     The last one wins because models often restate the format in their reasoning before answering.
-    Linear in the text (see :func:`_blocks`).
+    Linear in the text (see :func:`tag_blocks`).
     """
     if not isinstance(text, str):
         return None
     last = None
-    for block in _blocks(text, (tag,)):
+    for block in tag_blocks(text, (tag,)):
         last = block
     return None if last is None else text[last[1] : last[2]].strip()
 

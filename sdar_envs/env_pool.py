@@ -285,13 +285,14 @@ class EnvPool:
     def _request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
         """Send one call to each worker in ``parts``, then collect every reply (a failure in one worker
         never leaves another's reply unread)."""
+        down = self.down_workers
+        for w in parts:
+            if w in down:
+                raise EnvPoolError(
+                    f"worker {w} is down ({down[w]}); pool.restart() re-creates its environments, or close the pool"
+                )
         if self._ray is not None:
             return self._ray.request(command, parts)
-        for w in parts:
-            if w in self._down:
-                raise EnvPoolError(
-                    f"worker {w} is down ({self._down[w]}); pool.restart() re-creates its environments, or close the pool"
-                )
         call = next(self._calls)
         sent, errors = [], []
         for w, payload in parts.items():

@@ -74,13 +74,7 @@ class RayWorkers:
         return self._remote.remote(self.env_id, self.env_kwargs, list(range(w, self.num_envs, self.num_workers)))
 
     def request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
-        from sdar_envs.env_pool import EnvPoolError
-
-        for w in parts:
-            if w in self.down:
-                raise EnvPoolError(
-                    f"worker {w} is down ({self.down[w]}); pool.restart() re-creates its environments, or close the pool"
-                )
+        """Each worker's answer to ``command`` (the pool has checked that none of them is down)."""
         results: dict[int, Any] = {}
         for answer in self._gather(
             {w: self.actors[w].serve.remote(command, payload) for w, payload in parts.items()}

@@ -38,7 +38,7 @@ def _train(argv: list[str] | None) -> int:
         final = trainer.save_model()
         report = trainer.evaluate() if cfg.eval_episodes > 0 else None  # every process calls it (it syncs)
         if report is not None:  # the final held-out point of the curve
-            trainer._log({"step": cfg.steps, "eval_success": report["success"], "eval_return": report["return"]})
+            trainer.log_evaluation(cfg.steps, report)
         if trainer.accelerator.is_main_process:
             from sdar_train.report import write_plot
 

@@ -66,11 +66,9 @@ def evaluate(
         unit="episode",
         disable=not (progress and sys.stderr.isatty()),
     )
-    done = [0]
 
-    def on_turn(live: int) -> None:  # episodes finish at different turns
-        bar.update(len(task_ids) - live - done[0])
-        done[0] = len(task_ids) - live
+    def on_turn(live: int) -> None:  # episodes finish at different turns: the bar counts finished ones
+        bar.update(len(task_ids) - live - bar.n)
 
     with EnvPool(env_id, len(task_ids), num_workers=env_workers, env_kwargs=kwargs) as pool:
         rollout = collect_rollout(

@@ -112,18 +112,16 @@ class EpisodeState:
         }
 
 
-def _turn_skills(source: Skills | None, st: EpisodeState, prompt_text: str, by_keywords: bool = False) -> list[str]:
+def _turn_skills(source: Skills | None, st: EpisodeState, text: str, codec: PromptCodec | None = None) -> list[str]:
     """The skill texts of one turn: a memory's retrieval for the episode, or a reference folder's text for
-    this turn (chosen from the game file, data source or prompt, as the reference does; ``by_keywords``:
-    from the prompt's keywords only, as its Skill-GRPO does for the student)."""
+    this turn, chosen as the reference chooses it: for the teacher (``codec`` given) from the game file,
+    data source or chat-formatted prompt; for the Skill-GRPO student (no ``codec``) from the prompt's
+    keywords alone."""
     if isinstance(source, ReferenceSkills):
-        if by_keywords:
-            return [source.text_for(prompt_text=prompt_text)]
-        return [
-            source.text_for(
-                prompt_text=prompt_text, game_file=st.info.get("game_file"), data_source=st.info.get("data_source")
-            )
-        ]
+        if codec is None:
+            return [source.text_for(prompt_text=text)]
+        game_file, data_source = st.info.get("game_file"), st.info.get("data_source")
+        return [source.text_for(prompt_text=codec.chat_text(text), game_file=game_file, data_source=data_source)]
     return st.skills.texts if st.skills else []
 
 
@@ -165,9 +163,7 @@ def collect_rollout(
         seeds=[derive_seed(seed, "reset", i) for i in slots],
         options=[{"task_id": task_ids[i // group_size]} for i in slots],
     )
-    retrieving = (
-        isinstance(memory, SkillMemory) and not isinstance(memory, ReferenceSkills) and (teacher or student_skills)
-    )
+    retrieving = isinstance(memory, SkillMemory) and (teacher or student_skills)  # a reference folder is not one
     episodes: list[Episode] = []
     state: dict[int, EpisodeState] = {}
     for i in slots:
@@ -187,18 +183,20 @@ def collect_rollout(
         for i in live:
             st = state[i]
             text = build(**st.prompt_args())
+            full = codec.encode(text, 1 << 30)  # the whole prompt; a budget keeps its end
             budget = max_prompt_tokens
             if student_skills and memory is not None:  # Skill-GRPO: the student's own message starts with them
-                room = max_teacher_prompt_tokens - codec.count(codec.chat_text(text)) - 4
+                room = max_teacher_prompt_tokens - len(full) - 4
                 shown = (
-                    fit_skills(_turn_skills(memory, st, text, by_keywords=True), room, codec.count, privileged_prefix)
-                    if room > 0
-                    else []
+                    fit_skills(_turn_skills(memory, st, text), room, codec.count, privileged_prefix) if room > 0 else []
                 )
-                text, budget = privileged_prefix(shown) + text, max_teacher_prompt_tokens
-            prompt_ids[i] = codec.encode(text, budget)
+                if shown:
+                    text = privileged_prefix(shown) + text
+                    full = codec.encode(text, 1 << 30)
+                budget = max_teacher_prompt_tokens
+            prompt_ids[i] = full[-budget:]
             teacher_ids[i] = (
-                _teacher_prompt(codec, build, st, text, memory, teacher_placement, max_teacher_prompt_tokens)
+                _teacher_prompt(codec, build, st, text, full, memory, teacher_placement, max_teacher_prompt_tokens)
                 if teacher
                 else None
             )
@@ -235,13 +233,19 @@ def collect_rollout(
 
 
 def _teacher_prompt(
-    codec: PromptCodec, build: Any, st: EpisodeState, text: str, memory: Skills | None, placement: str, budget: int
+    codec: PromptCodec,
+    build: Any,
+    st: EpisodeState,
+    text: str,
+    full: list[int],
+    memory: Skills | None,
+    placement: str,
+    budget: int,
 ) -> list[int]:
-    """The teacher's prompt ids: the whole student prompt (even where the student's was cut to its
-    budget) with as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge."""
-    full = codec.encode(text, 1 << 30)
+    """The teacher's prompt ids: the whole student prompt (``full``, even where the student's was cut to
+    its budget) with as many skills as fit; a few tokens of margin absorb BPE merges at the block's edge."""
     room = budget - len(full) - 4
-    skills = _turn_skills(memory, st, codec.chat_text(text)) if memory is not None and room > 0 else []
+    skills = _turn_skills(memory, st, text, codec) if memory is not None and room > 0 else []
     if placement == "before_chat":
         fitted = fit_skills(skills, room, codec.count, privileged_prefix) if skills else []
         return codec.encode_with_prefix(privileged_prefix(fitted), text, budget) if fitted else full[-budget:]

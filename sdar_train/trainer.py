@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -534,10 +535,7 @@ class Trainer:
             if cfg.eval_every and cfg.eval_episodes and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 report = self.evaluate()
                 if report is not None:
-                    metrics.update({"eval_success": report["success"], "eval_return": report["return"]})
-                    self._log(
-                        {"step": metrics["step"], "eval_success": report["success"], "eval_return": report["return"]}
-                    )
+                    metrics.update(self.log_evaluation(int(metrics["step"]), report))
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
@@ -577,6 +575,12 @@ class Trainer:
                 )
         acc.wait_for_everyone()
         return report
+
+    def log_evaluation(self, step: int, report: dict[str, Any]) -> dict[str, float]:
+        """Log an evaluation's held-out success and return (a point of the plot's curve); returns them."""
+        point = {"eval_success": float(report["success"]), "eval_return": float(report["return"])}
+        self._log({"step": step, **point})
+        return point
 
     def _log(self, metrics: dict[str, float]) -> None:
         if not self.accelerator.is_main_process:
@@ -630,32 +634,34 @@ class Trainer:
                 raise ValueError("no non-negative integer 'step'")
         except (ValueError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
+        retry = f"remove {path} to resume from an earlier checkpoint"
         rng = path / f"random_states_{self.accelerator.process_index}.pkl"
         if not rng.is_file():
-            raise CheckpointError(
-                f"{rng}: missing, so the resume would not be exact; remove {path} to resume from an earlier checkpoint"
-            )
+            raise CheckpointError(f"{rng}: missing, so the resume would not be exact; {retry}")
         from accelerate.utils import load
 
-        for name in ("optimizer.bin", rng.name):
-            try:
-                with warnings.catch_warnings():  # torch's unpickler comments on a damaged file's protocol
-                    warnings.simplefilter("ignore")
-                    loaded = load(path / name)  # Accelerate's own loader: weights only, no code runs
-            except FileNotFoundError:
-                raise CheckpointError(f"{path / name}: missing") from None
-            except Exception as e:
-                raise CheckpointError(
-                    f"{path / name}: unreadable ({type(e).__name__}); remove {path} to resume from an earlier checkpoint"
-                ) from None
-            if name == rng.name and not (isinstance(loaded, dict) and "torch_manual_seed" in loaded):
-                raise CheckpointError(
-                    f"{rng}: not an RNG state, so the resume would not be exact; remove {path} to resume from an earlier checkpoint"
-                )
+        try:
+            with warnings.catch_warnings():  # torch's unpickler comments on a damaged file's protocol
+                warnings.simplefilter("ignore")
+                states = load(rng)  # Accelerate's own loader: weights only, no code runs; the file is small
+        except Exception as e:
+            raise CheckpointError(
+                f"{rng}: unreadable ({type(e).__name__}), so the resume would not be exact; {retry}"
+            ) from None
+        if not (isinstance(states, dict) and "torch_manual_seed" in states):
+            raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; {retry}")
+        # The optimizer state can be many GB: check its zip directory here, and let load_state read it once.
+        optimizer = path / "optimizer.bin"
+        try:
+            zipfile.ZipFile(optimizer).close()
+        except FileNotFoundError:
+            raise CheckpointError(f"{optimizer}: missing") from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CheckpointError(f"{optimizer}: unreadable ({type(e).__name__}); {retry}") from None
         for model_file in sorted(path.glob("model*.safetensors")) or [path / "model.safetensors"]:
             problem = _safetensors_problem(model_file)
             if problem:
-                raise CheckpointError(f"{model_file}: {problem}; remove {path} to resume from an earlier checkpoint")
+                raise CheckpointError(f"{model_file}: {problem}; {retry}")
 
     def save_model(self, path: Path | None = None) -> Path:
         path = path or self.out / "final"

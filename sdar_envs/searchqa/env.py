@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sdar_envs.core import PromptBuilder, TextEnv, _blocks, _strip_blocks
+from sdar_envs.core import PromptBuilder, TextEnv, strip_tag_blocks, tag_blocks
 from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
 from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
 from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
@@ -86,8 +86,8 @@ def parse_action(text: str) -> tuple[str, str] | None:
     in the text (tags are located once, then paired), so no output can make a step slow."""
     if not isinstance(text, str):
         return None
-    outside = _strip_blocks(text, "think")
-    for _, open_end, close_start, _, name in _blocks(outside, ("search", "answer")):
+    outside = strip_tag_blocks(text, "think")
+    for _, open_end, close_start, _, name in tag_blocks(outside, ("search", "answer")):
         content = " ".join(outside[open_end:close_start].split())
         return (name, content) if content else None
     return None
