@@ -44,11 +44,14 @@ def evaluate(
     memory: Skills | None = None,
     skills_k: int = 3,
     max_skill_prompt_tokens: int | None = None,
+    skill_placement: str = "in_user",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success. ``generator``:
     the generation back-end (default: HF ``generate`` on ``policy``). ``memory``: the policy sees skills
-    in its own prompt (Skill-GRPO's with-skills evaluation), within ``max_skill_prompt_tokens``."""
+    in its own prompt within ``max_skill_prompt_tokens``: at the start of the user message (``skill_placement``
+    ``in_user``, Skill-GRPO's with-skills evaluation) or before the chat text (``before_chat``: the SDAR
+    teacher's prompt, so the report measures the teacher)."""
     generator = generator or HFGenerator(policy, batch_size)
     sampling = Sampling(max_response_tokens, temperature, 1.0, tuple(policy.stop_ids))
     kwargs = dict(env_kwargs or {})
@@ -84,6 +87,7 @@ def evaluate(
             memory=memory,
             skills_k=skills_k,
             student_skills=memory is not None,
+            student_placement=skill_placement,
             on_turn=on_turn,
         )
     bar.close()
@@ -100,6 +104,7 @@ def evaluate(
         "success": sum(ep.won for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
+        "invalid_rate": rollout.metrics()["invalid_rate"],
         "results": [
             {
                 "task_id": e.task_id,

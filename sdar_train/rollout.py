@@ -141,6 +141,7 @@ def collect_rollout(
     teacher: bool = False,
     student_skills: bool = False,
     teacher_placement: str = "before_chat",
+    student_placement: str = "in_user",
     on_turn: Callable[[int], None] | None = None,
 ) -> Rollout:
     """Run ``len(task_ids) * group_size`` episodes to the end (slot ``i`` plays ``task_ids[i // G]``).
@@ -149,10 +150,13 @@ def collect_rollout(
     in ``max_teacher_prompt_tokens`` (skills are cut, never the prompt): ``teacher_placement="before_chat"``
     puts the reference's block ``[Privileged Skill Information]\n<skills>\n\n`` before the whole
     chat-formatted text; ``"in_user"`` at the start of the user message. ``student_skills`` (Skill-GRPO):
-    the student's own user message starts with that block.
+    the student's own user message starts with that block (``student_placement="in_user"``, the
+    reference's Skill-GRPO) or the block goes before the chat text as the teacher's does
+    (``"before_chat"``: the student's prompt is then the teacher's, e.g. to measure the teacher).
     """
-    if teacher_placement not in ("before_chat", "in_user"):
-        raise ValueError(f"teacher_placement must be before_chat or in_user, got {teacher_placement!r}")
+    for name, placement in (("teacher_placement", teacher_placement), ("student_placement", student_placement)):
+        if placement not in ("before_chat", "in_user"):
+            raise ValueError(f"{name} must be before_chat or in_user, got {placement!r}")
     build = prompt_builder(env_id)
     n = len(task_ids) * group_size
     if n > pool.num_envs:
@@ -190,10 +194,12 @@ def collect_rollout(
                 shown = (
                     fit_skills(_turn_skills(memory, st, text), room, codec.count, privileged_prefix) if room > 0 else []
                 )
-                if shown:
+                budget = max_teacher_prompt_tokens
+                if shown and student_placement == "before_chat":
+                    full = codec.encode_with_prefix(privileged_prefix(shown), text, 1 << 30)
+                elif shown:
                     text = privileged_prefix(shown) + text
                     full = codec.encode(text, 1 << 30)
-                budget = max_teacher_prompt_tokens
             prompt_ids[i] = full[-budget:]
             teacher_ids[i] = (
                 _teacher_prompt(codec, build, st, text, full, memory, teacher_placement, max_teacher_prompt_tokens)

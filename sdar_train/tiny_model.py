@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 __all__ = ["CHAT_TEMPLATE", "TINY_VERSION", "build_tiny_model", "tiny_model_path"]
@@ -58,7 +58,7 @@ def _training_text() -> Iterator[str]:
                 yield json.loads(line)["contents"]
 
 
-def _train_tokenizer(vocab_size: int) -> object:
+def _train_tokenizer(vocab_size: int, texts: Iterable[str] | None = None) -> object:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -81,7 +81,7 @@ def _train_tokenizer(vocab_size: int) -> object:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_training_text(), trainer=trainer)
+    tok.train_from_iterator(_training_text() if texts is None else texts, trainer=trainer)
     return tok
 
 
@@ -94,8 +94,12 @@ def build_tiny_model(
     heads: int = 4,
     kv_heads: int = 2,
     seed: int = 0,
+    texts: Iterable[str] | None = None,
 ) -> Path:
-    """Train the tokenizer, initialise a Qwen2ForCausalLM and save both to ``out`` (atomically)."""
+    """Train the tokenizer, initialise a Qwen2ForCausalLM and save both to ``out`` (atomically).
+
+    ``texts``: the tokenizer's training text (default: the suite's prompts, skills, walkthroughs and
+    Search-QA text); the replication trains it on the text its model will read."""
     import torch
     from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -103,7 +107,7 @@ def build_tiny_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        raw = _train_tokenizer(vocab_size)
+        raw = _train_tokenizer(vocab_size, texts)
         fast = PreTrainedTokenizerFast(
             tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>"
         )

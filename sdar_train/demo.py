@@ -1,0 +1,79 @@
+"""``make demo``: a short SDAR run on WebShop from the packaged warm start, held-out success before and after.
+
+    python -m sdar_train.demo --out runs/demo
+
+The warm start (``sdar_train/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by
+``python -m sdar_train.replicate``, its recipe and sha256 beside it) is checked against its sha256,
+evaluated on held-out WebShop test goals, trained with SDAR for a few steps on train goals (the teacher
+sees the packaged WebShop skills), and evaluated again on the same goals with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["WARMSTART", "check_warmstart", "main"]
+
+WARMSTART = Path(__file__).resolve().parent / "warmstart"
+
+
+def check_warmstart(path: Path = WARMSTART) -> Path:
+    """The packaged warm start, after checking every file against ``SHA256SUMS`` beside it."""
+    sums = path / "SHA256SUMS"
+    if not sums.is_file():
+        raise FileNotFoundError(f"{sums} is missing: rebuild it with python -m sdar_train.replicate --package true")
+    for line in sums.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
+            raise ValueError(f"{path / name} does not match its sha256 in {sums}")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=6, help="SDAR steps")
+    p.add_argument("--episodes", type=int, default=50, help="held-out test goals, before and after")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    import torch
+
+    from sdar_train.__main__ import main as train
+    from sdar_train.policy import load_policy
+    from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
+
+    warm = check_warmstart()
+    cfg = ReplicateConfig(out=args.out, eval_episodes=args.episodes, rl_steps=args.steps, eval_every=args.steps)
+    torch.set_num_threads(cfg.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    before = evaluate_policy(load_policy(str(warm), torch.device("cpu")), cfg, seed=args.seed)
+    (out / "before.json").write_text(json.dumps(before, indent=2))
+    print(
+        f"[demo] warm start on {before['episodes']} held-out WebShop test goals: "
+        f"success {before['success']:.2f}, score {before['return']:.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    code = train([*arm_args(cfg, "sdar", args.seed, warm, out / "sdar"), "--overwrite", "true", "--progress", "true"])
+    if code:
+        return code
+    after = json.loads((out / "sdar" / "eval.json").read_text())
+    rows = [("warm start", before), (f"after {args.steps} SDAR steps", after)]
+    print(f"\nheld-out WebShop test goals: {before['episodes']}, temperature {before['temperature']}, seed {args.seed}")
+    print(f"{'policy':<24}{'success':>9}{'score':>9}{'invalid':>9}")
+    for name, r in rows:
+        print(f"{name:<24}{r['success']:>9.2f}{r['return']:>9.3f}{r['invalid_rate']:>9.2f}")
+    (out / "summary.json").write_text(
+        json.dumps({name: {k: r[k] for k in ("success", "return", "invalid_rate")} for name, r in rows}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,626 @@
+"""A CPU miniature of the SDAR paper's comparison on WebShop, one resumable command:
+
+    python -m sdar_train.replicate --out runs/replicate        # or: make replicate
+
+Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
+
+1. ``model/``: a small Qwen2 with a byte-level BPE trained on WebShop's own text (prompts of the
+   demonstrator's episodes), built locally, nothing downloaded.
+2. ``demos.jsonl.gz``: demonstrations on WebShop's train goals by :mod:`sdar_train.demonstrator`,
+   which reads only the prompt. A third of the episodes are careful with the skills in view (the
+   teacher's prompt: the packaged WebShop skills before the chat text), a third careful and a third
+   careless (buy without choosing options) without skills. So the skills carry what separates the
+   two habits, and a model trained from scratch learns to read them.
+3. ``warmstart/``: behaviour cloning on those pairs (token NLL on responses only), with its curve.
+4. ``premise.json``: held-out test success of the warm start without skills (the student) and with
+   them in its prompt as the teacher sees them. SDAR has something to distil only if the teacher wins more.
+5. ``arms/<algo>-s<seed>/``: GRPO, SDAR and GRPO+OPSD (ungated) from the same warm start, one run per
+   seed, the same task stream per seed, held-out evaluation every ``eval_every`` steps.
+6. ``report.md``, ``curves.png``, ``diagnostics.png``: success per arm (mean and 95% interval over
+   seeds, start and end) and SDAR's gate and gap statistics over training.
+
+Held-out evaluation everywhere: ``eval_episodes`` WebShop test goals evenly spaced over the first 500
+(the split the paper reports), temperature 0.4, seed = the run's seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import math
+import random
+import sys
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdar_envs import EnvPool
+from sdar_train.demonstrator import read_prompt, webshop_action
+from sdar_train.policy import Policy, PromptCodec, load_policy, pack, response_logprobs
+from sdar_train.seeding import derive_seed
+
+__all__ = ["ReplicateConfig", "behaviour_cloning", "collect_demonstrations", "main", "run"]
+
+ENV = "SDAR/WebShop-v0"
+RESPONSE = "<think></think><action>{}</action>"  # the env's format rule: a <think> block, then the action
+MODES = ("careful_skills", "careful", "careless")
+
+
+@dataclass
+class ReplicateConfig:
+    out: str = field(default="runs/replicate", metadata={"help": "where every stage writes"})
+    # the model
+    vocab_size: int = field(default=8192, metadata={"help": "BPE vocabulary trained on WebShop text"})
+    hidden_size: int = field(default=128, metadata={"help": "Qwen2 width"})
+    layers: int = field(default=2, metadata={"help": "Qwen2 layers"})
+    # the warm start
+    demo_goals: int = field(default=600, metadata={"help": "train goals demonstrated (one episode each)"})
+    bc_steps: int = field(default=300, metadata={"help": "behaviour-cloning optimiser steps"})
+    bc_batch: int = field(default=16, metadata={"help": "turn samples per behaviour-cloning step"})
+    bc_lr: float = field(default=3e-3, metadata={"help": "behaviour-cloning peak learning rate (cosine decay)"})
+    bc_eval_every: int = field(default=100, metadata={"help": "held-out evaluation of the warm start every N steps"})
+    # held-out evaluation
+    eval_episodes: int = field(default=50, metadata={"help": "test goals per evaluation (evenly spaced, fixed)"})
+    eval_temperature: float = field(default=0.4, metadata={"help": "the reference's evaluation temperature"})
+    # the RL arms
+    arms: list[str] = field(default_factory=lambda: ["grpo", "sdar", "opsd"], metadata={"help": "algorithms"})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one run per arm and seed"})
+    rl_steps: int = field(default=8, metadata={"help": "RL steps per run"})
+    eval_every: int = field(default=4, metadata={"help": "held-out evaluation every N RL steps"})
+    tasks_per_step: int = field(default=4, metadata={"help": "B"})
+    group_size: int = field(default=4, metadata={"help": "G"})
+    rl_lr: float = field(default=2e-4, metadata={"help": "RL learning rate"})
+    sdar_coef: float = field(default=0.1, metadata={"help": "lambda of the distillation term"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget (WebShop prompts fit whole)"})
+    max_response_tokens: int = field(default=64, metadata={"help": "tokens per turn"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+    package: bool = field(
+        default=False, metadata={"help": "copy the warm start into sdar_train/warmstart (the demo's)"}
+    )
+
+    def __post_init__(self) -> None:
+        from sdar_train.config import ALGORITHMS, ConfigError
+
+        for name in ("demo_goals", "bc_steps", "bc_batch", "eval_episodes", "rl_steps", "tasks_per_step", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError("group_size must be >= 2 for group-relative advantages")
+        unknown = [a for a in self.arms if a not in ALGORITHMS or ALGORITHMS[a].sft]
+        if unknown:
+            raise ConfigError(
+                f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
+            )
+        if not self.seeds:
+            raise ConfigError("seeds must name at least one seed")
+
+
+# --- stage 1 and 2: demonstrations and the model ----------------------------------------------------------
+def episode_mode(task: str, seed: int) -> str:
+    """Which of :data:`MODES` an episode's demonstration is, fixed by its instruction and the seed."""
+    return MODES[derive_seed(seed, "mode", zlib.crc32(task.encode())) % len(MODES)]
+
+
+def collect_demonstrations(
+    codec: PromptCodec, task_ids: Sequence[str], *, seed: int = 0, max_prompt_tokens: int = 1 << 20
+) -> list[dict[str, Any]]:
+    """One demonstrated episode per train goal; returns one record per turn: ``prompt`` and ``response``
+    token ids, ``mode``, ``task_id``. Careful-with-skills turns carry the teacher's prompt (skills before
+    the chat text), the others the student's. Prompts are the rollout's own, made by the same code."""
+    from sdar_train.rollout import collect_rollout, default_memory
+
+    modes: dict[str, str] = {}
+
+    def demonstrate(prompts: list[list[int]], _seed: int) -> list[list[int]]:
+        out = []
+        for ids in prompts:
+            view = read_prompt(codec.decode(ids))
+            careful = modes.setdefault(view.task, episode_mode(view.task, seed)) != "careless"
+            out.append(codec.encode_response(RESPONSE.format(webshop_action(view, careful=careful))))
+        return out
+
+    memory = default_memory(ENV, "keyword", seed, None)
+    records: list[dict[str, Any]] = []
+    chunk = 100
+    with EnvPool(ENV, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
+        for start in range(0, len(task_ids), chunk):
+            rollout = collect_rollout(
+                pool,
+                ENV,
+                list(task_ids[start : start + chunk]),
+                1,
+                codec=codec,
+                generate=demonstrate,
+                seed=derive_seed(seed, "demos", start),
+                max_prompt_tokens=max_prompt_tokens,
+                max_teacher_prompt_tokens=max_prompt_tokens,
+                memory=memory,
+                teacher=True,
+            )
+            for s in rollout.samples:
+                ep = rollout.episodes[s.episode]
+                mode = episode_mode(ep.task, seed)
+                prompt = s.teacher_prompt_ids if mode == "careful_skills" and s.teacher_prompt_ids else s.prompt_ids
+                records.append(
+                    {"task_id": ep.task_id, "mode": mode, "won": ep.won, "prompt": prompt, "response": s.response_ids}
+                )
+    return records
+
+
+def _demo_texts(n: int = 300, seed: int = 0) -> Iterator[str]:
+    """The tokenizer's training text: the prompts and actions of ``n`` demonstrated train episodes."""
+    import gymnasium as gym
+
+    from sdar_envs import prompt_builder
+    from sdar_envs.core import Turn
+    from sdar_train.tiny_model import _training_text
+    from skills.store import seed_bank_path
+
+    build = prompt_builder(ENV)
+    env = gym.make(ENV, split="train").unwrapped
+    ids = env.task_ids()
+    rng = random.Random(seed)
+    yield seed_bank_path("webshop").read_text(encoding="utf-8")
+    for tid in rng.sample(ids, min(n, len(ids))):
+        obs, info = env.reset(options={"task_id": tid})
+        history: list[Turn] = []
+        done = False
+        while not done:
+            text = build(
+                task=info["task"],
+                observation=obs,
+                history=history,
+                admissible_actions=info["admissible_actions"],
+                step=info["step"],
+            )
+            yield text
+            action = RESPONSE.format(webshop_action(read_prompt(text)))
+            yield action
+            history.append(Turn(obs, action))
+            obs, _, term, trunc, info = env.step(action)
+            done = term or trunc
+    env.close()
+    yield from _training_text()  # the suite's other text, so the model can still be pointed at any env
+
+
+def build_model(cfg: ReplicateConfig, path: Path) -> Path:
+    from sdar_train.tiny_model import build_tiny_model
+
+    heads = max(2, cfg.hidden_size // 32)
+    return build_tiny_model(
+        path,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        layers=cfg.layers,
+        heads=heads,
+        kv_heads=max(1, heads // 2),
+        texts=_demo_texts(),
+    )
+
+
+# --- stage 3: behaviour cloning ---------------------------------------------------------------------------
+def behaviour_cloning(
+    policy: Policy,
+    records: Sequence[dict[str, Any]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    micro_batch: int = 8,
+    on_step: Any = None,
+) -> list[float]:
+    """Token-mean NLL of the response tokens (the prompt has no logits, see :func:`pack`) under AdamW with
+    a linear warm-up and cosine decay; batches drawn without replacement, epoch after epoch. ``on_step(step,
+    loss)`` is called after each step; returns the losses."""
+    model = policy.model
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    rng = random.Random(seed)
+    order: list[int] = []
+    losses = []
+    for step in range(steps):
+        batch = []
+        for _ in range(batch_size):
+            if not order:
+                order = list(range(len(records)))
+                rng.shuffle(order)
+            batch.append(records[order.pop()])
+        tokens = sum(len(r["response"]) for r in batch)
+        total = 0.0
+        for s in range(0, len(batch), micro_batch):
+            part = batch[s : s + micro_batch]
+            packed = pack([r["prompt"] for r in part], [r["response"] for r in part], policy.pad_id)
+            logp, _ = response_logprobs(model, packed, policy.device)
+            loss = -(logp * packed.mask.to(policy.device)).sum() / tokens
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+        if on_step is not None:
+            on_step(step + 1, total)
+    model.eval()
+    return losses
+
+
+def evaluate_policy(
+    policy: Policy, cfg: ReplicateConfig, *, seed: int = 0, skills: bool = False, episodes: int | None = None
+) -> dict[str, Any]:
+    """Held-out success on the test goals; ``skills``: the prompt the SDAR teacher sees (the packaged skills
+    before the chat text)."""
+    from sdar_train.eval import evaluate
+    from sdar_train.rollout import default_memory
+
+    return evaluate(
+        policy,
+        ENV,
+        env_kwargs={"split": "test"},
+        episodes=episodes or cfg.eval_episodes,
+        temperature=cfg.eval_temperature,
+        seed=seed,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_response_tokens=cfg.max_response_tokens,
+        memory=default_memory(ENV, "keyword", seed, None) if skills else None,
+        max_skill_prompt_tokens=cfg.max_prompt_tokens + 512,
+        skill_placement="before_chat",
+    )
+
+
+def _summary(report: dict[str, Any]) -> dict[str, float]:
+    return {"success": report["success"], "score": report["return"], "invalid_rate": report["invalid_rate"]}
+
+
+def _log(msg: str) -> None:
+    print(f"[replicate {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
+    """Stages 1-3; returns the warm-start model folder."""
+    model_dir, demos_file, warm = out / "model", out / "demos.jsonl.gz", out / "warmstart"
+    if (warm / "config.json").exists():
+        return warm
+    t0 = time.time()
+    if not (model_dir / "config.json").exists():
+        _log(f"building the model ({cfg.hidden_size} wide, {cfg.layers} layers, {cfg.vocab_size} BPE)")
+        build_model(cfg, model_dir)
+    policy = load_policy(str(model_dir), torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    if not demos_file.exists():
+        import gymnasium as gym
+
+        env = gym.make(ENV, split="train").unwrapped
+        goals = random.Random(0).sample(env.task_ids(), cfg.demo_goals)
+        env.close()
+        _log(f"demonstrating {len(goals)} train goals")
+        records = collect_demonstrations(codec, goals, max_prompt_tokens=cfg.max_prompt_tokens)
+        tmp = demos_file.with_suffix(".tmp")
+        with gzip.open(tmp, "wt") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        tmp.replace(demos_file)
+    with gzip.open(demos_file, "rt") as f:
+        records = [json.loads(line) for line in f]
+    curve: list[dict[str, Any]] = []
+    untrained = _summary(evaluate_policy(policy, cfg, episodes=min(20, cfg.eval_episodes)))
+    curve.append({"step": 0, **{f"eval_{k}": v for k, v in untrained.items()}})
+    _log(f"untrained: {untrained}; behaviour cloning on {len(records)} turns")
+
+    def on_step(step: int, loss: float) -> None:
+        point: dict[str, Any] = {"step": step, "loss": loss}
+        if step % cfg.bc_eval_every == 0 or step == cfg.bc_steps:
+            point.update({f"eval_{k}": v for k, v in _summary(evaluate_policy(policy, cfg)).items()})
+            _log(f"step {step}: {point}")
+            policy.model.train()
+        curve.append(point)
+
+    behaviour_cloning(policy, records, steps=cfg.bc_steps, batch_size=cfg.bc_batch, lr=cfg.bc_lr, on_step=on_step)
+    staging = out / "warmstart.tmp"
+    policy.model.save_pretrained(staging)
+    policy.tokenizer.save_pretrained(staging)
+    with open(staging / "curve.jsonl", "w") as f:
+        for p in curve:
+            f.write(json.dumps(p) + "\n")
+    _write_json(staging / "recipe.json", {**dataclasses.asdict(cfg), "demos": len(records), "wall_s": time.time() - t0})
+    staging.replace(warm)
+    return warm
+
+
+def premise(cfg: ReplicateConfig, out: Path, warm: Path) -> dict[str, Any]:
+    """Stage 4: the warm start's held-out success without and with the skills in its prompt, per seed."""
+    path = out / "premise.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    policy = load_policy(str(warm), torch.device("cpu"))
+    result: dict[str, Any] = {"episodes": cfg.eval_episodes, "seeds": cfg.seeds, "student": [], "teacher": []}
+    for seed in cfg.seeds:
+        result["student"].append(_summary(evaluate_policy(policy, cfg, seed=seed)))
+        result["teacher"].append(_summary(evaluate_policy(policy, cfg, seed=seed, skills=True)))
+        _log(f"premise seed {seed}: student {result['student'][-1]}, teacher {result['teacher'][-1]}")
+    _write_json(path, result)
+    return result
+
+
+# --- stage 5: the RL arms ------------------------------------------------------------------------------
+def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Path) -> list[str]:
+    """``python -m sdar_train`` arguments of one arm and seed: WebShop's reference config (official
+    training signal: 10 x won, 0.1 per invalid turn; mini-batches of 64) sized for a CPU."""
+    settings: dict[str, Any] = {
+        "algo": arm,
+        "model": str(warm),
+        "output_dir": str(out_dir),
+        "seed": seed,
+        "steps": cfg.rl_steps,
+        "tasks_per_step": cfg.tasks_per_step,
+        "group_size": cfg.group_size,
+        "max_prompt_tokens": cfg.max_prompt_tokens,
+        "max_teacher_prompt_tokens": cfg.max_prompt_tokens + 512,
+        "max_response_tokens": cfg.max_response_tokens,
+        "lr": cfg.rl_lr,
+        "sdar_coef": cfg.sdar_coef,
+        "micro_batch_size": 8,
+        "generation_batch_size": 64,
+        "env_workers": 0,
+        "eval_every": cfg.eval_every,
+        "eval_episodes": cfg.eval_episodes,
+        "eval_temperature": cfg.eval_temperature,
+        "save_every": cfg.eval_every,
+        "cpu_threads": cfg.threads,
+        "progress": False,
+    }
+    args = ["--config", "webshop_base.yaml"]
+    for k, v in settings.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    return args
+
+
+def run_arms(cfg: ReplicateConfig, out: Path, warm: Path) -> None:
+    """Every arm x seed, seeds outermost so that a short budget still sees every arm; a run that stopped
+    resumes from its last checkpoint."""
+    import subprocess
+
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            run_dir = out / "arms" / f"{arm}-s{seed}"
+            if (run_dir / "eval.json").exists():
+                continue
+            resume = (run_dir / "checkpoints").exists()
+            args = arm_args(cfg, arm, seed, warm, run_dir)
+            args += ["--resume", "true"] if resume else ["--overwrite", "true"]
+            _log(f"{arm} seed {seed}{' (resuming)' if resume else ''}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            t0 = time.time()
+            with open(run_dir / "train.log", "a") as log:
+                subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
+            _log(f"{arm} seed {seed} done in {time.time() - t0:.0f} s")
+
+
+# --- stage 6: the report --------------------------------------------------------------------------------
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def _interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, _T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def collect_curves(cfg: ReplicateConfig, out: Path) -> dict[str, dict[int, list[dict[str, float]]]]:
+    """Per arm and seed, the rows of its metrics file, with the warm start's evaluation as step 0."""
+    start = json.loads((out / "premise.json").read_text())["student"]
+    curves: dict[str, dict[int, list[dict[str, float]]]] = {}
+    for arm in cfg.arms:
+        for i, seed in enumerate(cfg.seeds):
+            metrics = out / "arms" / f"{arm}-s{seed}" / "metrics.jsonl"
+            if not metrics.exists():
+                continue
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            first = {"step": 0, "eval_success": start[i]["success"], "eval_return": start[i]["score"]}
+            curves.setdefault(arm, {})[seed] = [first, *rows]
+    return curves
+
+
+def write_report(cfg: ReplicateConfig, out: Path) -> Path:
+    """``report.md`` (table), ``curves.png`` (held-out success per arm, bands = 95% intervals over seeds)
+    and ``diagnostics.png`` (SDAR's gate and gap statistics and the invalid-turn rate over training)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = collect_curves(cfg, out)
+    prem = json.loads((out / "premise.json").read_text())
+    recipe = json.loads((out / "warmstart" / "recipe.json").read_text())
+    lines = [
+        "# SDAR miniature on WebShop (CPU)",
+        "",
+        f"Held-out: {cfg.eval_episodes} WebShop test goals (evenly spaced over the first 500), temperature "
+        f"{cfg.eval_temperature}, one evaluation per seed; 95% t-intervals over seeds {cfg.seeds}.",
+        "",
+        "## Warm start and the premise",
+        "",
+        f"Behaviour cloning: {recipe['demos']} demonstrated turns, {recipe['bc_steps']} steps x {recipe['bc_batch']}, "
+        f"{recipe['wall_s'] / 60:.1f} min.",
+        "",
+        "| policy | success | score |",
+        "|---|---|---|",
+    ]
+    for who, label in (
+        ("student", "warm start, no skills (the student)"),
+        ("teacher", "warm start + skills (the teacher)"),
+    ):
+        s, sh = _interval([r["success"] for r in prem[who]])
+        c, ch = _interval([r["score"] for r in prem[who]])
+        lines.append(f"| {label} | {s:.3f} ± {sh:.3f} | {c:.3f} ± {ch:.3f} |")
+    lines += [
+        "",
+        "## RL arms from the same warm start",
+        "",
+        "| arm | seeds | success at start | success at end | change | score at end |",
+        "|---|---|---|---|---|---|",
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, runs in curves.items():
+        ends = {seed: [r for r in rows if "eval_success" in r] for seed, rows in runs.items()}
+        complete = [seed for seed, pts in ends.items() if pts[-1]["step"] == cfg.rl_steps]
+        if complete:
+            s0 = _interval([ends[s][0]["eval_success"] for s in complete])
+            s1 = _interval([ends[s][-1]["eval_success"] for s in complete])
+            d = _interval([ends[s][-1]["eval_success"] - ends[s][0]["eval_success"] for s in complete])
+            sc = _interval([ends[s][-1]["eval_return"] for s in complete])
+            lines.append(
+                f"| {arm} | {len(complete)} | {s0[0]:.3f} ± {s0[1]:.3f} | {s1[0]:.3f} ± {s1[1]:.3f} | "
+                f"{d[0]:+.3f} ± {d[1]:.3f} | {sc[0]:.3f} ± {sc[1]:.3f} |"
+            )
+        steps = sorted({r["step"] for pts in ends.values() for r in pts})
+        mean, half = [], []
+        for step in steps:
+            m, h = _interval([r["eval_success"] for pts in ends.values() for r in pts if r["step"] == step])
+            mean.append(m)
+            half.append(h)
+        ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
+        ax.fill_between(
+            steps,
+            [m - h for m, h in zip(mean, half, strict=True)],
+            [m + h for m, h in zip(mean, half, strict=True)],
+            alpha=0.2,
+        )
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("held-out success")
+    ax.set_title("WebShop test success (mean, 95% interval over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+    keys = [
+        ("gate_mean", "gate mean"),
+        ("gap_negative", "share of negative-gap tokens"),
+        ("gap_mean", "mean teacher-student gap"),
+        ("invalid_rate", "invalid-turn rate"),
+    ]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3))
+    diag: dict[str, dict[str, float]] = {}
+    for (key, title), axis in zip(keys, axes, strict=True):
+        for arm, runs in curves.items():
+            by_step: dict[int, list[float]] = {}
+            for rows in runs.values():
+                for r in rows:
+                    if key in r:
+                        by_step.setdefault(int(r["step"]), []).append(float(r[key]))
+            if by_step:
+                xs = sorted(by_step)
+                axis.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], label=arm)
+                every = [v for vs in by_step.values() for v in vs]
+                diag.setdefault(arm, {})[key] = sum(every) / len(every)
+        axis.set_title(title)
+        axis.set_xlabel("RL step")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "diagnostics.png", dpi=100)
+    plt.close(fig)
+    lines += [
+        "",
+        "## Diagnostics over training (mean over steps and seeds)",
+        "",
+        "| arm | " + " | ".join(t for _, t in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for arm, values in diag.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{values[k]:.3f}" if k in values else "-" for k, _ in keys) + " |")
+    lines += ["", "![success](curves.png)", "", "![diagnostics](diagnostics.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def package_warmstart(warm: Path, dest: Path) -> Path:
+    """Copy a warm start into ``dest`` as the demo ships it: bf16 weights (half the bytes; the demo trains
+    and evaluates from these same weights), tokenizer, recipe and curve, and ``SHA256SUMS`` of every file."""
+    import hashlib
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    staging = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(warm, dtype=torch.bfloat16)
+    model.save_pretrained(staging)
+    load_policy(str(warm), torch.device("cpu")).tokenizer.save_pretrained(staging)
+    for name in ("recipe.json", "curve.jsonl"):
+        shutil.copy(warm / name, staging / name)
+    files = sorted(f.name for f in staging.iterdir() if f.is_file())
+    sums = "".join(f"{hashlib.sha256((staging / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
+    (staging / "SHA256SUMS").write_text(sums)
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.replace(dest)
+    return dest
+
+
+def run(cfg: ReplicateConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "replicate_config.json", dataclasses.asdict(cfg))
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    warm = warm_start(cfg, out)
+    if cfg.package:
+        from sdar_train.demo import WARMSTART
+
+        _log(f"packaged the warm start in {package_warmstart(warm, WARMSTART)}")
+    premise(cfg, out, warm)
+    run_arms(cfg, out, warm)
+    report = write_report(cfg, out)
+    _log(f"report: {report} ({(time.time() - t0) / 60:.1f} min in this invocation)")
+    return out
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(ReplicateConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kind = type(default[0]) if isinstance(default, list) else type(default)
+        p.add_argument(
+            f"--{f.name}",
+            type=_flag if kind is bool else kind,
+            nargs="+" if isinstance(default, list) else None,
+            default=default,
+            help=f"{f.metadata.get('help', '')} [default: {default}]",
+        )
+    cfg = ReplicateConfig(**vars(p.parse_args(argv)))
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

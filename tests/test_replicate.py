@@ -1,0 +1,174 @@
+"""The CPU miniature (sdar_train.replicate), its demonstrator, the packaged warm start and the demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import torch
+
+import sdar_envs  # noqa: F401  (registers the envs)
+from sdar_envs import prompt_builder
+from sdar_envs.core import Turn, evaluation_tasks
+from sdar_train.demo import WARMSTART, check_warmstart
+from sdar_train.demonstrator import read_prompt, webshop_action
+from sdar_train.policy import PromptCodec, load_policy
+from sdar_train.replicate import (
+    RESPONSE,
+    ReplicateConfig,
+    collect_demonstrations,
+    episode_mode,
+    evaluate_policy,
+    warm_start,
+    write_report,
+)
+from skills.render import SKILLS_HEADER
+
+ENV = "SDAR/WebShop-v0"
+
+
+def play(env: gym.Env, task_id: str, careful: bool) -> tuple[float, list[str]]:
+    """The demonstrator on one goal, fed the very prompt the policy would see."""
+    build = prompt_builder(ENV)
+    obs, info = env.reset(options={"task_id": task_id})
+    history: list[Turn] = []
+    actions = []
+    while True:
+        text = build(
+            task=info["task"],
+            observation=obs,
+            history=history,
+            admissible_actions=info["admissible_actions"],
+            step=info["step"],
+        )
+        action = RESPONSE.format(webshop_action(read_prompt(text), careful=careful))
+        actions.append(action)
+        history.append(Turn(obs, action))
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return float(info["score"]), actions
+
+
+def test_demonstrator_acts_on_the_prompt_alone_and_care_pays():
+    env = gym.make(ENV, split="test").unwrapped
+    goals = evaluation_tasks(env.task_ids(), 30)
+    careful = [play(env, g, True) for g in goals]
+    careless = [play(env, g, False) for g in goals]
+    # careful: search the instruction, first product, the instruction's options, buy
+    score, actions = careful[0]
+    assert actions[0].startswith("<think></think><action>search[") and actions[-1].endswith("click[buy now]</action>")
+    assert all(env.format_valid(a) for _, acts in careful for a in acts)
+    wins = sum(s == 1.0 for s, _ in careful)
+    assert wins >= 9  # about half of the test goals are bought exactly
+    assert sum(s for s, _ in careful) > sum(s for s, _ in careless) + 3
+    assert all(len(acts) == 3 for _, acts in careless)  # search, product, buy: no options chosen
+    env.close()
+
+
+def test_read_prompt_ignores_a_skills_block_and_reads_the_last_action():
+    build = prompt_builder(ENV)
+    text = build(
+        task="Find me a red hat, and price lower than 30.00 dollars",
+        observation="Back to Search [SEP] < Prev [SEP] color [SEP] red [SEP] blue [SEP] Buy Now",
+        history=[Turn("results", "<think></think><action>click[b000000001]</action>")],
+        admissible_actions=["click[back to search]", "click[< prev]", "click[red]", "click[blue]", "click[buy now]"],
+        step=2,
+        skills=["click every option value the instruction names"],
+    )
+    view = read_prompt(text)
+    assert view.task == "Find me a red hat, and price lower than 30.00 dollars"
+    assert view.last_action == "click[b000000001]"
+    assert view.admissible[-1] == "click[buy now]"
+    assert webshop_action(view) == "click[buy now]"  # "red" is not named as "color: red"
+    named = read_prompt(text.replace("a red hat", "a hat with color: red"))
+    assert webshop_action(named) == "click[red]"
+    assert webshop_action(named, careful=False) == "click[buy now]"
+
+
+def test_demonstrations_show_skills_only_to_the_careful_skilled_third():
+    policy = load_policy("tiny", torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    env = gym.make(ENV, split="train").unwrapped
+    goals = env.task_ids()[:9]
+    env.close()
+    records = collect_demonstrations(codec, goals)
+    modes = {r["mode"] for r in records}
+    assert modes == {"careful_skills", "careful", "careless"}
+    for r in records:
+        prompt = codec.decode(r["prompt"])
+        assert prompt.startswith(SKILLS_HEADER) == (r["mode"] == "careful_skills")  # before the chat text
+        response = codec.decode(r["response"])
+        assert response.startswith("<think></think><action>") and response.endswith("</action>")
+        if r["mode"] == "careless":
+            assert "click[buy now]" in response or "search[" in response or "click[b" in response
+    task = "Find me a hat"
+    assert episode_mode(task, 0) == episode_mode(task, 0)  # fixed by the instruction and the seed
+
+
+def _fake_run(tmp: Path, cfg: ReplicateConfig) -> None:
+    """What the stages leave behind, with made-up numbers, for the report."""
+    (tmp / "warmstart").mkdir(parents=True)
+    (tmp / "warmstart" / "recipe.json").write_text(json.dumps({"demos": 100, "bc_steps": 10, "bc_batch": 4, "wall_s": 60}))
+    student = [{"success": 0.2 + 0.02 * i, "score": 0.5, "invalid_rate": 0.0} for i in range(3)]
+    teacher = [{"success": 0.4 + 0.02 * i, "score": 0.7, "invalid_rate": 0.0} for i in range(3)]
+    (tmp / "premise.json").write_text(json.dumps({"student": student, "teacher": teacher}))
+    for arm, gain in (("grpo", 0.05), ("sdar", 0.1)):
+        for seed in cfg.seeds:
+            run = tmp / "arms" / f"{arm}-s{seed}"
+            run.mkdir(parents=True)
+            rows = [{"step": 0, "success": 0.2, "gate_mean": 0.4, "gap_negative": 0.6, "gap_mean": -0.1, "invalid_rate": 0.0}]
+            rows.append({"step": 2, "eval_success": 0.2 + gain + 0.01 * seed, "eval_return": 0.6})
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_table_intervals_and_plots(tmp_path):
+    cfg = ReplicateConfig(out=str(tmp_path), arms=["grpo", "sdar"], seeds=[0, 1, 2], rl_steps=2)
+    _fake_run(tmp_path, cfg)
+    report = write_report(cfg, tmp_path).read_text()
+    assert "| sdar | 3 | 0.220 ± " in report  # start: the warm start's evaluation of each seed
+    assert "0.310 ± 0.025" in report  # end: mean 0.31, t(0.975, 2) x sd 0.01 / sqrt 3 = 0.0248
+    assert "| warm start + skills (the teacher) | 0.420 ±" in report
+    assert "| sdar | 0.400 | 0.600 | -0.100 | 0.000 |" in report  # the diagnostics, averaged
+    for png in ("curves.png", "diagnostics.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_config_refuses_what_cannot_work():
+    from sdar_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="arms must be RL algorithms"):
+        ReplicateConfig(arms=["sft"])
+    with pytest.raises(ConfigError, match="group_size"):
+        ReplicateConfig(group_size=1)
+
+
+def test_packaged_warm_start_matches_its_checksums(tmp_path):
+    check_warmstart()
+    recipe = json.loads((WARMSTART / "recipe.json").read_text())
+    assert recipe["demos"] > 0 and recipe["bc_steps"] > 0
+    copy = tmp_path / "warmstart"
+    shutil.copytree(WARMSTART, copy)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    with pytest.raises(ValueError, match="config.json does not match its sha256"):
+        check_warmstart(copy)
+
+
+@pytest.mark.slow
+def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
+    """The packaged warm start's recipe, shortened, still learns: held-out score above the untrained model's."""
+    recipe = json.loads((WARMSTART / "recipe.json").read_text())
+    fields = {k: recipe[k] for k in ("vocab_size", "hidden_size", "layers", "bc_lr", "bc_batch")}
+    cfg = ReplicateConfig(
+        out=str(tmp_path), **fields, demo_goals=120, bc_steps=120, bc_eval_every=1000, eval_episodes=10
+    )
+    warm = warm_start(cfg, tmp_path)
+    curve = [json.loads(line) for line in (warm / "curve.jsonl").read_text().splitlines()]
+    untrained, trained = curve[0], curve[-1]
+    assert untrained["eval_score"] == 0.0 and untrained["eval_invalid_rate"] > 0.9
+    assert trained["eval_score"] > 0.05
+    assert trained["eval_invalid_rate"] < 0.5
+    again = evaluate_policy(load_policy(str(warm), torch.device("cpu")), cfg)
+    assert again["return"] == pytest.approx(trained["eval_score"])  # evaluation repeats exactly
