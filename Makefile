@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUNS    ?= runs
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
-.PHONY: setup demo test test-fast lint bench gpu-check clean setup-vllm test-vllm
+.PHONY: setup demo replicate test test-fast lint bench gpu-check clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -42,11 +42,16 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
 
-# The main job: a short SDAR training on ALFWorld with the tiny local model on CPU (a behaviour-cloning
-# warm start, then SDAR), an evaluation on 12 valid_unseen games, metrics and a plot in runs/demo/.
+# The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
+# `make replicate` behaviour-cloned), CPU; held-out success and score on 50 test goals before and after,
+# metrics and a plot in runs/demo/.
 demo: $(STAMP)
-	$(BIN)/python -m sdar_train --config demo_sft.yaml --output_dir $(RUNS)/demo/sft --overwrite true
-	$(BIN)/python -m sdar_train --config demo_sdar.yaml --model $(RUNS)/demo/sft/final --output_dir $(RUNS)/demo/sdar --overwrite true
+	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo
+
+# The CPU miniature of the paper's comparison, resumable (run it again to continue): the warm start, the
+# skill premise, GRPO / SDAR / GRPO+OPSD x 3 seeds, runs/replicate/report.md with curves and diagnostics.
+replicate: $(STAMP)
+	$(BIN)/python -m sdar_train.replicate --out $(RUNS)/replicate
 
 test: $(STAMP)
 	$(BIN)/ruff check .

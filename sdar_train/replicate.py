@@ -43,7 +43,7 @@ import torch
 
 from sdar_envs import EnvPool
 from sdar_train.demonstrator import read_prompt, webshop_action
-from sdar_train.policy import Policy, PromptCodec, load_policy, pack, response_logprobs
+from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
 __all__ = ["ReplicateConfig", "behaviour_cloning", "collect_demonstrations", "main", "run"]
@@ -62,22 +62,32 @@ class ReplicateConfig:
     layers: int = field(default=2, metadata={"help": "Qwen2 layers"})
     # the warm start
     demo_goals: int = field(default=600, metadata={"help": "train goals demonstrated (one episode each)"})
-    bc_steps: int = field(default=300, metadata={"help": "behaviour-cloning optimiser steps"})
+    bc_steps: int = field(default=900, metadata={"help": "behaviour-cloning optimiser steps"})
     bc_batch: int = field(default=16, metadata={"help": "turn samples per behaviour-cloning step"})
     bc_lr: float = field(default=3e-3, metadata={"help": "behaviour-cloning peak learning rate (cosine decay)"})
-    bc_eval_every: int = field(default=100, metadata={"help": "held-out evaluation of the warm start every N steps"})
+    bc_prompt_lm: int = field(
+        default=64, metadata={"help": "next-token loss at this many random prompt positions per sample (0: off)"}
+    )
+    bc_eval_every: int = field(default=300, metadata={"help": "held-out evaluation of the warm start every N steps"})
     # held-out evaluation
     eval_episodes: int = field(default=50, metadata={"help": "test goals per evaluation (evenly spaced, fixed)"})
     eval_temperature: float = field(default=0.4, metadata={"help": "the reference's evaluation temperature"})
     # the RL arms
     arms: list[str] = field(default_factory=lambda: ["grpo", "sdar", "opsd"], metadata={"help": "algorithms"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one run per arm and seed"})
-    rl_steps: int = field(default=8, metadata={"help": "RL steps per run"})
-    eval_every: int = field(default=4, metadata={"help": "held-out evaluation every N RL steps"})
-    tasks_per_step: int = field(default=4, metadata={"help": "B"})
+    rl_steps: int = field(default=10, metadata={"help": "RL steps per run"})
+    eval_every: int = field(default=5, metadata={"help": "held-out evaluation every N RL steps"})
+    tasks_per_step: int = field(default=2, metadata={"help": "B"})
     group_size: int = field(default=4, metadata={"help": "G"})
-    rl_lr: float = field(default=2e-4, metadata={"help": "RL learning rate"})
+    rl_lr: float = field(default=3e-4, metadata={"help": "RL learning rate"})
     sdar_coef: float = field(default=0.1, metadata={"help": "lambda of the distillation term"})
+    train_reward: str = field(
+        default="return",
+        metadata={
+            "help": "return: 10 x the WebShop score (dense; the tiny warm start never buys the exact target, "
+            "so the official won gives every episode 0); won: 10 x (score == 1), the reference's"
+        },
+    )
     max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget (WebShop prompts fit whole)"})
     max_response_tokens: int = field(default=64, metadata={"help": "tokens per turn"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
@@ -98,6 +108,8 @@ class ReplicateConfig:
             raise ConfigError(
                 f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
             )
+        if self.train_reward not in ("won", "return"):
+            raise ConfigError(f"train_reward must be won or return, got {self.train_reward!r}")
         if not self.seeds:
             raise ConfigError("seeds must name at least one seed")
 
@@ -206,6 +218,35 @@ def build_model(cfg: ReplicateConfig, path: Path) -> Path:
 
 
 # --- stage 3: behaviour cloning ---------------------------------------------------------------------------
+def prompt_lm_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    hidden: torch.Tensor,
+    prompt_width: int,
+    k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Mean next-token NLL at ``k`` random positions per row inside the (left-padded) prompts.
+
+    WebShop prompts repeat what the actions must copy (the instruction in the first observation, every
+    ASIN and option value in the admissible list), so a little language modelling on them teaches a
+    model trained from scratch to copy far sooner than the few response tokens per turn do."""
+    real = (attention_mask[:, : prompt_width - 1] * attention_mask[:, 1:prompt_width]).float()
+    rows, cols = [], []
+    for i in range(real.size(0)):
+        if real[i].sum() == 0:
+            continue
+        picked = torch.multinomial(real[i], min(k, int(real[i].sum())), replacement=False, generator=generator)
+        rows.append(torch.full_like(picked, i))
+        cols.append(picked)
+    if not rows:
+        return hidden.sum() * 0.0
+    r, c = torch.cat(rows).to(hidden.device), torch.cat(cols).to(hidden.device)
+    logits = model.get_output_embeddings()(hidden[r, c])
+    return torch.nn.functional.cross_entropy(logits.float(), input_ids.to(hidden.device)[r, c + 1])
+
+
 def behaviour_cloning(
     policy: Policy,
     records: Sequence[dict[str, Any]],
@@ -215,11 +256,15 @@ def behaviour_cloning(
     lr: float,
     seed: int = 0,
     micro_batch: int = 8,
+    prompt_lm: int = 0,
     on_step: Any = None,
 ) -> list[float]:
-    """Token-mean NLL of the response tokens (the prompt has no logits, see :func:`pack`) under AdamW with
-    a linear warm-up and cosine decay; batches drawn without replacement, epoch after epoch. ``on_step(step,
-    loss)`` is called after each step; returns the losses."""
+    """Token-mean NLL of the response tokens under AdamW with a linear warm-up and cosine decay, batches
+    drawn without replacement epoch after epoch; plus, with ``prompt_lm`` > 0, next-token NLL at that many
+    random prompt positions per sample (:func:`prompt_lm_loss`; a warm-start aid, the RL stage trains
+    responses only). ``on_step(step, loss)`` is called after each step; returns the response losses."""
+    from sdar_train.losses import selective_log_softmax
+
     model = policy.model
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -228,6 +273,7 @@ def behaviour_cloning(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     rng = random.Random(seed)
+    positions = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses = []
     for step in range(steps):
@@ -242,10 +288,23 @@ def behaviour_cloning(
         for s in range(0, len(batch), micro_batch):
             part = batch[s : s + micro_batch]
             packed = pack([r["prompt"] for r in part], [r["response"] for r in part], policy.pad_id)
-            logp, _ = response_logprobs(model, packed, policy.device)
+            width = packed.targets.size(1)
+            hidden = model.get_decoder()(
+                input_ids=packed.input_ids.to(policy.device),
+                attention_mask=packed.attention_mask.to(policy.device),
+                position_ids=packed.position_ids.to(policy.device),
+            ).last_hidden_state
+            logits = model.get_output_embeddings()(hidden[:, -width - 1 : -1])  # column j predicts response token j
+            logp = selective_log_softmax(logits, packed.targets.to(policy.device))
             loss = -(logp * packed.mask.to(policy.device)).sum() / tokens
-            loss.backward()
             total += float(loss.detach())
+            if prompt_lm > 0:
+                prompt_width = packed.input_ids.size(1) - width
+                lm = prompt_lm_loss(
+                    model, packed.input_ids, packed.attention_mask, hidden, prompt_width, prompt_lm, positions
+                )
+                loss = loss + lm * len(part) / len(batch)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -333,7 +392,15 @@ def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
             policy.model.train()
         curve.append(point)
 
-    behaviour_cloning(policy, records, steps=cfg.bc_steps, batch_size=cfg.bc_batch, lr=cfg.bc_lr, on_step=on_step)
+    behaviour_cloning(
+        policy,
+        records,
+        steps=cfg.bc_steps,
+        batch_size=cfg.bc_batch,
+        lr=cfg.bc_lr,
+        prompt_lm=cfg.bc_prompt_lm,
+        on_step=on_step,
+    )
     staging = out / "warmstart.tmp"
     policy.model.save_pretrained(staging)
     policy.tokenizer.save_pretrained(staging)
@@ -361,10 +428,12 @@ def premise(cfg: ReplicateConfig, out: Path, warm: Path) -> dict[str, Any]:
 
 
 # --- stage 5: the RL arms ------------------------------------------------------------------------------
-def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Path) -> list[str]:
-    """``python -m sdar_train`` arguments of one arm and seed: WebShop's reference config (official
-    training signal: 10 x won, 0.1 per invalid turn; mini-batches of 64) sized for a CPU."""
-    settings: dict[str, Any] = {
+BASE_CONFIG = "webshop_base.yaml"  # the official training signal: 10 x won, 0.1 per invalid turn; mini-batches of 64
+
+
+def arm_settings(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Path) -> dict[str, Any]:
+    """The TrainConfig fields of one arm and seed, laid over :data:`BASE_CONFIG`, sized for a CPU."""
+    return {
         "algo": arm,
         "model": str(warm),
         "output_dir": str(out_dir),
@@ -377,6 +446,7 @@ def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Pat
         "max_response_tokens": cfg.max_response_tokens,
         "lr": cfg.rl_lr,
         "sdar_coef": cfg.sdar_coef,
+        "train_reward": cfg.train_reward,
         "micro_batch_size": 8,
         "generation_batch_size": 64,
         "env_workers": 0,
@@ -387,8 +457,12 @@ def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Pat
         "cpu_threads": cfg.threads,
         "progress": False,
     }
-    args = ["--config", "webshop_base.yaml"]
-    for k, v in settings.items():
+
+
+def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Path) -> list[str]:
+    """``python -m sdar_train`` arguments of one arm and seed (:func:`arm_settings`)."""
+    args = ["--config", BASE_CONFIG]
+    for k, v in arm_settings(cfg, arm, seed, warm, out_dir).items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     return args
 
@@ -444,7 +518,7 @@ def collect_curves(cfg: ReplicateConfig, out: Path) -> dict[str, dict[int, list[
 
 
 def write_report(cfg: ReplicateConfig, out: Path) -> Path:
-    """``report.md`` (table), ``curves.png`` (held-out success per arm, bands = 95% intervals over seeds)
+    """``report.md`` (tables), ``curves.png`` (held-out success and score per arm, bands = 95% intervals over seeds)
     and ``diagnostics.png`` (SDAR's gate and gap statistics and the invalid-turn rate over training)."""
     import matplotlib
 
@@ -479,40 +553,47 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         "",
         "## RL arms from the same warm start",
         "",
-        "| arm | seeds | success at start | success at end | change | score at end |",
-        "|---|---|---|---|---|---|",
+        "| arm | seeds | success: start | success: end | score: start | score: end | score: change |",
+        "|---|---|---|---|---|---|---|",
     ]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    metrics = (("eval_success", "held-out success"), ("eval_return", "held-out score"))
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
     for arm, runs in curves.items():
         ends = {seed: [r for r in rows if "eval_success" in r] for seed, rows in runs.items()}
         complete = [seed for seed, pts in ends.items() if pts[-1]["step"] == cfg.rl_steps]
         if complete:
-            s0 = _interval([ends[s][0]["eval_success"] for s in complete])
-            s1 = _interval([ends[s][-1]["eval_success"] for s in complete])
-            d = _interval([ends[s][-1]["eval_success"] - ends[s][0]["eval_success"] for s in complete])
-            sc = _interval([ends[s][-1]["eval_return"] for s in complete])
+
+            def cell(values: list[float], sign: str = "") -> str:
+                m, h = _interval(values)
+                return f"{m:{sign}.3f} ± {h:.3f}"
+
+            first = {s: ends[s][0] for s in complete}
+            last = {s: ends[s][-1] for s in complete}
             lines.append(
-                f"| {arm} | {len(complete)} | {s0[0]:.3f} ± {s0[1]:.3f} | {s1[0]:.3f} ± {s1[1]:.3f} | "
-                f"{d[0]:+.3f} ± {d[1]:.3f} | {sc[0]:.3f} ± {sc[1]:.3f} |"
+                f"| {arm} | {len(complete)} | {cell([first[s]['eval_success'] for s in complete])} | "
+                f"{cell([last[s]['eval_success'] for s in complete])} | {cell([first[s]['eval_return'] for s in complete])} | "
+                f"{cell([last[s]['eval_return'] for s in complete])} | "
+                f"{cell([last[s]['eval_return'] - first[s]['eval_return'] for s in complete], '+')} |"
             )
         steps = sorted({r["step"] for pts in ends.values() for r in pts})
-        mean, half = [], []
-        for step in steps:
-            m, h = _interval([r["eval_success"] for pts in ends.values() for r in pts if r["step"] == step])
-            mean.append(m)
-            half.append(h)
-        ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
-        ax.fill_between(
-            steps,
-            [m - h for m, h in zip(mean, half, strict=True)],
-            [m + h for m, h in zip(mean, half, strict=True)],
-            alpha=0.2,
-        )
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out success")
-    ax.set_title("WebShop test success (mean, 95% interval over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        for (key, title), ax in zip(metrics, panels, strict=True):
+            mean, half = [], []
+            for step in steps:
+                m, h = _interval([r[key] for pts in ends.values() for r in pts if r["step"] == step])
+                mean.append(m)
+                half.append(h)
+            ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
+            ax.fill_between(
+                steps,
+                [m - h for m, h in zip(mean, half, strict=True)],
+                [m + h for m, h in zip(mean, half, strict=True)],
+                alpha=0.2,
+            )
+            ax.set_title(f"WebShop test: {title}")
+    for ax in panels:
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
     plt.close(fig)
@@ -539,7 +620,8 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         axis.set_title(title)
         axis.set_xlabel("RL step")
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    if any(axis.get_legend_handles_labels()[0] for axis in axes):
+        axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "diagnostics.png", dpi=100)
     plt.close(fig)

@@ -160,15 +160,15 @@ def test_packaged_warm_start_matches_its_checksums(tmp_path):
 def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
     """The packaged warm start's recipe, shortened, still learns: held-out score above the untrained model's."""
     recipe = json.loads((WARMSTART / "recipe.json").read_text())
-    fields = {k: recipe[k] for k in ("vocab_size", "hidden_size", "layers", "bc_lr", "bc_batch")}
+    fields = {k: recipe[k] for k in ("vocab_size", "hidden_size", "layers", "bc_lr", "bc_batch", "bc_prompt_lm")}
     cfg = ReplicateConfig(
-        out=str(tmp_path), **fields, demo_goals=120, bc_steps=120, bc_eval_every=1000, eval_episodes=10
+        out=str(tmp_path), **fields, demo_goals=120, bc_steps=150, bc_eval_every=1000, eval_episodes=10
     )
     warm = warm_start(cfg, tmp_path)
     curve = [json.loads(line) for line in (warm / "curve.jsonl").read_text().splitlines()]
     untrained, trained = curve[0], curve[-1]
     assert untrained["eval_score"] == 0.0 and untrained["eval_invalid_rate"] > 0.9
-    assert trained["eval_score"] > 0.05
+    assert trained["eval_score"] > 0.05  # it buys things that partly fit
     assert trained["eval_invalid_rate"] < 0.5
     again = evaluate_policy(load_policy(str(warm), torch.device("cpu")), cfg)
     assert again["return"] == pytest.approx(trained["eval_score"])  # evaluation repeats exactly
