@@ -7,10 +7,11 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
 1. ``model/``: a small Qwen2 with a byte-level BPE trained on WebShop's own text (prompts of the
    demonstrator's episodes), built locally, nothing downloaded.
 2. ``demos.jsonl.gz``: demonstrations on WebShop's train goals by :mod:`sdar_train.demonstrator`,
-   which reads only the prompt. A third of the episodes are careful with the skills in view (the
-   teacher's prompt: the packaged WebShop skills before the chat text), a third careful and a third
-   careless (buy without choosing options) without skills. So the skills carry what separates the
-   two habits, and a model trained from scratch learns to read them.
+   which reads only the prompt. Half of the episodes are careful, shown with the skills in view (the
+   teacher's prompt: the packaged WebShop skills before the chat text); the other half are careless
+   (buy without choosing options), shown without skills. So the skills carry what separates the two
+   habits, a model trained from scratch learns to read them, and the teacher knows what the student
+   does not: the paper's premise, built in (see ``docs/REPLICATION.md``).
 3. ``warmstart/``: behaviour cloning on those pairs (token NLL on responses only), with its curve.
 4. ``premise.json``: held-out test success of the warm start without skills (the student) and with
    them in its prompt as the teacher sees them. SDAR has something to distil only if the teacher wins more.
@@ -50,7 +51,7 @@ __all__ = ["ReplicateConfig", "behaviour_cloning", "collect_demonstrations", "ma
 
 ENV = "SDAR/WebShop-v0"
 RESPONSE = "<think></think><action>{}</action>"  # the env's format rule: a <think> block, then the action
-MODES = ("careful_skills", "careful", "careless")
+MODES = ("careful_skills", "careless")
 
 
 @dataclass
@@ -62,7 +63,7 @@ class ReplicateConfig:
     layers: int = field(default=2, metadata={"help": "Qwen2 layers"})
     # the warm start
     demo_goals: int = field(default=600, metadata={"help": "train goals demonstrated (one episode each)"})
-    bc_steps: int = field(default=900, metadata={"help": "behaviour-cloning optimiser steps"})
+    bc_steps: int = field(default=600, metadata={"help": "behaviour-cloning optimiser steps"})
     bc_batch: int = field(default=16, metadata={"help": "turn samples per behaviour-cloning step"})
     bc_lr: float = field(default=3e-3, metadata={"help": "behaviour-cloning peak learning rate (cosine decay)"})
     bc_prompt_lm: int = field(
@@ -124,8 +125,8 @@ def collect_demonstrations(
     codec: PromptCodec, task_ids: Sequence[str], *, seed: int = 0, max_prompt_tokens: int = 1 << 20
 ) -> list[dict[str, Any]]:
     """One demonstrated episode per train goal; returns one record per turn: ``prompt`` and ``response``
-    token ids, ``mode``, ``task_id``. Careful-with-skills turns carry the teacher's prompt (skills before
-    the chat text), the others the student's. Prompts are the rollout's own, made by the same code."""
+    token ids, ``mode`` (:data:`MODES`), ``task_id``. Careful turns carry the teacher's prompt (skills
+    before the chat text), careless ones the student's. Prompts are the rollout's own, made by the same code."""
     from sdar_train.rollout import collect_rollout, default_memory
 
     modes: dict[str, str] = {}

@@ -535,7 +535,7 @@ class Trainer:
             if cfg.eval_every and cfg.eval_episodes and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 report = self.evaluate()
                 if report is not None:
-                    metrics.update(self.log_evaluation(int(metrics["step"]), report))
+                    metrics.update(self.log_evaluation(self.step, report))  # x = steps done, as the final one
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()

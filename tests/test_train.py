@@ -293,8 +293,8 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
     args = run_args(algo="grpo", tasks_per_step=1, max_turns=4, eval_every=1, eval_episodes=3, output_dir=out)
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    # after step 1 of 2, and the final one (also in eval.json)
-    assert [r["step"] for r in rows if "eval_success" in r] == [0, 2]
+    # after 1 of 2 steps, and the final one (also in eval.json): both at the number of steps done
+    assert [r["step"] for r in rows if "eval_success" in r] == [1, 2]
     report = json.loads((out / "eval.json").read_text())
     # Search-QA evaluates greedy (T=0), the reference's setting
     assert (
