@@ -169,15 +169,14 @@ def collect_demonstrations(
 
 def _demo_texts(n: int = 300, seed: int = 0) -> Iterator[str]:
     """The tokenizer's training text: the prompts and actions of ``n`` demonstrated train episodes."""
-    import gymnasium as gym
-
     from sdar_envs import prompt_builder
     from sdar_envs.core import Turn
+    from sdar_envs.webshop.env import WebShopEnv
     from sdar_train.tiny_model import _training_text
     from skills.store import seed_bank_path
 
     build = prompt_builder(ENV)
-    env = gym.make(ENV, split="train").unwrapped
+    env = WebShopEnv(split="train")
     ids = env.task_ids()
     rng = random.Random(seed)
     yield seed_bank_path("webshop").read_text(encoding="utf-8")
@@ -366,9 +365,9 @@ def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
     policy = load_policy(str(model_dir), torch.device("cpu"))
     codec = PromptCodec(policy.tokenizer)
     if not demos_file.exists():
-        import gymnasium as gym
+        from sdar_envs.webshop.env import WebShopEnv
 
-        env = gym.make(ENV, split="train").unwrapped
+        env = WebShopEnv(split="train")
         goals = random.Random(0).sample(env.task_ids(), cfg.demo_goals)
         env.close()
         _log(f"demonstrating {len(goals)} train goals")
@@ -691,7 +690,7 @@ def _flag(text: str) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(ReplicateConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         kind = type(default[0]) if isinstance(default, list) else type(default)
         p.add_argument(
             f"--{f.name}",

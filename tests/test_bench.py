@@ -1,10 +1,13 @@
-"""The benchmark scripts that CI can run: the GPU check's dry run (the same code path as on a CUDA machine)."""
+"""The benchmark scripts that CI can run: the GPU check's dry run (the same code path as on a CUDA machine) and
+the miniature's step profile (one step)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,3 +25,18 @@ def test_gpu_check_dry_run_measures_every_row_on_the_cpu():
         "| peak GPU memory |",
     ):
         assert row in done.stdout, done.stdout
+
+
+@pytest.mark.slow
+def test_replicate_step_profile_prints_every_part():
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.replicate_step", "--steps", "1", "--env-workers", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("| generation_s |", "| env_and_prompts_s |", "| teacher_ref_old_s |", "| update_s |"):
+        assert row in done.stdout, done.stdout
+    assert "| rollout_over_bare_generation |" in done.stdout

@@ -37,7 +37,7 @@ def test_shipped_alfworld_archives_are_intact():
 
 
 def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
-    """A non-editable install must find the ALFWorld archives and the seed skill banks."""
+    """A non-editable install must find the ALFWorld archives, the seed skill banks and the demo's warm start."""
     import subprocess
     import sys
     import zipfile
@@ -64,6 +64,8 @@ def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
     for env in ("alfworld", "webshop", "searchqa"):
         assert f"skills/banks/{env}.yaml" in names
     assert "sdar_envs/alfworld/data/json_2.1.1_official_valid.tar.xz" in names
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "recipe.json", "SHA256SUMS"):
+        assert f"sdar_train/warmstart/{name}" in names  # make demo's warm start
 
 
 def test_compose_services_bind_localhost_and_have_health_checks():
