@@ -634,7 +634,30 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
     ]
     for arm, values in diag.items():
         lines.append(f"| {arm} | " + " | ".join(f"{values[k]:.3f}" if k in values else "-" for k, _ in keys) + " |")
-    lines += ["", "![success](curves.png)", "", "![diagnostics](diagnostics.png)", ""]
+    curve = [json.loads(line) for line in (out / "warmstart" / "curve.jsonl").read_text().splitlines() if line.strip()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+    left.plot([p["step"] for p in curve if "loss" in p], [p["loss"] for p in curve if "loss" in p])
+    left.set_title("behaviour cloning: response NLL")
+    evals = [p for p in curve if "eval_score" in p]
+    right.plot([p["step"] for p in evals], [p["eval_score"] for p in evals], marker="o", label="score")
+    right.plot([p["step"] for p in evals], [p["eval_success"] for p in evals], marker="o", label="success")
+    right.set_title("warm start: held-out score, success")
+    right.legend()
+    for axis in (left, right):
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "warmstart.png", dpi=100)
+    plt.close(fig)
+    lines += [
+        "",
+        "![success](curves.png)",
+        "",
+        "![diagnostics](diagnostics.png)",
+        "",
+        "![warm start](warmstart.png)",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

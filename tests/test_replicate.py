@@ -113,6 +113,10 @@ def test_demonstrations_show_skills_exactly_to_the_careful_half():
 def _fake_run(tmp: Path, cfg: ReplicateConfig) -> None:
     """What the stages leave behind, with made-up numbers, for the report."""
     (tmp / "warmstart").mkdir(parents=True)
+    (tmp / "warmstart" / "curve.jsonl").write_text(
+        '{"step": 0, "eval_score": 0.0, "eval_success": 0.0}\n{"step": 1, "loss": 2.0}\n'
+        '{"step": 2, "loss": 1.0, "eval_score": 0.3, "eval_success": 0.1}\n'
+    )
     (tmp / "warmstart" / "recipe.json").write_text(
         json.dumps({"demos": 100, "bc_steps": 10, "bc_batch": 4, "wall_s": 60})
     )
@@ -146,7 +150,7 @@ def test_report_table_intervals_and_plots(tmp_path):
     assert "| sdar | 3 | 0.220 ± 0.050 | 0.310 ± 0.025 | 0.500 ± 0.000 | 0.600 ± 0.000 | +0.100 ± 0.000 |" in report
     assert "| warm start + skills (the teacher) | 0.420 ±" in report
     assert "| sdar | 0.400 | 0.600 | -0.100 | 0.000 |" in report  # the diagnostics, averaged
-    for png in ("curves.png", "diagnostics.png"):
+    for png in ("curves.png", "diagnostics.png", "warmstart.png"):
         assert (tmp_path / png).stat().st_size > 10_000
 
 
