@@ -34,7 +34,7 @@ def test_replicate_step_profile_prints_every_part():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("| generation_s |", "| env_and_prompts_s |", "| teacher_ref_old_s |", "| update_s |"):
