@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["PromptView", "read_prompt", "webshop_action"]
+__all__ = ["PromptView", "play", "read_prompt", "webshop_action"]
 
 _ASIN = re.compile(r"click\[(b[0-9a-z]{9})\]")
 _NOT_OPTIONS = {"back to search", "< prev", "next >", "description", "features", "reviews", "attributes", "buy now"}
@@ -69,3 +70,31 @@ def webshop_action(view: PromptView, *, careful: bool = True) -> str:
                 return f"click[{wanted[following]}]"
         return "click[buy now]"
     return "click[back to search]" if "back to search" in clicks else (clicks[0] if clicks else "search[]")
+
+
+def play(
+    env: Any, task_id: str, *, careful: bool = True, response: str = "{}"
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """One episode of a WebShop env (``SDAR/WebShop-v0``'s unwrapped env) played by the demonstrator from
+    the very prompts the policy would see; returns the (prompt, action) turns and the last ``info``.
+    ``response`` formats each action as the policy would emit it (e.g. with ``<think>``/``<action>`` tags)."""
+    from sdar_envs.core import Turn
+
+    build = env.prompt_builder
+    obs, info = env.reset(options={"task_id": task_id})
+    history: list[Turn] = []
+    turns: list[tuple[str, str]] = []
+    while True:
+        text = build(
+            task=info["task"],
+            observation=obs,
+            history=history,
+            admissible_actions=info["admissible_actions"],
+            step=info["step"],
+        )
+        action = response.format(webshop_action(read_prompt(text), careful=careful))
+        turns.append((text, action))
+        history.append(Turn(obs, action))
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return turns, info

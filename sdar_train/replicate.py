@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from sdar_envs import EnvPool
-from sdar_train.demonstrator import read_prompt, webshop_action
+from sdar_train.demonstrator import play, read_prompt, webshop_action
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
@@ -169,35 +169,19 @@ def collect_demonstrations(
 
 def _demo_texts(n: int = 300, seed: int = 0) -> Iterator[str]:
     """The tokenizer's training text: the prompts and actions of ``n`` demonstrated train episodes."""
-    from sdar_envs import prompt_builder
-    from sdar_envs.core import Turn
     from sdar_envs.webshop.env import WebShopEnv
     from sdar_train.tiny_model import _training_text
     from skills.store import seed_bank_path
 
-    build = prompt_builder(ENV)
     env = WebShopEnv(split="train")
     ids = env.task_ids()
     rng = random.Random(seed)
     yield seed_bank_path("webshop").read_text(encoding="utf-8")
     for tid in rng.sample(ids, min(n, len(ids))):
-        obs, info = env.reset(options={"task_id": tid})
-        history: list[Turn] = []
-        done = False
-        while not done:
-            text = build(
-                task=info["task"],
-                observation=obs,
-                history=history,
-                admissible_actions=info["admissible_actions"],
-                step=info["step"],
-            )
+        turns, _ = play(env, tid, response=RESPONSE)
+        for text, action in turns:
             yield text
-            action = RESPONSE.format(webshop_action(read_prompt(text)))
             yield action
-            history.append(Turn(obs, action))
-            obs, _, term, trunc, info = env.step(action)
-            done = term or trunc
     env.close()
     yield from _training_text()  # the suite's other text, so the model can still be pointed at any env
 

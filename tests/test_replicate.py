@@ -14,7 +14,7 @@ import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs import prompt_builder
 from sdar_envs.core import Turn, evaluation_tasks
 from sdar_train.demo import WARMSTART, check_warmstart
-from sdar_train.demonstrator import read_prompt, webshop_action
+from sdar_train.demonstrator import play, read_prompt, webshop_action
 from sdar_train.policy import PromptCodec, load_policy
 from sdar_train.replicate import (
     RESPONSE,
@@ -30,33 +30,17 @@ from skills.render import SKILLS_HEADER
 ENV = "SDAR/WebShop-v0"
 
 
-def play(env: gym.Env, task_id: str, careful: bool) -> tuple[float, list[str]]:
-    """The demonstrator on one goal, fed the very prompt the policy would see."""
-    build = prompt_builder(ENV)
-    obs, info = env.reset(options={"task_id": task_id})
-    history: list[Turn] = []
-    actions = []
-    while True:
-        text = build(
-            task=info["task"],
-            observation=obs,
-            history=history,
-            admissible_actions=info["admissible_actions"],
-            step=info["step"],
-        )
-        action = RESPONSE.format(webshop_action(read_prompt(text), careful=careful))
-        actions.append(action)
-        history.append(Turn(obs, action))
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return float(info["score"]), actions
+def play_goal(env: gym.Env, task_id: str, careful: bool) -> tuple[float, list[str]]:
+    """The demonstrator on one goal, fed the very prompt the policy would see: its score and actions."""
+    turns, info = play(env, task_id, careful=careful, response=RESPONSE)
+    return float(info["score"]), [action for _, action in turns]
 
 
 def test_demonstrator_acts_on_the_prompt_alone_and_care_pays():
     env = gym.make(ENV, split="test").unwrapped
     goals = evaluation_tasks(env.task_ids(), 30)
-    careful = [play(env, g, True) for g in goals]
-    careless = [play(env, g, False) for g in goals]
+    careful = [play_goal(env, g, True) for g in goals]
+    careless = [play_goal(env, g, False) for g in goals]
     # careful: search the instruction, first product, the instruction's options, buy
     score, actions = careful[0]
     assert actions[0].startswith("<think></think><action>search[") and actions[-1].endswith("click[buy now]</action>")
