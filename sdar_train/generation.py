@@ -7,8 +7,9 @@ The contract, which both back-ends meet and ``tests/test_generation.py`` checks 
   it; otherwise it has exactly ``sampling.max_new_tokens`` tokens;
 * the result depends only on the weights, the prompts, ``seed`` and ``sampling``: a fixed seed repeats;
 * ``generator.sync(model)`` makes the next call sample from ``model``'s current weights. The trainer calls
-  it after every optimiser step. HF generates with the trained model itself, so it has nothing to do;
-  vLLM holds its own copy of the weights, which ``sync`` overwrites in place (LoRA adapters merged).
+  it after every optimiser step. HF generates with the trained model itself, so it has nothing to do
+  (except under sharding, where it holds a full copy); vLLM holds its own copy of the weights, which
+  ``sync`` overwrites in place (LoRA adapters merged, sharded weights gathered).
 
 The two back-ends do not draw the same random numbers, so sampled responses differ between them for
 one seed; greedy responses and the per-token probabilities match.
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
 from sdar_train.policy import Policy, cut_at_stop, generate
+from sdar_train.sharding import full_weights
 
 __all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator", "resolve_model_path"]
 
@@ -61,10 +63,11 @@ class Generator(Protocol):
 
 
 class HFGenerator:
-    """``model.generate`` on the policy being trained, in left-padded batches."""
+    """``model.generate`` in left-padded batches, on the policy being trained or, under sharding
+    (``own_copy``), on ``policy.model`` as a full copy of the weights that ``sync`` refreshes."""
 
-    def __init__(self, policy: Policy, batch_size: int = 64) -> None:
-        self.policy, self.batch_size = policy, batch_size
+    def __init__(self, policy: Policy, batch_size: int = 64, *, own_copy: bool = False) -> None:
+        self.policy, self.batch_size, self.own_copy = policy, batch_size, own_copy
 
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
@@ -80,8 +83,16 @@ class HFGenerator:
             stop_ids=list(sampling.stop_ids) or None,
         )
 
+    @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
-        """Nothing to do: HF generates with the trained model itself."""
+        """Nothing to do when HF generates with the trained model itself; otherwise copy its (gathered,
+        LoRA-merged) weights into the copy, one tensor at a time. Under FSDP every rank must call it."""
+        if not self.own_copy:
+            return
+        mine = self.policy.model.state_dict()
+        for name, tensor in full_weights(model):
+            if name in mine:
+                mine[name].copy_(tensor)
 
     def close(self) -> None:
         pass
@@ -103,32 +114,6 @@ def resolve_model_path(name: str) -> str:
         raise FileNotFoundError(
             f"model {name!r} is neither a folder nor in the local Hugging Face cache ({e})"
         ) from None
-
-
-@torch.no_grad()
-def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` in the base checkpoint's names. A peft model yields base + LoRA delta per layer,
-    computed aside: merging into the model and unmerging again would leave rounding drift in the frozen
-    base weights at every sync."""
-    if not hasattr(model, "get_base_model"):
-        yield from ((name, t.detach()) for name, t in model.state_dict().items())
-        return
-    from peft.tuners.lora import LoraLayer
-
-    deltas = {
-        f"{name}.base_layer.weight": sum(m.get_delta_weight(a) for a in m.active_adapters if a in m.lora_A)  # type: ignore[attr-defined]
-        for name, m in model.named_modules()
-        if isinstance(m, LoraLayer)
-    }
-    for name, tensor in model.state_dict().items():
-        if "lora_" in name or "original_module" in name:
-            continue
-        if name in deltas:
-            tensor = tensor + deltas[name]
-        name = (
-            name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
-        )
-        yield name, tensor.detach()
 
 
 class VLLMGenerator:
@@ -178,6 +163,7 @@ class VLLMGenerator:
             kwargs["distributed_executor_backend"] = "external_launcher"
         kwargs.update(engine_kwargs or {})
         self.llm = LLM(**kwargs)
+        self.dtype: torch.dtype | None = None if dtype == "auto" else getattr(torch, dtype)
 
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
@@ -215,7 +201,11 @@ class VLLMGenerator:
 
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(merged_weights(model))})
+        """Load ``model``'s weights into the engine. A sharded model's are gathered a tensor at a time and
+        cast to the engine's dtype on the way (one call: vLLM's reload checks that every weight came)."""
+        cast = self.dtype
+        weights = [(n, t.to(cast) if cast and t.is_floating_point() else t) for n, t in full_weights(model)]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
     def close(self) -> None:
@@ -233,6 +223,7 @@ def make_generator(
     *,
     model: str,
     batch_size: int = 64,
+    own_copy: bool = False,
     max_model_len: int = 4096,
     bf16: bool = False,
     gpu_memory_utilization: float = 0.3,
@@ -241,7 +232,7 @@ def make_generator(
 ) -> Generator:
     """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM)."""
     if backend == "hf":
-        return HFGenerator(policy, batch_size)
+        return HFGenerator(policy, batch_size, own_copy=own_copy)
     if backend == "vllm":
         limit = (
             getattr(policy.model.config, "max_position_embeddings", None) if hasattr(policy.model, "config") else None

@@ -46,6 +46,7 @@ from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_a
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
+from sdar_train.sharding import fsdp_on_cpu, full_tensor, full_weights, is_sharded, shard_frozen, sharding_problem
 from skills import SkillLibrary
 
 __all__ = ["CheckpointError", "Trainer", "TurnBatch", "response_format"]
@@ -139,11 +140,11 @@ class Trainer:
         bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
-        if acc.distributed_type.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):  # refuse rather than train wrongly
-            raise ConfigError(
-                f"{acc.distributed_type.name} sharding is not supported yet: generation, the reference model and the vLLM "
-                "weight sync read unsharded weights. Launch with DDP (the default accelerate config) or use --lora_r"
-            )
+        fsdp_on_cpu(acc)  # an FSDP config launched on CPU (gloo): Accelerate alone would run plain DDP
+        problem = sharding_problem(acc)
+        if problem:  # refuse rather than train wrongly
+            raise ConfigError(problem)
+        self.sharded = is_sharded(acc)
         if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
             raise ConfigError(
                 f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups"
@@ -188,6 +189,14 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         self.policy = load_policy(cfg.model, acc.device, gradient_checkpointing=cfg.gradient_checkpointing)
         model = self.policy.model
+        # Under sharding HF generation runs on a full copy of the weights that every update refreshes
+        # (sdar_train/sharding.py); vLLM holds its own copy anyway.
+        own_copy = self.sharded and (cfg.spec.sft or cfg.generation_backend == "hf")
+        generation_model = None
+        if own_copy:
+            generation_model = copy.deepcopy(model).eval().requires_grad_(False)
+            if bf16 and not cpu:
+                generation_model.to(torch.bfloat16)
         self.ref_model = None
         if cfg.lora_r > 0:
             from peft import LoraConfig, get_peft_model
@@ -202,7 +211,10 @@ class Trainer:
             [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.policy.model = acc.unwrap_model(self.model)  # generation and evaluation: DDP's wrapper has no generate()
+        if self.sharded and self.ref_model is not None:
+            self.ref_model = shard_frozen(acc, self.ref_model)
+        # generation and evaluation: DDP's wrapper has no generate(), a sharded model cannot generate
+        self.policy.model = generation_model if generation_model is not None else acc.unwrap_model(self.model)
         tok = self.policy.tokenizer
         self.codec = PromptCodec(tok)
         # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
@@ -213,6 +225,7 @@ class Trainer:
             self.policy,
             model=cfg.model,  # SFT samples only to evaluate
             batch_size=cfg.generation_batch_size,
+            own_copy=own_copy,
             max_model_len=prompt_budget + cfg.max_response_tokens,
             bf16=bf16,
             seed=cfg.seed,
@@ -303,16 +316,25 @@ class Trainer:
 
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
-        """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches."""
+        """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches. Sharded, every process
+        runs the same number of forwards (each gathers parameters); one out of samples scores a pad token."""
         model.eval()
-        rmax = max(1, max(len(r) for r in responses))
+        rmax = max(1, max((len(r) for r in responses), default=1))
         out = torch.zeros((len(prompts), rmax))
         mb = self.cfg.micro_batch_size
-        for s in range(0, len(prompts), mb):
-            batch = pack(prompts[s : s + mb], responses[s : s + mb], self.policy.pad_id)
+        n = math.ceil(len(prompts) / mb)
+        for c in range(self._agreed(n) if self.sharded else n):
+            s = c * mb
+            pad = self.policy.pad_id
+            batch = (
+                pack(prompts[s : s + mb], responses[s : s + mb], pad)
+                if s < len(prompts)
+                else pack([[pad]], [[pad]], pad)
+            )
             with self.accelerator.autocast():
                 logp, _ = response_logprobs(model, batch, self.accelerator.device)
-            out[s : s + mb, : logp.size(1)] = logp.float().cpu()
+            if s < len(prompts):
+                out[s : s + mb, : logp.size(1)] = logp.float().cpu()
         model.train()
         return out
 
@@ -343,19 +365,21 @@ class Trainer:
         # old policy whenever the update takes more than one optimizer step
         t1 = time.time()
         unwrapped = acc.unwrap_model(self.model)
+        # (sharded, every process runs every pass, samples or not: the forwards meet in collectives)
+        run = bool(samples) or self.sharded
         teacher = (
             self._score(unwrapped, [s.teacher_prompt_ids or [] for s in samples], responses)
-            if spec.teacher and samples
+            if spec.teacher and run
             else None
         )
         ref = None
-        if samples and self.ref_model is not None:
+        if run and self.ref_model is not None:
             ref = self._score(self.ref_model, prompts, responses)
-        elif samples and cfg.lora_r > 0 and cfg.kl_coef > 0:  # LoRA: the reference is the base model, adapters off
+        elif run and cfg.lora_r > 0 and cfg.kl_coef > 0:  # LoRA: the reference is the base model, adapters off
             with unwrapped.disable_adapter():
                 ref = self._score(unwrapped, prompts, responses)
         steps_per_update = cfg.ppo_epochs * self._agreed(math.ceil(len(samples) / cfg.mini_batch_size))
-        need_old = samples and (steps_per_update > 1 or spec.rlsd)
+        need_old = run and (steps_per_update > 1 or spec.rlsd)
         old = self._score(unwrapped, prompts, responses) if need_old else None
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
@@ -440,7 +464,7 @@ class Trainer:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                stats.setdefault("grad_norm", []).append(float(grad_norm))
+                stats.setdefault("grad_norm", []).append(float(full_tensor(grad_norm)))
         return stats
 
     def _accumulate(
@@ -650,6 +674,11 @@ class Trainer:
             ) from None
         if not (isinstance(states, dict) and "torch_manual_seed" in states):
             raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; {retry}")
+        if self.sharded:  # torch.distributed.checkpoint folders: their metadata says the save finished
+            for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+                if not (path / folder / ".metadata").is_file():
+                    raise CheckpointError(f"{path / folder}: missing or unfinished (no .metadata); {retry}")
+            return
         # The optimizer state can be many GB: check its zip directory here, and let load_state read it once.
         optimizer = path / "optimizer.bin"
         try:
@@ -664,8 +693,22 @@ class Trainer:
                 raise CheckpointError(f"{model_file}: {problem}; {retry}")
 
     def save_model(self, path: Path | None = None) -> Path:
+        """The policy as one HF model folder (LoRA merged); sharded, gathered a tensor at a time."""
         path = path or self.out / "final"
         self.accelerator.wait_for_everyone()
+        if self.sharded:
+            main = self.accelerator.is_main_process
+            weights = {n: t.cpu().clone() for n, t in full_weights(self.accelerator.unwrap_model(self.model)) if main}
+            if main:
+                model = self.accelerator.unwrap_model(self.model)
+                model = model.get_base_model() if hasattr(model, "get_base_model") else model
+                if getattr(model.config, "tie_word_embeddings", False):  # stored once, as save_pretrained does
+                    head = model.get_output_embeddings()
+                    weights.pop(next(f"{n}.weight" for n, m in model.named_modules() if m is head), None)
+                model.save_pretrained(path, state_dict=weights)
+                self.policy.tokenizer.save_pretrained(path)
+            self.accelerator.wait_for_everyone()
+            return path
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
             if hasattr(model, "merge_and_unload"):

@@ -3,6 +3,8 @@ whole batch on one process.
 
     python -m tests.grad_check --out one.pt
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m tests.grad_check --out two.pt
+    ACCELERATE_USE_CPU=true accelerate launch --config_file sdar_train/configs/accelerate/fsdp2.yaml \
+        --num_processes 2 --mixed_precision no -m tests.grad_check --out fsdp.pt
 
 A fixed batch of 12 turn samples of different lengths (with advantages, teacher and reference
 log-probs) is split unevenly across the processes (rank 0 gets 3, rank 1 gets 9: episodes differ in
@@ -21,6 +23,7 @@ import gymnasium as gym
 import torch
 
 from sdar_train.config import TrainConfig
+from sdar_train.sharding import full_tensor
 
 
 def main() -> int:
@@ -69,13 +72,13 @@ def main() -> int:
         step=0,
         optimizer_step=False,
     )
-    grads = {
-        k: v.grad.detach().cpu().clone()
+    grads = {  # a sharded gradient is gathered (every process takes part)
+        k: full_tensor(v.grad).detach().cpu().clone()
         for k, v in acc.unwrap_model(trainer.model).named_parameters()
         if v.grad is not None
     }
     if acc.is_main_process:
-        torch.save({"grads": grads, "processes": acc.num_processes}, args.out)
+        torch.save({"grads": grads, "processes": acc.num_processes, "sharded": trainer.sharded}, args.out)
     trainer.close()
     return 0
 
