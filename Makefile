@@ -72,6 +72,7 @@ lint: $(STAMP)
 # peak memory (bench/gpu_check.py; `--dry-run` checks the same code on the CPU).
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
+	$(BIN)/python bench/gpu_check.py --fsdp
 
 bench: $(STAMP)
 	$(BIN)/python bench/alfworld_env.py

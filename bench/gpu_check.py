@@ -5,18 +5,28 @@ the same architecture on the CPU (what the test suite checks), so the script can
 
     python bench/gpu_check.py              # on a CUDA machine
     python bench/gpu_check.py --dry-run    # anywhere
+    python bench/gpu_check.py --fsdp [--dry-run]   # FSDP2 over all visible GPUs (2 CPU processes dry)
 
 What it measures, side by side in one run:
 * generation: ``generate`` of ``--new-tokens`` tokens for ``--batch`` prompts of ``--prompt-tokens``;
 * the GRPO update: forward + backward of the actor loss (PPO clip, entropy, KL) on the same samples;
 * the SDAR update: the same plus the teacher's no-grad forward on prompts ``--skill-tokens`` longer
   and the gated distillation term; the ratio SDAR / GRPO is the price of the teacher.
+
+``--fsdp`` launches itself with ``sdar_train/configs/accelerate/fsdp2.yaml`` over every visible GPU and
+measures the sharded SDAR update (peak memory per GPU, tokens/s) and the gather of the sharded weights
+into a generation copy (``HFGenerator(own_copy=True).sync``, what the trainer does after each update).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -70,6 +80,83 @@ def update_step(model: torch.nn.Module, prompts, responses, teacher_prompts, dev
     model.zero_grad(set_to_none=True)
 
 
+def fsdp_check(args: argparse.Namespace) -> int:
+    """Inside ``accelerate launch`` with the FSDP2 config: the sharded SDAR update and the weight gather."""
+    from accelerate import Accelerator
+
+    from sdar_train.generation import HFGenerator
+    from sdar_train.policy import Policy
+    from sdar_train.sharding import fsdp_on_cpu, is_sharded
+
+    cuda = torch.cuda.is_available() and not args.dry_run
+    acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    fsdp_on_cpu(acc)
+    assert is_sharded(acc), "not launched with the FSDP2 config"
+    device = acc.device
+    model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
+    params = sum(x.numel() for x in model.parameters())
+    copy_dtype = torch.bfloat16 if cuda else torch.float32
+    generation = HFGenerator(Policy(copy.deepcopy(model).to(copy_dtype).eval(), None, device), own_copy=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    model, optimizer = acc.prepare(model, optimizer)
+    gen = torch.Generator().manual_seed(acc.process_index)
+    prompts = [torch.randint(1, args.vocab, (args.prompt_tokens,), generator=gen).tolist() for _ in range(args.batch)]
+    responses = [torch.randint(1, args.vocab, (args.new_tokens,), generator=gen).tolist() for _ in range(args.batch)]
+    skills = torch.randint(1, args.vocab, (args.skill_tokens,), generator=gen).tolist()
+
+    def step() -> None:
+        batch, teacher_batch = pack(prompts, responses, pad_id=0), pack([skills + q for q in prompts], responses, 0)
+        with torch.no_grad(), acc.autocast():
+            teacher, _ = response_logprobs(model, teacher_batch, device)
+        with acc.autocast():
+            logp, ent = response_logprobs(model, batch, device, with_entropy=True)
+        logp = logp.float()
+        loss, _ = actor_loss(logp, batch.mask.to(device), old_logp=logp.detach(), advantages=torch.randn_like(logp),
+                             ref_logp=logp.detach() - 0.01, teacher_logp=teacher.float(), entropy=ent)  # fmt: skip
+        acc.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    step()  # warm-up
+    acc.wait_for_everyone()
+    t_update, _ = timed(device, step)
+    acc.wait_for_everyone()
+    t_sync, _ = timed(device, lambda: generation.sync(model))
+    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"), device=device)
+    peak = acc.gather(peak[None]).max()
+    if acc.is_main_process:
+        tokens = acc.num_processes * args.batch * (args.skill_tokens + 2 * args.prompt_tokens + 2 * args.new_tokens)
+        print(f"FSDP2 over {acc.num_processes} {'GPU' if cuda else 'CPU process'}(es); model {params / 1e6:.1f}M parameters; "
+              f"per process: batch {args.batch} x {args.prompt_tokens} prompt + {args.new_tokens} response tokens")  # fmt: skip
+        print("| measure | value |")
+        print("|---|---|")
+        print(
+            f"| FSDP SDAR update (teacher fwd + fwd + bwd + AdamW) | {tokens / t_update:,.0f} tokens/s, {t_update:.3f} s |"
+        )
+        print(f"| FSDP weight gather into the generation copy | {t_sync:.3f} s |")
+        print(f"| FSDP peak GPU memory (max over processes) | {float(peak):.1f} GiB |")
+    return 0
+
+
+def launch_fsdp(args: argparse.Namespace, argv: list[str]) -> int:
+    """This script again under ``accelerate launch`` with the FSDP2 config, over every visible GPU (two
+    CPU processes on gloo for the dry run)."""
+    from servers.process import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    n = 2 if args.dry_run or not torch.cuda.is_available() else torch.cuda.device_count()
+    env = {**os.environ, "PYTHONPATH": str(root), "SDAR_GPU_CHECK_LAUNCHED": "1"}
+    if args.dry_run:
+        env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+           str(root / "sdar_train/configs/accelerate/fsdp2.yaml"), "--num_processes", str(n), "--num_machines", "1",
+           "--mixed_precision", "no" if args.dry_run else "bf16", "--main_process_port", str(free_port()),
+           str(Path(__file__).resolve()), *argv]  # fmt: skip
+    return subprocess.run(cmd, env=env, cwd=root).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -80,13 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--skill-tokens", type=int, default=512)
     p.add_argument("--vocab", type=int, default=151936)
+    p.add_argument("--fsdp", action="store_true", help="the sharded update and weight gather over all visible GPUs")
+    argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
         print("gpu_check: no CUDA device here; run with --dry-run to check the code path on the CPU")
         return 2
+    if args.fsdp and not os.environ.get("SDAR_GPU_CHECK_LAUNCHED"):
+        return launch_fsdp(args, argv)
     if args.dry_run:
         args.batch, args.prompt_tokens, args.new_tokens, args.skill_tokens, args.vocab = 2, 32, 8, 16, 512
+    if args.fsdp:
+        return fsdp_check(args)
     device = torch.device("cuda" if cuda else "cpu")
     model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
     params = sum(x.numel() for x in model.parameters())

@@ -28,6 +28,21 @@ def test_gpu_check_dry_run_measures_every_row_on_the_cpu():
 
 
 @pytest.mark.slow
+def test_gpu_check_fsdp_dry_run_shards_over_two_cpu_processes():
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--fsdp", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "FSDP2 over 2 CPU process(es)" in done.stdout, done.stdout + done.stderr[-2000:]
+    for row in ("| FSDP SDAR update", "| FSDP weight gather into the generation copy |", "| FSDP peak GPU memory"):
+        assert row in done.stdout, done.stdout
+
+
+@pytest.mark.slow
 def test_replicate_step_profile_prints_every_part():
     done = subprocess.run(
         [sys.executable, "-m", "bench.replicate_step", "--steps", "1", "--env-workers", "0"],
