@@ -10,7 +10,7 @@ A fixed batch of 12 turn samples of different lengths (with advantages, teacher 
 log-probs) is split unevenly across the processes (rank 0 gets 3, rank 1 gets 9: episodes differ in
 length), and each process runs the trainer's own update loop (:meth:`Trainer.update`, SDAR: PPO-clip +
 KL + gated distillation, micro-batches of 2) on its share without stepping the optimizer; rank 0 saves
-the all-reduced gradient. (On CPU, ``--multi_gpu`` with gloo is what makes Accelerate start two
+the all-reduced gradient, and the response log-probs of the no-grad scoring pass on the same split. (On CPU, ``--multi_gpu`` with gloo is what makes Accelerate start two
 processes; ``--cpu --num_processes 2`` silently runs one.)
 """
 
@@ -21,6 +21,7 @@ import tempfile
 
 import gymnasium as gym
 import torch
+from accelerate.utils import gather_object
 
 from sdar_train.config import TrainConfig
 from sdar_train.sharding import full_tensor
@@ -67,6 +68,10 @@ def main() -> int:
         list(range(n)) if acc.num_processes == 1 else (list(range(3)) if acc.process_index == 0 else list(range(3, n)))
     )
     pick = lambda xs: [xs[i] for i in mine]  # noqa: E731
+    # the no-grad scoring pass on the uneven split (sharded: the ranks must agree on the forwards)
+    scored = trainer._score(acc.unwrap_model(trainer.model), pick(prompts), pick(responses))
+    scored = torch.nn.functional.pad(scored, (0, 8 - scored.size(1)))
+    logp = torch.cat(gather_object([scored])) if acc.num_processes > 1 else scored
     trainer.update(
         TurnBatch(pick(prompts), pick(responses), adv[mine], ref_logp=ref[mine], teacher_logp=teacher[mine]),
         step=0,
@@ -78,7 +83,16 @@ def main() -> int:
         if v.grad is not None
     }
     if acc.is_main_process:
-        torch.save({"grads": grads, "processes": acc.num_processes, "sharded": trainer.sharded}, args.out)
+        torch.save(
+            {
+                "grads": grads,
+                "logp": logp,
+                "lengths": [len(r) for r in responses],
+                "processes": acc.num_processes,
+                "sharded": trainer.sharded,
+            },
+            args.out,
+        )
     trainer.close()
     return 0
 

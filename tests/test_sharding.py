@@ -113,7 +113,8 @@ def test_a_generation_copy_samples_what_the_trained_model_would_after_sync():
 @pytest.mark.slow
 def test_fsdp_gradient_equals_the_full_batch_gradient_of_one_process(tmp_path):
     """The trainer's update (SDAR: PPO-clip + KL + gated distillation) on an uneven split of one batch,
-    parameters and gradients sharded, gathered afterwards: the gradient of the whole batch on one process."""
+    parameters and gradients sharded, gathered afterwards: the gradient of the whole batch on one process;
+    and its scoring pass (teacher / reference / old log-probs), 2 vs 5 micro-batches: the same log-probs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true"}
     one = subprocess.run(
         [sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")],
@@ -126,6 +127,9 @@ def test_fsdp_gradient_equals_the_full_batch_gradient_of_one_process(tmp_path):
     assert two["processes"] == 2 and two["sharded"] and one["grads"].keys() == two["grads"].keys()
     for name, g in one["grads"].items():
         assert torch.allclose(g, two["grads"][name], atol=1e-5, rtol=1e-4), name
+    assert one["logp"].shape == two["logp"].shape == (12, 8)
+    for row, n in enumerate(one["lengths"]):  # past a response's end a row holds padding, which nothing reads
+        assert torch.allclose(one["logp"][row, :n], two["logp"][row, :n], atol=1e-5), row
 
 
 @pytest.mark.slow
