@@ -187,9 +187,16 @@ def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: i
 
 
 def response_logprobs(
-    model: torch.nn.Module, batch: ScoredBatch, device: torch.device, *, with_entropy: bool = False
+    model: torch.nn.Module,
+    batch: ScoredBatch,
+    device: torch.device,
+    *,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``[n, R]`` log pi(response token j | prompt, earlier response tokens), and optionally entropies."""
+    """``[n, R]`` log pi(response token j | prompt, earlier response tokens), and optionally entropies, of
+    the policy at ``temperature`` (logits divided by it, as the reference's actor does with the rollout
+    temperature): the distribution the responses were sampled from."""
     r_width = batch.targets.size(1)
     logits = model(
         input_ids=batch.input_ids.to(device),
@@ -197,6 +204,8 @@ def response_logprobs(
         position_ids=batch.position_ids.to(device),
         logits_to_keep=r_width + 1,
     ).logits[:, :r_width]  # column j predicts response token j
+    if temperature != 1.0:
+        logits = logits / temperature
     logp = selective_log_softmax(logits, batch.targets.to(device))
     # with grad: the loss carries an entropy bonus
     ent = token_entropy(logits) if with_entropy else None

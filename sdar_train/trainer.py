@@ -9,6 +9,7 @@ Reads top to bottom in :meth:`Trainer.train_step`. An algorithm only changes whi
 * turn score = the episode's training reward (reward_scale x won), minus invalid_penalty on that turn
   alone when it breaks the format rule;
 * A = (score - mean) / (std + 1e-6) over all turn samples of the task's group (``advantage: turn``);
+* log-probs of the sampling distribution: logits divided by the rollout temperature;
 * mini-batches of ``mini_batch_size`` turn samples, several optimizer steps per training step, the
   ratio taken to the rollout-time policy (old log-probs scored before the first step).
 
@@ -219,6 +220,9 @@ class Trainer:
         self.codec = PromptCodec(tok)
         # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
         self.sampling = Sampling(cfg.max_response_tokens, cfg.temperature, cfg.top_p, tuple(self.policy.stop_ids))
+        # every log-prob (student, old, reference, teacher) is of the distribution the rollout sampled from,
+        # logits / temperature, as the reference's actor computes them; SFT fits the demonstrations at 1
+        self.logit_temperature = 1.0 if cfg.spec.sft else cfg.temperature
         prompt_budget = cfg.max_teacher_prompt_tokens if cfg.spec.student_skills else cfg.max_prompt_tokens
         self.generator = make_generator(
             "hf" if cfg.spec.sft else cfg.generation_backend,
@@ -332,7 +336,7 @@ class Trainer:
                 else pack([[pad]], [[pad]], pad)
             )
             with self.accelerator.autocast():
-                logp, _ = response_logprobs(model, batch, self.accelerator.device)
+                logp, _ = response_logprobs(model, batch, self.accelerator.device, temperature=self.logit_temperature)
             if s < len(prompts):
                 out[s : s + mb, : logp.size(1)] = logp.float().cpu()
         model.train()
@@ -491,7 +495,9 @@ class Trainer:
             return t[micro][:, :rw].to(self.accelerator.device)
 
         with self.accelerator.autocast():
-            logp, ent = response_logprobs(self.model, packed, self.accelerator.device, with_entropy=True)
+            logp, ent = response_logprobs(
+                self.model, packed, self.accelerator.device, with_entropy=True, temperature=self.logit_temperature
+            )
         logp = logp.float()
         assert ent is not None
         old_logp = aligned(batch.old_logp) if batch.old_logp is not None else logp.detach()

@@ -643,3 +643,42 @@ def test_won_episodes_grow_the_skill_memory_and_the_checkpoint_keeps_it(tmp_path
         assert any("/learned/" in sid for sid in saved)
     finally:
         trainer.close()
+
+
+def test_every_pass_scores_the_distribution_the_rollout_sampled_from(tmp_path):
+    """At rollout temperature T the old, teacher and reference log-probs and the update's own are all of
+    softmax(logits / T), as the reference's actor computes them: before any optimizer step the PPO ratio
+    is exactly 1 (ppo_kl 0), which it would not be if one pass used the raw logits."""
+    from sdar_train.trainer import TurnBatch
+
+    cfg = TrainConfig(env="Test/LetterY-v0", algo="sdar", model="tiny", output_dir=str(tmp_path), temperature=0.5,
+                      kl_coef=0.01, tasks_per_step=1, group_size=2, mini_batch_size=2, micro_batch_size=1, progress=False)  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(10, 4000, (n,), generator=gen).tolist() for n in (7, 12, 9, 5)]
+        responses = [torch.randint(10, 4000, (n,), generator=gen).tolist() for n in (3, 5, 2, 4)]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        scored = trainer._score(model, prompts, responses)
+        batch = pack(prompts, responses, trainer.policy.pad_id)
+        with torch.no_grad():
+            at_half, _ = response_logprobs(model, batch, torch.device("cpu"), temperature=0.5)
+            at_one, _ = response_logprobs(model, batch, torch.device("cpu"))
+        mask = batch.mask.bool()
+        assert torch.allclose(scored[mask], at_half[mask], atol=1e-5)
+        assert not torch.allclose(scored[mask], at_one[mask], atol=1e-2)
+        stats = trainer.update(
+            TurnBatch(
+                prompts,
+                responses,
+                torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                old_logp=scored,
+                ref_logp=scored,
+                teacher_logp=scored,
+            ),  # fmt: skip
+            step=0,
+            optimizer_step=False,
+        )
+        assert max(abs(v) for v in stats["ppo_kl"]) < 1e-6 and max(abs(v) for v in stats["kl"]) < 1e-6
+    finally:
+        trainer.close()
