@@ -321,7 +321,7 @@ class Trainer:
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
         """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches. Sharded, every process
-        runs the same number of forwards (each gathers parameters); one out of samples scores a pad token."""
+        runs the same number of forwards (each gathers parameters): a process out of samples scores a pad token."""
         model.eval()
         rmax = max(1, max((len(r) for r in responses), default=1))
         out = torch.zeros((len(prompts), rmax))
