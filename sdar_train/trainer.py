@@ -728,3 +728,6 @@ class Trainer:
         self.generator.close()
         if self.tb is not None:
             self.tb.close()
+        if self.world > 1:  # a process group left to interpreter exit can abort it (gloo: "terminate called ...")
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
