@@ -81,6 +81,10 @@ class ReplicateConfig:
     tasks_per_step: int = field(default=2, metadata={"help": "B"})
     group_size: int = field(default=4, metadata={"help": "G"})
     rl_lr: float = field(default=3e-4, metadata={"help": "RL learning rate"})
+    rl_temperature: float = field(
+        default=1.0,
+        metadata={"help": "rollout temperature of the RL arms (the follow-up in docs/REPLICATION.md used 0.5)"},
+    )
     sdar_coef: float = field(default=0.1, metadata={"help": "lambda of the distillation term"})
     train_reward: str = field(
         default="return",
@@ -102,6 +106,8 @@ class ReplicateConfig:
         for name in ("demo_goals", "bc_steps", "bc_batch", "eval_episodes", "rl_steps", "tasks_per_step", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rl_temperature <= 0:
+            raise ConfigError(f"rl_temperature must be > 0, got {self.rl_temperature}")
         if self.group_size < 2:
             raise ConfigError("group_size must be >= 2 for group-relative advantages")
         unknown = [a for a in self.arms if a not in ALGORITHMS or ALGORITHMS[a].sft]
@@ -429,6 +435,7 @@ def arm_settings(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir:
         "max_teacher_prompt_tokens": cfg.max_prompt_tokens + 512,
         "max_response_tokens": cfg.max_response_tokens,
         "lr": cfg.rl_lr,
+        "temperature": cfg.rl_temperature,
         "sdar_coef": cfg.sdar_coef,
         "train_reward": cfg.train_reward,
         "micro_batch_size": 8,
@@ -516,7 +523,9 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         "# SDAR miniature on WebShop (CPU)",
         "",
         f"Held-out: {cfg.eval_episodes} WebShop test goals (evenly spaced over the first 500), temperature "
-        f"{cfg.eval_temperature}, one evaluation per seed; 95% t-intervals over seeds {cfg.seeds}.",
+        f"{cfg.eval_temperature}, one evaluation per seed; 95% t-intervals over seeds {cfg.seeds}. RL: "
+        f"{cfg.rl_steps} steps of B={cfg.tasks_per_step} x G={cfg.group_size}, lr {cfg.rl_lr}, rollout temperature "
+        f"{cfg.rl_temperature}.",
         "",
         "## Warm start and the premise",
         "",

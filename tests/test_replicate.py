@@ -145,6 +145,18 @@ def test_config_refuses_what_cannot_work():
         ReplicateConfig(arms=["sft"])
     with pytest.raises(ConfigError, match="group_size"):
         ReplicateConfig(group_size=1)
+    with pytest.raises(ConfigError, match="rl_temperature"):
+        ReplicateConfig(rl_temperature=0)
+
+
+def test_arms_sample_at_the_rl_temperature(tmp_path):
+    from sdar_train.config import config_from_args
+    from sdar_train.replicate import arm_args
+
+    args = arm_args(ReplicateConfig(rl_temperature=0.5), "sdar", 1, WARMSTART, tmp_path / "run")
+    cfg = config_from_args(args)
+    assert cfg.temperature == 0.5 and cfg.eval_temperature == 0.4 and cfg.seed == 1
+    assert config_from_args(arm_args(ReplicateConfig(), "grpo", 0, WARMSTART, tmp_path / "r")).temperature == 1.0
 
 
 def test_packaged_warm_start_matches_its_checksums(tmp_path):
