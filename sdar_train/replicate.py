@@ -516,6 +516,8 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sdar_train.report import save_figure
+
     curves = collect_curves(cfg, out)
     prem = json.loads((out / "premise.json").read_text())
     recipe = json.loads((out / "warmstart" / "recipe.json").read_text())
@@ -587,9 +589,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "curves.png")
     keys = [
         ("gate_mean", "gate mean"),
         ("gap_negative", "share of negative-gap tokens"),
@@ -615,9 +615,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         axis.grid(alpha=0.3)
     if any(axis.get_legend_handles_labels()[0] for axis in axes):
         axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "diagnostics.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "diagnostics.png")
     lines += [
         "",
         "## Diagnostics over training (mean over steps and seeds)",
@@ -639,9 +637,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
     for axis in (left, right):
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "warmstart.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "warmstart.png")
     lines += [
         "",
         "![success](curves.png)",

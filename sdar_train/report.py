@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-__all__ = ["write_plot"]
+__all__ = ["save_figure", "write_plot"]
 
 
 def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
@@ -64,7 +65,14 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG (100 dpi) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return out
+    return path
