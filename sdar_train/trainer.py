@@ -703,10 +703,10 @@ class Trainer:
         path = path or self.out / "final"
         self.accelerator.wait_for_everyone()
         if self.sharded:
-            main = self.accelerator.is_main_process
-            weights = {n: t.cpu().clone() for n, t in full_weights(self.accelerator.unwrap_model(self.model)) if main}
+            main, model = self.accelerator.is_main_process, self.accelerator.unwrap_model(self.model)
+            # every process iterates (each gather is a collective); the main one keeps the tensors
+            weights = {n: t.cpu().clone() for n, t in full_weights(model) if main}
             if main:
-                model = self.accelerator.unwrap_model(self.model)
                 model = model.get_base_model() if hasattr(model, "get_base_model") else model
                 if getattr(model.config, "tie_word_embeddings", False):  # stored once, as save_pretrained does
                     head = model.get_output_embeddings()
