@@ -297,3 +297,26 @@ def test_demonstrations_follow_each_envs_format_rule():
         text = response_format(action, rule)
         assert rule(text), (env_id, text)
     assert response_format("<answer>y</answer>", env_class("SDAR/SearchQA-v0").format_valid) == "<answer>y</answer>"
+
+
+@pytest.mark.parametrize("temperature", ["1.0", "0.5", "0.7"])
+def test_log_probs_and_entropy_at_the_rollout_temperature_are_the_references(temperature):
+    """The reference's actor (``_forward_micro_batch``) divides the logits by the rollout temperature
+    before log-probs and entropy; ``response_logprobs`` on the same logits gives the same numbers."""
+    from types import SimpleNamespace
+
+    from sdar_train.policy import pack, response_logprobs
+
+    case = REF["tempered_logprobs"]
+    logits, responses = torch.tensor(case["logits"]), case["responses"]
+    r = len(responses[0])
+
+    def model(**kwargs):  # the logits the reference's module returned, as logits_to_keep = r + 1 gives them
+        assert kwargs["logits_to_keep"] == r + 1
+        return SimpleNamespace(logits=logits[:, -(r + 1) :].clone())
+
+    batch = pack([[1, 2, 3]] * len(responses), responses, pad_id=0)
+    logp, ent = response_logprobs(model, batch, torch.device("cpu"), with_entropy=True, temperature=float(temperature))
+    ref = case["temperatures"][temperature]
+    assert torch.allclose(logp, torch.tensor(ref["log_probs"]), atol=1e-4)
+    assert torch.allclose(ent, torch.tensor(ref["entropy"]), atol=1e-4)

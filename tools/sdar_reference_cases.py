@@ -11,6 +11,7 @@ functions that make the training signal and evaluates them on the inputs below:
 * the actor loss pieces: ``compute_policy_loss`` (dual clip), ``kl_penalty`` (low_var_kl), ``agg_loss``
   (token-mean, as for the entropy term), ``compute_sdar_loss``, ``compute_rlsd_token_advantage`` and
   the RLSD trainer's lambda schedule;
+* the actor's ``_forward_micro_batch`` on fixed logits: log-probs and entropies at the rollout temperature;
 * skill choice and the teacher prompt: ``SkillProvider`` on the reference-layout folders in
   ``tests/data/reference_skills`` (our own text) and ``build_teacher_batch``'s prompt text.
 
@@ -334,6 +335,30 @@ def _teacher_prompt(sdar: Path) -> dict[str, Any]:
     return {"chat_text": chat, "skill_text": "GENERAL SKILLS\n\nPICK SKILLS", "teacher_text": seen[0]}
 
 
+def _tempered_logprobs(sdar: Path) -> dict[str, Any]:
+    """The actor's ``_forward_micro_batch`` (no padding removal, no fused kernels) on fixed logits: the
+    log-probs and entropies of the response tokens at the rollout temperature."""
+    namespace: dict[str, Any] = {"torch": torch, "Tuple": tuple, "verl_F": sys.modules["verl.utils.torch_functional"]}
+    namespace["logprobs_from_logits"] = namespace["verl_F"].logprobs_from_logits
+    forward = _function_from(
+        sdar / "verl/workers/actor/dp_actor.py", "DataParallelPPOActor._forward_micro_batch", namespace
+    )
+    g = torch.Generator().manual_seed(0)
+    n, seq, r, vocab = 3, 9, 4, 11
+    logits = torch.randn(n, seq, vocab, generator=g) * 3
+    responses = torch.randint(0, vocab, (n, r), generator=g)
+    out: dict[str, Any] = {"logits": logits.tolist(), "responses": responses.tolist(), "temperatures": {}}
+    for temperature in (1.0, 0.5, 0.7):
+        module = lambda **_: types.SimpleNamespace(logits=logits.clone())  # noqa: E731  # div_ is in place
+        actor = types.SimpleNamespace(device_name="cpu", use_remove_padding=False, use_fused_kernels=False,
+                                      actor_module=module)  # fmt: skip
+        batch = {"responses": responses, "input_ids": torch.zeros(n, seq, dtype=torch.long),
+                 "attention_mask": torch.ones(n, seq, dtype=torch.long), "position_ids": torch.arange(seq).expand(n, seq)}  # fmt: skip
+        entropy, logp = forward(actor, batch, temperature=temperature, calculate_entropy=True)
+        out["temperatures"][str(temperature)] = {"log_probs": logp.float().tolist(), "entropy": entropy.float().tolist()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -372,6 +397,7 @@ def main() -> None:
         "losses": _losses(sdar),
         "skills": _skills(sdar, Path(args.fixtures)),
         "teacher_prompt": _teacher_prompt(sdar),
+        "tempered_logprobs": _tempered_logprobs(sdar),
     }
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")
