@@ -355,7 +355,10 @@ def _tempered_logprobs(sdar: Path) -> dict[str, Any]:
         batch = {"responses": responses, "input_ids": torch.zeros(n, seq, dtype=torch.long),
                  "attention_mask": torch.ones(n, seq, dtype=torch.long), "position_ids": torch.arange(seq).expand(n, seq)}  # fmt: skip
         entropy, logp = forward(actor, batch, temperature=temperature, calculate_entropy=True)
-        out["temperatures"][str(temperature)] = {"log_probs": logp.float().tolist(), "entropy": entropy.float().tolist()}
+        out["temperatures"][str(temperature)] = {
+            "log_probs": logp.float().tolist(),
+            "entropy": entropy.float().tolist(),
+        }
     return out
 
 
