@@ -86,11 +86,11 @@ def fsdp_check(args: argparse.Namespace) -> int:
 
     from sdar_train.generation import HFGenerator
     from sdar_train.policy import Policy
-    from sdar_train.sharding import fsdp_on_cpu, is_sharded
+    from sdar_train.sharding import is_sharded, sharding_on_cpu
 
     cuda = torch.cuda.is_available() and not args.dry_run
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
-    fsdp_on_cpu(acc)
+    sharding_on_cpu(acc)
     assert is_sharded(acc), "not launched with the FSDP2 config"
     device = acc.device
     model = build_model("0.5b" if cuda else "tiny", args.vocab, device)

@@ -95,7 +95,11 @@ class ReplicateConfig:
     )
     max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget (WebShop prompts fit whole)"})
     max_response_tokens: int = field(default=64, metadata={"help": "tokens per turn"})
-    threads: int = field(default=2, metadata={"help": "torch threads"})
+    threads: int = field(default=2, metadata={"help": "torch threads (per arm run)"})
+    parallel: int = field(
+        default=1,
+        metadata={"help": "arm runs at once, each a process with `threads` torch threads (cores = parallel x threads)"},
+    )
     package: bool = field(
         default=False, metadata={"help": "copy the warm start into sdar_train/warmstart (the demo's)"}
     )
@@ -103,7 +107,16 @@ class ReplicateConfig:
     def __post_init__(self) -> None:
         from sdar_train.config import ALGORITHMS, ConfigError
 
-        for name in ("demo_goals", "bc_steps", "bc_batch", "eval_episodes", "rl_steps", "tasks_per_step", "threads"):
+        for name in (
+            "demo_goals",
+            "bc_steps",
+            "bc_batch",
+            "eval_episodes",
+            "rl_steps",
+            "tasks_per_step",
+            "threads",
+            "parallel",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rl_temperature <= 0:
@@ -459,24 +472,33 @@ def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Pat
 
 
 def run_arms(cfg: ReplicateConfig, out: Path, warm: Path) -> None:
-    """Every arm x seed, seeds outermost so that a short budget still sees every arm; a run that stopped
-    resumes from its last checkpoint."""
+    """Every arm x seed, seeds outermost so that a short budget still sees every arm, ``cfg.parallel`` runs
+    at a time; a run that stopped resumes from its last checkpoint. A run's result does not depend on
+    which other runs share the machine."""
     import subprocess
+    from concurrent.futures import ThreadPoolExecutor
 
-    for seed in cfg.seeds:
-        for arm in cfg.arms:
-            run_dir = out / "arms" / f"{arm}-s{seed}"
-            if (run_dir / "eval.json").exists():
-                continue
-            resume = (run_dir / "checkpoints").exists()
-            args = arm_args(cfg, arm, seed, warm, run_dir)
-            args += ["--resume", "true"] if resume else ["--overwrite", "true"]
-            _log(f"{arm} seed {seed}{' (resuming)' if resume else ''}")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            t0 = time.time()
-            with open(run_dir / "train.log", "a") as log:
-                subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
-            _log(f"{arm} seed {seed} done in {time.time() - t0:.0f} s")
+    def one(arm: str, seed: int) -> None:
+        run_dir = out / "arms" / f"{arm}-s{seed}"
+        resume = (run_dir / "checkpoints").exists()
+        args = arm_args(cfg, arm, seed, warm, run_dir)
+        args += ["--resume", "true"] if resume else ["--overwrite", "true"]
+        _log(f"{arm} seed {seed}{' (resuming)' if resume else ''}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with open(run_dir / "train.log", "a") as log:
+            subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
+        _log(f"{arm} seed {seed} done in {time.time() - t0:.0f} s")
+
+    todo = [
+        (arm, seed)
+        for seed in cfg.seeds
+        for arm in cfg.arms
+        if not (out / "arms" / f"{arm}-s{seed}" / "eval.json").exists()
+    ]
+    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
+        for done in [pool.submit(one, arm, seed) for arm, seed in todo]:
+            done.result()  # a failed run raises here, after the runs already started have finished
 
 
 # --- stage 6: the report --------------------------------------------------------------------------------

@@ -47,7 +47,17 @@ from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_a
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
-from sdar_train.sharding import fsdp_on_cpu, full_tensor, full_weights, is_sharded, shard_frozen, sharding_problem
+from sdar_train.sharding import (
+    configure_deepspeed,
+    deepspeed_backward,
+    full_tensor,
+    full_weights,
+    is_sharded,
+    shard_frozen,
+    sharding_on_cpu,
+    sharding_problem,
+    uses_deepspeed,
+)
 from skills import SkillLibrary
 
 __all__ = ["CheckpointError", "Trainer", "TurnBatch", "response_format"]
@@ -141,11 +151,14 @@ class Trainer:
         bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
         self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         acc = self.accelerator
-        fsdp_on_cpu(acc)  # an FSDP config launched on CPU (gloo): Accelerate alone would run plain DDP
+        sharding_on_cpu(acc)  # an FSDP/DeepSpeed config launched on CPU (gloo): Accelerate alone would run DDP
         problem = sharding_problem(acc)
         if problem:  # refuse rather than train wrongly
             raise ConfigError(problem)
-        self.sharded = is_sharded(acc)
+        self.sharded = is_sharded(acc)  # parameters sharded (FSDP2, ZeRO-3): every forward is a collective
+        self.deepspeed = uses_deepspeed(acc)  # its engine steps the optimizer (sdar_train/sharding.py)
+        if self.deepspeed:
+            configure_deepspeed(acc, micro_batch_size=cfg.micro_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
             raise ConfigError(
                 f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups"
@@ -462,13 +475,17 @@ class Trainer:
                 n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
                 for c in range(n_micro):
                     micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
-                    self._accumulate(batch, micro, normalizer, stats, lam)
+                    boundary = optimizer_step and c == n_micro - 1
+                    self._accumulate(batch, micro, normalizer, stats, lam, boundary=boundary)
                 if not optimizer_step:
                     continue
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                stats.setdefault("grad_norm", []).append(float(full_tensor(grad_norm)))
+                if self.deepspeed:  # its engine clipped and stepped at the boundary
+                    grad_norm = float(self.model.get_global_grad_norm())
+                else:
+                    grad_norm = float(full_tensor(acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                stats.setdefault("grad_norm", []).append(grad_norm)
         return stats
 
     def _accumulate(
@@ -478,14 +495,17 @@ class Trainer:
         normalizer: torch.Tensor,
         stats: dict[str, list[float]],
         lam: float = 0.0,
+        *,
+        boundary: bool = False,
     ) -> None:
-        """Forward and backward one micro-batch (rows ``micro`` of ``batch``); the optimizer steps later."""
+        """Forward and backward one micro-batch (rows ``micro`` of ``batch``); the optimizer steps later
+        (DeepSpeed's engine at the mini-batch's last micro-batch, the ``boundary``)."""
         cfg, spec = self.cfg, self.cfg.spec
         if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
             pad = self.policy.pad_id
             with self.accelerator.autocast():
                 logp, _ = response_logprobs(self.model, pack([[pad]], [[pad]], pad), self.accelerator.device)
-            self.accelerator.backward(logp.sum() * 0.0)
+            self._backward(logp.sum() * 0.0, boundary)
             return
         packed = pack([batch.prompts[i] for i in micro], [batch.responses[i] for i in micro], self.policy.pad_id)
         mask = packed.mask.to(self.accelerator.device)
@@ -536,7 +556,13 @@ class Trainer:
             stats.setdefault("gap_negative", []).append(float(masked_mean((gap < 0).float(), mask)))
         stats.setdefault("entropy", []).append(float(masked_mean(ent.detach(), mask)))
         stats.setdefault("loss", []).append(float(loss.detach()))
-        self.accelerator.backward(loss)
+        self._backward(loss, boundary)
+
+    def _backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        if self.deepspeed:
+            deepspeed_backward(self.model, loss, boundary=boundary)
+        else:
+            self.accelerator.backward(loss)
 
     # ------------------------------------------------------------------------------------------------
     def train(self) -> list[dict[str, float]]:
@@ -680,10 +706,25 @@ class Trainer:
             ) from None
         if not (isinstance(states, dict) and "torch_manual_seed" in states):
             raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; {retry}")
+        if self.deepspeed:  # DeepSpeed writes each rank's partition, then names the folder in `latest`
+            try:
+                folder = path / (path / "latest").read_text().strip()
+            except FileNotFoundError:
+                raise CheckpointError(
+                    f"{path / 'latest'}: missing, so DeepSpeed's save did not finish; {retry}"
+                ) from None
+            mine = folder / f"zero_pp_rank_{self.accelerator.process_index}_mp_rank_00_optim_states.pt"
+            try:
+                zipfile.ZipFile(mine).close()
+            except FileNotFoundError:
+                raise CheckpointError(f"{mine}: missing; {retry}") from None
+            except (zipfile.BadZipFile, OSError) as e:
+                raise CheckpointError(f"{mine}: unreadable ({type(e).__name__}); {retry}") from None
+            return
         if self.sharded:  # torch.distributed.checkpoint folders: their metadata says the save finished
-            for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
-                if not (path / folder / ".metadata").is_file():
-                    raise CheckpointError(f"{path / folder}: missing or unfinished (no .metadata); {retry}")
+            for name in ("pytorch_model_fsdp_0", "optimizer_0"):
+                if not (path / name / ".metadata").is_file():
+                    raise CheckpointError(f"{path / name}: missing or unfinished (no .metadata); {retry}")
             return
         # The optimizer state can be many GB: check its zip directory here, and let load_state read it once.
         optimizer = path / "optimizer.bin"

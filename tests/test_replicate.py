@@ -147,6 +147,8 @@ def test_config_refuses_what_cannot_work():
         ReplicateConfig(group_size=1)
     with pytest.raises(ConfigError, match="rl_temperature"):
         ReplicateConfig(rl_temperature=0)
+    with pytest.raises(ConfigError, match="parallel"):
+        ReplicateConfig(parallel=0)
 
 
 def test_arms_sample_at_the_rl_temperature(tmp_path):

@@ -1,7 +1,8 @@
 """Sharded training (FSDP2 through Accelerate): two CPU processes over gloo, launched with the shipped
 config file, train exactly as DDP does, resume exactly from sharded checkpoints, and export one HF model.
+(DeepSpeed ZeRO: tests/test_deepspeed.py.)
 
-Accelerate picks FSDP only on accelerators; ``sdar_train.sharding.fsdp_on_cpu`` turns it on for an FSDP
+Accelerate picks FSDP only on accelerators; ``sdar_train.sharding.sharding_on_cpu`` turns it on for an FSDP
 launch on CPU, so these runs exercise torch's real ``fully_shard`` (DTensor parameters, gathered forwards,
 reduce-scattered gradients, torch.distributed.checkpoint). Generation and evaluation run on a full copy
 of the weights that every update refreshes."""
@@ -51,7 +52,7 @@ def test_shipped_accelerate_configs_load_and_say_fsdp2():
 
 @pytest.mark.parametrize(
     "kind, version, says",
-    [("FSDP", 1, "FSDP1 is not supported"), ("DEEPSPEED", None, "DEEPSPEED is not supported"), ("FSDP", 2, None)],
+    [("FSDP", 1, "FSDP1 is not supported"), ("MEGATRON_LM", None, "MEGATRON_LM is not supported"), ("FSDP", 2, None)],
 )
 def test_unsupported_sharding_is_refused_with_the_way_out(kind, version, says):
     acc = SimpleNamespace(
