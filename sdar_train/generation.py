@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -201,11 +201,23 @@ class VLLMGenerator:
 
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
-        """Load ``model``'s weights into the engine. A sharded model's are gathered a tensor at a time and
-        cast to the engine's dtype on the way (one call: vLLM's reload checks that every weight came)."""
+        """Load ``model``'s weights into the engine, cast to its dtype on the way. The engine runs in this
+        process, so its layer-wise reload pulls them from a generator: a sharded model is gathered one
+        tensor (FSDP2) or layer (ZeRO-3) at a time as the engine loads it, and no rank ever holds a second
+        full copy. (An engine in another process gets a list, built whole.) Under sharding every rank
+        must call it."""
         cast = self.dtype
-        weights = [(n, t.to(cast) if cast and t.is_floating_point() else t) for n, t in full_weights(model)]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        weights: Iterable[tuple[str, torch.Tensor]] = (
+            (n, t.to(cast) if cast and t.is_floating_point() else t) for n, t in full_weights(model)
+        )
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":  # the kwargs are serialised
+            weights = list(weights)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        finally:
+            if isinstance(weights, Iterator):  # the gathers are collectives: finish them if the engine stopped early
+                for _ in weights:
+                    pass
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
     def close(self) -> None:

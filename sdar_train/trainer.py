@@ -766,9 +766,10 @@ class Trainer:
 
     def close(self) -> None:
         self.pool.close()
-        self.generator.close()
         if self.tb is not None:
             self.tb.close()
-        if self.world > 1:  # a process group left to interpreter exit can abort it (gloo: "terminate called ...")
+        if self.world > 1:
             self.accelerator.wait_for_everyone()
-            self.accelerator.end_training()
+        self.generator.close()  # (a vLLM engine launched beside the trainer takes the process group down with it)
+        if self.world > 1 and torch.distributed.is_initialized():
+            self.accelerator.end_training()  # a process group left to interpreter exit can abort it (gloo)

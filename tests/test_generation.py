@@ -181,6 +181,43 @@ def test_vllm_sync_follows_the_trainers_weights_and_merges_lora(engine, policy):
 
 
 @vllm_only
+def test_vllm_sync_streams_the_weights_so_no_second_full_copy_is_held(engine, policy, monkeypatch):
+    """The engine pulls the weights one at a time from the gather (sharded: a collective per tensor);
+    what it has loaded is freed, so at most a layer's tensors are alive at once, not the whole model."""
+    import gc
+    import weakref
+
+    import sdar_train.generation as generation
+
+    handed, alive_max, total = [], 0, 0
+    real = generation.full_weights
+
+    def tracked(model):
+        nonlocal alive_max, total
+        for name, t in real(model):
+            t = t.clone()  # a fresh tensor, as a gather makes
+            handed.append(weakref.ref(t))
+            total += 1
+            gc.collect()
+            alive_max = max(alive_max, sum(r() is not None for r in handed))
+            yield name, t
+
+    monkeypatch.setattr(generation, "full_weights", tracked)
+    _perturb(policy.model, 3, scale=0.3)
+    engine.sync(policy.model)
+    s = Sampling(10, 0.0, stop_ids=(policy.pad_id,))
+    assert engine(_prompts(policy), 0, s) == HFGenerator(policy)(_prompts(policy), 0, s)  # all of them arrived
+    layer = sum(1 for n, _ in policy.model.named_parameters() if ".layers.0." in n)
+    assert total > 2 * layer and alive_max <= layer + 1, (alive_max, layer, total)
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # as for an engine in another process: a list
+    handed.clear()
+    alive_max = total = 0
+    engine.sync(policy.model)
+    assert alive_max == total  # the measure sees a whole copy when there is one
+
+
+@vllm_only
 def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_model):
     from sdar_train.trainer import Trainer
 
@@ -263,3 +300,32 @@ def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in logged] == [0, 1] and all(m["samples"] > 0 for m in logged)
+
+
+@vllm_only
+@pytest.mark.parametrize("config", ["fsdp2", "zero3"])
+def test_sharded_training_syncs_vllm_as_ddp_does(tmp_path, config):
+    """Each process's engine is refreshed from the sharded policy (gathered as the engine loads): the
+    rollouts, losses and final weights are DDP's with vLLM."""
+    from tests.test_sharding import ACCELERATE_CONFIGS, assert_same_weights, train_rows
+
+    if config == "zero3":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
+    common = dict(algo="sdar", kl_coef=0.01, generation_backend="vllm", lr=1e-4)
+    cpu = not torch.cuda.is_available()
+    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")], cpu=cpu, timeout=900)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    sharded = launch_two_processes(
+        ["sdar_train", *run_args(**common, output_dir=tmp_path / config)],
+        cpu=cpu and config == "fsdp2",  # DeepSpeed: the launcher drops it under ACCELERATE_USE_CPU
+        flags=("--config_file", str(ACCELERATE_CONFIGS / f"{config}.yaml")),
+        timeout=900,
+    )
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    rows, reference = train_rows(tmp_path / config), train_rows(tmp_path / "ddp")
+    assert len(rows) == len(reference) == 2
+    for r, d in zip(rows, reference, strict=True):
+        assert r["response_tokens"] == d["response_tokens"]  # the same rollouts: the engine had the same weights
+        for key in ("loss", "sdar_loss", "kl", "entropy"):
+            assert abs(r[key] - d[key]) <= 1e-4 * abs(d[key]) + 1e-6, (key, r[key], d[key])
+    assert_same_weights(tmp_path / config / "final", tmp_path / "ddp" / "final", atol=1e-5)
