@@ -73,6 +73,7 @@ lint: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
 	$(BIN)/python bench/gpu_check.py --fsdp
+	$(BIN)/python bench/gpu_check.py --sharded zero3
 
 bench: $(STAMP)
 	$(BIN)/python bench/alfworld_env.py

@@ -6,6 +6,7 @@ the same architecture on the CPU (what the test suite checks), so the script can
     python bench/gpu_check.py              # on a CUDA machine
     python bench/gpu_check.py --dry-run    # anywhere
     python bench/gpu_check.py --fsdp [--dry-run]   # FSDP2 over all visible GPUs (2 CPU processes dry)
+    python bench/gpu_check.py --sharded zero3 [--dry-run]   # the same with DeepSpeed ZeRO-3
 
 What it measures, side by side in one run:
 * generation: ``generate`` of ``--new-tokens`` tokens for ``--batch`` prompts of ``--prompt-tokens``;
@@ -13,9 +14,10 @@ What it measures, side by side in one run:
 * the SDAR update: the same plus the teacher's no-grad forward on prompts ``--skill-tokens`` longer
   and the gated distillation term; the ratio SDAR / GRPO is the price of the teacher.
 
-``--fsdp`` launches itself with ``sdar_train/configs/accelerate/fsdp2.yaml`` over every visible GPU and
-measures the sharded SDAR update (peak memory per GPU, tokens/s) and the gather of the sharded weights
-into a generation copy (``HFGenerator(own_copy=True).sync``, what the trainer does after each update).
+``--fsdp`` (= ``--sharded fsdp2``) launches itself with ``sdar_train/configs/accelerate/fsdp2.yaml`` over
+every visible GPU and measures the sharded SDAR update (peak memory per GPU, tokens/s) and the gather of
+the sharded weights into a generation copy (``HFGenerator(own_copy=True).sync``, what the trainer does
+after each update); ``--sharded zero3`` does the same under DeepSpeed ZeRO-3 (``zero3.yaml``).
 """
 
 from __future__ import annotations
@@ -80,18 +82,22 @@ def update_step(model: torch.nn.Module, prompts, responses, teacher_prompts, dev
     model.zero_grad(set_to_none=True)
 
 
-def fsdp_check(args: argparse.Namespace) -> int:
-    """Inside ``accelerate launch`` with the FSDP2 config: the sharded SDAR update and the weight gather."""
+def sharded_check(args: argparse.Namespace) -> int:
+    """Inside ``accelerate launch`` with a sharding config: the sharded SDAR update and the weight gather."""
     from accelerate import Accelerator
 
     from sdar_train.generation import HFGenerator
     from sdar_train.policy import Policy
-    from sdar_train.sharding import is_sharded, sharding_on_cpu
+    from sdar_train.sharding import configure_deepspeed, deepspeed_backward, is_sharded, sharding_on_cpu, uses_deepspeed
 
     cuda = torch.cuda.is_available() and not args.dry_run
     acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
     sharding_on_cpu(acc)
-    assert is_sharded(acc), "not launched with the FSDP2 config"
+    assert is_sharded(acc), f"not launched with the {args.sharded} config"
+    deepspeed = uses_deepspeed(acc)
+    if deepspeed:  # as the trainer: batch fields and clipping, whole weights at load (then partitioned)
+        configure_deepspeed(acc, micro_batch_size=args.batch, max_grad_norm=1.0)
+    label = {"fsdp2": "FSDP2", "zero3": "ZeRO-3"}[args.sharded]
     device = acc.device
     model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
     params = sum(x.numel() for x in model.parameters())
@@ -113,6 +119,9 @@ def fsdp_check(args: argparse.Namespace) -> int:
         logp = logp.float()
         loss, _ = actor_loss(logp, batch.mask.to(device), old_logp=logp.detach(), advantages=torch.randn_like(logp),
                              ref_logp=logp.detach() - 0.01, teacher_logp=teacher.float(), entropy=ent)  # fmt: skip
+        if deepspeed:  # its engine steps at the boundary
+            deepspeed_backward(model, loss, boundary=True)
+            return
         acc.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -128,15 +137,15 @@ def fsdp_check(args: argparse.Namespace) -> int:
     peak = acc.gather(peak[None]).max()
     if acc.is_main_process:
         tokens = acc.num_processes * args.batch * (args.skill_tokens + 2 * args.prompt_tokens + 2 * args.new_tokens)
-        print(f"FSDP2 over {acc.num_processes} {'GPU' if cuda else 'CPU process'}(es); model {params / 1e6:.1f}M parameters; "
+        print(f"{label} over {acc.num_processes} {'GPU' if cuda else 'CPU process'}(es); model {params / 1e6:.1f}M parameters; "
               f"per process: batch {args.batch} x {args.prompt_tokens} prompt + {args.new_tokens} response tokens")  # fmt: skip
         print("| measure | value |")
         print("|---|---|")
         print(
-            f"| FSDP SDAR update (teacher fwd + fwd + bwd + AdamW) | {tokens / t_update:,.0f} tokens/s, {t_update:.3f} s |"
+            f"| {label} SDAR update (teacher fwd + fwd + bwd + AdamW) | {tokens / t_update:,.0f} tokens/s, {t_update:.3f} s |"
         )
-        print(f"| FSDP weight gather into the generation copy | {t_sync:.3f} s |")
-        print(f"| FSDP peak GPU memory (max over processes) | {float(peak):.1f} GiB |")
+        print(f"| {label} weight gather into the generation copy | {t_sync:.3f} s |")
+        print(f"| {label} peak GPU memory (max over processes) | {float(peak):.1f} GiB |")
     acc.wait_for_everyone()
     acc.end_training()
     # torch 2.13 on CPU: a gloo/FSDP helper thread still joinable at interpreter exit aborts the process
@@ -146,18 +155,18 @@ def fsdp_check(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
-def launch_fsdp(args: argparse.Namespace, argv: list[str]) -> int:
-    """This script again under ``accelerate launch`` with the FSDP2 config, over every visible GPU (two
+def launch_sharded(args: argparse.Namespace, argv: list[str]) -> int:
+    """This script again under ``accelerate launch`` with the sharding config, over every visible GPU (two
     CPU processes on gloo for the dry run)."""
     from servers.process import free_port
 
     root = Path(__file__).resolve().parents[1]
     n = 2 if args.dry_run or not torch.cuda.is_available() else torch.cuda.device_count()
     env = {**os.environ, "PYTHONPATH": str(root), "SDAR_GPU_CHECK_LAUNCHED": "1"}
-    if args.dry_run:
+    if args.dry_run and args.sharded == "fsdp2":  # (the launcher would drop DeepSpeed under it)
         env["ACCELERATE_USE_CPU"] = "true"
     cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
-           str(root / "sdar_train/configs/accelerate/fsdp2.yaml"), "--num_processes", str(n), "--num_machines", "1",
+           str(root / f"sdar_train/configs/accelerate/{args.sharded}.yaml"), "--num_processes", str(n), "--num_machines", "1",
            "--mixed_precision", "no" if args.dry_run else "bf16", "--main_process_port", str(free_port()),
            str(Path(__file__).resolve()), *argv]  # fmt: skip
     return subprocess.run(cmd, env=env, cwd=root).returncode
@@ -173,19 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--skill-tokens", type=int, default=512)
     p.add_argument("--vocab", type=int, default=151936)
-    p.add_argument("--fsdp", action="store_true", help="the sharded update and weight gather over all visible GPUs")
+    p.add_argument("--fsdp", action="store_true", help="= --sharded fsdp2")
+    p.add_argument(
+        "--sharded", choices=["fsdp2", "zero3"], help="the sharded update and weight gather over all visible GPUs"
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.fsdp:
+        args.sharded = args.sharded or "fsdp2"
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
         print("gpu_check: no CUDA device here; run with --dry-run to check the code path on the CPU")
         return 2
-    if args.fsdp and not os.environ.get("SDAR_GPU_CHECK_LAUNCHED"):
-        return launch_fsdp(args, argv)
+    if args.sharded and not os.environ.get("SDAR_GPU_CHECK_LAUNCHED"):
+        return launch_sharded(args, argv)
     if args.dry_run:
         args.batch, args.prompt_tokens, args.new_tokens, args.skill_tokens, args.vocab = 2, 32, 8, 16, 512
-    if args.fsdp:
-        return fsdp_check(args)
+    if args.sharded:
+        return sharded_check(args)
     device = torch.device("cuda" if cuda else "cpu")
     model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
     params = sum(x.numel() for x in model.parameters())

@@ -28,17 +28,20 @@ def test_gpu_check_dry_run_measures_every_row_on_the_cpu():
 
 
 @pytest.mark.slow
-def test_gpu_check_fsdp_dry_run_shards_over_two_cpu_processes():
+@pytest.mark.parametrize("flags, label", [(["--fsdp"], "FSDP2"), (["--sharded", "zero3"], "ZeRO-3")])
+def test_gpu_check_sharded_dry_run_shards_over_two_cpu_processes(flags, label):
+    if label == "ZeRO-3":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
     done = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--fsdp", "--dry-run"],
+        [sys.executable, "bench/gpu_check.py", *flags, "--dry-run"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "FSDP2 over 2 CPU process(es)" in done.stdout, done.stdout + done.stderr[-2000:]
-    for row in ("| FSDP SDAR update", "| FSDP weight gather into the generation copy |", "| FSDP peak GPU memory"):
+    assert f"{label} over 2 CPU process(es)" in done.stdout, done.stdout + done.stderr[-2000:]
+    for row in (f"| {label} SDAR update", f"| {label} weight gather into the generation copy |", f"| {label} peak GPU"):
         assert row in done.stdout, done.stdout
 
 
