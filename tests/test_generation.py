@@ -329,3 +329,26 @@ def test_sharded_training_syncs_vllm_as_ddp_does(tmp_path, config):
         for key in ("loss", "sdar_loss", "kl", "entropy"):
             assert abs(r[key] - d[key]) <= 1e-4 * abs(d[key]) + 1e-6, (key, r[key], d[key])
     assert_same_weights(tmp_path / config / "final", tmp_path / "ddp" / "final", atol=1e-5)
+
+
+@vllm_only
+def test_gpu_check_vllm_dry_run_measures_generation_and_sync():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--vllm", "--dry-run"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    for row in (
+        "| vLLM generation |",
+        "| vLLM weight sync after an update |",
+        "| the update reached the engine | yes |",
+    ):
+        assert row in done.stdout, done.stdout
