@@ -136,6 +136,18 @@ def _safetensors_problem(path: Path) -> str | None:
         return "unreadable header"
 
 
+def _zip_problem(path: Path) -> str | None:
+    """Why a torch-saved (zip) file cannot be whole, from its zip directory alone (the file can be many
+    GB: loading it is left to the resume), or None."""
+    try:
+        zipfile.ZipFile(path).close()
+    except FileNotFoundError:
+        return "missing"
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"unreadable ({type(e).__name__})"
+    return None
+
+
 class Trainer:
     """GRPO, SDAR and the baselines on one Accelerate set-up: the policy (HF model, optionally LoRA), its
     frozen reference, a generation back-end, this process's environments (an :class:`EnvPool`) and the
@@ -714,26 +726,17 @@ class Trainer:
                     f"{path / 'latest'}: missing, so DeepSpeed's save did not finish; {retry}"
                 ) from None
             mine = folder / f"zero_pp_rank_{self.accelerator.process_index}_mp_rank_00_optim_states.pt"
-            try:
-                zipfile.ZipFile(mine).close()
-            except FileNotFoundError:
-                raise CheckpointError(f"{mine}: missing; {retry}") from None
-            except (zipfile.BadZipFile, OSError) as e:
-                raise CheckpointError(f"{mine}: unreadable ({type(e).__name__}); {retry}") from None
+            if problem := _zip_problem(mine):
+                raise CheckpointError(f"{mine}: {problem}; {retry}")
             return
         if self.sharded:  # torch.distributed.checkpoint folders: their metadata says the save finished
             for name in ("pytorch_model_fsdp_0", "optimizer_0"):
                 if not (path / name / ".metadata").is_file():
                     raise CheckpointError(f"{path / name}: missing or unfinished (no .metadata); {retry}")
             return
-        # The optimizer state can be many GB: check its zip directory here, and let load_state read it once.
         optimizer = path / "optimizer.bin"
-        try:
-            zipfile.ZipFile(optimizer).close()
-        except FileNotFoundError:
-            raise CheckpointError(f"{optimizer}: missing") from None
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{optimizer}: unreadable ({type(e).__name__}); {retry}") from None
+        if problem := _zip_problem(optimizer):
+            raise CheckpointError(f"{optimizer}: {problem}" + ("" if problem == "missing" else f"; {retry}"))
         for model_file in sorted(path.glob("model*.safetensors")) or [path / "model.safetensors"]:
             problem = _safetensors_problem(model_file)
             if problem:

@@ -9,14 +9,14 @@ and optimizer state, and the engine steps the trainer's AdamW at each mini-batch
 from __future__ import annotations
 
 import math
-import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from sdar_train.sharding import configure_deepspeed, sharding_problem
 from tests.conftest import launch_two_processes, run_args
-from tests.test_sharding import ACCELERATE_CONFIGS, assert_same_weights, train_rows
+from tests.test_sharding import ACCELERATE_CONFIGS, assert_resumes_exactly, assert_same_weights, train_rows
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
 
@@ -78,6 +78,15 @@ def test_the_trainer_fills_deepspeeds_batch_and_clipping_fields():
 
 
 # --- two CPU processes -----------------------------------------------------------------------------------
+def run_beside_ddp(config: str, out: Path, **fields: object) -> tuple[list[dict], list[dict]]:
+    """The same small run under DDP and under ``config``; their training rows."""
+    ddp = launch_two_processes(["sdar_train", *run_args(**fields, output_dir=out / "ddp")])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    sharded = launch(config, **fields, output_dir=out / config)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    return train_rows(out / config), train_rows(out / "ddp")
+
+
 def assert_trains_as_ddp(rows: list[dict], reference: list[dict], keys: tuple[str, ...]) -> None:
     assert [r["step"] for r in rows] == [r["step"] for r in reference] and all(r["samples"] > 0 for r in rows)
     for r, d in zip(rows, reference, strict=True):
@@ -90,41 +99,21 @@ def test_zero3_trains_as_ddp_does_and_resumes_exactly_from_its_checkpoints(tmp_p
     """SDAR with a KL reference (a ZeRO-3 engine too), a teacher pass and periodic evaluation: the losses
     and the exported model equal DDP's; stopping after step 1 and resuming gives the same model."""
     common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2)
-    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    zero3 = launch("zero3", **common, output_dir=tmp_path / "zero3")
-    assert zero3.returncode == 0, zero3.stderr[-3000:]
-    rows = train_rows(tmp_path / "zero3")
+    rows, reference = run_beside_ddp("zero3", tmp_path, **common)
     assert rows[-1]["kl"] > 0
-    keys = ("loss", "sdar_loss", "gate_mean", "kl", "entropy", "grad_norm")
-    assert_trains_as_ddp(rows, train_rows(tmp_path / "ddp"), keys)
+    assert_trains_as_ddp(rows, reference, ("loss", "sdar_loss", "gate_mean", "kl", "entropy", "grad_norm"))
     assert_same_weights(tmp_path / "zero3" / "final", tmp_path / "ddp" / "final")
     checkpoint = tmp_path / "zero3" / "checkpoints" / "step_000001" / "pytorch_model"
     assert len(list(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # each process wrote its part
 
-    part = tmp_path / "resumed"
-    first = launch("zero3", **{**common, "steps": 1}, output_dir=part)
-    assert first.returncode == 0, first.stderr[-3000:]
-    shutil.rmtree(part / "final")
-    second = launch("zero3", **common, resume="true", output_dir=part)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert [r["step"] for r in train_rows(part)] == [0, 1]
-    assert_same_weights(part / "final", tmp_path / "zero3" / "final")
-
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(part / "final", local_files_only=True)  # one plain HF folder
+    assert_resumes_exactly(lambda **f: launch("zero3", **f), common, tmp_path / "zero3")
 
 
 @pytest.mark.slow
 def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damaged_checkpoint(tmp_path):
     """GRPO with micro-batches of 2: DeepSpeed must step once per mini-batch, after all of them."""
     common = dict(algo="grpo", micro_batch_size=2, save_every=1, lr=1e-3)
-    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    zero2 = launch("zero2", **common, output_dir=tmp_path / "zero2")
-    assert zero2.returncode == 0, zero2.stderr[-3000:]
-    assert_trains_as_ddp(train_rows(tmp_path / "zero2"), train_rows(tmp_path / "ddp"), ("loss", "entropy", "grad_norm"))
+    assert_trains_as_ddp(*run_beside_ddp("zero2", tmp_path, **common), ("loss", "entropy", "grad_norm"))
     # Adam divides each gradient by its own scale, so the last-bit differences of DeepSpeed's reduction can
     # move a weight with a near-zero gradient by a fraction of lr (measured: 4 of 0.5M weights, <= 4e-6)
     assert_same_weights(tmp_path / "zero2" / "final", tmp_path / "ddp" / "final", atol=1e-2 * 1e-3)
@@ -139,13 +128,8 @@ def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damag
 def test_lora_under_zero3_trains_as_under_ddp_and_exports_the_merged_model(tmp_path):
     from safetensors.torch import load_file
 
-    common = dict(algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
-    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    zero3 = launch("zero3", **common, output_dir=tmp_path / "zero3")
-    assert zero3.returncode == 0, zero3.stderr[-3000:]
-    rows = train_rows(tmp_path / "zero3")
+    rows, reference = run_beside_ddp("zero3", tmp_path, algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
     assert rows[-1]["kl"] > 0
-    assert_trains_as_ddp(rows, train_rows(tmp_path / "ddp"), ("loss", "kl", "sdar_loss"))
+    assert_trains_as_ddp(rows, reference, ("loss", "kl", "sdar_loss"))
     assert_same_weights(tmp_path / "zero3" / "final", tmp_path / "ddp" / "final", atol=1e-2 * 1e-3)  # 1% of lr
     assert not any("lora" in k for k in load_file(tmp_path / "zero3" / "final" / "model.safetensors"))

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -152,19 +153,26 @@ def test_fsdp_trains_as_ddp_does_and_resumes_exactly_from_sharded_checkpoints(tm
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # each process wrote its own shard
         assert (checkpoint / folder / ".metadata").is_file() and len(list((checkpoint / folder).glob("*.distcp"))) == 2
 
-    # stop after one step, resume to two: the same final model
-    part = tmp_path / "resumed"
-    first = launch_two_processes(["sdar_train", *run_args(**{**common, "steps": 1}, output_dir=part)], flags=FSDP)
+    assert_resumes_exactly(
+        lambda **f: launch_two_processes(["sdar_train", *run_args(**f)], flags=FSDP), common, tmp_path / "fsdp"
+    )
+
+
+def assert_resumes_exactly(launch: Callable[..., subprocess.CompletedProcess], common: dict, whole: Path) -> None:
+    """A run of ``common`` (two steps) stopped after step 1 and resumed to two gives ``whole``'s final
+    model, exported as one plain HF folder."""
+    part = whole.with_name(whole.name + "-resumed")
+    first = launch(**{**common, "steps": 1}, output_dir=part)
     assert first.returncode == 0, first.stderr[-3000:]
     shutil.rmtree(part / "final")
-    second = launch_two_processes(["sdar_train", *run_args(**common, resume="true", output_dir=part)], flags=FSDP)
+    second = launch(**common, resume="true", output_dir=part)
     assert second.returncode == 0, second.stderr[-3000:]
     assert [r["step"] for r in train_rows(part)] == [0, 1]
-    assert_same_weights(part / "final", tmp_path / "fsdp" / "final")
+    assert_same_weights(part / "final", whole / "final")
 
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(part / "final", local_files_only=True)  # one plain HF folder
+    AutoModelForCausalLM.from_pretrained(part / "final", local_files_only=True)
 
 
 @pytest.mark.slow
