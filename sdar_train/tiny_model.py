@@ -149,10 +149,16 @@ def build_tiny_model(
 
 def tiny_model_path() -> Path:
     """Where ``--model tiny`` lives: built on first use under ``$SDAR_CACHE_DIR/models``."""
+    from filelock import FileLock
+
     root = Path(os.environ.get("SDAR_CACHE_DIR", Path.home() / ".cache" / "sdar")) / "models"
     path = root / f"tiny-qwen2-{TINY_VERSION}"
     if not (path / "config.json").exists():
-        build_tiny_model(path)
+        root.mkdir(parents=True, exist_ok=True)
+        # the processes of a distributed launch all get here on a fresh cache: one builds, the others wait
+        with FileLock(str(root / f"{path.name}.lock")):
+            if not (path / "config.json").exists():
+                build_tiny_model(path)
     return path
 
 

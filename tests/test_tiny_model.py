@@ -1,0 +1,34 @@
+"""``--model tiny`` is built on first use into the cache; a distributed launch on a fresh cache reaches
+that point in every process at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_processes_that_ask_for_the_tiny_model_at_once_all_get_one_whole_model(tmp_path):
+    code = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from sdar_train.tiny_model import tiny_model_path\n"
+        "p = tiny_model_path()\n"
+        "for _ in range(20):  # keep reading while the others may still be building\n"
+        "    AutoModelForCausalLM.from_pretrained(p); AutoTokenizer.from_pretrained(p)\n"
+        "print(p)\n"
+    )
+    env = {**os.environ, "SDAR_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), [err[-2000:] for rc, _, err in results if rc]
+    assert len({out.strip().splitlines()[-1] for _, out, _ in results}) == 1
+    models = [d for d in (tmp_path / "models").iterdir() if d.is_dir()]
+    assert len(models) == 1 and (models[0] / "config.json").is_file()  # built once, no staging left behind
