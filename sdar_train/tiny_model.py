@@ -130,7 +130,12 @@ def build_tiny_model(
         model = Qwen2ForCausalLM(config)
         model.generation_config.eos_token_id = [config.eos_token_id, config.pad_token_id]
         model.generation_config.pad_token_id = config.pad_token_id
+        # whichever process of a distributed launch builds it must write it: transformers 5 writes model
+        # files from torch.distributed rank 0 only
+        model.should_save_on_this_rank = lambda is_main_process: True  # type: ignore[method-assign]
         model.save_pretrained(staging)
+        if not (staging / "config.json").is_file() or not list(staging.glob("*.safetensors")):
+            raise RuntimeError(f"the tiny model was not written to {staging}")
         # transformers re-creates a qwen2 tokenizer with its own pipeline: the ids must not change.
         reloaded = AutoTokenizer.from_pretrained(staging)
         sample = "Your task is to: put a hot apple in fridge. <action>go to countertop 1</action> Röntgen 1901"

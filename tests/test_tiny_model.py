@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,3 +34,17 @@ def test_processes_that_ask_for_the_tiny_model_at_once_all_get_one_whole_model(t
     assert len({out.strip().splitlines()[-1] for _, out, _ in results}) == 1
     models = [d for d in (tmp_path / "models").iterdir() if d.is_dir()]
     assert len(models) == 1 and (models[0] / "config.json").is_file()  # built once, no staging left behind
+
+
+@pytest.mark.slow
+def test_a_distributed_launch_on_a_fresh_cache_builds_what_it_needs_once(tmp_path, monkeypatch):
+    """Both ranks reach the tiny model (and the Search-QA index) at once; transformers writes model files
+    from rank 0 only, so whichever rank builds must still write them."""
+    from tests.conftest import launch_two_processes, run_args
+
+    monkeypatch.setenv("SDAR_CACHE_DIR", str(tmp_path / "cache"))
+    done = launch_two_processes(["sdar_train", *run_args(algo="grpo", steps=1, output_dir=tmp_path / "run")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = tmp_path / "cache" / "models"
+    assert [d.name for d in model.iterdir() if d.is_dir()] == [next(model.glob("tiny-qwen2-*")).name]
+    assert list(next(model.glob("tiny-qwen2-*")).glob("*.safetensors"))
