@@ -179,10 +179,12 @@ def full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         owner = name.removesuffix(".base_layer.weight")
         if owner != name and owner in layers:
             tensor = tensor + _lora_delta(layers[owner], state, owner).to(tensor.dtype)
-        name = (
-            name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
-        )
-        yield name, tensor.detach()
+        yield _base_name(name), tensor.detach()
+
+
+def _base_name(name: str) -> str:
+    """A peft model's parameter name in the base checkpoint's names."""
+    return name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace("modules_to_save.default.", "")
 
 
 def _lora_delta(layer: Any, state: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
@@ -233,9 +235,7 @@ def _zero3_full_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Ten
                 tensors = {**params, **buffers}
             for name, t in tensors.items():
                 full = f"{prefix}.{name}" if prefix else name
-                if peft:
-                    full = full.removeprefix("base_model.model.").replace("modules_to_save.default.", "")
-                yield full, t.detach().clone()
+                yield _base_name(full) if peft else full, t.detach().clone()
 
 
 def shard_frozen(accelerator: Any, model: torch.nn.Module) -> torch.nn.Module:
