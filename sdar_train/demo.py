@@ -40,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=6, help="SDAR steps")
     p.add_argument("--episodes", type=int, default=50, help="held-out test goals, before and after")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks_per_step", type=int, default=None, help="B (default: the miniature's)")
+    p.add_argument("--rl_lr", type=float, default=None, help="learning rate (default: the miniature's)")
+    p.add_argument("--rl_temperature", type=float, default=None, help="rollout temperature (default: the miniature's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the miniature's)")
+    p.add_argument("--eval_temperature", type=float, default=None, help="0: greedy (default: the miniature's)")
     args = p.parse_args(argv)
     import torch
 
@@ -48,7 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
 
     warm = check_warmstart()
-    cfg = ReplicateConfig(out=args.out, eval_episodes=args.episodes, rl_steps=args.steps, eval_every=args.steps)
+    overrides = {k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")}
+    cfg = ReplicateConfig(
+        out=args.out,
+        eval_episodes=args.episodes,
+        rl_steps=args.steps,
+        eval_every=args.steps,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
     torch.set_num_threads(cfg.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,8 @@ def evaluate(
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
         "invalid_rate": rollout.metrics()["invalid_rate"],
+        "inadmissible_rate": rollout.metrics()["inadmissible_rate"],
+        "episode_length": rollout.metrics()["episode_length"],
         "results": [
             {
                 "task_id": e.task_id,

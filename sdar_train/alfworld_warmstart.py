@@ -1,0 +1,301 @@
+"""The miniature's ALFWorld warm start: behaviour cloning of a small local model, with its held-out curve.
+
+    python -m sdar_train.alfworld_warmstart --out runs/alfworld_warmstart     # resumable
+
+Stages (each skipped when its output exists):
+
+1. ``model/``: a small Qwen2 with a byte-level BPE trained on the prompts and actions of demonstrated
+   *train* games only (held-out text never reaches the tokenizer), built locally, nothing downloaded.
+2. ``demos.jsonl.gz``: one episode per sampled train game, played by
+   :mod:`sdar_train.alfworld_demonstrator` (it reads only the prompt and wins all 134 ``valid_unseen``
+   games), on the prompts the rollout itself builds.
+3. ``warmstart/``: token NLL on the responses (:func:`sdar_train.replicate.behaviour_cloning`), with a
+   held-out evaluation every ``eval_every`` steps: ``eval_games`` ``valid_unseen`` games evenly spaced
+   over the split's fixed order (every task type, in proportion), temperature 0.4, seed 0.
+4. ``report.md`` and ``curve.png``: success, per-type success and inadmissible-action rate against
+   behaviour-cloning steps, beside the untrained model's and the demonstrator's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdar_envs import EnvPool
+from sdar_train.alfworld_demonstrator import alfworld_action, read_alfworld_prompt
+from sdar_train.policy import PromptCodec, load_policy
+from sdar_train.seeding import derive_seed
+
+__all__ = ["AlfworldWarmStartConfig", "demonstrate", "main", "run"]
+
+ENV = "SDAR/ALFWorld-v0"
+RESPONSE = "<think></think><action>{}</action>"
+
+
+@dataclass
+class AlfworldWarmStartConfig:
+    out: str = field(default="runs/alfworld_warmstart", metadata={"help": "where every stage writes"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary trained on ALFWorld train text"})
+    hidden_size: int = field(default=128, metadata={"help": "Qwen2 width"})
+    layers: int = field(default=2, metadata={"help": "Qwen2 layers"})
+    demo_games: int = field(default=600, metadata={"help": "train games demonstrated (one episode each)"})
+    bc_steps: int = field(default=600, metadata={"help": "behaviour-cloning optimiser steps"})
+    bc_batch: int = field(default=16, metadata={"help": "turn samples per step"})
+    bc_lr: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine decay)"})
+    bc_prompt_lm: int = field(default=64, metadata={"help": "next-token loss at this many prompt positions per sample"})
+    eval_every: int = field(default=150, metadata={"help": "held-out evaluation every N steps"})
+    eval_games: int = field(default=67, metadata={"help": "valid_unseen games per evaluation (of 134; evenly spaced)"})
+    eval_temperature: float = field(default=0.4, metadata={"help": "the reference's evaluation temperature"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget"})
+    max_response_tokens: int = field(default=48, metadata={"help": "tokens per turn"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+
+    def __post_init__(self) -> None:
+        from sdar_train.config import ConfigError
+
+        for name in ("demo_games", "bc_steps", "bc_batch", "eval_every", "eval_games", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_games < 60:
+            raise ConfigError("eval_games must be >= 60 (a stratified subset of at least 60 valid_unseen games)")
+
+
+def demonstrate(
+    codec: PromptCodec, task_ids: Sequence[str], *, seed: int = 0, max_prompt_tokens: int = 2048
+) -> list[dict[str, Any]]:
+    """One demonstrated episode per train game; one record per turn (``prompt``/``response`` token ids,
+    ``task_id``, ``won``). The prompts are the rollout's own, made by the same code."""
+    from sdar_train.rollout import collect_rollout
+
+    def act(prompts: list[list[int]], _seed: int) -> list[list[int]]:
+        return [
+            codec.encode_response(RESPONSE.format(alfworld_action(read_alfworld_prompt(codec.decode(ids)))))
+            for ids in prompts
+        ]
+
+    records: list[dict[str, Any]] = []
+    chunk = 50
+    with EnvPool(ENV, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
+        for start in range(0, len(task_ids), chunk):
+            rollout = collect_rollout(
+                pool,
+                ENV,
+                list(task_ids[start : start + chunk]),
+                1,
+                codec=codec,
+                generate=act,
+                seed=derive_seed(seed, "alfworld-demos", start),
+                max_prompt_tokens=max_prompt_tokens,
+                max_teacher_prompt_tokens=max_prompt_tokens,
+            )
+            for s in rollout.samples:
+                ep = rollout.episodes[s.episode]
+                records.append(
+                    {"task_id": ep.task_id, "won": ep.won, "prompt": s.prompt_ids, "response": s.response_ids}
+                )
+    return records
+
+
+def _texts(n: int = 300, seed: int = 0) -> Iterator[str]:
+    """The tokenizer's training text: prompts and actions of ``n`` demonstrated train games, the skills."""
+    from sdar_envs.alfworld.env import AlfworldEnv
+    from sdar_envs.core import Turn
+    from skills.store import seed_bank_path
+
+    yield seed_bank_path("alfworld").read_text(encoding="utf-8")
+    env = AlfworldEnv(split="train")
+    for tid in random.Random(seed).sample(env.task_ids(), n):
+        obs, info = env.reset(options={"task_id": tid})
+        history: list[Turn] = []
+        while True:
+            text = env.prompt_builder(
+                task=info["task"],
+                observation=obs,
+                history=history,
+                admissible_actions=info["admissible_actions"],
+                step=info["step"],
+            )
+            action = RESPONSE.format(alfworld_action(read_alfworld_prompt(text)))
+            yield text
+            yield action
+            history.append(Turn(obs, action))
+            obs, _, terminated, truncated, info = env.step(action)
+            if terminated or truncated:
+                break
+    env.close()
+
+
+def evaluate_warmstart(policy: Any, cfg: AlfworldWarmStartConfig) -> dict[str, Any]:
+    """Held-out success on ``cfg.eval_games`` ``valid_unseen`` games, with per-type success."""
+    from sdar_train.eval import evaluate
+
+    report = evaluate(
+        policy,
+        ENV,
+        env_kwargs={"split": "valid_unseen"},
+        episodes=cfg.eval_games,
+        temperature=cfg.eval_temperature,
+        seed=0,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_response_tokens=cfg.max_response_tokens,
+    )
+    keep = ("episodes", "success", "invalid_rate", "inadmissible_rate", "episode_length", "per_task_type")
+    return {k: report[k] for k in keep if k in report}
+
+
+def _log(msg: str) -> None:
+    print(f"[alfworld-warmstart {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cfg: AlfworldWarmStartConfig) -> Path:
+    from sdar_train.replicate import behaviour_cloning
+    from sdar_train.tiny_model import build_tiny_model
+
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    model_dir, demos_file, warm = out / "model", out / "demos.jsonl.gz", out / "warmstart"
+    t0 = time.time()
+    if not (model_dir / "config.json").exists():
+        _log(f"building the model ({cfg.hidden_size} wide, {cfg.layers} layers, {cfg.vocab_size} BPE)")
+        heads = max(2, cfg.hidden_size // 32)
+        build_tiny_model(
+            model_dir,
+            vocab_size=cfg.vocab_size,
+            hidden_size=cfg.hidden_size,
+            layers=cfg.layers,
+            heads=heads,
+            kv_heads=max(1, heads // 2),
+            texts=_texts(),
+        )
+    policy = load_policy(str(model_dir), torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    if not demos_file.exists():
+        from sdar_envs.alfworld.env import AlfworldEnv
+
+        env = AlfworldEnv(split="train")
+        games = random.Random(1).sample(env.task_ids(), cfg.demo_games)
+        env.close()
+        _log(f"demonstrating {len(games)} train games")
+        records = demonstrate(codec, games, max_prompt_tokens=cfg.max_prompt_tokens)
+        tmp = demos_file.with_suffix(".tmp")
+        with gzip.open(tmp, "wt") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        tmp.replace(demos_file)
+    with gzip.open(demos_file, "rt") as f:
+        records = [json.loads(line) for line in f]
+    won = {r["task_id"]: r["won"] for r in records}
+    curve_file = out / "curve.jsonl"
+    if not (warm / "config.json").exists():
+        curve: list[dict[str, Any]] = [{"step": 0, **evaluate_warmstart(policy, cfg)}]
+        _log(f"untrained: {curve[0]}; cloning {len(records)} turns of {len(won)} games ({sum(won.values())} won)")
+
+        def on_step(step: int, loss: float) -> None:
+            point: dict[str, Any] = {"step": step, "loss": loss, "wall_s": time.time() - t0}
+            if step % cfg.eval_every == 0 or step == cfg.bc_steps:
+                point.update(evaluate_warmstart(policy, cfg))
+                _log(f"step {step}: success {point['success']:.3f} loss {loss:.3f}")
+                policy.model.train()
+            curve.append(point)
+            with open(curve_file, "a") as f:
+                f.write(json.dumps(point) + "\n")
+
+        curve_file.write_text(json.dumps(curve[0]) + "\n")
+        behaviour_cloning(
+            policy,
+            records,
+            steps=cfg.bc_steps,
+            batch_size=cfg.bc_batch,
+            lr=cfg.bc_lr,
+            prompt_lm=cfg.bc_prompt_lm,
+            on_step=on_step,
+        )
+        staging = out / "warmstart.tmp"
+        policy.model.save_pretrained(staging)
+        policy.tokenizer.save_pretrained(staging)
+        (staging / "recipe.json").write_text(
+            json.dumps({**dataclasses.asdict(cfg), "demos": len(records), "wall_s": time.time() - t0}, indent=2)
+        )
+        staging.replace(warm)
+    report(cfg, out)
+    return warm
+
+
+def report(cfg: AlfworldWarmStartConfig, out: Path) -> Path:
+    """``report.md`` and ``curve.png`` from ``curve.jsonl``."""
+    from sdar_train.report import save_figure
+
+    points = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines() if line.strip()]
+    evals = [p for p in points if "success" in p]
+    types = sorted({t for p in evals for t in p.get("per_task_type", {})})
+    lines = [
+        "# ALFWorld warm start: behaviour cloning on the prompt-only demonstrator",
+        "",
+        f"Model: Qwen2, {cfg.hidden_size} wide, {cfg.layers} layers, {cfg.vocab_size} BPE; "
+        f"{cfg.demo_games} demonstrated train games; {cfg.bc_steps} steps x {cfg.bc_batch}, lr {cfg.bc_lr}.",
+        f"Held-out: {evals[0]['episodes'] if evals else cfg.eval_games} valid_unseen games evenly spaced over "
+        f"the split, temperature {cfg.eval_temperature}, seed 0.",
+        "",
+        "| step | success | inadmissible | " + " | ".join(types) + " |",
+        "|---|---|---|" + "---|" * len(types),
+    ]
+    for p in evals:
+        per = p.get("per_task_type", {})
+        cells = [f"{per[t]['success']:.2f}" if t in per else "" for t in types]
+        lines.append(
+            f"| {p['step']} | {p['success']:.3f} | {p.get('inadmissible_rate', float('nan')):.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    losses = [p for p in points if "loss" in p]
+    left.plot([p["step"] for p in losses], [p["loss"] for p in losses])
+    left.set_title("behaviour-cloning loss (responses)")
+    right.plot([p["step"] for p in evals], [p["success"] for p in evals], marker="o", label="success")
+    right.plot(
+        [p["step"] for p in evals], [p.get("inadmissible_rate", 0) for p in evals], marker="x", label="inadmissible"
+    )
+    right.axhline(0.2, color="grey", ls="--", lw=0.8, label="target 0.2")
+    right.set_title("held-out valid_unseen")
+    right.legend()
+    for axis in (left, right):
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    save_figure(fig, out / "curve.png")
+    lines += ["", "![curve](curve.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(AlfworldWarmStartConfig):
+        default = f.default
+        p.add_argument(
+            f"--{f.name}", type=type(default), default=default, help=f"{f.metadata['help']} [default: {default}]"
+        )
+    run(AlfworldWarmStartConfig(**vars(p.parse_args(argv))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

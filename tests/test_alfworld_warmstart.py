@@ -1,0 +1,108 @@
+"""The ALFWorld side of the miniature: the prompt-only demonstrator and its demonstrations."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+
+import sdar_envs  # noqa: F401  (registers the envs)
+from sdar_envs.alfworld.data import list_tasks
+from sdar_envs.core import Turn, evaluation_tasks
+from sdar_train.alfworld_demonstrator import alfworld_action, parse_goal, read_alfworld_prompt
+from sdar_train.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate
+from sdar_train.config import ConfigError
+from sdar_train.policy import PromptCodec, load_policy
+from skills.render import SKILLS_HEADER
+
+ENV = "SDAR/ALFWorld-v0"
+
+
+def play(env: gym.Env, task_id: str, skills: list[str] | None = None) -> tuple[bool, list[str]]:
+    """The demonstrator on one game, fed the very prompt the policy (or, with skills, the teacher) sees."""
+    obs, info = env.reset(options={"task_id": task_id})
+    history: list[Turn] = []
+    actions = []
+    while True:
+        text = env.prompt_builder(
+            task=info["task"],
+            observation=obs,
+            history=history,
+            admissible_actions=info["admissible_actions"],
+            step=info["step"],
+            skills=skills,
+        )
+        action = RESPONSE.format(alfworld_action(read_alfworld_prompt(text)))
+        actions.append(action)
+        history.append(Turn(obs, action))
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return bool(info["won"]), actions
+
+
+def test_every_valid_unseen_instruction_parses_into_its_task_type():
+    kinds = {"pick": "pick", "pick_two": "two", "look": "look", "clean": "clean", "heat": "heat", "cool": "cool"}
+    env = gym.make(ENV, split="valid_unseen").unwrapped
+    for tid in env.task_ids():
+        _, info = env.reset(options={"task_id": tid})
+        goal = parse_goal(info["task"])
+        assert goal.kind == kinds[info["task_type"]], info["task"]
+        assert goal.obj in info["task"] and goal.target in info["task"]
+    env.close()
+    with pytest.raises(ValueError, match="not an ALFWorld task"):
+        parse_goal("buy a red hat")
+
+
+def test_demonstrator_wins_held_out_games_of_every_type_from_the_prompt_alone():
+    env = gym.make(ENV, split="valid_unseen").unwrapped
+    games = evaluation_tasks(env.task_ids(), 12)  # evenly spaced: every task type, twice
+    results = {tid: play(env, tid) for tid in games}
+    assert all(won for won, _ in results.values()), [t for t, (w, _) in results.items() if not w]
+    assert all(env.format_valid(a) for _, acts in results.values() for a in acts)
+    types = {t.task_type for t in list_tasks("valid_unseen") if t.task_id in games}
+    assert len(types) == 6
+    # a skills block before the prompt changes nothing: the demonstrator reads the chat text only
+    tid = games[0]
+    assert play(env, tid, skills=["Search receptacles in order."]) == results[tid]
+    env.close()
+
+
+def test_read_alfworld_prompt_reads_history_observation_and_admissible_actions():
+    build = gym.make(ENV).unwrapped.prompt_builder
+    text = build(
+        task="put a clean apple in fridge.",
+        observation="You arrive at sinkbasin 1. On the sinkbasin 1, you see nothing.",
+        history=[
+            Turn(
+                "You arrive at countertop 1. On the countertop 1, you see a apple 1.",
+                RESPONSE.format("take apple 1 from countertop 1"),
+            ),
+        ],
+        admissible_actions=["clean apple 1 with sinkbasin 1", "go to fridge 1", "move apple 1 to sinkbasin 1"],
+        step=2,
+        skills=["Clean at the sink basin."],
+    )
+    assert SKILLS_HEADER in text
+    view = read_alfworld_prompt(text)
+    assert view.task == "put a clean apple in fridge."
+    assert view.actions == ["take apple 1 from countertop 1"]
+    assert view.observations[-1].startswith("You arrive at sinkbasin 1")
+    assert view.admissible == ["clean apple 1 with sinkbasin 1", "go to fridge 1", "move apple 1 to sinkbasin 1"]
+    assert alfworld_action(view) == "clean apple 1 with sinkbasin 1"  # holding it, at the sink, not yet clean
+
+
+def test_demonstrations_are_the_rollouts_prompts_and_the_demonstrators_actions():
+    policy = load_policy("tiny", torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    games = [t.task_id for t in list_tasks("train")][::900][:3]
+    records = demonstrate(codec, games)
+    assert {r["task_id"] for r in records} == set(games)
+    assert all(r["won"] for r in records)
+    for r in records[:5]:
+        view = read_alfworld_prompt(codec.decode(r["prompt"]))
+        assert codec.decode(r["response"]).startswith(RESPONSE.format(alfworld_action(view)))
+
+
+def test_config_refuses_an_evaluation_smaller_than_the_issue_allows():
+    with pytest.raises(ConfigError, match="at least 60"):
+        AlfworldWarmStartConfig(eval_games=30)
