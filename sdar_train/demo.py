@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
 
     warm = check_warmstart()
-    overrides = {k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")}
+    overrides = {
+        k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")
+    }
     cfg = ReplicateConfig(
         out=args.out,
         eval_episodes=args.episodes,
