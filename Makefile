@@ -43,10 +43,11 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
 
 # The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
-# `make replicate` behaviour-cloned), CPU; held-out success and score on 50 test goals before and after,
-# metrics and a plot in runs/demo/.
+# `make replicate` behaviour-cloned), CPU; greedy held-out success and score on 100 test goals before and
+# after, metrics and a plot in runs/demo/. `make demo DEMO_ARGS="--steps 20"`: the miniature's length.
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo
+	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo $(DEMO_ARGS)
 
 # The CPU miniature of the paper's comparison, resumable (run it again to continue): the warm start, the
 # skill premise, GRPO / SDAR / GRPO+OPSD x 3 seeds, runs/replicate/report.md with curves and diagnostics.
