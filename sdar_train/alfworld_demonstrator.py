@@ -22,7 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["AlfworldGoal", "AlfworldView", "alfworld_action", "parse_goal", "read_alfworld_prompt"]
+from sdar_train.demonstrator import prompt_parts
+
+__all__ = ["AlfworldGoal", "AlfworldView", "alfworld_action", "alfworld_command", "parse_goal", "read_alfworld_prompt"]
 
 _TOOLS = {"clean": ("sinkbasin", "clean"), "heat": ("microwave", "heat"), "cool": ("fridge", "cool")}
 _DONE = {"clean": "You clean the", "heat": "You heat the", "cool": "You cool the"}
@@ -71,16 +73,13 @@ def parse_goal(task: str) -> AlfworldGoal:
 
 
 def read_alfworld_prompt(text: str) -> AlfworldView:
-    """Parse a prompt made by ``SDAR/ALFWorld-v0``'s builder (a skills block before it is ignored)."""
-    task = text.partition("Your task is to: ")[2].partition("\n")[0].strip()
-    current = text.rpartition("current observation is: ")[2].partition("\nYour admissible actions now are:")[0]
-    listed = text.rpartition("Your admissible actions now are:\n")[2].partition("\n\n")[0]
-    admissible = [line.strip()[1:-1] for line in listed.splitlines() if line.strip().startswith("'")]
-    history = text.partition("You are now at step")[0]
+    """Parse a prompt made by ``SDAR/ALFWorld-v0``'s builder (:func:`sdar_train.demonstrator.prompt_parts`)
+    with the observations and actions of its history window."""
+    task, current, admissible, history = prompt_parts(text)
     turns = re.findall(r"\[Observation \d+: (.*?), Action \d+: .*?<action>(.*?)</action>\]", history, flags=re.S)
     return AlfworldView(
         task=task,
-        observations=[o for o, _ in turns] + [current.strip()],
+        observations=[o for o, _ in turns] + [current],
         actions=[a.strip() for _, a in turns],
         admissible=admissible,
     )
@@ -163,3 +162,8 @@ def alfworld_action(view: AlfworldView) -> str:
     if here and here.split()[0] == goal.target and f"open {here}" in view.admissible:
         return f"open {here}"
     return _first(view.admissible, f"go to {goal.target} ") or _explore(view)
+
+
+def alfworld_command(prompt: str) -> str:
+    """The demonstrator's command for a prompt's text."""
+    return alfworld_action(read_alfworld_prompt(prompt))

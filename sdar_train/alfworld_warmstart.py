@@ -18,7 +18,6 @@ Stages (each skipped when its output exists):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import json
@@ -32,10 +31,10 @@ from typing import Any
 
 import torch
 
-from sdar_envs import EnvPool
-from sdar_train.alfworld_demonstrator import alfworld_action, read_alfworld_prompt
+from sdar_train.alfworld_demonstrator import alfworld_command
+from sdar_train.demonstrator import play_prompts
 from sdar_train.policy import PromptCodec, load_policy
-from sdar_train.seeding import derive_seed
+from sdar_train.replicate import demonstration_turns
 
 __all__ = ["AlfworldWarmStartConfig", "demonstrate", "main", "run"]
 
@@ -76,63 +75,30 @@ def demonstrate(
 ) -> list[dict[str, Any]]:
     """One demonstrated episode per train game; one record per turn (``prompt``/``response`` token ids,
     ``task_id``, ``won``). The prompts are the rollout's own, made by the same code."""
-    from sdar_train.rollout import collect_rollout
 
     def act(prompts: list[list[int]], _seed: int) -> list[list[int]]:
-        return [
-            codec.encode_response(RESPONSE.format(alfworld_action(read_alfworld_prompt(codec.decode(ids)))))
-            for ids in prompts
-        ]
+        return [codec.encode_response(RESPONSE.format(alfworld_command(codec.decode(ids)))) for ids in prompts]
 
-    records: list[dict[str, Any]] = []
-    chunk = 50
-    with EnvPool(ENV, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
-        for start in range(0, len(task_ids), chunk):
-            rollout = collect_rollout(
-                pool,
-                ENV,
-                list(task_ids[start : start + chunk]),
-                1,
-                codec=codec,
-                generate=act,
-                seed=derive_seed(seed, "alfworld-demos", start),
-                max_prompt_tokens=max_prompt_tokens,
-                max_teacher_prompt_tokens=max_prompt_tokens,
-            )
-            for s in rollout.samples:
-                ep = rollout.episodes[s.episode]
-                records.append(
-                    {"task_id": ep.task_id, "won": ep.won, "prompt": s.prompt_ids, "response": s.response_ids}
-                )
-    return records
+    turns = demonstration_turns(
+        ENV, codec, task_ids, act, seed=seed, max_prompt_tokens=max_prompt_tokens, seed_label="alfworld-demos", chunk=50
+    )
+    return [
+        {"task_id": ep.task_id, "won": ep.won, "prompt": s.prompt_ids, "response": s.response_ids} for ep, s in turns
+    ]
 
 
 def _texts(n: int = 300, seed: int = 0) -> Iterator[str]:
     """The tokenizer's training text: prompts and actions of ``n`` demonstrated train games, the skills."""
     from sdar_envs.alfworld.env import AlfworldEnv
-    from sdar_envs.core import Turn
     from skills.store import seed_bank_path
 
     yield seed_bank_path("alfworld").read_text(encoding="utf-8")
     env = AlfworldEnv(split="train")
     for tid in random.Random(seed).sample(env.task_ids(), n):
-        obs, info = env.reset(options={"task_id": tid})
-        history: list[Turn] = []
-        while True:
-            text = env.prompt_builder(
-                task=info["task"],
-                observation=obs,
-                history=history,
-                admissible_actions=info["admissible_actions"],
-                step=info["step"],
-            )
-            action = RESPONSE.format(alfworld_action(read_alfworld_prompt(text)))
+        turns, _ = play_prompts(env, tid, alfworld_command, response=RESPONSE)
+        for text, action in turns:
             yield text
             yield action
-            history.append(Turn(obs, action))
-            obs, _, terminated, truncated, info = env.step(action)
-            if terminated or truncated:
-                break
     env.close()
 
 
@@ -159,8 +125,7 @@ def _log(msg: str) -> None:
 
 
 def run(cfg: AlfworldWarmStartConfig) -> Path:
-    from sdar_train.replicate import behaviour_cloning
-    from sdar_train.tiny_model import build_tiny_model
+    from sdar_train.replicate import behaviour_cloning, build_small_qwen2
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -170,16 +135,7 @@ def run(cfg: AlfworldWarmStartConfig) -> Path:
     t0 = time.time()
     if not (model_dir / "config.json").exists():
         _log(f"building the model ({cfg.hidden_size} wide, {cfg.layers} layers, {cfg.vocab_size} BPE)")
-        heads = max(2, cfg.hidden_size // 32)
-        build_tiny_model(
-            model_dir,
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.hidden_size,
-            layers=cfg.layers,
-            heads=heads,
-            kv_heads=max(1, heads // 2),
-            texts=_texts(),
-        )
+        build_small_qwen2(model_dir, cfg.vocab_size, cfg.hidden_size, cfg.layers, _texts())
     policy = load_policy(str(model_dir), torch.device("cpu"))
     codec = PromptCodec(policy.tokenizer)
     if not demos_file.exists():
@@ -287,13 +243,9 @@ def report(cfg: AlfworldWarmStartConfig, out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(AlfworldWarmStartConfig):
-        default = f.default
-        p.add_argument(
-            f"--{f.name}", type=type(default), default=default, help=f"{f.metadata['help']} [default: {default}]"
-        )
-    run(AlfworldWarmStartConfig(**vars(p.parse_args(argv))))
+    from sdar_train.replicate import parse_config
+
+    run(parse_config(AlfworldWarmStartConfig, argv, __doc__))
     return 0
 
 

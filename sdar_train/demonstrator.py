@@ -19,10 +19,11 @@ choosing options, the habit the miniature's skills correct (see ``docs/REPLICATI
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PromptView", "play", "read_prompt", "webshop_action"]
+__all__ = ["PromptView", "play", "play_prompts", "prompt_parts", "read_prompt", "webshop_action"]
 
 _ASIN = re.compile(r"click\[(b[0-9a-z]{9})\]")
 _NOT_OPTIONS = {"back to search", "< prev", "next >", "description", "features", "reviews", "attributes", "buy now"}
@@ -38,15 +39,22 @@ class PromptView:
     admissible: list[str]
 
 
-def read_prompt(text: str) -> PromptView:
-    """Parse a prompt made by :func:`sdar_envs.core.stepwise_prompt` (a skills block before it is ignored)."""
+def prompt_parts(text: str) -> tuple[str, str, list[str], str]:
+    """The task, the current observation, the admissible actions and the history text (everything before
+    the current step) of a prompt made by :func:`sdar_envs.core.stepwise_prompt`; a skills block before
+    it is ignored. Both demonstrators read their prompts through this."""
     task = text.partition("Your task is to: ")[2].partition("\n")[0].strip()
     observation = text.rpartition("current observation is: ")[2].partition("\nYour admissible actions now are:")[0]
     listed = text.rpartition("Your admissible actions now are:\n")[2].partition("\n\n")[0]
     admissible = [line.strip()[1:-1] for line in listed.splitlines() if line.strip().startswith("'")]
-    history = text.partition("You are now at step")[0]
+    return task, observation.strip(), admissible, text.partition("You are now at step")[0]
+
+
+def read_prompt(text: str) -> PromptView:
+    """Parse a WebShop step-wise prompt (:func:`prompt_parts`) with its last action."""
+    task, observation, admissible, history = prompt_parts(text)
     actions = re.findall(r"<action>(.*?)</action>\]", history)
-    return PromptView(task, observation.strip(), actions[-1].strip() if actions else "", admissible)
+    return PromptView(task, observation, actions[-1].strip() if actions else "", admissible)
 
 
 def _search_query(task: str) -> str:
@@ -78,6 +86,22 @@ def play(
     """One episode of a WebShop env (``SDAR/WebShop-v0``'s unwrapped env) played by the demonstrator from
     the very prompts the policy would see; returns the (prompt, action) turns and the last ``info``.
     ``response`` formats each action as the policy would emit it (e.g. with ``<think>``/``<action>`` tags)."""
+    return play_prompts(
+        env, task_id, lambda text: webshop_action(read_prompt(text), careful=careful), response=response
+    )
+
+
+def play_prompts(
+    env: Any,
+    task_id: str,
+    act: Callable[[str], str],
+    *,
+    response: str = "{}",
+    skills: Sequence[str] | None = None,
+) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """One episode of an unwrapped step-wise env, each command chosen by ``act`` from the prompt text the
+    policy would see (with ``skills``: the prompt with the skill block); returns the (prompt, action) turns
+    and the last ``info``. ``response`` formats each command as the policy would emit it."""
     from sdar_envs.core import Turn
 
     build = env.prompt_builder
@@ -91,8 +115,9 @@ def play(
             history=history,
             admissible_actions=info["admissible_actions"],
             step=info["step"],
+            skills=skills,
         )
-        action = response.format(webshop_action(read_prompt(text), careful=careful))
+        action = response.format(act(text))
         turns.append((text, action))
         history.append(Turn(obs, action))
         obs, _, terminated, truncated, info = env.step(action)

@@ -94,6 +94,7 @@ def evaluate(
     per_type: dict[str, list[bool]] = defaultdict(list)
     for ep in rollout.episodes:
         per_type[ep.task_type].append(ep.won)
+    metrics = rollout.metrics()
     return {
         "env": env_id,
         "env_kwargs": kwargs,
@@ -104,9 +105,7 @@ def evaluate(
         "success": sum(ep.won for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
-        "invalid_rate": rollout.metrics()["invalid_rate"],
-        "inadmissible_rate": rollout.metrics()["inadmissible_rate"],
-        "episode_length": rollout.metrics()["episode_length"],
+        **{k: metrics[k] for k in ("invalid_rate", "inadmissible_rate", "episode_length")},
         "results": [
             {
                 "task_id": e.task_id,

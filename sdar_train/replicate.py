@@ -35,10 +35,10 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -47,11 +47,24 @@ from sdar_train.demonstrator import play, read_prompt, webshop_action
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
-__all__ = ["ReplicateConfig", "behaviour_cloning", "collect_demonstrations", "main", "run"]
+if TYPE_CHECKING:
+    from sdar_train.rollout import Episode, Generate, Skills, TurnSample
+
+__all__ = [
+    "ReplicateConfig",
+    "behaviour_cloning",
+    "build_small_qwen2",
+    "collect_demonstrations",
+    "demonstration_turns",
+    "main",
+    "parse_config",
+    "run",
+]
 
 ENV = "SDAR/WebShop-v0"
 RESPONSE = "<think></think><action>{}</action>"  # the env's format rule: a <think> block, then the action
 MODES = ("careful_skills", "careless")
+T = TypeVar("T")
 
 
 @dataclass
@@ -146,7 +159,7 @@ def collect_demonstrations(
     """One demonstrated episode per train goal; returns one record per turn: ``prompt`` and ``response``
     token ids, ``mode`` (:data:`MODES`), ``task_id``. Careful turns carry the teacher's prompt (skills
     before the chat text), careless ones the student's. Prompts are the rollout's own, made by the same code."""
-    from sdar_train.rollout import collect_rollout, default_memory
+    from sdar_train.rollout import default_memory
 
     modes: dict[str, str] = {}
 
@@ -158,32 +171,53 @@ def collect_demonstrations(
             out.append(codec.encode_response(RESPONSE.format(webshop_action(view, careful=careful))))
         return out
 
-    memory = default_memory(ENV, "keyword", seed, None)
     records: list[dict[str, Any]] = []
-    chunk = 100
-    with EnvPool(ENV, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
+    memory = default_memory(ENV, "keyword", seed, None)
+    for ep, s in demonstration_turns(
+        ENV, codec, task_ids, demonstrate, seed=seed, max_prompt_tokens=max_prompt_tokens, memory=memory
+    ):
+        mode = episode_mode(ep.task, seed)
+        prompt = s.teacher_prompt_ids if mode == "careful_skills" and s.teacher_prompt_ids else s.prompt_ids
+        records.append(
+            {"task_id": ep.task_id, "mode": mode, "won": ep.won, "prompt": prompt, "response": s.response_ids}
+        )
+    return records
+
+
+def demonstration_turns(
+    env_id: str,
+    codec: PromptCodec,
+    task_ids: Sequence[str],
+    demonstrate: Generate,
+    *,
+    seed: int,
+    max_prompt_tokens: int,
+    memory: Skills | None = None,
+    seed_label: str = "demos",
+    chunk: int = 100,
+) -> Iterator[tuple[Episode, TurnSample]]:
+    """One episode per train task of ``env_id``, played by ``demonstrate`` in place of the model through
+    the rollout's own code (so the prompts are the policy's), ``chunk`` episodes at a time; yields each
+    turn with its episode. With ``memory``, every turn also carries the teacher's prompt."""
+    from sdar_train.rollout import collect_rollout
+
+    with EnvPool(env_id, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
         for start in range(0, len(task_ids), chunk):
             rollout = collect_rollout(
                 pool,
-                ENV,
+                env_id,
                 list(task_ids[start : start + chunk]),
                 1,
                 codec=codec,
                 generate=demonstrate,
-                seed=derive_seed(seed, "demos", start),
+                seed=derive_seed(seed, seed_label, start),
                 max_prompt_tokens=max_prompt_tokens,
                 max_teacher_prompt_tokens=max_prompt_tokens,
                 memory=memory,
-                teacher=True,
+                teacher=memory is not None,
             )
             for s in rollout.samples:
-                ep = rollout.episodes[s.episode]
-                mode = episode_mode(ep.task, seed)
-                prompt = s.teacher_prompt_ids if mode == "careful_skills" and s.teacher_prompt_ids else s.prompt_ids
-                records.append(
-                    {"task_id": ep.task_id, "mode": mode, "won": ep.won, "prompt": prompt, "response": s.response_ids}
-                )
-    return records
+                yield rollout.episodes[s.episode], s
 
 
 def _demo_texts(n: int = 300, seed: int = 0) -> Iterator[str]:
@@ -206,17 +240,23 @@ def _demo_texts(n: int = 300, seed: int = 0) -> Iterator[str]:
 
 
 def build_model(cfg: ReplicateConfig, path: Path) -> Path:
+    return build_small_qwen2(path, cfg.vocab_size, cfg.hidden_size, cfg.layers, _demo_texts())
+
+
+def build_small_qwen2(path: Path, vocab_size: int, hidden_size: int, layers: int, texts: Iterable[str]) -> Path:
+    """The miniature's model shape: a Qwen2 with a head per 32 of width, half as many key/value heads, and
+    a BPE trained on ``texts``."""
     from sdar_train.tiny_model import build_tiny_model
 
-    heads = max(2, cfg.hidden_size // 32)
+    heads = max(2, hidden_size // 32)
     return build_tiny_model(
         path,
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        layers=cfg.layers,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        layers=layers,
         heads=heads,
         kv_heads=max(1, heads // 2),
-        texts=_demo_texts(),
+        texts=texts,
     )
 
 
@@ -721,9 +761,10 @@ def _flag(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(ReplicateConfig):
+def parse_config(cls: type[T], argv: Sequence[str] | None, description: str | None) -> T:
+    """A dataclass config from command-line flags: one ``--field`` per field, with its help and default."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         kind = type(default[0]) if isinstance(default, list) else type(default)
         p.add_argument(
@@ -733,8 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=default,
             help=f"{f.metadata.get('help', '')} [default: {default}]",
         )
-    cfg = ReplicateConfig(**vars(p.parse_args(argv)))
-    run(cfg)
+    return cls(**vars(p.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(parse_config(ReplicateConfig, argv, __doc__))
     return 0
 
 

@@ -9,9 +9,10 @@ import torch
 import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs.alfworld.data import list_tasks
 from sdar_envs.core import Turn, evaluation_tasks
-from sdar_train.alfworld_demonstrator import alfworld_action, parse_goal, read_alfworld_prompt
+from sdar_train.alfworld_demonstrator import alfworld_action, alfworld_command, parse_goal, read_alfworld_prompt
 from sdar_train.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate
 from sdar_train.config import ConfigError
+from sdar_train.demonstrator import play_prompts
 from sdar_train.policy import PromptCodec, load_policy
 from skills.render import SKILLS_HEADER
 
@@ -20,24 +21,8 @@ ENV = "SDAR/ALFWorld-v0"
 
 def play(env: gym.Env, task_id: str, skills: list[str] | None = None) -> tuple[bool, list[str]]:
     """The demonstrator on one game, fed the very prompt the policy (or, with skills, the teacher) sees."""
-    obs, info = env.reset(options={"task_id": task_id})
-    history: list[Turn] = []
-    actions = []
-    while True:
-        text = env.prompt_builder(
-            task=info["task"],
-            observation=obs,
-            history=history,
-            admissible_actions=info["admissible_actions"],
-            step=info["step"],
-            skills=skills,
-        )
-        action = RESPONSE.format(alfworld_action(read_alfworld_prompt(text)))
-        actions.append(action)
-        history.append(Turn(obs, action))
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            return bool(info["won"]), actions
+    turns, info = play_prompts(env, task_id, alfworld_command, response=RESPONSE, skills=skills)
+    return bool(info["won"]), [action for _, action in turns]
 
 
 def test_every_valid_unseen_instruction_parses_into_its_task_type():
