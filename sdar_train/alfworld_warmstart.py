@@ -44,16 +44,18 @@ RESPONSE = "<think></think><action>{}</action>"
 
 @dataclass
 class AlfworldWarmStartConfig:
+    """The defaults are the recorded run (docs/replication/alfworld/bc1200, which ran on one thread)."""
+
     out: str = field(default="runs/alfworld_warmstart", metadata={"help": "where every stage writes"})
     vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary trained on ALFWorld train text"})
-    hidden_size: int = field(default=128, metadata={"help": "Qwen2 width"})
-    layers: int = field(default=2, metadata={"help": "Qwen2 layers"})
-    demo_games: int = field(default=600, metadata={"help": "train games demonstrated (one episode each)"})
-    bc_steps: int = field(default=600, metadata={"help": "behaviour-cloning optimiser steps"})
+    hidden_size: int = field(default=192, metadata={"help": "Qwen2 width"})
+    layers: int = field(default=3, metadata={"help": "Qwen2 layers"})
+    demo_games: int = field(default=800, metadata={"help": "train games demonstrated (one episode each)"})
+    bc_steps: int = field(default=1200, metadata={"help": "behaviour-cloning optimiser steps"})
     bc_batch: int = field(default=16, metadata={"help": "turn samples per step"})
     bc_lr: float = field(default=3e-3, metadata={"help": "peak learning rate (cosine decay)"})
     bc_prompt_lm: int = field(default=64, metadata={"help": "next-token loss at this many prompt positions per sample"})
-    eval_every: int = field(default=150, metadata={"help": "held-out evaluation every N steps"})
+    eval_every: int = field(default=300, metadata={"help": "held-out evaluation every N steps"})
     eval_games: int = field(default=67, metadata={"help": "valid_unseen games per evaluation (of 134; evenly spaced)"})
     eval_temperature: float = field(default=0.4, metadata={"help": "the reference's evaluation temperature"})
     max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget"})
