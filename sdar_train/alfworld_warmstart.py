@@ -61,13 +61,25 @@ class AlfworldWarmStartConfig:
     max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget"})
     max_response_tokens: int = field(default=48, metadata={"help": "tokens per turn"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
+    dagger_rounds: int = field(
+        default=0,
+        metadata={
+            "help": "DAgger rounds after cloning: the policy plays train games, the demonstrator labels every "
+            "prompt it met, and cloning goes on over the demonstrations and all labels so far (0: off)"
+        },
+    )
+    dagger_games: int = field(default=150, metadata={"help": "train games the policy plays per DAgger round"})
+    dagger_steps: int = field(default=600, metadata={"help": "behaviour-cloning steps per DAgger round"})
+    dagger_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of each DAgger round (cosine)"})
 
     def __post_init__(self) -> None:
         from sdar_train.config import ConfigError
 
-        for name in ("demo_games", "bc_steps", "bc_batch", "eval_every", "eval_games", "threads"):
+        for name in ("demo_games", "bc_steps", "bc_batch", "eval_every", "eval_games", "threads", "dagger_games"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dagger_rounds < 0 or self.dagger_steps < 1:
+            raise ConfigError("dagger_rounds must be >= 0 and dagger_steps >= 1")
         if self.eval_games < 60:
             raise ConfigError("eval_games must be >= 60 (a stratified subset of at least 60 valid_unseen games)")
 
@@ -87,6 +99,50 @@ def demonstrate(
     return [
         {"task_id": ep.task_id, "won": ep.won, "prompt": s.prompt_ids, "response": s.response_ids} for ep, s in turns
     ]
+
+
+def policy_states(
+    policy: Any, codec: PromptCodec, task_ids: Sequence[str], cfg: AlfworldWarmStartConfig, *, seed: int
+) -> list[dict[str, Any]]:
+    """DAgger's data: the prompts ``policy`` meets playing ``task_ids`` (sampled at the evaluation
+    temperature, so its own mistakes lead it off the demonstrations' path), each labelled with the
+    demonstrator's command for that prompt. Records as :func:`demonstrate`'s (``won`` is the policy's)."""
+    from sdar_train.generation import HFGenerator, Sampling
+
+    generator = HFGenerator(policy)
+    sampling = Sampling(cfg.max_response_tokens, cfg.eval_temperature, 1.0, tuple(policy.stop_ids))
+    turns = demonstration_turns(
+        ENV,
+        codec,
+        task_ids,
+        lambda prompts, s: generator(prompts, s, sampling),
+        seed=seed,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        seed_label="alfworld-dagger",
+        chunk=50,
+    )
+    return [
+        {
+            "task_id": ep.task_id,
+            "won": ep.won,
+            "prompt": s.prompt_ids,
+            "response": codec.encode_response(RESPONSE.format(alfworld_command(codec.decode(s.prompt_ids)))),
+        }
+        for ep, s in turns
+    ]
+
+
+def _write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
 
 
 def _texts(n: int = 300, seed: int = 0) -> Iterator[str]:
@@ -147,49 +203,58 @@ def run(cfg: AlfworldWarmStartConfig) -> Path:
         games = random.Random(1).sample(env.task_ids(), cfg.demo_games)
         env.close()
         _log(f"demonstrating {len(games)} train games")
-        records = demonstrate(codec, games, max_prompt_tokens=cfg.max_prompt_tokens)
-        tmp = demos_file.with_suffix(".tmp")
-        with gzip.open(tmp, "wt") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        tmp.replace(demos_file)
-    with gzip.open(demos_file, "rt") as f:
-        records = [json.loads(line) for line in f]
+        _write_records(demos_file, demonstrate(codec, games, max_prompt_tokens=cfg.max_prompt_tokens))
+    records = _read_records(demos_file)
     won = {r["task_id"]: r["won"] for r in records}
     curve_file = out / "curve.jsonl"
-    if not (warm / "config.json").exists():
-        curve: list[dict[str, Any]] = [{"step": 0, **evaluate_warmstart(policy, cfg)}]
-        _log(f"untrained: {curve[0]}; cloning {len(records)} turns of {len(won)} games ({sum(won.values())} won)")
+
+    def clone(policy: Any, data: list[dict[str, Any]], steps: int, lr: float, offset: int, dest: Path) -> None:
+        """Cloning on ``data`` for ``steps`` steps, evaluated every ``eval_every`` (the curve counts steps
+        from ``offset``), saved to ``dest``."""
 
         def on_step(step: int, loss: float) -> None:
-            point: dict[str, Any] = {"step": step, "loss": loss, "wall_s": time.time() - t0}
-            if step % cfg.eval_every == 0 or step == cfg.bc_steps:
+            point: dict[str, Any] = {"step": offset + step, "loss": loss, "wall_s": time.time() - t0}
+            if step % cfg.eval_every == 0 or step == steps:
                 point.update(evaluate_warmstart(policy, cfg))
-                _log(f"step {step}: success {point['success']:.3f} loss {loss:.3f}")
+                _log(f"step {offset + step}: success {point['success']:.3f} loss {loss:.3f}")
                 policy.model.train()
-            curve.append(point)
             with open(curve_file, "a") as f:
                 f.write(json.dumps(point) + "\n")
 
-        curve_file.write_text(json.dumps(curve[0]) + "\n")
         behaviour_cloning(
-            policy,
-            records,
-            steps=cfg.bc_steps,
-            batch_size=cfg.bc_batch,
-            lr=cfg.bc_lr,
-            prompt_lm=cfg.bc_prompt_lm,
-            on_step=on_step,
+            policy, data, steps=steps, batch_size=cfg.bc_batch, lr=lr, prompt_lm=cfg.bc_prompt_lm, on_step=on_step
         )
-        staging = out / "warmstart.tmp"
+        staging = dest.with_name(dest.name + ".tmp")
         policy.model.save_pretrained(staging)
         policy.tokenizer.save_pretrained(staging)
-        (staging / "recipe.json").write_text(
-            json.dumps({**dataclasses.asdict(cfg), "demos": len(records), "wall_s": time.time() - t0}, indent=2)
-        )
-        staging.replace(warm)
+        recipe = {**dataclasses.asdict(cfg), "turns": len(data), "wall_s": time.time() - t0}
+        (staging / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        staging.replace(dest)
+
+    if not (warm / "config.json").exists():
+        start = {"step": 0, **evaluate_warmstart(policy, cfg)}
+        _log(f"untrained: {start}; cloning {len(records)} turns of {len(won)} games ({sum(won.values())} won)")
+        curve_file.write_text(json.dumps(start) + "\n")
+        clone(policy, records, cfg.bc_steps, cfg.bc_lr, 0, warm)
+    previous = warm
+    for r in range(1, cfg.dagger_rounds + 1):  # DAgger: label the states the policy itself reaches
+        labels, dest = out / f"dagger{r}.jsonl.gz", out / f"dagger{r}"
+        if not (dest / "config.json").exists():
+            policy = load_policy(str(previous), torch.device("cpu"))
+            if not labels.exists():
+                from sdar_envs.alfworld.env import AlfworldEnv
+
+                env = AlfworldEnv(split="train")
+                games = random.Random(1000 + r).sample(env.task_ids(), cfg.dagger_games)
+                env.close()
+                _log(f"DAgger round {r}: the policy plays {len(games)} train games, the demonstrator labels")
+                _write_records(labels, policy_states(policy, codec, games, cfg, seed=r))
+            data = records + [x for k in range(1, r + 1) for x in _read_records(out / f"dagger{k}.jsonl.gz")]
+            _log(f"DAgger round {r}: cloning on {len(data)} turns")
+            clone(policy, data, cfg.dagger_steps, cfg.dagger_lr, cfg.bc_steps + (r - 1) * cfg.dagger_steps, dest)
+        previous = dest
     report(cfg, out)
-    return warm
+    return previous
 
 
 def report(cfg: AlfworldWarmStartConfig, out: Path) -> Path:
@@ -204,6 +269,16 @@ def report(cfg: AlfworldWarmStartConfig, out: Path) -> Path:
         "",
         f"Model: Qwen2, {cfg.hidden_size} wide, {cfg.layers} layers, {cfg.vocab_size} BPE; "
         f"{cfg.demo_games} demonstrated train games; {cfg.bc_steps} steps x {cfg.bc_batch}, lr {cfg.bc_lr}.",
+        *(
+            [
+                f"Then {cfg.dagger_rounds} DAgger round(s), steps {cfg.bc_steps} onwards: the policy plays "
+                f"{cfg.dagger_games} train games at temperature {cfg.eval_temperature}, the demonstrator labels "
+                f"every prompt it met, and cloning goes on over all labels so far for {cfg.dagger_steps} steps "
+                f"(lr {cfg.dagger_lr}).",
+            ]
+            if cfg.dagger_rounds
+            else []
+        ),
         f"Held-out: {evals[0]['episodes'] if evals else cfg.eval_games} valid_unseen games evenly spaced over "
         f"the split, temperature {cfg.eval_temperature}, seed 0.",
         "",

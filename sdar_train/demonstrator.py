@@ -13,7 +13,8 @@ admissible actions) and does what a careful shopper would:
 
 On the 1k catalogue it scores about 0.8 on the test goals and buys the exact target on about half
 (measured in ``sdar_train.replicate``). ``careful=False`` is the careless variant that buys without
-choosing options, the habit the miniature's skills correct (see ``docs/REPLICATION.md``).
+choosing options (with ``vague_search``, after searching the product without its attributes): the
+habit the miniature's skills correct (see ``docs/REPLICATION.md``).
 """
 
 from __future__ import annotations
@@ -57,15 +58,19 @@ def read_prompt(text: str) -> PromptView:
     return PromptView(task, observation, actions[-1].strip() if actions else "", admissible)
 
 
-def _search_query(task: str) -> str:
-    return re.split(r",? and price lower than", task, maxsplit=1)[0].strip()
+def _search_query(task: str, *, vague: bool = False) -> str:
+    """The instruction up to its price clause; ``vague``: only up to its first " with " (the product
+    without the attributes the instruction names)."""
+    query = re.split(r",? and price lower than", task, maxsplit=1)[0].strip()
+    return query.split(" with ", 1)[0].strip() if vague else query
 
 
-def webshop_action(view: PromptView, *, careful: bool = True) -> str:
-    """The next command (without tags) for the page the prompt shows."""
+def webshop_action(view: PromptView, *, careful: bool = True, vague_search: bool = False) -> str:
+    """The next command (without tags) for the page the prompt shows. ``careful=False``: buy without
+    choosing options; ``vague_search`` (careless episodes only): search the product without its attributes."""
     clicks = [a[len("click[") : -1] for a in view.admissible if a.startswith("click[") and a.endswith("]")]
     if any(a.startswith("search[") for a in view.admissible):
-        return f"search[{_search_query(view.task)}]"
+        return f"search[{_search_query(view.task, vague=vague_search and not careful)}]"
     products = [m.group(1) for a in view.admissible if (m := _ASIN.fullmatch(a))]
     if products and "buy now" not in clicks:
         return f"click[{products[0]}]"

@@ -63,7 +63,7 @@ __all__ = [
 
 ENV = "SDAR/WebShop-v0"
 RESPONSE = "<think></think><action>{}</action>"  # the env's format rule: a <think> block, then the action
-MODES = ("careful_skills", "careless")
+MODES = ("careful_skills", "careless", "careful")  # careful: shown without skills (careful_without_skills > 0)
 T = TypeVar("T")
 
 
@@ -113,6 +113,20 @@ class ReplicateConfig:
         default=1,
         metadata={"help": "arm runs at once, each a process with `threads` torch threads (cores = parallel x threads)"},
     )
+    careless: str = field(
+        default="no_options",
+        metadata={
+            "help": "the careless habit the skills correct: no_options (buy without choosing options) or vague "
+            "(also search the product without its attributes: the instruction up to its first ' with ')"
+        },
+    )
+    careful_without_skills: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of the episodes shown without skills that are careful all the same (0: the skills "
+            "alone separate the habits, so the student hardly ever samples the careful one)"
+        },
+    )
     package: bool = field(
         default=False, metadata={"help": "copy the warm start into sdar_train/warmstart (the demo's)"}
     )
@@ -145,30 +159,48 @@ class ReplicateConfig:
             raise ConfigError(f"train_reward must be won or return, got {self.train_reward!r}")
         if not self.seeds:
             raise ConfigError("seeds must name at least one seed")
+        if self.careless not in ("no_options", "vague"):
+            raise ConfigError(f"careless must be no_options or vague, got {self.careless!r}")
+        if not 0.0 <= self.careful_without_skills < 1.0:
+            raise ConfigError(f"careful_without_skills must be in [0, 1), got {self.careful_without_skills}")
 
 
 # --- stage 1 and 2: demonstrations and the model ----------------------------------------------------------
-def episode_mode(task: str, seed: int) -> str:
-    """Which of :data:`MODES` an episode's demonstration is, fixed by its instruction and the seed."""
-    return MODES[derive_seed(seed, "mode", zlib.crc32(task.encode())) % len(MODES)]
+def episode_mode(task: str, seed: int, careful_without_skills: float = 0.0) -> str:
+    """Which of :data:`MODES` an episode's demonstration is, fixed by its instruction and the seed: half are
+    careful with skills; of the other half, a ``careful_without_skills`` share is careful, the rest careless."""
+    key = zlib.crc32(task.encode())
+    if derive_seed(seed, "mode", key) % 2 == 0:
+        return "careful_skills"
+    share = derive_seed(seed, "unskilled mode", key) % 10_000 / 10_000
+    return "careful" if share < careful_without_skills else "careless"
 
 
 def collect_demonstrations(
-    codec: PromptCodec, task_ids: Sequence[str], *, seed: int = 0, max_prompt_tokens: int = 1 << 20
+    codec: PromptCodec,
+    task_ids: Sequence[str],
+    *,
+    seed: int = 0,
+    max_prompt_tokens: int = 1 << 20,
+    careless: str = "no_options",
+    careful_without_skills: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One demonstrated episode per train goal; returns one record per turn: ``prompt`` and ``response``
-    token ids, ``mode`` (:data:`MODES`), ``task_id``. Careful turns carry the teacher's prompt (skills
-    before the chat text), careless ones the student's. Prompts are the rollout's own, made by the same code."""
+    token ids, ``mode`` (:data:`MODES`), ``task_id``. ``careful_skills`` turns carry the teacher's prompt
+    (skills before the chat text), the others the student's. Prompts are the rollout's own, made by the
+    same code. ``careless``: the habit of careless episodes (see :class:`ReplicateConfig`)."""
     from sdar_train.rollout import default_memory
 
-    modes: dict[str, str] = {}
+    def mode_of(task: str) -> str:
+        return episode_mode(task, seed, careful_without_skills)
 
     def demonstrate(prompts: list[list[int]], _seed: int) -> list[list[int]]:
         out = []
         for ids in prompts:
             view = read_prompt(codec.decode(ids))
-            careful = modes.setdefault(view.task, episode_mode(view.task, seed)) != "careless"
-            out.append(codec.encode_response(RESPONSE.format(webshop_action(view, careful=careful))))
+            careful = mode_of(view.task) != "careless"
+            command = webshop_action(view, careful=careful, vague_search=careless == "vague")
+            out.append(codec.encode_response(RESPONSE.format(command)))
         return out
 
     records: list[dict[str, Any]] = []
@@ -176,7 +208,7 @@ def collect_demonstrations(
     for ep, s in demonstration_turns(
         ENV, codec, task_ids, demonstrate, seed=seed, max_prompt_tokens=max_prompt_tokens, memory=memory
     ):
-        mode = episode_mode(ep.task, seed)
+        mode = mode_of(ep.task)
         prompt = s.teacher_prompt_ids if mode == "careful_skills" and s.teacher_prompt_ids else s.prompt_ids
         records.append(
             {"task_id": ep.task_id, "mode": mode, "won": ep.won, "prompt": prompt, "response": s.response_ids}
@@ -414,7 +446,13 @@ def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
         goals = random.Random(0).sample(env.task_ids(), cfg.demo_goals)
         env.close()
         _log(f"demonstrating {len(goals)} train goals")
-        records = collect_demonstrations(codec, goals, max_prompt_tokens=cfg.max_prompt_tokens)
+        records = collect_demonstrations(
+            codec,
+            goals,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            careless=cfg.careless,
+            careful_without_skills=cfg.careful_without_skills,
+        )
         tmp = demos_file.with_suffix(".tmp")
         with gzip.open(tmp, "wt") as f:
             for r in records:

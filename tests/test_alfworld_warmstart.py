@@ -10,7 +10,7 @@ import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs.alfworld.data import list_tasks
 from sdar_envs.core import Turn, evaluation_tasks
 from sdar_train.alfworld_demonstrator import alfworld_action, alfworld_command, parse_goal, read_alfworld_prompt
-from sdar_train.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate
+from sdar_train.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate, policy_states
 from sdar_train.config import ConfigError
 from sdar_train.demonstrator import play_prompts
 from sdar_train.policy import PromptCodec, load_policy
@@ -91,3 +91,24 @@ def test_demonstrations_are_the_rollouts_prompts_and_the_demonstrators_actions()
 def test_config_refuses_an_evaluation_smaller_than_the_issue_allows():
     with pytest.raises(ConfigError, match="at least 60"):
         AlfworldWarmStartConfig(eval_games=30)
+
+
+def test_dagger_labels_the_states_the_policy_reaches_with_the_demonstrators_commands():
+    """DAgger's data: the untrained policy wanders (its prompts carry its own actions, none admissible),
+    and every prompt it met gets the command the demonstrator would give there."""
+    policy = load_policy("tiny", torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    game = [t.task_id for t in list_tasks("train")][::900][0]
+    cfg = AlfworldWarmStartConfig(max_response_tokens=8)
+    records = policy_states(policy, codec, [game], cfg, seed=0)
+    shown = demonstrate(codec, [game])
+    assert len(records) > len(shown)  # more turns than the demonstrator needs to win
+    assert records[0]["prompt"] == shown[0]["prompt"] and records[0]["response"] == shown[0]["response"]
+    assert not records[0]["won"]
+    texts = [codec.decode(r["prompt"]) for r in records]
+    assert all(read_alfworld_prompt(t).task == read_alfworld_prompt(texts[0]).task for t in texts)
+    assert records[-1]["prompt"] != shown[-1]["prompt"]  # the policy's own path, not the demonstrator's
+    for r, text in zip(records, texts, strict=True):
+        assert codec.decode(r["response"]).startswith(RESPONSE.format(alfworld_command(text)))
+    with pytest.raises(ConfigError, match="dagger"):
+        AlfworldWarmStartConfig(dagger_rounds=-1)

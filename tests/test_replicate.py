@@ -94,6 +94,38 @@ def test_demonstrations_show_skills_exactly_to_the_careful_half():
     assert episode_mode(task, 0) == episode_mode(task, 0)  # fixed by the instruction and the seed
 
 
+def test_a_vague_careless_habit_with_careful_episodes_shown_without_skills():
+    """--careless vague: careless episodes search the product without its attributes; with
+    --careful_without_skills, part of the episodes without skills are careful, so the student sometimes
+    samples the habit its teacher knows (SDAR's distillation only reweights what the student samples)."""
+    policy = load_policy("tiny", torch.device("cpu"))
+    codec = PromptCodec(policy.tokenizer)
+    env = gym.make(ENV, split="train").unwrapped
+    goals = env.task_ids()[:40]
+    env.close()
+    records = collect_demonstrations(codec, goals, careless="vague", careful_without_skills=0.5)
+    first = {}
+    for r in records:
+        first.setdefault(r["task_id"], (r["mode"], codec.decode(r["prompt"]), codec.decode(r["response"])))
+    assert {m for m, _, _ in first.values()} == {"careful_skills", "careful", "careless"}
+    for mode, prompt, response in first.values():
+        assert prompt.startswith(SKILLS_HEADER) == (mode == "careful_skills")
+        query = response.partition("search[")[2].partition("]")[0]
+        task = read_prompt(prompt).task
+        if mode == "careless":
+            assert " with " not in query and task.startswith(query)
+        else:
+            assert " with " in query or " with " not in task
+    assert sum(m == "careful_skills" for m, _, _ in first.values()) == sum(
+        episode_mode(read_prompt(p).task, 0) == "careful_skills" for _, p, _ in first.values()
+    )
+    # share 0 is the recorded construction: the same goals careful with skills, the rest careless
+    assert {episode_mode(t, 0) for t in ("a", "b", "c", "d", "e", "f")} <= {"careful_skills", "careless"}
+    for bad in ({"careless": "sloppy"}, {"careful_without_skills": 1.0}):
+        with pytest.raises(Exception, match=next(iter(bad))):
+            ReplicateConfig(**bad)
+
+
 def _fake_run(tmp: Path, cfg: ReplicateConfig) -> None:
     """What the stages leave behind, with made-up numbers, for the report."""
     (tmp / "warmstart").mkdir(parents=True)
