@@ -1,16 +1,16 @@
-"""``make demo``: a short SDAR run on WebShop from the packaged warm start, held-out success before and after.
+"""``make demo``: a short SDAR run on WebShop from the packaged warm start, held-out score before and after.
 
-    python -m sdar_train.demo --out runs/demo
+    python -m sdar_train.demo --out runs/demo            # --algo grpo: the same with GRPO
 
-The warm start (``sdar_train/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by
-``python -m sdar_train.replicate``, its recipe and sha256 beside it) is checked against its sha256,
-evaluated greedily on 100 held-out WebShop test goals, trained with SDAR for a few steps on train goals
-(rollouts at temperature 0.5, the teacher sees the packaged WebShop skills), and evaluated again on
-the same goals. Measured on seeds 0, 1, 2, 6 steps move the greedy score by +0.014, -0.013 and +0.021
-(from 0.314): too few steps for a reliable gain at this size. The miniature's 20 steps
-(``--steps 20``, about 25 min), from the fp32 original of this warm start (0.321), moved it by
--0.001, +0.049, +0.008 for SDAR and +0.037, +0.058, +0.006 for GRPO (docs/REPLICATION.md,
-"Greedy re-evaluation").
+The warm start (``sdar_train/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by ``python -m
+sdar_train.replicate --careless vague --careful_without_skills 0.4``, its recipe and sha256 beside it)
+has a planted careless habit that the packaged WebShop skills correct: without skills (the student) it
+mostly searches the product without the attributes the instruction names and buys without choosing
+options; with skills (the SDAR teacher) it searches the whole instruction and chooses options. It is
+checked against its sha256, evaluated greedily on 100 held-out WebShop test goals, trained for 6 steps
+on train goals (rollouts at temperature 0.5, the teacher sees the skills), and evaluated again on the
+same goals. Measured on seeds 0, 1, 2 (docs/replication/demo/README.md): greedy score 0.225 before,
++0.136, +0.104, +0.087 after 6 SDAR steps; the teacher's own score is 0.359.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     # The defaults are the T 0.5 miniature's recipe (docs/REPLICATION.md), cut to fit about 5 minutes on
     # 2 cores; greedy evaluation on 100 goals so that before and after are an exact paired comparison.
-    p.add_argument("--steps", type=int, default=6, help="SDAR steps (20: the miniature's, about 25 min)")
+    p.add_argument("--algo", default="sdar", choices=["sdar", "grpo", "opsd"], help="the RL algorithm")
+    p.add_argument("--steps", type=int, default=6, help="RL steps")
     p.add_argument("--episodes", type=int, default=100, help="held-out test goals, before and after")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks_per_step", type=int, default=4, help="B")
@@ -52,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rl_temperature", type=float, default=0.5, help="rollout temperature")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the miniature's, 2)")
     p.add_argument("--eval_temperature", type=float, default=0.0, help="evaluation temperature (0: greedy)")
+    p.add_argument(
+        "--warmstart",
+        default=None,
+        help="a warm-start folder of your own (e.g. runs/replicate/warmstart); default: the packaged one, sha256-checked",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -59,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdar_train.policy import load_policy
     from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
 
-    warm = check_warmstart()
+    warm = Path(args.warmstart) if args.warmstart else check_warmstart()
     overrides = {
         k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")
     }
@@ -81,11 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    code = train([*arm_args(cfg, "sdar", args.seed, warm, out / "sdar"), "--overwrite", "true", "--progress", "true"])
+    run = out / args.algo
+    code = train([*arm_args(cfg, args.algo, args.seed, warm, run), "--overwrite", "true", "--progress", "true"])
     if code:
         return code
-    after = json.loads((out / "sdar" / "eval.json").read_text())
-    rows = [("warm start", before), (f"after {args.steps} SDAR steps", after)]
+    after = json.loads((run / "eval.json").read_text())
+    rows = [("warm start", before), (f"after {args.steps} {args.algo.upper()} steps", after)]
     print(f"\nheld-out WebShop test goals: {before['episodes']}, temperature {before['temperature']}, seed {args.seed}")
     print(f"{'policy':<24}{'success':>9}{'score':>9}{'invalid':>9}")
     for name, r in rows:

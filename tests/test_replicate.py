@@ -208,7 +208,17 @@ def test_packaged_warm_start_matches_its_checksums(tmp_path):
 def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
     """The packaged warm start's recipe, shortened, still learns: held-out score above the untrained model's."""
     recipe = json.loads((WARMSTART / "recipe.json").read_text())
-    fields = {k: recipe[k] for k in ("vocab_size", "hidden_size", "layers", "bc_lr", "bc_batch", "bc_prompt_lm")}
+    names = (
+        "vocab_size",
+        "hidden_size",
+        "layers",
+        "bc_lr",
+        "bc_batch",
+        "bc_prompt_lm",
+        "careless",
+        "careful_without_skills",
+    )
+    fields = {k: recipe[k] for k in names}
     cfg = ReplicateConfig(
         out=str(tmp_path), **fields, demo_goals=120, bc_steps=150, bc_eval_every=1000, eval_episodes=10
     )
