@@ -43,8 +43,9 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
 
 # The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
-# `make replicate` behaviour-cloned), CPU; greedy held-out success and score on 100 test goals before and
-# after, metrics and a plot in runs/demo/. `make demo DEMO_ARGS="--steps 20"`: the miniature's length.
+# `python -m sdar_train.replicate --careless vague --careful_without_skills 0.4` behaviour-cloned), CPU;
+# greedy held-out success and score on 100 test goals before and after, metrics and a plot in runs/demo/.
+# `make demo DEMO_ARGS="--algo grpo"`: the same with GRPO.
 DEMO_ARGS ?=
 demo: $(STAMP)
 	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo $(DEMO_ARGS)
