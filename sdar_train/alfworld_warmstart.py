@@ -19,7 +19,6 @@ Stages (each skipped when its output exists):
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import random
 import sys
@@ -34,7 +33,7 @@ import torch
 from sdar_train.alfworld_demonstrator import alfworld_command
 from sdar_train.demonstrator import play_prompts
 from sdar_train.policy import PromptCodec, load_policy
-from sdar_train.replicate import demonstration_turns
+from sdar_train.replicate import demonstration_turns, read_records, write_records
 
 __all__ = ["AlfworldWarmStartConfig", "demonstrate", "main", "run"]
 
@@ -132,19 +131,6 @@ def policy_states(
     ]
 
 
-def _write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    tmp.replace(path)
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line) for line in f]
-
-
 def _texts(n: int = 300, seed: int = 0) -> Iterator[str]:
     """The tokenizer's training text: prompts and actions of ``n`` demonstrated train games, the skills."""
     from sdar_envs.alfworld.env import AlfworldEnv
@@ -203,8 +189,8 @@ def run(cfg: AlfworldWarmStartConfig) -> Path:
         games = random.Random(1).sample(env.task_ids(), cfg.demo_games)
         env.close()
         _log(f"demonstrating {len(games)} train games")
-        _write_records(demos_file, demonstrate(codec, games, max_prompt_tokens=cfg.max_prompt_tokens))
-    records = _read_records(demos_file)
+        write_records(demos_file, demonstrate(codec, games, max_prompt_tokens=cfg.max_prompt_tokens))
+    records = read_records(demos_file)
     won = {r["task_id"]: r["won"] for r in records}
     curve_file = out / "curve.jsonl"
 
@@ -248,8 +234,8 @@ def run(cfg: AlfworldWarmStartConfig) -> Path:
                 games = random.Random(1000 + r).sample(env.task_ids(), cfg.dagger_games)
                 env.close()
                 _log(f"DAgger round {r}: the policy plays {len(games)} train games, the demonstrator labels")
-                _write_records(labels, policy_states(policy, codec, games, cfg, seed=r))
-            data = records + [x for k in range(1, r + 1) for x in _read_records(out / f"dagger{k}.jsonl.gz")]
+                write_records(labels, policy_states(policy, codec, games, cfg, seed=r))
+            data = records + [x for k in range(1, r + 1) for x in read_records(out / f"dagger{k}.jsonl.gz")]
             _log(f"DAgger round {r}: cloning on {len(data)} turns")
             clone(policy, data, cfg.dagger_steps, cfg.dagger_lr, cfg.bc_steps + (r - 1) * cfg.dagger_steps, dest)
         previous = dest

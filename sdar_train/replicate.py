@@ -58,7 +58,9 @@ __all__ = [
     "demonstration_turns",
     "main",
     "parse_config",
+    "read_records",
     "run",
+    "write_records",
 ]
 
 ENV = "SDAR/WebShop-v0"
@@ -428,6 +430,21 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Turn records as gzipped JSON lines, written whole or not at all (resumable stages)."""
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(path)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records :func:`write_records` wrote."""
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f]
+
+
 def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
     """Stages 1-3; returns the warm-start model folder."""
     model_dir, demos_file, warm = out / "model", out / "demos.jsonl.gz", out / "warmstart"
@@ -453,13 +470,8 @@ def warm_start(cfg: ReplicateConfig, out: Path) -> Path:
             careless=cfg.careless,
             careful_without_skills=cfg.careful_without_skills,
         )
-        tmp = demos_file.with_suffix(".tmp")
-        with gzip.open(tmp, "wt") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        tmp.replace(demos_file)
-    with gzip.open(demos_file, "rt") as f:
-        records = [json.loads(line) for line in f]
+        write_records(demos_file, records)
+    records = read_records(demos_file)
     curve: list[dict[str, Any]] = []
     untrained = _summary(evaluate_policy(policy, cfg, episodes=min(20, cfg.eval_episodes)))
     curve.append({"step": 0, **{f"eval_{k}": v for k, v in untrained.items()}})
