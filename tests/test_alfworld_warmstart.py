@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import pytest
 import torch
@@ -112,3 +114,40 @@ def test_dagger_labels_the_states_the_policy_reaches_with_the_demonstrators_comm
         assert codec.decode(r["response"]).startswith(RESPONSE.format(alfworld_command(text)))
     with pytest.raises(ConfigError, match="dagger"):
         AlfworldWarmStartConfig(dagger_rounds=-1)
+
+
+def test_warm_start_with_a_dagger_round_runs_end_to_end_and_resumes_without_redoing_a_stage(tmp_path):
+    """``run``: cloning, one DAgger round on the policy's own states, the curve and report; run again, it
+    finds every stage's output and changes nothing."""
+    from sdar_train.alfworld_warmstart import run
+    from sdar_train.replicate import read_records
+
+    tiny = load_policy("tiny", torch.device("cpu"))  # stands in for the BPE stage, which is slow to build
+    tiny.model.save_pretrained(tmp_path / "model")
+    tiny.tokenizer.save_pretrained(tmp_path / "model")
+    cfg = AlfworldWarmStartConfig(
+        out=str(tmp_path),
+        demo_games=2,
+        bc_steps=2,
+        bc_batch=2,
+        eval_every=2,
+        threads=1,
+        max_response_tokens=8,
+        dagger_rounds=1,
+        dagger_games=1,
+        dagger_steps=2,
+    )
+    cfg.eval_games = 2  # past the config's guard on purpose: the loop, not the held-out number, is tested
+    final = run(cfg)
+    assert final == tmp_path / "dagger1" and (final / "config.json").is_file()
+    assert (tmp_path / "warmstart" / "config.json").is_file()
+    curve = (tmp_path / "curve.jsonl").read_text()
+    points = [json.loads(line) for line in curve.splitlines()]
+    assert [p["step"] for p in points if "success" in p] == [0, 2, 4]  # untrained, cloned, after DAgger
+    assert [p["step"] for p in points if "loss" in p] == [1, 2, 3, 4]
+    labels = read_records(tmp_path / "dagger1.jsonl.gz")
+    assert labels and all(
+        PromptCodec(tiny.tokenizer).decode(r["response"]).startswith("<think></think><action>") for r in labels
+    )
+    assert "1 DAgger round(s)" in (tmp_path / "report.md").read_text()
+    assert run(cfg) == final and (tmp_path / "curve.jsonl").read_text() == curve
