@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sdar_train.config import ALGORITHMS
+
 __all__ = ["WARMSTART", "check_warmstart", "main"]
 
 WARMSTART = Path(__file__).resolve().parent / "warmstart"
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo")
     # The defaults are the T 0.5 miniature's recipe (docs/REPLICATION.md), cut to fit about 5 minutes on
     # 2 cores; greedy evaluation on 100 goals so that before and after are an exact paired comparison.
-    p.add_argument("--algo", default="sdar", choices=["sdar", "grpo", "opsd"], help="the RL algorithm")
+    p.add_argument("--algo", default="sdar", choices=list(ALGORITHMS), help="the algorithm (sdar_train.ALGORITHMS)")
     p.add_argument("--steps", type=int, default=6, help="RL steps")
     p.add_argument("--episodes", type=int, default=100, help="held-out test goals, before and after")
     p.add_argument("--seed", type=int, default=0)
