@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PromptView", "play", "play_prompts", "prompt_parts", "read_prompt", "webshop_action"]
+__all__ = ["PromptView", "habit_counts", "play", "play_prompts", "prompt_parts", "read_prompt", "webshop_action"]
 
 _ASIN = re.compile(r"click\[(b[0-9a-z]{9})\]")
+_PRODUCT_LIKE = re.compile(r"b\d.*", re.S)  # an ASIN, or the garbled copies a small model writes ("b07-wine red")
 _NOT_OPTIONS = {"back to search", "< prev", "next >", "description", "features", "reviews", "attributes", "buy now"}
 
 
@@ -128,3 +129,28 @@ def play_prompts(
         obs, _, terminated, truncated, info = env.step(action)
         if terminated or truncated:
             return turns, info
+
+
+def habit_counts(episodes: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What a WebShop policy did in evaluated episodes (``sdar_train.eval`` results, each with its
+    ``actions``), counted by the habits the miniature plants:
+
+    - ``vague_search``: episodes whose first action searches without the instruction's attributes (a
+      query without " with ": the careless habit's, see :func:`_search_query`);
+    - ``option_clicks``: clicks on a value, not on a product (``b`` and a digit: ASINs and a small model's
+      garbled copies of them) nor on a navigation button; admissible or not (results do not say);
+    - ``bought``: episodes ending in ``click[buy now]``;
+    - ``episodes``: how many were counted."""
+    from sdar_envs.core import command_text
+
+    counts = {"episodes": len(episodes), "vague_search": 0, "option_clicks": 0, "bought": 0}
+    for episode in episodes:
+        commands = [command_text(a).strip() for a in episode["actions"]]
+        if commands and commands[0].startswith("search[") and " with " not in commands[0]:
+            counts["vague_search"] += 1
+        for c in commands:
+            if c.startswith("click[") and c.endswith("]"):
+                target = c[len("click[") : -1].strip().lower()
+                counts["option_clicks"] += target not in _NOT_OPTIONS and not _PRODUCT_LIKE.fullmatch(target)
+        counts["bought"] += bool(commands) and commands[-1].lower() == "click[buy now]"
+    return counts

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from sdar_envs import EnvPool
-from sdar_train.demonstrator import play, read_prompt, webshop_action
+from sdar_train.demonstrator import habit_counts, play, read_prompt, webshop_action
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
@@ -416,8 +416,14 @@ def evaluate_policy(
     )
 
 
-def _summary(report: dict[str, Any]) -> dict[str, float]:
-    return {"success": report["success"], "score": report["return"], "invalid_rate": report["invalid_rate"]}
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's success, score and invalid-turn rate, with what the policy did (:func:`habit_counts`)."""
+    return {
+        "success": report["success"],
+        "score": report["return"],
+        "invalid_rate": report["invalid_rate"],
+        "habits": habit_counts(report["results"]),
+    }
 
 
 def _log(msg: str) -> None:
@@ -737,6 +743,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
     ]
     for arm, values in diag.items():
         lines.append(f"| {arm} | " + " | ".join(f"{values[k]:.3f}" if k in values else "-" for k, _ in keys) + " |")
+    lines += _habits_table(cfg, out, prem)
     curve = [json.loads(line) for line in (out / "warmstart" / "curve.jsonl").read_text().splitlines() if line.strip()]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
     left.plot([p["step"] for p in curve if "loss" in p], [p["loss"] for p in curve if "loss" in p])
@@ -762,6 +769,33 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _habits_table(cfg: ReplicateConfig, out: Path, prem: dict[str, Any]) -> list[str]:
+    """Report lines: what the policies do in the held-out episodes (:func:`habit_counts`), the warm start's
+    (from the premise, when it recorded them) and each arm's at its final evaluation, mean over seeds."""
+    rows: list[tuple[str, list[dict[str, int]]]] = [
+        (f"warm start, {label}", [r["habits"] for r in prem[who] if "habits" in r])
+        for who, label in (("student", "no skills (start)"), ("teacher", "with skills (the teacher)"))
+    ]
+    for arm in cfg.arms:
+        ends = [out / "arms" / f"{arm}-s{seed}" / "eval.json" for seed in cfg.seeds]
+        rows.append((f"{arm}, end", [habit_counts(json.loads(f.read_text())["results"]) for f in ends if f.exists()]))
+    lines = [
+        "",
+        "## What the policies do (held-out episodes, mean over seeds)",
+        "",
+        "| policy | seeds | first search without the attributes | option clicks per episode | bought |",
+        "|---|---|---|---|---|",
+    ]
+    for label, counts in rows:
+        if counts:
+            share = {k: sum(c[k] / c["episodes"] for c in counts) / len(counts) for k in counts[0] if k != "episodes"}
+            lines.append(
+                f"| {label} | {len(counts)} | {share['vague_search']:.2f} | {share['option_clicks']:.2f} | "
+                f"{share['bought']:.2f} |"
+            )
+    return lines
 
 
 def package_warmstart(warm: Path, dest: Path) -> Path:

@@ -14,7 +14,7 @@ import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs import prompt_builder
 from sdar_envs.core import Turn, evaluation_tasks
 from sdar_train.demo import WARMSTART, check_warmstart
-from sdar_train.demonstrator import play, read_prompt, webshop_action
+from sdar_train.demonstrator import habit_counts, play, play_prompts, read_prompt, webshop_action
 from sdar_train.policy import PromptCodec, load_policy
 from sdar_train.replicate import (
     RESPONSE,
@@ -50,6 +50,37 @@ def test_demonstrator_acts_on_the_prompt_alone_and_care_pays():
     assert sum(s for s, _ in careful) > sum(s for s, _ in careless) + 3
     assert all(len(acts) == 3 for _, acts in careless)  # search, product, buy: no options chosen
     env.close()
+
+
+def test_habit_counts_tell_the_planted_careless_habit_from_the_careful_one():
+    """The report's habit counts, on episodes the demonstrator really played: the vague careless habit
+    searches without attributes and clicks no option; the careful one names them and clicks each; a small
+    model's garbled product clicks and navigation buttons are not option clicks."""
+    env = gym.make(ENV, split="test").unwrapped
+    played = {g: play(env, g, careful=True, response=RESPONSE)[0] for g in evaluation_tasks(env.task_ids(), 20)}
+    goals = [g for g, turns in played.items() if len(turns) > 3][:4]  # goals whose instruction names options
+    careful = [played[g] for g in goals]
+    vague = [
+        play_prompts(env, g, lambda t: webshop_action(read_prompt(t), careful=False, vague_search=True))[0]
+        for g in goals
+    ]
+    env.close()
+
+    def results(episodes: list[list[tuple[str, str]]]) -> list[dict[str, list[str]]]:
+        return [{"actions": [action for _, action in turns]} for turns in episodes]
+
+    assert len(goals) == 4
+    assert habit_counts(results(vague)) == {"episodes": 4, "vague_search": 4, "option_clicks": 0, "bought": 4}
+    counts = habit_counts(results(careful))
+    assert counts["vague_search"] == 0 and counts["bought"] == 4
+    assert counts["option_clicks"] == sum(len(t) - 3 for t in careful)  # search, product, options, buy
+    garbled = ["search[a red hat]", "click[b07-wine red]", "click[< prev]", "click[red]"]
+    assert habit_counts([{"actions": [f"<action>{a}</action>" for a in garbled]}]) == {
+        "episodes": 1,
+        "vague_search": 1,
+        "option_clicks": 1,
+        "bought": 0,
+    }
 
 
 def test_read_prompt_ignores_a_skills_block_and_reads_the_last_action():
@@ -136,7 +167,8 @@ def _fake_run(tmp: Path, cfg: ReplicateConfig) -> None:
     (tmp / "warmstart" / "recipe.json").write_text(
         json.dumps({"demos": 100, "bc_steps": 10, "bc_batch": 4, "wall_s": 60})
     )
-    student = [{"success": 0.2 + 0.02 * i, "score": 0.5, "invalid_rate": 0.0} for i in range(3)]
+    habits = {"episodes": 10, "vague_search": 8, "option_clicks": 1, "bought": 7}
+    student = [{"success": 0.2 + 0.02 * i, "score": 0.5, "invalid_rate": 0.0, "habits": habits} for i in range(3)]
     teacher = [{"success": 0.4 + 0.02 * i, "score": 0.7, "invalid_rate": 0.0} for i in range(3)]
     (tmp / "premise.json").write_text(json.dumps({"student": student, "teacher": teacher}))
     for arm, gain in (("grpo", 0.05), ("sdar", 0.1)):
@@ -155,6 +187,11 @@ def _fake_run(tmp: Path, cfg: ReplicateConfig) -> None:
             ]
             rows.append({"step": 2, "eval_success": 0.2 + gain + 0.01 * seed, "eval_return": 0.6})
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            careful = ["search[a hat with color: red]", "click[b000000001]", "click[red]", "click[buy now]"]
+            careless = ["search[a hat]", "click[b000000001]", "click[buy now]"]
+            episodes = [careful, careful if arm == "sdar" else careless]
+            results = [{"actions": [f"<action>{a}</action>" for a in acts]} for acts in episodes]
+            (run / "eval.json").write_text(json.dumps({"results": results}))
 
 
 def test_report_table_intervals_and_plots(tmp_path):
@@ -166,6 +203,10 @@ def test_report_table_intervals_and_plots(tmp_path):
     assert "| sdar | 3 | 0.220 ± 0.050 | 0.310 ± 0.025 | 0.500 ± 0.000 | 0.600 ± 0.000 | +0.100 ± 0.000 |" in report
     assert "| warm start + skills (the teacher) | 0.420 ±" in report
     assert "| sdar | 0.400 | 0.600 | -0.100 | 0.000 |" in report  # the diagnostics, averaged
+    # habits: shares of episodes (option clicks per episode); the teacher's were not recorded
+    assert "| warm start, no skills (start) | 3 | 0.80 | 0.10 | 0.70 |" in report
+    assert "| grpo, end | 3 | 0.50 | 0.50 | 1.00 |" in report and "| sdar, end | 3 | 0.00 | 1.00 | 1.00 |" in report
+    assert "with skills (the teacher)" not in report.partition("## What the policies do")[2]
     for png in ("curves.png", "diagnostics.png", "warmstart.png"):
         assert (tmp_path / png).stat().st_size > 10_000
 
