@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks_per_step", type=int, default=4, help="B")
     p.add_argument("--rl_lr", type=float, default=1e-4, help="learning rate")
     p.add_argument("--rl_temperature", type=float, default=0.5, help="rollout temperature")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the miniature's, 2)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--eval_temperature", type=float, default=0.0, help="evaluation temperature (0: greedy)")
     p.add_argument(
         "--warmstart",
@@ -68,15 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
 
     warm = Path(args.warmstart) if args.warmstart else check_warmstart()
-    overrides = {
-        k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")
-    }
     cfg = ReplicateConfig(
         out=args.out,
         eval_episodes=args.episodes,
         rl_steps=args.steps,
         eval_every=args.steps,
-        **{k: v for k, v in overrides.items() if v is not None},
+        **{k: getattr(args, k) for k in ("tasks_per_step", "rl_lr", "rl_temperature", "threads", "eval_temperature")},
     )
     torch.set_num_threads(cfg.threads)
     out = Path(args.out)

@@ -7,11 +7,14 @@ Stages (each skipped when its output exists, so an interrupted run continues whe
 1. ``model/``: a small Qwen2 with a byte-level BPE trained on WebShop's own text (prompts of the
    demonstrator's episodes), built locally, nothing downloaded.
 2. ``demos.jsonl.gz``: demonstrations on WebShop's train goals by :mod:`sdar_train.demonstrator`,
-   which reads only the prompt. Half of the episodes are careful, shown with the skills in view (the
-   teacher's prompt: the packaged WebShop skills before the chat text); the other half are careless
-   (buy without choosing options), shown without skills. So the skills carry what separates the two
-   habits, a model trained from scratch learns to read them, and the teacher knows what the student
-   does not: the paper's premise, built in (see ``docs/REPLICATION.md``).
+   which reads only the prompt. Half of the episodes are careful (search the whole instruction, choose
+   the options it names), shown with the skills in view (the teacher's prompt: the packaged WebShop
+   skills before the chat text). The other half are shown without skills: 60% careless (search the
+   product without its attributes, buy without choosing options), 40% careful all the same, so the
+   student samples the careful habit at times but prefers the careless one. So the skills carry what
+   separates the two habits, a model trained from scratch learns to read them, and the teacher knows
+   what the student does not: the paper's premise, built in (see ``docs/REPLICATION.md``; ``--careless
+   no_options --careful_without_skills 0`` is the first construction, whose teacher was barely better).
 3. ``warmstart/``: behaviour cloning on those pairs (token NLL on responses only), with its curve.
 4. ``premise.json``: held-out test success of the warm start without skills (the student) and with
    them in its prompt as the teacher sees them. SDAR has something to distil only if the teacher wins more.
@@ -91,14 +94,14 @@ class ReplicateConfig:
     # the RL arms
     arms: list[str] = field(default_factory=lambda: ["grpo", "sdar", "opsd"], metadata={"help": "algorithms"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "one run per arm and seed"})
-    rl_steps: int = field(default=10, metadata={"help": "RL steps per run"})
+    rl_steps: int = field(default=20, metadata={"help": "RL steps per run"})
     eval_every: int = field(default=5, metadata={"help": "held-out evaluation every N RL steps"})
-    tasks_per_step: int = field(default=2, metadata={"help": "B"})
+    tasks_per_step: int = field(default=4, metadata={"help": "B"})
     group_size: int = field(default=4, metadata={"help": "G"})
-    rl_lr: float = field(default=3e-4, metadata={"help": "RL learning rate"})
+    rl_lr: float = field(default=1e-4, metadata={"help": "RL learning rate"})
     rl_temperature: float = field(
-        default=1.0,
-        metadata={"help": "rollout temperature of the RL arms (the follow-up in docs/REPLICATION.md used 0.5)"},
+        default=0.5,
+        metadata={"help": "rollout temperature of the RL arms (at 1.0 most turns were inadmissible clicks)"},
     )
     sdar_coef: float = field(default=0.1, metadata={"help": "lambda of the distillation term"})
     train_reward: str = field(
@@ -110,20 +113,22 @@ class ReplicateConfig:
     )
     max_prompt_tokens: int = field(default=2048, metadata={"help": "prompt budget (WebShop prompts fit whole)"})
     max_response_tokens: int = field(default=64, metadata={"help": "tokens per turn"})
-    threads: int = field(default=2, metadata={"help": "torch threads (per arm run)"})
+    threads: int = field(
+        default=1, metadata={"help": "torch threads per arm run (the stages before the arms use threads x parallel)"}
+    )
     parallel: int = field(
-        default=1,
+        default=2,
         metadata={"help": "arm runs at once, each a process with `threads` torch threads (cores = parallel x threads)"},
     )
     careless: str = field(
-        default="no_options",
+        default="vague",
         metadata={
             "help": "the careless habit the skills correct: no_options (buy without choosing options) or vague "
             "(also search the product without its attributes: the instruction up to its first ' with ')"
         },
     )
     careful_without_skills: float = field(
-        default=0.0,
+        default=0.4,
         metadata={
             "help": "share of the episodes shown without skills that are careful all the same (0: the skills "
             "alone separate the habits, so the student hardly ever samples the careful one)"
@@ -825,7 +830,7 @@ def run(cfg: ReplicateConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "replicate_config.json", dataclasses.asdict(cfg))
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads * cfg.parallel)  # the stages before the arms have every core
     t0 = time.time()
     warm = warm_start(cfg, out)
     if cfg.package:

@@ -231,7 +231,10 @@ def test_arms_sample_at_the_rl_temperature(tmp_path):
     args = arm_args(ReplicateConfig(rl_temperature=0.5), "sdar", 1, WARMSTART, tmp_path / "run")
     cfg = config_from_args(args)
     assert cfg.temperature == 0.5 and cfg.eval_temperature == 0.4 and cfg.seed == 1
-    assert config_from_args(arm_args(ReplicateConfig(), "grpo", 0, WARMSTART, tmp_path / "r")).temperature == 1.0
+    assert (
+        config_from_args(arm_args(ReplicateConfig(rl_temperature=1.0), "grpo", 0, WARMSTART, tmp_path)).temperature == 1
+    )
+    assert ReplicateConfig().rl_temperature == 0.5  # the default: at 1.0 most turns were inadmissible
 
 
 def test_packaged_warm_start_matches_its_checksums(tmp_path):
