@@ -51,7 +51,8 @@ demo: $(STAMP)
 	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo $(DEMO_ARGS)
 
 # The CPU miniature of the paper's comparison, resumable (run it again to continue): the warm start, the
-# skill premise, GRPO / SDAR / GRPO+OPSD x 3 seeds, runs/replicate/report.md with curves and diagnostics.
+# skill premise, GRPO / SDAR / GRPO+OPSD x 3 seeds x 20 steps (two runs at a time), runs/replicate/report.md
+# with curves, diagnostics and habit counts. About 2 h 10 min on 2 cores (docs/replication/planted/).
 replicate: $(STAMP)
 	$(BIN)/python -m sdar_train.replicate --out $(RUNS)/replicate
 
