@@ -142,15 +142,16 @@ def habit_counts(episodes: Sequence[dict[str, Any]]) -> dict[str, int]:
     - ``bought``: episodes ending in ``click[buy now]``;
     - ``episodes``: how many were counted."""
     from sdar_envs.core import command_text
+    from sdar_envs.webshop.shop import parse_action  # read the commands as the shop reads them
 
     counts = {"episodes": len(episodes), "vague_search": 0, "option_clicks": 0, "bought": 0}
     for episode in episodes:
-        commands = [command_text(a).strip() for a in episode["actions"]]
-        if commands and commands[0].startswith("search[") and " with " not in commands[0]:
+        commands = [parse_action(command_text(a)) for a in episode["actions"]]
+        if commands and commands[0][0] == "search" and " with " not in commands[0][1]:
             counts["vague_search"] += 1
-        for c in commands:
-            if c.startswith("click[") and c.endswith("]"):
-                target = c[len("click[") : -1].strip().lower()
-                counts["option_clicks"] += target not in _NOT_OPTIONS and not _PRODUCT_LIKE.fullmatch(target)
-        counts["bought"] += bool(commands) and commands[-1].lower() == "click[buy now]"
+        for kind, target in commands:
+            counts["option_clicks"] += (
+                kind == "click" and target not in _NOT_OPTIONS and not _PRODUCT_LIKE.fullmatch(target)
+            )
+        counts["bought"] += commands[-1:] == [("click", "buy now")]
     return counts

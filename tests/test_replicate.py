@@ -232,7 +232,8 @@ def test_arms_sample_at_the_rl_temperature(tmp_path):
     cfg = config_from_args(args)
     assert cfg.temperature == 0.5 and cfg.eval_temperature == 0.4 and cfg.seed == 1
     assert (
-        config_from_args(arm_args(ReplicateConfig(rl_temperature=1.0), "grpo", 0, WARMSTART, tmp_path)).temperature == 1
+        config_from_args(arm_args(ReplicateConfig(rl_temperature=1.0), "grpo", 0, WARMSTART, tmp_path)).temperature
+        == 1.0
     )
     assert ReplicateConfig().rl_temperature == 0.5  # the default: at 1.0 most turns were inadmissible
 
