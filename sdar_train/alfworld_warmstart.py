@@ -72,7 +72,7 @@ class AlfworldWarmStartConfig:
     dagger_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of each DAgger round (cosine)"})
 
     def __post_init__(self) -> None:
-        from sdar_train.config import ConfigError
+        from sdar_train.errors import ConfigError
 
         for name in ("demo_games", "bc_steps", "bc_batch", "eval_every", "eval_games", "threads", "dagger_games"):
             if getattr(self, name) < 1:

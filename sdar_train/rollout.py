@@ -268,23 +268,38 @@ def expert_rollout(
     max_prompt_tokens: int,
     seed: int,
     response_format: Callable[[str], str],
+    memory: Skills | None = None,
+    skills_share: float = 0.0,
+    skills_k: int = 3,
+    max_teacher_prompt_tokens: int | None = None,
+    teacher_placement: str = "before_chat",
 ) -> Rollout:
     """Demonstrations for behaviour cloning: each environment's ``info["expert_action"]`` played to the end.
 
     ``response_format`` turns an expert action into the text the policy should emit (e.g. wraps an
     ALFWorld command in ``<action>`` tags; Search-QA's expert actions are already tagged).
+    ``skills_share``: that share of the episodes (drawn from ``seed``) is shown with the teacher's prompt
+    (``memory``'s skills placed as the teacher sees them), so that a warm start has read the privileged
+    block before RL asks it to score with it.
     """
+    import random
+
     build = prompt_builder(env_id)
     slots = list(range(len(task_ids)))
     resets = pool.reset(
         slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": t} for t in task_ids]
     )
+    draw = random.Random(derive_seed(seed, "skills_share"))
+    with_skills = {i for i in slots if memory is not None and draw.random() < skills_share}
     episodes, samples = [], []
     state: dict[int, EpisodeState] = {}
     for i in slots:
         obs, info = resets[i]
-        episodes.append(Episode(group=i, task_id=info["task_id"], task_type=info["task_type"]))
-        state[i] = EpisodeState(obs, info)
+        episodes.append(Episode(group=i, task_id=info["task_id"], task_type=info["task_type"], task=info["task"]))
+        st = state[i] = EpisodeState(obs, info)
+        if i in with_skills and isinstance(memory, SkillMemory):
+            st.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, skills_k)
+            episodes[i].skill_ids = list(st.skills.ids)
     live = [i for i in slots if state[i].info.get("expert_action")]
     while live:
         actions = {}
@@ -292,11 +307,12 @@ def expert_rollout(
             st = state[i]
             text = build(**st.prompt_args())
             actions[i] = response_format(st.info["expert_action"])
-            samples.append(
-                TurnSample(
-                    i, codec.encode(text, max_prompt_tokens), codec.encode_response(actions[i]), None, True, True
-                )
-            )
+            prompt = codec.encode(text, max_prompt_tokens)
+            if i in with_skills:
+                full = codec.encode(text, 1 << 30)
+                budget = max_teacher_prompt_tokens or max_prompt_tokens
+                prompt = _teacher_prompt(codec, build, st, text, full, memory, teacher_placement, budget)
+            samples.append(TurnSample(i, prompt, codec.encode_response(actions[i]), None, True, True))
         results = pool.step(actions)
         still = []
         for i in live:

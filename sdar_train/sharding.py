@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from sdar_train.errors import ConfigError
+
 __all__ = [
     "configure_deepspeed",
     "deepspeed_backward",
@@ -116,7 +118,6 @@ def configure_deepspeed(accelerator: Any, *, micro_batch_size: int, max_grad_nor
     """Fill the DeepSpeed config's batch and clipping fields from the trainer's (before ``prepare``).
     DeepSpeed requires batch sizes although the trainer feeds it: its accumulation count stays 1 because
     the trainer marks boundaries itself, and it clips to the trainer's ``max_grad_norm`` at each step."""
-    from sdar_train.config import ConfigError
 
     config = accelerator.state.deepspeed_plugin.deepspeed_config
     clip = config.get("gradient_clipping", "auto")
