@@ -85,8 +85,9 @@ def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = N
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise ConfigError(f"{gguf}: transformers cannot load this GGUF ({str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # a file of the user's: whatever the reader trips on, say so in one line
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{gguf}: transformers cannot load this GGUF ({first})") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -133,6 +134,9 @@ def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) 
     root.mkdir(parents=True, exist_ok=True)
     digest = _sha256(gguf)[:12]
     path = root / f"{stem}-{digest}-{CONVERSION_VERSION}"
+    same = [p for p in sorted(root.glob(f"*-{digest}-{CONVERSION_VERSION}")) if (p / "PROVENANCE.json").exists()]
+    if same and not (path / "PROVENANCE.json").exists():  # the same file under another name: converted already
+        return same[0]
     if not (path / "PROVENANCE.json").exists():
         with FileLock(str(root / f"{path.name}.lock")):  # the processes of a launch: one converts
             if not (path / "PROVENANCE.json").exists():

