@@ -25,45 +25,23 @@ import itertools
 import multiprocessing as mp
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
 
+from sdar_envs.env_worker import EnvFactory, EnvPoolError, make_env, serve
+from sdar_envs.ray_workers import RayWorkers
+
 __all__ = ["EnvPool", "EnvPoolError"]
 
 StepResult = tuple[str, float, bool, bool, dict[str, Any]]
-EnvFactory = Callable[[], gym.Env]
-
-
-class EnvPoolError(RuntimeError):
-    """An environment raised inside a worker (the message carries the worker's traceback), or a worker
-    died or stopped answering (the message names it)."""
-
-
-def _make(env_id: str | EnvFactory, env_kwargs: Mapping[str, Any]) -> gym.Env:
-    if callable(env_id):
-        return env_id()
-    import sdar_envs  # noqa: F401  (registers SDAR/* in a fresh spawned process)
-
-    return gym.make(env_id, **env_kwargs)
-
-
-def _serve(envs: dict[int, gym.Env], command: str, payload: Any) -> Any:
-    if command == "reset":
-        return {i: envs[i].reset(seed=seed, options=opts) for i, seed, opts in payload}
-    if command == "step":
-        return {i: envs[i].step(action) for i, action in payload}
-    if command == "call":
-        name, args, kwargs = payload
-        return {i: getattr(env.unwrapped, name)(*args, **kwargs) for i, env in envs.items()}
-    raise ValueError(f"unknown command {command!r}")
 
 
 def _worker(conn: Any, env_id: str | EnvFactory, env_kwargs: Mapping[str, Any], indices: list[int]) -> None:
     envs: dict[int, gym.Env] = {}
     try:
-        envs = {i: _make(env_id, env_kwargs) for i in indices}
+        envs = {i: make_env(env_id, env_kwargs) for i in indices}
         conn.send((0, "ok", None))
     except BaseException:
         conn.send((0, "error", traceback.format_exc()))
@@ -74,7 +52,7 @@ def _worker(conn: Any, env_id: str | EnvFactory, env_kwargs: Mapping[str, Any], 
             if command == "close":
                 break
             try:
-                conn.send((call, "ok", _serve(envs, command, payload)))
+                conn.send((call, "ok", serve(envs, command, payload)))
             except Exception:
                 conn.send((call, "error", traceback.format_exc()))
     except (EOFError, KeyboardInterrupt):
@@ -138,11 +116,9 @@ class EnvPool:
         if backend not in ("process", "ray"):
             raise ValueError(f"backend must be 'process' or 'ray', got {backend!r}")
         if self.num_workers == 0:
-            self._local = {i: _make(env_id, self._kwargs) for i in range(num_envs)}
+            self._local = {i: make_env(env_id, self._kwargs) for i in range(num_envs)}
             return
         if backend == "ray":
-            from sdar_envs.ray_workers import RayWorkers
-
             self._ray = RayWorkers(
                 env_id,
                 self._kwargs,
@@ -189,7 +165,7 @@ class EnvPool:
     def call(self, name: str, *args: Any, **kwargs: Any) -> dict[int, Any]:
         """Call a method of every (unwrapped) environment."""
         if self.num_workers == 0:
-            return _serve(self._local, "call", (name, args, kwargs))
+            return serve(self._local, "call", (name, args, kwargs))
         return self._request("call", {w: (name, args, kwargs) for w in range(self.num_workers)})
 
     @property
@@ -319,7 +295,7 @@ class EnvPool:
                 raise IndexError(f"environment index {item[0]} out of range (num_envs={self.num_envs})")
         if self.num_workers == 0:
             try:
-                return _serve(self._local, command, items)
+                return serve(self._local, command, items)
             except Exception as e:
                 raise EnvPoolError(traceback.format_exc()) from e
         by_worker: dict[int, list[tuple]] = {}

@@ -2,7 +2,7 @@
 
 The contract is the process pool's: worker ``w`` holds environments ``w, w + W, ...``; a call goes to
 the workers holding the environments it names and waits for all of them; an environment that raises
-gives :class:`~sdar_envs.env_pool.EnvPoolError` with its traceback; a worker that dies or answers
+gives :class:`~sdar_envs.env_worker.EnvPoolError` with its traceback; a worker that dies or answers
 nothing within ``timeout`` is killed, named, and down until :meth:`restart`. Ray's futures tie each
 reply to its call, so no reply can be handed to another call.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sdar_envs.env_worker import EnvPoolError, make_env, serve
+
 __all__ = ["RayWorkers"]
 
 
@@ -22,14 +24,10 @@ class _EnvActor:
     """One Ray actor: the environments of one pool worker."""
 
     def __init__(self, env_id: Any, env_kwargs: Mapping[str, Any], indices: list[int]) -> None:
-        from sdar_envs.env_pool import _make
-
-        self.envs = {i: _make(env_id, env_kwargs) for i in indices}
+        self.envs = {i: make_env(env_id, env_kwargs) for i in indices}
 
     def serve(self, command: str, payload: Any) -> Any:
-        from sdar_envs.env_pool import _serve
-
-        return _serve(self.envs, command, payload)
+        return serve(self.envs, command, payload)
 
     def ready(self) -> bool:
         return True
@@ -62,8 +60,6 @@ class RayWorkers:
         )  # fmt: skip
         self.down: dict[int, str] = {}
         self.actors = [self._start(w) for w in range(num_workers)]
-        from sdar_envs.env_pool import EnvPoolError
-
         try:  # every actor has made its environments (or says why not)
             self._gather({w: actor.ready.remote() for w, actor in enumerate(self.actors)})
         except EnvPoolError:
@@ -84,8 +80,6 @@ class RayWorkers:
 
     def _gather(self, refs: dict[int, Any]) -> dict[int, Any]:
         """Every worker's answer; all are waited for (within the timeout) before any error is raised."""
-        from sdar_envs.env_pool import EnvPoolError
-
         ray, exc = self._ray, self._ray.exceptions
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout)
         answers, errors = {}, []

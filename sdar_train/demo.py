@@ -16,29 +16,15 @@ same goals. Measured on seeds 0, 1, 2 (docs/replication/demo/README.md): greedy 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from sdar_train.config import ALGORITHMS
+from sdar_train.packaged_warmstart import check_warmstart
 
-__all__ = ["WARMSTART", "check_warmstart", "main"]
-
-WARMSTART = Path(__file__).resolve().parent / "warmstart"
-
-
-def check_warmstart(path: Path = WARMSTART) -> Path:
-    """The packaged warm start, after checking every file against ``SHA256SUMS`` beside it."""
-    sums = path / "SHA256SUMS"
-    if not sums.is_file():
-        raise FileNotFoundError(f"{sums} is missing: rebuild it with python -m sdar_train.replicate --package true")
-    for line in sums.read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
-            raise ValueError(f"{path / name} does not match its sha256 in {sums}")
-    return path
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

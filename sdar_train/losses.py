@@ -201,6 +201,10 @@ def actor_loss(
     teacher_logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     policy_gradient: bool = True,
+    distill: bool = True,
+    sft: bool = False,
+    rlsd_share: float | None = None,
+    rlsd_eps: float = 0.2,
     clip: float = 0.2,
     dual_clip: float | None = 3.0,
     entropy_coef: float = 0.001,
@@ -209,29 +213,45 @@ def actor_loss(
     sdar_beta: float = 5.0,
     normalizer: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The actor loss as the SDAR reference combines it, term by term (each a token-mean):
+    """One step's whole loss, term by term (each a token-mean), as the SDAR reference combines them:
 
-        L = PPO-dual-clip(A) - entropy_coef * H + kl_coef * KL_k3(pi || ref) + sdar_coef * L_SDAR(beta)
+        L = PPO-dual-clip(A) - entropy_coef * H + kl_coef * KL_k3(pi || ref) + sdar_coef * L_SDAR(beta) [+ NLL]
 
-    ``policy_gradient=False`` drops the first term (OPSD alone); ``teacher_logp=None`` the last (GRPO,
-    RLSD); ``ref_logp=None`` the KL; ``entropy=None`` the bonus. Returns the loss and its terms.
+    ``policy_gradient=False`` drops the first term (OPSD alone); ``teacher_logp=None`` or ``distill=False``
+    the SDAR term; ``ref_logp=None`` the KL; ``entropy=None`` the bonus. ``rlsd_share`` (RLSD): the
+    advantages are reweighted per token by the teacher's gap to the rollout-time policy, that share of
+    them (:func:`rlsd_token_advantages`). ``sft``: behaviour cloning's NLL of the response tokens is added.
+    Returns the loss and its terms (detached), ``loss`` among them.
     """
     loss = torch.zeros((), device=logp.device)
     terms: dict[str, torch.Tensor] = {}
+    if rlsd_share is not None and teacher_logp is not None:  # the gap from the rollout-time (old) log-probs
+        gap = teacher_logp - old_logp
+        advantages = rlsd_token_advantages(advantages, gap, rlsd_share, rlsd_eps)
+        if not distill:  # the gap's statistics are worth logging without the SDAR term too
+            terms["gap_mean"] = masked_mean(gap, mask)
+            terms["gap_negative"] = masked_mean((gap < 0).float(), mask)
     if policy_gradient:
         pg, terms["clip_frac"] = ppo_clip_loss(logp, old_logp, advantages, mask, clip, normalizer, dual_clip)
         loss = loss + pg
         terms["pg_loss"] = pg.detach()
         terms["ppo_kl"] = masked_mean((old_logp - logp).detach(), mask)  # 0 on the first optimizer step
-    if entropy is not None and entropy_coef:
-        loss = loss + entropy_bonus(entropy, mask, entropy_coef, normalizer)
+    if entropy is not None:
+        terms["entropy"] = masked_mean(entropy.detach(), mask)
+        if entropy_coef:
+            loss = loss + entropy_bonus(entropy, mask, entropy_coef, normalizer)
     if ref_logp is not None:
         kl = low_var_kl(logp, ref_logp, mask, normalizer)
         loss = loss + kl_coef * kl
         terms["kl"] = kl.detach()
-    if teacher_logp is not None:
+    if teacher_logp is not None and distill:
         sd, sd_stats = sdar_loss(logp, teacher_logp, mask, sdar_beta, normalizer)
         loss = loss + sdar_coef * sd
         terms["sdar_loss"] = sd.detach()
         terms.update(sd_stats)
+    if sft:
+        nll = masked_mean(-logp, mask, normalizer)
+        loss = loss + nll
+        terms["sft_loss"] = nll.detach()
+    terms["loss"] = loss.detach()
     return loss, terms

@@ -47,6 +47,7 @@ import torch
 
 from sdar_envs import EnvPool
 from sdar_train.demonstrator import habit_counts, play, read_prompt, webshop_action
+from sdar_train.packaged_warmstart import WARMSTART, package_warmstart
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
@@ -804,29 +805,6 @@ def _habits_table(cfg: ReplicateConfig, out: Path, prem: dict[str, Any]) -> list
     return lines
 
 
-def package_warmstart(warm: Path, dest: Path) -> Path:
-    """Copy a warm start into ``dest`` as the demo ships it: bf16 weights (half the bytes; the demo trains
-    and evaluates from these same weights), tokenizer, recipe and curve, and ``SHA256SUMS`` of every file."""
-    import hashlib
-    import shutil
-
-    from transformers import AutoModelForCausalLM
-
-    staging = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(warm, dtype=torch.bfloat16)
-    model.save_pretrained(staging)
-    load_policy(str(warm), torch.device("cpu")).tokenizer.save_pretrained(staging)
-    for name in ("recipe.json", "curve.jsonl"):
-        shutil.copy(warm / name, staging / name)
-    files = sorted(f.name for f in staging.iterdir() if f.is_file())
-    sums = "".join(f"{hashlib.sha256((staging / f).read_bytes()).hexdigest()}  {f}\n" for f in files)
-    (staging / "SHA256SUMS").write_text(sums)
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.replace(dest)
-    return dest
-
-
 def run(cfg: ReplicateConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -835,8 +813,6 @@ def run(cfg: ReplicateConfig) -> Path:
     t0 = time.time()
     warm = warm_start(cfg, out)
     if cfg.package:
-        from sdar_train.demo import WARMSTART
-
         _log(f"packaged the warm start in {package_warmstart(warm, WARMSTART)}")
     premise(cfg, out, warm)
     run_arms(cfg, out, warm)

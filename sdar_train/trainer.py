@@ -29,8 +29,6 @@ import random
 import shutil
 import sys
 import time
-import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +39,11 @@ import torch
 from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool, env_class, env_name
+from sdar_train import checkpoints
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError
 from sdar_train.generation import Sampling, make_generator
-from sdar_train.losses import actor_loss, masked_mean, rlsd_lambda, rlsd_token_advantages, turn_advantages
+from sdar_train.losses import actor_loss, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
@@ -116,35 +115,6 @@ def _launcher_processes() -> int | None:
     return None
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a ``.safetensors`` file cannot be whole (missing, bad header, shorter than its header says),
-    checked from the header alone, or None."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if 0 < n < (100 << 20) else None
-        if not isinstance(header, dict):
-            return "unreadable header"
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return None if path.stat().st_size >= 8 + n + end else "truncated"
-    except FileNotFoundError:
-        return "missing"
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
-        return "unreadable header"
-
-
-def _zip_problem(path: Path) -> str | None:
-    """Why a torch-saved (zip) file cannot be whole, from its zip directory alone (the file can be many
-    GB: loading it is left to the resume), or None."""
-    try:
-        zipfile.ZipFile(path).close()
-    except FileNotFoundError:
-        return "missing"
-    except (zipfile.BadZipFile, OSError) as e:
-        return f"unreadable ({type(e).__name__})"
-    return None
-
-
 class Trainer:
     """GRPO, SDAR and the baselines on one Accelerate set-up: the policy (HF model, optionally LoRA), its
     frozen reference, a generation back-end, this process's environments (an :class:`EnvPool`) and the
@@ -152,14 +122,27 @@ class Trainer:
     checkpoints; everything is built in ``__init__`` from a validated :class:`TrainConfig`."""
 
     def __init__(self, config: TrainConfig) -> None:
+        self.cfg = resolve_reference_defaults(config)
+        self._setup_accelerator()
+        self._setup_output_dir()
+        own_copy = self._setup_policy()
+        self._setup_generator(own_copy)
+        self._setup_environments()
+        self._setup_skills()
+        self._setup_logging()
+        self.step = 0
+        if self.cfg.resume:
+            self._resume()
+
+    def _setup_accelerator(self) -> None:
+        """Accelerate (DDP, FSDP2 or DeepSpeed; bf16 autocast or fp32), refusing set-ups that would train wrongly."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        self.cfg = cfg = resolve_reference_defaults(config)
-        cpu = not torch.cuda.is_available()
-        bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
-        self.accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
-        acc = self.accelerator
+        cfg = self.cfg
+        self.cpu = cpu = not torch.cuda.is_available()
+        self.bf16 = bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
+        self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
         sharding_on_cpu(acc)  # an FSDP/DeepSpeed config launched on CPU (gloo): Accelerate alone would run DDP
         problem = sharding_problem(acc)
         if problem:  # refuse rather than train wrongly
@@ -191,6 +174,11 @@ class Trainer:
         if cpu:
             torch.set_num_threads(cfg.cpu_threads)
         set_seed(cfg.seed)
+        self.world, self.rank = acc.num_processes, acc.process_index
+
+    def _setup_output_dir(self) -> None:
+        """``output_dir`` with this run's config.json; a previous run there is resumed or, asked to, removed."""
+        cfg, acc = self.cfg, self.accelerator
         self.out = Path(cfg.output_dir)
         previous = [
             self.out / n
@@ -210,10 +198,15 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def _setup_policy(self) -> bool:
+        """The policy (LoRA adapters or all weights), its frozen reference, the optimizer, all prepared by
+        Accelerate; returns whether generation needs its own full copy of the weights (under sharding)."""
+        cfg, acc = self.cfg, self.accelerator
         # LoRA trains fp32 adapters over a frozen base: in bf16 that base costs half the memory and runs
         # 1.5-2x faster on a CPU with AVX512-BF16 (bench/). Full fine-tuning keeps fp32 master weights
         # under autocast: bf16 weights would round updates of lr 1e-5 away.
-        base_dtype = torch.bfloat16 if bf16 and cfg.lora_r > 0 else torch.float32
+        base_dtype = torch.bfloat16 if self.bf16 and cfg.lora_r > 0 else torch.float32
         self.policy = load_policy(
             cfg.model, acc.device, dtype=base_dtype, gradient_checkpointing=cfg.gradient_checkpointing
         )
@@ -224,10 +217,10 @@ class Trainer:
         generation_model = None
         if own_copy:
             generation_model = copy.deepcopy(model).eval().requires_grad_(False)
-            if bf16 and not cpu:
+            if self.bf16 and not self.cpu:
                 generation_model.to(torch.bfloat16)
         self.ref_model = None
-        if cfg.lora_r > 0:
+        if cfg.lora_r > 0:  # the reference is the base model: the adapters switched off
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(
@@ -244,9 +237,12 @@ class Trainer:
             self.ref_model = shard_frozen(acc, self.ref_model)
         # generation and evaluation: DDP's wrapper has no generate(), a sharded model cannot generate
         self.policy.model = generation_model if generation_model is not None else acc.unwrap_model(self.model)
-        tok = self.policy.tokenizer
-        self.codec = PromptCodec(tok)
-        # generation: HF generate on this model, or a vLLM engine holding a copy that sync() refreshes
+        self.codec = PromptCodec(self.policy.tokenizer)
+        return own_copy
+
+    def _setup_generator(self, own_copy: bool) -> None:
+        """HF generate on the policy, or a vLLM engine holding a copy that ``sync()`` refreshes."""
+        cfg = self.cfg
         self.sampling = Sampling(cfg.max_response_tokens, cfg.temperature, cfg.top_p, tuple(self.policy.stop_ids))
         # every log-prob (student, old, reference, teacher) is of the distribution the rollout sampled from,
         # logits / temperature, as the reference's actor computes them; SFT fits the demonstrations at 1
@@ -259,13 +255,15 @@ class Trainer:
             batch_size=cfg.generation_batch_size,
             own_copy=own_copy,
             max_model_len=prompt_budget + cfg.max_response_tokens,
-            bf16=bf16,
+            bf16=self.bf16,
             seed=cfg.seed,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-            distributed=acc.num_processes > 1,
+            distributed=self.world > 1,
         )
-        # environments: this process's share of the B tasks, G episodes each
-        self.world, self.rank = acc.num_processes, acc.process_index
+
+    def _setup_environments(self) -> None:
+        """This process's share of the B tasks, G episodes each (one each for demonstrations)."""
+        cfg = self.cfg
         self.local_tasks = math.ceil(cfg.tasks_per_step / self.world)
         env_kwargs = dict(cfg.env_kwargs)
         if cfg.max_turns is not None:
@@ -275,11 +273,15 @@ class Trainer:
         slots = self.local_tasks * (1 if cfg.spec.sft else cfg.group_size)
         self.pool = EnvPool(cfg.env, slots, num_workers=cfg.env_workers, env_kwargs=env_kwargs)
         self.task_ids: list[str] = self.pool.call("task_ids")[0]
+
+    def _setup_skills(self) -> None:
+        """The skill memory, where the algorithm shows skills to anyone (and the log says which and where)."""
+        cfg = self.cfg
         uses_skills = cfg.spec.teacher or cfg.spec.student_skills or (cfg.spec.sft and cfg.sft_skills_share > 0)
         self.memory = (
             default_memory(cfg.env, cfg.skill_tier, cfg.seed, cfg.skill_file, cfg.skill_dir) if uses_skills else None
         )
-        if uses_skills and acc.is_main_process:  # which skills and where: a run's log says it
+        if uses_skills and self.accelerator.is_main_process:
             source = (
                 f"reference folder {cfg.skill_dir}"
                 if cfg.skill_dir
@@ -292,17 +294,18 @@ class Trainer:
                 + (f", {cfg.sft_skills_share:.0%} of demonstrations" if cfg.spec.sft else "")
             )
             print(f"[{cfg.algo}] skills: {source}; placement: {where}")
-        self.step = 0
-        # progress bars only on a terminal: in a log file they are carriage returns and cursor codes
-        self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
+
+    def _setup_logging(self) -> None:
+        """metrics.jsonl and TensorBoard on the main process; progress bars only on a terminal (in a log
+        file they are carriage returns and cursor codes)."""
+        acc = self.accelerator
+        self._bars = self.cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
         self.tb = None
         if acc.is_main_process:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
-        if cfg.resume:
-            self._resume()
 
     # ------------------------------------------------------------------------------------------------
     def tasks_for_step(self, step: int) -> list[str]:
@@ -526,9 +529,8 @@ class Trainer:
         *,
         boundary: bool = False,
     ) -> None:
-        """Forward and backward one micro-batch (rows ``micro`` of ``batch``); the optimizer steps later
-        (DeepSpeed's engine at the mini-batch's last micro-batch, the ``boundary``)."""
-        cfg, spec = self.cfg, self.cfg.spec
+        """Forward, the loss, backward, for one micro-batch (rows ``micro`` of ``batch``); the optimizer
+        steps later (DeepSpeed's engine at the mini-batch's last micro-batch, the ``boundary``)."""
         if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
             pad = self.policy.pad_id
             with self.accelerator.autocast():
@@ -552,39 +554,37 @@ class Trainer:
         teacher_logp = aligned(batch.teacher_logp) if batch.teacher_logp is not None else None
         ref_logp = aligned(batch.ref_logp) if batch.ref_logp is not None else None
         token_adv = batch.advantages[micro].to(self.accelerator.device)[:, None].expand_as(logp)
-        if spec.rlsd and teacher_logp is not None:  # the gap from the rollout-time (old) log-probs, as the reference
-            token_adv = rlsd_token_advantages(token_adv, teacher_logp - old_logp, lam, cfg.rlsd_eps)
-        beta = spec.force_beta if spec.force_beta is not None else cfg.sdar_beta
         loss, terms = actor_loss(
             logp,
             mask,
             old_logp=old_logp,
             advantages=token_adv,
             ref_logp=ref_logp,
-            teacher_logp=teacher_logp if spec.distill else None,
-            entropy=None if spec.sft else ent,
-            policy_gradient=spec.policy_gradient,
-            clip=cfg.clip_ratio,
-            dual_clip=cfg.dual_clip,
-            entropy_coef=cfg.entropy_coef,
-            kl_coef=cfg.kl_coef,
-            sdar_coef=cfg.sdar_coef,
-            sdar_beta=beta,
+            teacher_logp=teacher_logp,
+            entropy=ent,
             normalizer=normalizer,
+            **self._loss_settings(lam),
         )
         for k, v in terms.items():
             stats.setdefault(k, []).append(float(v))
-        if spec.sft:
-            nll = masked_mean(-logp, mask, normalizer)
-            loss = loss + nll
-            stats.setdefault("sft_loss", []).append(float(nll.detach()))
-        if teacher_logp is not None and not spec.distill:  # RLSD: the gap statistics are still worth logging
-            gap = teacher_logp - old_logp
-            stats.setdefault("gap_mean", []).append(float(masked_mean(gap, mask)))
-            stats.setdefault("gap_negative", []).append(float(masked_mean((gap < 0).float(), mask)))
-        stats.setdefault("entropy", []).append(float(masked_mean(ent.detach(), mask)))
-        stats.setdefault("loss", []).append(float(loss.detach()))
         self._backward(loss, boundary)
+
+    def _loss_settings(self, rlsd_share: float) -> dict[str, Any]:
+        """The algorithm as :func:`~sdar_train.losses.actor_loss` takes it: which terms are on, and their weights."""
+        cfg, spec = self.cfg, self.cfg.spec
+        return dict(
+            policy_gradient=spec.policy_gradient,
+            distill=spec.distill,
+            sft=spec.sft,
+            rlsd_share=rlsd_share if spec.rlsd else None,
+            rlsd_eps=cfg.rlsd_eps,
+            clip=cfg.clip_ratio,
+            dual_clip=cfg.dual_clip,
+            entropy_coef=0.0 if spec.sft else cfg.entropy_coef,
+            kl_coef=cfg.kl_coef,
+            sdar_coef=cfg.sdar_coef,
+            sdar_beta=spec.force_beta if spec.force_beta is not None else cfg.sdar_beta,
+        )
 
     def _backward(self, loss: torch.Tensor, boundary: bool) -> None:
         if self.deepspeed:
@@ -680,83 +680,17 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Model, optimizer and RNG states (Accelerate), the step, and the skill memory's stats."""
-        acc = self.accelerator
-        path = self.out / "checkpoints" / f"step_{self.step:06d}"
-        acc.save_state(str(path))
-        if acc.is_main_process:
-            (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
-            if isinstance(self.memory, SkillLibrary):  # a reference-layout folder is read-only
-                self.memory.save(path / "skills.yaml")
-            done = sorted((self.out / "checkpoints").glob("step_*"))
-            for old in done[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return path
+        memory = self.memory if isinstance(self.memory, SkillLibrary) else None  # a reference folder is read-only
+        return checkpoints.save(self.accelerator, self.out, self.step, memory, keep=self.cfg.keep_checkpoints)
 
     def _resume(self) -> None:
-        done = sorted((self.out / "checkpoints").glob("step_*"))
-        done = [d for d in done if (d / "trainer_state.json").exists()]
-        if not done:
+        latest = checkpoints.latest(self.out)
+        if latest is None:
             return
-        latest = done[-1]
-        self._check_checkpoint(latest)
-        try:
-            self.accelerator.load_state(str(latest))
-        except Exception as e:
-            raise CheckpointError(f"{latest}: cannot be loaded ({type(e).__name__})") from e
-        self.step = json.loads((latest / "trainer_state.json").read_text())["step"]
+        self.step = checkpoints.load(self.accelerator, latest, deepspeed=self.deepspeed, sharded=self.sharded)
         if self.memory is not None and (latest / "skills.yaml").exists():
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
         self.generator.sync(self.accelerator.unwrap_model(self.model))
-
-    def _check_checkpoint(self, path: Path) -> None:
-        """Refuse a checkpoint that would resume inexactly: Accelerate skips an unreadable RNG state with
-        an info line only, and reports other damage as deep tracebacks."""
-        try:
-            state = json.loads((path / "trainer_state.json").read_text())
-            if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
-                raise ValueError("no non-negative integer 'step'")
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path / 'trainer_state.json'}: unreadable ({e})") from None
-        retry = f"remove {path} to resume from an earlier checkpoint"
-        rng = path / f"random_states_{self.accelerator.process_index}.pkl"
-        if not rng.is_file():
-            raise CheckpointError(f"{rng}: missing, so the resume would not be exact; {retry}")
-        from accelerate.utils import load
-
-        try:
-            with warnings.catch_warnings():  # torch's unpickler comments on a damaged file's protocol
-                warnings.simplefilter("ignore")
-                states = load(rng)  # Accelerate's own loader: weights only, no code runs; the file is small
-        except Exception as e:
-            raise CheckpointError(
-                f"{rng}: unreadable ({type(e).__name__}), so the resume would not be exact; {retry}"
-            ) from None
-        if not (isinstance(states, dict) and "torch_manual_seed" in states):
-            raise CheckpointError(f"{rng}: not an RNG state, so the resume would not be exact; {retry}")
-        if self.deepspeed:  # DeepSpeed writes each rank's partition, then names the folder in `latest`
-            try:
-                folder = path / (path / "latest").read_text().strip()
-            except FileNotFoundError:
-                raise CheckpointError(
-                    f"{path / 'latest'}: missing, so DeepSpeed's save did not finish; {retry}"
-                ) from None
-            mine = folder / f"zero_pp_rank_{self.accelerator.process_index}_mp_rank_00_optim_states.pt"
-            if problem := _zip_problem(mine):
-                raise CheckpointError(f"{mine}: {problem}; {retry}")
-            return
-        if self.sharded:  # torch.distributed.checkpoint folders: their metadata says the save finished
-            for name in ("pytorch_model_fsdp_0", "optimizer_0"):
-                if not (path / name / ".metadata").is_file():
-                    raise CheckpointError(f"{path / name}: missing or unfinished (no .metadata); {retry}")
-            return
-        optimizer = path / "optimizer.bin"
-        if problem := _zip_problem(optimizer):
-            raise CheckpointError(f"{optimizer}: {problem}" + ("" if problem == "missing" else f"; {retry}"))
-        for model_file in sorted(path.glob("model*.safetensors")) or [path / "model.safetensors"]:
-            problem = _safetensors_problem(model_file)
-            if problem:
-                raise CheckpointError(f"{model_file}: {problem}; {retry}")
 
     def save_model(self, path: Path | None = None) -> Path:
         """The policy as one HF model folder (LoRA merged); sharded, gathered a tensor at a time."""

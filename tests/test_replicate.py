@@ -13,8 +13,8 @@ import torch
 import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs import prompt_builder
 from sdar_envs.core import Turn, evaluation_tasks
-from sdar_train.demo import WARMSTART, check_warmstart
 from sdar_train.demonstrator import habit_counts, play, play_prompts, read_prompt, webshop_action
+from sdar_train.packaged_warmstart import WARMSTART, check_warmstart
 from sdar_train.policy import PromptCodec, load_policy
 from sdar_train.replicate import (
     RESPONSE,
