@@ -45,18 +45,18 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
 
 # The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
-# `python -m sdar_train.replicate --careless vague --careful_without_skills 0.4` behaviour-cloned), CPU;
+# `python -m sdar_train.miniature.replicate --careless vague --careful_without_skills 0.4` behaviour-cloned), CPU;
 # greedy held-out success and score on 100 test goals before and after, metrics and a plot in runs/demo/.
 # `make demo DEMO_ARGS="--algo grpo"`: the same with GRPO.
 DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/python -m sdar_train.demo --out $(RUNS)/demo $(DEMO_ARGS)
+	$(BIN)/python -m sdar_train.miniature.demo --out $(RUNS)/demo $(DEMO_ARGS)
 
 # The CPU miniature of the paper's comparison, resumable (run it again to continue): the warm start, the
 # skill premise, GRPO / SDAR / GRPO+OPSD x 3 seeds x 20 steps (two runs at a time), runs/replicate/report.md
 # with curves, diagnostics and habit counts. About 2 h 10 min on 2 cores (docs/replication/planted/).
 replicate: $(STAMP)
-	$(BIN)/python -m sdar_train.replicate --out $(RUNS)/replicate
+	$(BIN)/python -m sdar_train.miniature.replicate --out $(RUNS)/replicate
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,8 +22,8 @@ import torch
 
 def profile(algo: str, env_workers: int, steps: int, threads: int) -> dict[str, float]:
     from sdar_train.config import load_config, resolve_reference_defaults
-    from sdar_train.demo import check_warmstart
-    from sdar_train.replicate import BASE_CONFIG, ReplicateConfig, arm_settings
+    from sdar_train.miniature.demo import check_warmstart
+    from sdar_train.miniature.replicate import BASE_CONFIG, ReplicateConfig, arm_settings
     from sdar_train.trainer import Trainer
 
     warm = check_warmstart()

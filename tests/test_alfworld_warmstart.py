@@ -11,10 +11,15 @@ import torch
 import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs.alfworld.data import list_tasks
 from sdar_envs.core import Turn, evaluation_tasks
-from sdar_train.alfworld_demonstrator import alfworld_action, alfworld_command, parse_goal, read_alfworld_prompt
-from sdar_train.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate, policy_states
 from sdar_train.config import ConfigError
-from sdar_train.demonstrator import play_prompts
+from sdar_train.miniature.alfworld_demonstrator import (
+    alfworld_action,
+    alfworld_command,
+    parse_goal,
+    read_alfworld_prompt,
+)
+from sdar_train.miniature.alfworld_warmstart import RESPONSE, AlfworldWarmStartConfig, demonstrate, policy_states
+from sdar_train.miniature.demonstrator import play_prompts
 from sdar_train.policy import PromptCodec, load_policy
 from skills.render import SKILLS_HEADER
 
@@ -119,8 +124,8 @@ def test_dagger_labels_the_states_the_policy_reaches_with_the_demonstrators_comm
 def test_warm_start_with_a_dagger_round_runs_end_to_end_and_resumes_without_redoing_a_stage(tmp_path):
     """``run``: cloning, one DAgger round on the policy's own states, the curve and report; run again, it
     finds every stage's output and changes nothing."""
-    from sdar_train.alfworld_warmstart import run
-    from sdar_train.replicate import read_records
+    from sdar_train.miniature.alfworld_warmstart import run
+    from sdar_train.miniature.replicate import read_records
 
     tiny = load_policy("tiny", torch.device("cpu"))  # stands in for the BPE stage, which is slow to build
     tiny.model.save_pretrained(tmp_path / "model")

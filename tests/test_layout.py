@@ -72,3 +72,15 @@ def test_the_project_modules_import_each_other_without_cycles():
     assert "sdar_train.trainer" in graph and "sdar_train.models" in graph["sdar_train.policy"]
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_harness_does_not_import_the_replication_kit():
+    """``sdar_train.miniature`` drives the harness; nothing outside it (harness, envs, skills, servers)
+    imports it, so the harness reads without the kit."""
+    kit = "sdar_train.miniature"
+    graph = import_graph()
+    assert any(m.startswith(kit + ".") for m in graph)
+    users = sorted(
+        m for m, targets in graph.items() if not m.startswith(kit) and any(t.startswith(kit) for t in targets)
+    )
+    assert not users, f"harness modules importing the kit: {users}"

@@ -65,7 +65,7 @@ def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
         assert f"skills/banks/{env}.yaml" in names
     assert "sdar_envs/alfworld/data/json_2.1.1_official_valid.tar.xz" in names
     for name in ("model.safetensors", "tokenizer.json", "config.json", "recipe.json", "SHA256SUMS"):
-        assert f"sdar_train/warmstart/{name}" in names  # make demo's warm start
+        assert f"sdar_train/miniature/warmstart/{name}" in names  # make demo's warm start
 
 
 def test_compose_services_bind_localhost_and_have_health_checks():

@@ -1,4 +1,4 @@
-"""The CPU miniature (sdar_train.replicate), its demonstrator, the packaged warm start and the demo."""
+"""The CPU miniature (sdar_train.miniature.replicate), its demonstrator, the packaged warm start and the demo."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import torch
 import sdar_envs  # noqa: F401  (registers the envs)
 from sdar_envs import prompt_builder
 from sdar_envs.core import Turn, evaluation_tasks
-from sdar_train.demonstrator import habit_counts, play, play_prompts, read_prompt, webshop_action
-from sdar_train.packaged_warmstart import WARMSTART, check_warmstart
-from sdar_train.policy import PromptCodec, load_policy
-from sdar_train.replicate import (
+from sdar_train.miniature.demonstrator import habit_counts, play, play_prompts, read_prompt, webshop_action
+from sdar_train.miniature.packaged_warmstart import WARMSTART, check_warmstart
+from sdar_train.miniature.replicate import (
     RESPONSE,
     ReplicateConfig,
     collect_demonstrations,
@@ -25,6 +24,7 @@ from sdar_train.replicate import (
     warm_start,
     write_report,
 )
+from sdar_train.policy import PromptCodec, load_policy
 from skills.render import SKILLS_HEADER
 
 ENV = "SDAR/WebShop-v0"
@@ -226,7 +226,7 @@ def test_config_refuses_what_cannot_work():
 
 def test_arms_sample_at_the_rl_temperature(tmp_path):
     from sdar_train.config import config_from_args
-    from sdar_train.replicate import arm_args
+    from sdar_train.miniature.replicate import arm_args
 
     args = arm_args(ReplicateConfig(rl_temperature=0.5), "sdar", 1, WARMSTART, tmp_path / "run")
     cfg = config_from_args(args)
@@ -306,7 +306,7 @@ def test_skills_before_the_chat_text_give_the_student_the_teachers_prompt():
 @pytest.mark.slow
 def test_demo_trains_the_packaged_warm_start_and_reports_before_and_after(tmp_path, capsys):
     """``make demo`` end to end, shortened: the same held-out goals evaluated before and after, a table."""
-    from sdar_train.demo import main as demo
+    from sdar_train.miniature.demo import main as demo
 
     out = tmp_path / "demo"
     args = ["--out", str(out), "--steps", "1", "--episodes", "4", "--tasks_per_step", "1", "--eval_temperature", "0"]

@@ -1,9 +1,9 @@
 """``make demo``: a short SDAR run on WebShop from the packaged warm start, held-out score before and after.
 
-    python -m sdar_train.demo --out runs/demo            # --algo grpo: the same with GRPO
+    python -m sdar_train.miniature.demo --out runs/demo            # --algo grpo: the same with GRPO
 
-The warm start (``sdar_train/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by ``python -m
-sdar_train.replicate --careless vague --careful_without_skills 0.4``, its recipe and sha256 beside it)
+The warm start (``sdar_train/miniature/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by ``python -m
+sdar_train.miniature.replicate --careless vague --careful_without_skills 0.4``, its recipe and sha256 beside it)
 has a planted careless habit that the packaged WebShop skills correct: without skills (the student) it
 mostly searches the product without the attributes the instruction names and buys without choosing
 options; with skills (the SDAR teacher) it searches the whole instruction and chooses options. It is
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdar_train.config import ALGORITHMS
-from sdar_train.packaged_warmstart import check_warmstart
+from sdar_train.miniature.packaged_warmstart import check_warmstart
 
 __all__ = ["main"]
 
@@ -50,8 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from sdar_train.__main__ import main as train
+    from sdar_train.miniature.replicate import ReplicateConfig, arm_args, evaluate_policy
     from sdar_train.policy import load_policy
-    from sdar_train.replicate import ReplicateConfig, arm_args, evaluate_policy
 
     warm = Path(args.warmstart) if args.warmstart else check_warmstart()
     cfg = ReplicateConfig(

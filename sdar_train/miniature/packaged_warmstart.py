@@ -1,4 +1,4 @@
-"""The demo's packaged warm start (``sdar_train/warmstart/``): where it lives, how the replication kit
+"""The demo's packaged warm start (``sdar_train/miniature/warmstart/``): where it lives, how the replication kit
 writes it (:func:`package_warmstart`) and how the demo checks it before use (:func:`check_warmstart`)."""
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ def check_warmstart(path: Path = WARMSTART) -> Path:
     """The packaged warm start, after checking every file against ``SHA256SUMS`` beside it."""
     sums = path / "SHA256SUMS"
     if not sums.is_file():
-        raise FileNotFoundError(f"{sums} is missing: rebuild it with python -m sdar_train.replicate --package true")
+        raise FileNotFoundError(
+            f"{sums} is missing: rebuild it with python -m sdar_train.miniature.replicate --package true"
+        )
     for line in sums.read_text().splitlines():
         digest, name = line.split(maxsplit=1)
         if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:

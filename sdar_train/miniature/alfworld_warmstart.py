@@ -1,15 +1,15 @@
 """The miniature's ALFWorld warm start: behaviour cloning of a small local model, with its held-out curve.
 
-    python -m sdar_train.alfworld_warmstart --out runs/alfworld_warmstart     # resumable
+    python -m sdar_train.miniature.alfworld_warmstart --out runs/alfworld_warmstart     # resumable
 
 Stages (each skipped when its output exists):
 
 1. ``model/``: a small Qwen2 with a byte-level BPE trained on the prompts and actions of demonstrated
    *train* games only (held-out text never reaches the tokenizer), built locally, nothing downloaded.
 2. ``demos.jsonl.gz``: one episode per sampled train game, played by
-   :mod:`sdar_train.alfworld_demonstrator` (it reads only the prompt and wins all 134 ``valid_unseen``
+   :mod:`sdar_train.miniature.alfworld_demonstrator` (it reads only the prompt and wins all 134 ``valid_unseen``
    games), on the prompts the rollout itself builds.
-3. ``warmstart/``: token NLL on the responses (:func:`sdar_train.replicate.behaviour_cloning`), with a
+3. ``warmstart/``: token NLL on the responses (:func:`sdar_train.miniature.replicate.behaviour_cloning`), with a
    held-out evaluation every ``eval_every`` steps: ``eval_games`` ``valid_unseen`` games evenly spaced
    over the split's fixed order (every task type, in proportion), temperature 0.4, seed 0.
 4. ``report.md`` and ``curve.png``: success, per-type success and inadmissible-action rate against
@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from sdar_train.alfworld_demonstrator import alfworld_command
-from sdar_train.demonstrator import play_prompts
+from sdar_train.miniature.alfworld_demonstrator import alfworld_command
+from sdar_train.miniature.demonstrator import play_prompts
+from sdar_train.miniature.replicate import demonstration_turns, read_records, write_records
 from sdar_train.policy import PromptCodec, load_policy
-from sdar_train.replicate import demonstration_turns, read_records, write_records
 
 __all__ = ["AlfworldWarmStartConfig", "demonstrate", "main", "run"]
 
@@ -169,7 +169,7 @@ def _log(msg: str) -> None:
 
 
 def run(cfg: AlfworldWarmStartConfig) -> Path:
-    from sdar_train.replicate import behaviour_cloning, build_small_qwen2
+    from sdar_train.miniature.replicate import behaviour_cloning, build_small_qwen2
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -306,7 +306,7 @@ def report(cfg: AlfworldWarmStartConfig, out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sdar_train.replicate import parse_config
+    from sdar_train.miniature.replicate import parse_config
 
     run(parse_config(AlfworldWarmStartConfig, argv, __doc__))
     return 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sdar_train.demonstrator import prompt_parts
+from sdar_train.miniature.demonstrator import prompt_parts
 
 __all__ = ["AlfworldGoal", "AlfworldView", "alfworld_action", "alfworld_command", "parse_goal", "read_alfworld_prompt"]
 
@@ -73,7 +73,7 @@ def parse_goal(task: str) -> AlfworldGoal:
 
 
 def read_alfworld_prompt(text: str) -> AlfworldView:
-    """Parse a prompt made by ``SDAR/ALFWorld-v0``'s builder (:func:`sdar_train.demonstrator.prompt_parts`)
+    """Parse a prompt made by ``SDAR/ALFWorld-v0``'s builder (:func:`sdar_train.miniature.demonstrator.prompt_parts`)
     with the observations and actions of its history window."""
     task, current, admissible, history = prompt_parts(text)
     turns = re.findall(r"\[Observation \d+: (.*?), Action \d+: .*?<action>(.*?)</action>\]", history, flags=re.S)

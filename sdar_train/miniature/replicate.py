@@ -1,12 +1,12 @@
 """A CPU miniature of the SDAR paper's comparison on WebShop, one resumable command:
 
-    python -m sdar_train.replicate --out runs/replicate        # or: make replicate
+    python -m sdar_train.miniature.replicate --out runs/replicate        # or: make replicate
 
 Stages (each skipped when its output exists, so an interrupted run continues where it stopped):
 
 1. ``model/``: a small Qwen2 with a byte-level BPE trained on WebShop's own text (prompts of the
    demonstrator's episodes), built locally, nothing downloaded.
-2. ``demos.jsonl.gz``: demonstrations on WebShop's train goals by :mod:`sdar_train.demonstrator`,
+2. ``demos.jsonl.gz``: demonstrations on WebShop's train goals by :mod:`sdar_train.miniature.demonstrator`,
    which reads only the prompt. Half of the episodes are careful (search the whole instruction, choose
    the options it names), shown with the skills in view (the teacher's prompt: the packaged WebShop
    skills before the chat text). The other half are shown without skills: 60% careless (search the
@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from sdar_envs import EnvPool
-from sdar_train.demonstrator import habit_counts, play, read_prompt, webshop_action
-from sdar_train.packaged_warmstart import WARMSTART, package_warmstart
+from sdar_train.miniature.demonstrator import habit_counts, play, read_prompt, webshop_action
+from sdar_train.miniature.packaged_warmstart import WARMSTART, package_warmstart
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
 from sdar_train.seeding import derive_seed
 
@@ -136,7 +136,7 @@ class ReplicateConfig:
         },
     )
     package: bool = field(
-        default=False, metadata={"help": "copy the warm start into sdar_train/warmstart (the demo's)"}
+        default=False, metadata={"help": "copy the warm start into sdar_train/miniature/warmstart (the demo's)"}
     )
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ admissible actions) and does what a careful shopper would:
 4. ``click[buy now]``.
 
 On the 1k catalogue it scores about 0.8 on the test goals and buys the exact target on about half
-(measured in ``sdar_train.replicate``). ``careful=False`` is the careless variant that buys without
+(measured in ``sdar_train.miniature.replicate``). ``careful=False`` is the careless variant that buys without
 choosing options (with ``vague_search``, after searching the product without its attributes): the
 habit the miniature's skills correct (see ``docs/REPLICATION.md``).
 """
