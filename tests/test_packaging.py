@@ -78,24 +78,25 @@ def test_compose_services_bind_localhost_and_have_health_checks():
 
 
 @pytest.mark.slow
-def test_the_readmes_python_examples_run_verbatim(tmp_path):
-    """Every ```python block of the README, each as its own script, from an empty folder."""
+def test_the_docs_python_examples_run_verbatim(tmp_path):
+    """Every ```python block of the README and of docs/*.md, each as its own script, from an empty folder."""
     import os
     import re
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    blocks = re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
-    assert len(blocks) >= 5
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    blocks = [(page.name, code) for page in pages for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+    assert len(blocks) >= 5 and blocks[0][0] == "README.md"
     env = {**os.environ, "PYTHONPATH": str(root)}
-    for i, code in enumerate(blocks):
-        script = tmp_path / f"readme_{i}.py"
+    for i, (page, code) in enumerate(blocks):
+        script = tmp_path / f"example_{i}.py"
         script.write_text(code)
         done = subprocess.run(
             [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
         )
-        assert done.returncode == 0, f"README python block {i}:\n{code}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{page}: python block:\n{code}\n{done.stderr[-3000:]}"
 
 
 def test_the_contributing_guides_example_environment_works():
