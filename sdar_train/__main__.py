@@ -11,7 +11,7 @@ import os
 import sys
 
 from sdar_train.config import config_from_args
-from sdar_train.errors import CheckpointError, ConfigError
+from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.models import check_model
 
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ``SDAR_DEBUG=1`` shows the traceback instead."""
     try:
         return _train(argv)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, TrainingError) as e:
         if os.environ.get("SDAR_DEBUG"):
             raise
         print(f"sdar_train: error: {e}", file=sys.stderr)

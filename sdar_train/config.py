@@ -158,6 +158,10 @@ class TrainConfig:
     cpu_threads: int = _f(2, "torch threads on CPU")
     save_every: int = _f(50, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    max_nonfinite_steps: int = _f(
+        3,
+        "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",
+    )
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
     overwrite: bool = _f(
         False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)"
@@ -212,6 +216,7 @@ class TrainConfig:
             "cpu_threads",
             "save_every",
             "keep_checkpoints",
+            "max_nonfinite_steps",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -3,7 +3,7 @@ prints it and exits 2; ``SDAR_DEBUG=1`` shows the traceback instead)."""
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError"]
+__all__ = ["CheckpointError", "ConfigError", "TrainingError"]
 
 
 class ConfigError(ValueError):
@@ -12,3 +12,8 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed exactly; the message names the file and what is wrong."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on usefully (e.g. steps in a row whose losses were all non-finite); the message
+    says what happened and where to look."""

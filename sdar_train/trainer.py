@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_train import checkpoints
 from sdar_train.config import TrainConfig, resolve_reference_defaults
-from sdar_train.errors import CheckpointError, ConfigError
+from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import actor_loss, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
@@ -514,10 +514,24 @@ class Trainer:
                     grad_norm = float(self.model.get_global_grad_norm())
                 else:
                     grad_norm = float(full_tensor(acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)))
-                    self.optimizer.step()
+                    # a non-finite gradient (the norm is all-reduced: every process decides alike) never
+                    # reaches the weights: this optimizer step is skipped, and said so with what was non-finite
+                    skipped = not math.isfinite(grad_norm)
+                    if skipped:
+                        bad = sorted(k for k, v in stats.items() if v and not math.isfinite(v[-1])) or ["gradient"]
+                        self._warn(f"step {step}: non-finite {', '.join(bad)}; this optimizer step is skipped")
+                    else:
+                        self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    stats.setdefault("nonfinite_skipped", []).append(float(skipped))
+                    if skipped:
+                        continue  # its norm is not a number to average into the step's metrics
                 stats.setdefault("grad_norm", []).append(grad_norm)
         return stats
+
+    def _warn(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            print(f"[sdar_train] WARNING: {message}", file=sys.stderr, flush=True)
 
     def _accumulate(
         self,
@@ -599,8 +613,16 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step", disable=not self._bars
         )
+        bad_steps = 0
         while self.step < cfg.steps:
             metrics = self.train_step(self.step)
+            # steps whose every update was skipped as non-finite: a few in a row mean the run is broken
+            bad_steps = bad_steps + 1 if metrics.get("nonfinite_skipped", 0.0) == 1.0 else 0
+            if bad_steps >= cfg.max_nonfinite_steps:
+                raise TrainingError(
+                    f"{bad_steps} steps in a row (up to step {self.step}) had only non-finite losses or gradients "
+                    f"and changed no weight; metrics.jsonl names the terms (check lr, the data, bf16)"
+                )
             history.append(metrics)
             self._log(metrics)
             bar.update(1)

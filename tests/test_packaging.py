@@ -87,7 +87,9 @@ def test_the_docs_python_examples_run_verbatim(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-    blocks = [(page.name, code) for page in pages for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+    blocks = [
+        (page.name, code) for page in pages for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    ]
     assert len(blocks) >= 5 and blocks[0][0] == "README.md"
     env = {**os.environ, "PYTHONPATH": str(root)}
     for i, (page, code) in enumerate(blocks):

@@ -682,3 +682,29 @@ def test_every_pass_scores_the_distribution_the_rollout_sampled_from(tmp_path):
         assert max(abs(v) for v in stats["ppo_kl"]) < 1e-6 and max(abs(v) for v in stats["kl"]) < 1e-6
     finally:
         trainer.close()
+
+
+def test_a_non_finite_loss_never_reaches_the_weights_and_stops_the_run_when_it_persists(tmp_path, local_searcher):
+    """A NaN injected into the loss: the optimizer step is skipped (weights unchanged, said in the
+    metrics and the log), and steps in a row with nothing but NaN stop the run, naming it."""
+    from sdar_train.errors import TrainingError
+
+    cfg = TrainConfig(
+        env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path),
+        max_nonfinite_steps=2, **{**SMALL, "steps": 3},
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    settings = trainer._loss_settings
+    trainer._loss_settings = lambda share: {**settings(share), "kl_coef": float("nan")}  # type: ignore[method-assign]
+    try:
+        before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        metrics = trainer.train_step(0)
+        assert metrics["nonfinite_skipped"] == 1.0 and math.isnan(metrics["loss"])
+        assert all(torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in before.items())
+        with pytest.raises(TrainingError, match="2 steps in a row"):
+            trainer.train()
+        trainer._loss_settings = settings  # type: ignore[method-assign]
+        healthy = trainer.train_step(5)
+        assert healthy["nonfinite_skipped"] == 0.0 and math.isfinite(healthy["grad_norm"])
+    finally:
+        trainer.close()
