@@ -98,3 +98,24 @@ def webshop_server(tmp_path_factory):
     server = ServerProcess("servers.webshop", ["--workers", "2", "--threads", "16"], log=log).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory):
+    """``ddp_run(**fields)``: the output folder of a small two-process DDP run (``run_args(**fields)``),
+    launched once per test session for each set of fields: the FSDP and DeepSpeed tests compare against
+    the same reference runs."""
+    import json
+
+    done: dict[str, Path] = {}
+
+    def run(**fields: object) -> Path:
+        key = json.dumps(fields, sort_keys=True, default=str)
+        if key not in done:
+            out = tmp_path_factory.mktemp("ddp") / "ddp"
+            proc = launch_two_processes(["sdar_train", *run_args(**fields, output_dir=out)])
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done[key] = out
+        return done[key]
+
+    return run

@@ -9,6 +9,7 @@ and optimizer state, and the engine steps the trainer's AdamW at each mini-batch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,13 +79,15 @@ def test_the_trainer_fills_deepspeeds_batch_and_clipping_fields():
 
 
 # --- two CPU processes -----------------------------------------------------------------------------------
-def run_beside_ddp(config: str, out: Path, **fields: object) -> tuple[list[dict], list[dict]]:
-    """The same small run under DDP and under ``config``; their training rows."""
-    ddp = launch_two_processes(["sdar_train", *run_args(**fields, output_dir=out / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+def run_beside_ddp(
+    ddp_run: Callable[..., Path], config: str, out: Path, **fields: object
+) -> tuple[list[dict], list[dict], Path]:
+    """The same small run under ``config`` and under DDP (the session's reference run of these fields):
+    their training rows and the DDP run's folder."""
+    ddp = ddp_run(**fields)
     sharded = launch(config, **fields, output_dir=out / config)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
-    return train_rows(out / config), train_rows(out / "ddp")
+    return train_rows(out / config), train_rows(ddp), ddp
 
 
 def assert_trains_as_ddp(rows: list[dict], reference: list[dict], keys: tuple[str, ...]) -> None:
@@ -95,14 +98,14 @@ def assert_trains_as_ddp(rows: list[dict], reference: list[dict], keys: tuple[st
 
 
 @pytest.mark.slow
-def test_zero3_trains_as_ddp_does_and_resumes_exactly_from_its_checkpoints(tmp_path):
+def test_zero3_trains_as_ddp_does_and_resumes_exactly_from_its_checkpoints(tmp_path, ddp_run):
     """SDAR with a KL reference (a ZeRO-3 engine too), a teacher pass and periodic evaluation: the losses
     and the exported model equal DDP's; stopping after step 1 and resuming gives the same model."""
     common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2)
-    rows, reference = run_beside_ddp("zero3", tmp_path, **common)
+    rows, reference, ddp = run_beside_ddp(ddp_run, "zero3", tmp_path, **common)
     assert rows[-1]["kl"] > 0
     assert_trains_as_ddp(rows, reference, ("loss", "sdar_loss", "gate_mean", "kl", "entropy", "grad_norm"))
-    assert_same_weights(tmp_path / "zero3" / "final", tmp_path / "ddp" / "final")
+    assert_same_weights(tmp_path / "zero3" / "final", ddp / "final")
     checkpoint = tmp_path / "zero3" / "checkpoints" / "step_000001" / "pytorch_model"
     assert len(list(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # each process wrote its part
 
@@ -110,13 +113,14 @@ def test_zero3_trains_as_ddp_does_and_resumes_exactly_from_its_checkpoints(tmp_p
 
 
 @pytest.mark.slow
-def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damaged_checkpoint(tmp_path):
+def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damaged_checkpoint(tmp_path, ddp_run):
     """GRPO with micro-batches of 2: DeepSpeed must step once per mini-batch, after all of them."""
     common = dict(algo="grpo", micro_batch_size=2, save_every=1, lr=1e-3)
-    assert_trains_as_ddp(*run_beside_ddp("zero2", tmp_path, **common), ("loss", "entropy", "grad_norm"))
+    rows, reference, ddp = run_beside_ddp(ddp_run, "zero2", tmp_path, **common)
+    assert_trains_as_ddp(rows, reference, ("loss", "entropy", "grad_norm"))
     # Adam divides each gradient by its own scale, so the last-bit differences of DeepSpeed's reduction can
     # move a weight with a near-zero gradient by a fraction of lr (measured: 4 of 0.5M weights, <= 4e-6)
-    assert_same_weights(tmp_path / "zero2" / "final", tmp_path / "ddp" / "final", atol=1e-2 * 1e-3)
+    assert_same_weights(tmp_path / "zero2" / "final", ddp / "final", atol=1e-2 * 1e-3)
 
     (tmp_path / "zero2" / "checkpoints" / "step_000002" / "latest").unlink()  # a save cut short
     again = launch("zero2", **{**common, "steps": 3}, resume="true", output_dir=tmp_path / "zero2")
@@ -125,11 +129,11 @@ def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damag
 
 
 @pytest.mark.slow
-def test_lora_under_zero3_trains_as_under_ddp_and_exports_the_merged_model(tmp_path):
+def test_lora_under_zero3_trains_as_under_ddp_and_exports_the_merged_model(tmp_path, ddp_run):
     from safetensors.torch import load_file
 
-    rows, reference = run_beside_ddp("zero3", tmp_path, algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
+    rows, reference, ddp = run_beside_ddp(ddp_run, "zero3", tmp_path, algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
     assert rows[-1]["kl"] > 0
     assert_trains_as_ddp(rows, reference, ("loss", "kl", "sdar_loss"))
-    assert_same_weights(tmp_path / "zero3" / "final", tmp_path / "ddp" / "final", atol=1e-2 * 1e-3)  # 1% of lr
+    assert_same_weights(tmp_path / "zero3" / "final", ddp / "final", atol=1e-2 * 1e-3)  # 1% of lr
     assert not any("lora" in k for k in load_file(tmp_path / "zero3" / "final" / "model.safetensors"))

@@ -135,20 +135,19 @@ def test_fsdp_gradient_equals_the_full_batch_gradient_of_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_trains_as_ddp_does_and_resumes_exactly_from_sharded_checkpoints(tmp_path):
+def test_fsdp_trains_as_ddp_does_and_resumes_exactly_from_sharded_checkpoints(tmp_path, ddp_run):
     """SDAR with a KL reference (sharded too), a teacher pass and periodic evaluation: the losses and the
     exported model equal DDP's on the same seeds; stopping after step 1 and resuming gives the same model."""
     common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2)
-    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = ddp_run(**common)
     fsdp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "fsdp")], flags=FSDP)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
-    rows, reference = train_rows(tmp_path / "fsdp"), train_rows(tmp_path / "ddp")
+    rows, reference = train_rows(tmp_path / "fsdp"), train_rows(ddp)
     assert [r["step"] for r in rows] == [0, 1] and all(r["samples"] > 0 for r in rows)
     for r, d in zip(rows, reference, strict=True):
         for key in ("loss", "sdar_loss", "gate_mean", "kl", "entropy", "grad_norm"):
             assert math.isclose(r[key], d[key], rel_tol=1e-4, abs_tol=1e-6), (key, r[key], d[key])
-    assert_same_weights(tmp_path / "fsdp" / "final", tmp_path / "ddp" / "final")
+    assert_same_weights(tmp_path / "fsdp" / "final", ddp / "final")
     checkpoint = tmp_path / "fsdp" / "checkpoints" / "step_000001"
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # each process wrote its own shard
         assert (checkpoint / folder / ".metadata").is_file() and len(list((checkpoint / folder).glob("*.distcp"))) == 2
@@ -189,15 +188,14 @@ def test_fsdp_refuses_an_unfinished_sharded_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_trains_as_under_ddp_and_exports_the_merged_model(tmp_path):
+def test_lora_under_fsdp_trains_as_under_ddp_and_exports_the_merged_model(tmp_path, ddp_run):
     """LoRA adapters sharded with their frozen base; the KL reference is the base (adapters off); the
     export is the merged model in the base checkpoint's names."""
     common = dict(algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
-    ddp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "ddp")])
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = ddp_run(**common)
     fsdp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "fsdp")], flags=FSDP)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     rows = train_rows(tmp_path / "fsdp")
-    assert rows[-1]["kl"] > 0 and math.isclose(rows[-1]["kl"], train_rows(tmp_path / "ddp")[-1]["kl"], rel_tol=1e-4)
-    assert_same_weights(tmp_path / "fsdp" / "final", tmp_path / "ddp" / "final")
+    assert rows[-1]["kl"] > 0 and math.isclose(rows[-1]["kl"], train_rows(ddp)[-1]["kl"], rel_tol=1e-4)
+    assert_same_weights(tmp_path / "fsdp" / "final", ddp / "final")
     assert not any("lora" in k for k in load_file(tmp_path / "fsdp" / "final" / "model.safetensors"))
