@@ -168,6 +168,7 @@ class TrainConfig:
     )
     eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
     eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
+    eval_repeats: int = _f(1, "seeded passes over the evaluation's tasks: mean and 95% interval (avg@k)")
     eval_temperature: float | None = _f(
         None, "sampling temperature for evaluation, 0 = greedy; null: the env's reference (0.4; Search-QA greedy)"
     )
@@ -217,6 +218,7 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
             "max_nonfinite_steps",
+            "eval_repeats",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -24,9 +24,10 @@ from sdar_envs.core import evaluation_tasks
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
 from sdar_train.models import resolve_model_path
 from sdar_train.policy import Policy, PromptCodec, load_policy
+from sdar_train.report import mean_interval
 from sdar_train.rollout import Skills, collect_rollout
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "evaluate_repeats", "main", "print_report"]
 
 
 def evaluate(
@@ -127,19 +128,52 @@ def evaluate(
     }
 
 
+def evaluate_repeats(policy: Policy, env_id: str, *, repeats: int = 1, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """``repeats`` seeded passes (seeds ``seed``, ``seed + 1``, ...) of :func:`evaluate` over the same task
+    list: the mean of each rate over the passes and, for success and return overall and per task type,
+    the half-width of a 95% t-interval (avg@k, as published numbers should come). One pass: evaluate's
+    report unchanged. ``passes`` keeps each pass's report."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    passes = [evaluate(policy, env_id, seed=seed + r, **kwargs) for r in range(repeats)]
+    if repeats == 1:
+        return passes[0]
+    first = passes[0]
+    report: dict[str, Any] = {k: first[k] for k in ("env", "env_kwargs", "episodes", "temperature", "skills_in_prompt")}
+    report.update(seed=seed, repeats=repeats, seeds=[seed + r for r in range(repeats)])
+    for key in ("success", "return"):
+        report[key], report[f"{key}_ci95"] = mean_interval([p[key] for p in passes])
+    for key in ("invalid_rate", "inadmissible_rate", "episode_length", "response_limit_rate", "response_tokens"):
+        report[key] = sum(p[key] for p in passes) / repeats
+    report["per_task_type"] = {}
+    for task_type, row in first["per_task_type"].items():
+        mean, half = mean_interval([p["per_task_type"][task_type]["success"] for p in passes])
+        report["per_task_type"][task_type] = {"episodes": row["episodes"], "success": mean, "success_ci95": half}
+    report["passes"] = passes
+    return report
+
+
 def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
     console = Console()
     # the heading on its own line: as a table title it wraps into the table's narrow width
+    repeats = report.get("repeats", 1)
     console.print(
-        f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}",
+        f"{title}: {report['env']} {report['env_kwargs']}, {report['episodes']} episodes, T={report['temperature']}"
+        + (
+            f", avg@{repeats} (mean ± 95% over seeds {report['seeds'][0]}-{report['seeds'][-1]})" if repeats > 1 else ""
+        ),
         highlight=False,
     )
+
+    def cell(row: dict[str, Any]) -> str:
+        return f"{row['success']:.1%}" + (f" ± {row['success_ci95']:.1%}" if "success_ci95" in row else "")
+
     table = Table()
     for col in ("task type", "episodes", "success"):
         table.add_column(col, justify="left" if col == "task type" else "right")
     for k, v in report["per_task_type"].items():
-        table.add_row(k, str(v["episodes"]), f"{v['success']:.1%}")
-    table.add_row("all", str(report["episodes"]), f"{report['success']:.1%}", style="bold")
+        table.add_row(k, str(v["episodes"]), cell(v))
+    table.add_row("all", str(report["episodes"]), cell(report), style="bold")
     console.print(table)
     if "response_limit_rate" in report:
         console.print(
@@ -170,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sampling temperature, 0: greedy (default: the env's reference, 0.4; Search-QA 0)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="seeded passes over the same tasks (seeds seed..seed+k-1): mean and 95%% interval (avg@k)",
+    )
     p.add_argument("--max_prompt_tokens", "--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=2048)
     p.add_argument("--max_response_tokens", "--max-response-tokens", dest="max_response_tokens", type=int, default=512)
     p.add_argument("--env_workers", "--env-workers", dest="env_workers", type=int, default=0)
@@ -194,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     from sdar_train.errors import ConfigError
 
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     try:
         resolve_model_path(args.model)
     except ConfigError as e:
@@ -225,9 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     try:
-        report = evaluate(
+        report = evaluate_repeats(
             policy,
             args.env,
+            repeats=args.repeats,
             env_kwargs=kwargs,
             episodes=args.episodes,
             temperature=args.temperature,

@@ -649,7 +649,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, Any] | None:
         """The deterministic evaluation (:func:`sdar_train.eval.evaluate`) on the main process."""
-        from sdar_train.eval import evaluate
+        from sdar_train.eval import evaluate_repeats
 
         cfg, acc = self.cfg, self.accelerator
         report = None
@@ -669,11 +669,12 @@ class Trainer:
                 max_response_tokens=cfg.max_response_tokens,
                 batch_size=cfg.generation_batch_size,
             )
-            report = evaluate(self.policy, cfg.env, **common)
+            report = evaluate_repeats(self.policy, cfg.env, repeats=cfg.eval_repeats, **common)
             if cfg.spec.student_skills:  # Skill-GRPO trained with skills in view: report both, as the reference does
-                report["with_skills"] = evaluate(
+                report["with_skills"] = evaluate_repeats(
                     self.policy,
                     cfg.env,
+                    repeats=cfg.eval_repeats,
                     memory=self.memory,
                     skills_k=cfg.skills_k,
                     max_skill_prompt_tokens=cfg.max_teacher_prompt_tokens,
@@ -685,6 +686,8 @@ class Trainer:
     def log_evaluation(self, step: int, report: dict[str, Any]) -> dict[str, float]:
         """Log an evaluation's held-out success and return (a point of the plot's curve); returns them."""
         point = {"eval_success": float(report["success"]), "eval_return": float(report["return"])}
+        if "success_ci95" in report:  # avg@k: the interval's half-width beside the mean
+            point.update(eval_success_ci95=float(report["success_ci95"]), eval_return_ci95=float(report["return_ci95"]))
         self._log({"step": step, **point})
         return point
 

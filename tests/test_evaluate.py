@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from sdar_envs.alfworld.evaluate import evaluate, main
 
 
@@ -20,3 +23,26 @@ def test_expert_scores_all_and_random_repeats_exactly(tmp_path):
     )
     report = json.loads(out.read_text())
     assert report["success_rate"] == 1.0 and [r["index"] for r in report["results"]] == [0, 1]
+
+
+def test_evaluation_repeats_report_the_mean_and_a_95_interval_and_the_rambling_share(local_searcher, tmp_path):
+    """avg@k: k seeded passes over the same tasks, their mean and 95% interval, each pass kept; and the
+    share of turns cut at the response limit (the tiny untrained model never stops within 6 tokens)."""
+    from sdar_train.eval import evaluate_repeats
+    from sdar_train.eval import main as eval_main
+    from sdar_train.policy import load_policy
+    from sdar_train.report import mean_interval
+
+    policy = load_policy("tiny", torch.device("cpu"))
+    kwargs = dict(env_kwargs={"split": "test", "max_steps": 2}, episodes=4, temperature=1.0, max_response_tokens=6)
+    report = evaluate_repeats(policy, "SDAR/SearchQA-v0", repeats=3, seed=7, **kwargs)
+    assert report["repeats"] == 3 and report["seeds"] == [7, 8, 9] and len(report["passes"]) == 3
+    returns = [p["return"] for p in report["passes"]]
+    assert (report["return"], report["return_ci95"]) == pytest.approx(mean_interval(returns))
+    assert len({json.dumps([r["actions"] for r in p["results"]]) for p in report["passes"]}) == 3  # seeds differ
+    assert report["response_limit_rate"] == pytest.approx(1.0)
+    out = tmp_path / "report.json"
+    args = ["--env", "SDAR/SearchQA-v0", "--model", "tiny", "--split", "test", "--episodes", "2", "--max_turns", "1"]
+    assert eval_main([*args, "--temperature", "0", "--repeats", "2", "--out", str(out)]) == 0
+    greedy = json.loads(out.read_text())
+    assert greedy["repeats"] == 2 and greedy["success_ci95"] == 0.0 and greedy["return_ci95"] == 0.0

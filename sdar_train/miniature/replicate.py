@@ -49,6 +49,7 @@ from sdar_envs import EnvPool
 from sdar_train.miniature.demonstrator import habit_counts, play, read_prompt, webshop_action
 from sdar_train.miniature.packaged_warmstart import WARMSTART, package_warmstart
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
+from sdar_train.report import mean_interval
 from sdar_train.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -605,17 +606,6 @@ def run_arms(cfg: ReplicateConfig, out: Path, warm: Path) -> None:
 
 
 # --- stage 6: the report --------------------------------------------------------------------------------
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def _interval(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, _T975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
 def collect_curves(cfg: ReplicateConfig, out: Path) -> dict[str, dict[int, list[dict[str, float]]]]:
@@ -666,8 +656,8 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         ("student", "warm start, no skills (the student)"),
         ("teacher", "warm start + skills (the teacher)"),
     ):
-        s, sh = _interval([r["success"] for r in prem[who]])
-        c, ch = _interval([r["score"] for r in prem[who]])
+        s, sh = mean_interval([r["success"] for r in prem[who]])
+        c, ch = mean_interval([r["score"] for r in prem[who]])
         lines.append(f"| {label} | {s:.3f} ± {sh:.3f} | {c:.3f} ± {ch:.3f} |")
     lines += [
         "",
@@ -684,7 +674,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         if complete:
 
             def cell(values: list[float], sign: str = "") -> str:
-                m, h = _interval(values)
+                m, h = mean_interval(values)
                 return f"{m:{sign}.3f} ± {h:.3f}"
 
             first = {s: ends[s][0] for s in complete}
@@ -699,7 +689,7 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         for (key, title), ax in zip(metrics, panels, strict=True):
             mean, half = [], []
             for step in steps:
-                m, h = _interval([r[key] for pts in ends.values() for r in pts if r["step"] == step])
+                m, h = mean_interval([r[key] for pts in ends.values() for r in pts if r["step"] == step])
                 mean.append(m)
                 half.append(h)
             ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
