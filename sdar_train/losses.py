@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "TOKEN_NORMALISED_TERMS",
     "actor_loss",
     "entropy_bonus",
     "group_advantages",
@@ -189,6 +190,11 @@ def rlsd_token_advantages(
     ``A_t = A * ((1 - lam) + lam * clip(exp(sign(A) * gap_t), 1 - eps, 1 + eps))`` with a detached gap."""
     weight = torch.clamp(torch.exp(torch.sign(advantages) * gap.detach()), 1.0 - eps, 1.0 + eps)
     return advantages * ((1.0 - lam) + lam * weight)
+
+
+# actor_loss's terms that are token-means over the whole mini-batch (divided by its ``normalizer``): a
+# mini-batch's value is the sum of its micro-batches' values
+TOKEN_NORMALISED_TERMS = frozenset({"loss", "pg_loss", "kl", "sdar_loss", "sft_loss"})
 
 
 def actor_loss(

@@ -43,7 +43,7 @@ from sdar_train import checkpoints
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
-from sdar_train.losses import actor_loss, rlsd_lambda, turn_advantages
+from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
@@ -504,10 +504,15 @@ class Trainer:
                 global_tokens = acc.reduce(local_tokens, reduction="sum") if self.world > 1 else local_tokens
                 normalizer = (global_tokens / self.world).clamp(min=1.0)
                 n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
+                parts: dict[str, list[float]] = {}
                 for c in range(n_micro):
                     micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
                     boundary = optimizer_step and c == n_micro - 1
-                    self._accumulate(batch, micro, normalizer, stats, lam, boundary=boundary)
+                    self._accumulate(batch, micro, normalizer, parts, lam, boundary=boundary)
+                # the mini-batch's value of each term: token-normalised terms add up over its micro-batches
+                # (so the logged loss does not depend on the micro-batch size), the others are averaged
+                for k, v in parts.items():
+                    stats.setdefault(k, []).append(sum(v) if k in TOKEN_NORMALISED_TERMS else sum(v) / len(v))
                 if not optimizer_step:
                     continue
                 if self.deepspeed:  # its engine clipped and stepped at the boundary

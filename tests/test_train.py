@@ -708,3 +708,22 @@ def test_a_non_finite_loss_never_reaches_the_weights_and_stops_the_run_when_it_p
         assert healthy["nonfinite_skipped"] == 0.0 and math.isfinite(healthy["grad_norm"])
     finally:
         trainer.close()
+
+
+def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tmp_path, local_searcher):
+    """Micro-batches are cut from length-sorted mini-batches and only accumulate: the step's gradient and
+    its logged loss terms are those of the whole mini-batch, whatever the micro-batch size."""
+    runs = {}
+    for micro in (1, 8):
+        cfg = TrainConfig(
+            env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / str(micro)),
+            **{**SMALL, "micro_batch_size": micro, "tasks_per_step": 2, "group_size": 2},
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        try:
+            runs[micro] = trainer.train_step(0)
+        finally:
+            trainer.close()
+    assert runs[1]["samples"] > 4  # several micro-batches of 1
+    for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
+        assert runs[1][key] == pytest.approx(runs[8][key], rel=1e-4, abs=1e-6), key
