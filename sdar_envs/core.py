@@ -38,7 +38,7 @@ import re
 import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -46,6 +46,7 @@ from gymnasium import spaces
 from skills.render import SKILLS_HEADER, skills_block
 
 __all__ = [
+    "ActResult",
     "INFO_KEYS",
     "StepInfo",
     "SKILLS_HEADER",
@@ -267,6 +268,17 @@ class PromptBuilder:
         return (skills_block(skills) + prompt) if skills else prompt
 
 
+class ActResult(NamedTuple):
+    """What an environment's ``_act`` returns for one raw LLM output; ``step`` adds truncation and the
+    suite's info keys."""
+
+    observation: str
+    reward: float
+    terminated: bool
+    admissible: bool  # the environment accepted the action (info["admissible"]); False: a counted no-op
+    info: dict[str, Any]  # info keys this step updates
+
+
 class TextEnv(gym.Env[str, str]):
     """Shared plumbing of the suite's environments: spaces, task choice, step counting, info keys.
 
@@ -342,8 +354,8 @@ class TextEnv(gym.Env[str, str]):
         and won are filled in here)."""
         raise NotImplementedError
 
-    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Apply one raw LLM output: (observation, reward, terminated, valid_action, info updates)."""
+    def _act(self, action: str) -> ActResult:
+        """Apply one raw LLM output (see :class:`ActResult`)."""
         raise NotImplementedError
 
     # --- the contract ---------------------------------------------------------------------------
@@ -371,7 +383,7 @@ class TextEnv(gym.Env[str, str]):
             raise gym.error.ResetNeeded("call reset() before step()")
         if self._done:
             raise gym.error.ResetNeeded("the episode is over; call reset() before step()")
-        obs, reward, terminated, valid, updates = self._act(action if isinstance(action, str) else "")
+        obs, reward, terminated, valid, updates = self._act(action if isinstance(action, str) else "")  # ActResult
         self._step_count += 1
         truncated = not terminated and self._step_count >= self.max_steps
         self._done = terminated or truncated

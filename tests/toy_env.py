@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sdar_envs.core import PromptBuilder, TextEnv
+from sdar_envs.core import ActResult, PromptBuilder, TextEnv
 
 PROMPT = PromptBuilder(history_length=0, first_template="{task}\n", template="{task}\n{observation}\n")
 
@@ -34,6 +34,6 @@ class LetterEnv(TextEnv):
             "won": False,
         }
 
-    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def _act(self, action: str) -> ActResult:
         won = self.letter in action.lower()
-        return "done", float(won), True, True, {"won": won}
+        return ActResult("done", float(won), True, True, {"won": won})

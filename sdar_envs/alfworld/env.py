@@ -14,7 +14,15 @@ from typing import Any, ClassVar, Literal
 
 from sdar_envs.alfworld import engine
 from sdar_envs.alfworld.data import TASK_TYPES, AlfworldTask, list_tasks
-from sdar_envs.core import PromptBuilder, TextEnv, command_text, normalize_command, stepwise_prompt, think_then_act
+from sdar_envs.core import (
+    ActResult,
+    PromptBuilder,
+    TextEnv,
+    command_text,
+    normalize_command,
+    stepwise_prompt,
+    think_then_act,
+)
 
 __all__ = ["AlfworldEnv", "ALFWORLD_PROMPT", "project_action"]
 
@@ -114,12 +122,14 @@ class AlfworldEnv(TextEnv):
         info["expert_action"] = self._expert_action(0)
         return obs, info
 
-    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def _act(self, action: str) -> ActResult:
         command = project_action(action, self._state["admissible_commands"])
         if command is None:
             # A no-op: the engine would answer "Nothing happens." without changing anything.
             self._on_walkthrough = False
-            return _INVALID_FEEDBACK, 0.0, False, False, {"expert_action": self._expert_action(self._step_count + 1)}
+            return ActResult(
+                _INVALID_FEEDBACK, 0.0, False, False, {"expert_action": self._expert_action(self._step_count + 1)}
+            )
         step = self._step_count
         if self._on_walkthrough and (step >= len(self._walkthrough) or self._walkthrough[step] != command):
             self._on_walkthrough = False
@@ -130,7 +140,7 @@ class AlfworldEnv(TextEnv):
             "won": won,
             "expert_action": self._expert_action(step + 1),
         }
-        return self._state.feedback, float(score), won, True, updates
+        return ActResult(self._state.feedback, float(score), won, True, updates)
 
     def _expert_action(self, step: int) -> str | None:
         if self.expert == "walkthrough":

@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sdar_envs.core import PromptBuilder, TextEnv, strip_tag_blocks, tag_blocks
+from sdar_envs.core import ActResult, PromptBuilder, TextEnv, strip_tag_blocks, tag_blocks
 from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
 from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
 from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
@@ -178,12 +178,12 @@ class SearchQAEnv(TextEnv):
         parsed = parse_action(text)
         return f"<{parsed[0]}>{parsed[1]}</{parsed[0]}>" if parsed else ""
 
-    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def _act(self, action: str) -> ActResult:
         assert self._record is not None
         gold = self._record.golden_answers
         parsed = parse_action(action)
         if parsed is None:
-            return INVALID_MESSAGE, 0.0, False, False, {}
+            return ActResult(INVALID_MESSAGE, 0.0, False, False, {})
         kind, content = parsed
         if kind == "search":
             # one rule for both back-ends: the query as the service accepts it (valid UTF-8, its length limit)
@@ -191,7 +191,9 @@ class SearchQAEnv(TextEnv):
             (passages,) = self.searcher.search([content], self.topk)
             searches = [*self._info.get("searches", []), content]
             obs = f"<information>{format_passages(passages).strip()}</information>"
-            return obs, 0.0, False, True, {"searches": searches, "expert_action": f"<answer>{gold[0]}</answer>"}
+            return ActResult(
+                obs, 0.0, False, True, {"searches": searches, "expert_action": f"<answer>{gold[0]}</answer>"}
+            )
         em = exact_match(content, gold)
         updates = {
             "answer": content,
@@ -201,4 +203,4 @@ class SearchQAEnv(TextEnv):
             "substring_em": substring_match(content, gold),
             "expert_action": None,
         }
-        return f"Your answer: {content}", em, True, True, updates
+        return ActResult(f"Your answer: {content}", em, True, True, updates)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, ClassVar, Literal
 
-from sdar_envs.core import PromptBuilder, TextEnv, command_text, stepwise_prompt, think_then_act
+from sdar_envs.core import ActResult, PromptBuilder, TextEnv, command_text, stepwise_prompt, think_then_act
 from sdar_envs.webshop.catalog import TEST_GOALS, Goal
 from sdar_envs.webshop.reward import target_options
 from sdar_envs.webshop.shop import Page, Shop, ShopState, available_actions
@@ -160,7 +160,7 @@ class WebShopEnv(TextEnv):
         }
         return self._observe(), {**info, **self._page_info()}
 
-    def _act(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+    def _act(self, action: str) -> ActResult:
         assert self._goal is not None
         state, valid = self.shop.step(self._state, self._goal, command_text(action))
         if valid:
@@ -168,4 +168,4 @@ class WebShopEnv(TextEnv):
             self._page = self.shop.render(state, self._goal)
         info = self._page_info()
         done = self._state.view == "done"
-        return self._observe(), info["score"] if done else 0.0, done, valid, info
+        return ActResult(self._observe(), info["score"] if done else 0.0, done, valid, info)
