@@ -21,7 +21,7 @@ import torch
 from sdar_envs import EnvPool
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.policy import PromptCodec, load_policy
-from sdar_train.rollout import collect_rollout
+from sdar_train.rollout import PromptSpec, collect_rollout
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
         env_kwargs={"split": args.split, "max_steps": args.turns},
     )
     task_ids = pool.call("task_ids")[0][: args.tasks]
-    kw = dict(codec=PromptCodec(tok), generate=gen, max_prompt_tokens=2048, max_teacher_prompt_tokens=2048)
+    kw = dict(codec=PromptCodec(tok), generate=gen, prompts=PromptSpec(2048, 2048))
     collect_rollout(pool, args.env, task_ids, args.group, seed=1, **kw)  # warm-up: engine caches, kernels
     gen_time[0] = replay_time[0] = replayed[0] = 0
     t = time.perf_counter()

@@ -25,7 +25,7 @@ from sdar_train.generation import Generator, HFGenerator, Sampling, make_generat
 from sdar_train.models import resolve_model_path
 from sdar_train.policy import Policy, PromptCodec, load_policy
 from sdar_train.report import mean_interval
-from sdar_train.rollout import Skills, collect_rollout
+from sdar_train.rollout import PromptSpec, collect_rollout
 
 __all__ = ["evaluate", "evaluate_repeats", "main", "print_report"]
 
@@ -38,22 +38,20 @@ def evaluate(
     episodes: int = 0,
     temperature: float = 0.4,
     seed: int = 0,
-    max_prompt_tokens: int = 2048,
     max_response_tokens: int = 512,
     batch_size: int = 64,
     env_workers: int = 0,
     generator: Generator | None = None,
-    memory: Skills | None = None,
-    skills_k: int = 3,
-    max_skill_prompt_tokens: int | None = None,
-    skill_placement: str = "in_user",
+    prompts: PromptSpec | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Play ``episodes`` tasks (0: all) once each; returns a report with per-type success. ``generator``:
-    the generation back-end (default: HF ``generate`` on ``policy``). ``memory``: the policy sees skills
-    in its own prompt within ``max_skill_prompt_tokens``: at the start of the user message (``skill_placement``
-    ``in_user``, Skill-GRPO's with-skills evaluation) or before the chat text (``before_chat``: the SDAR
-    teacher's prompt, so the report measures the teacher)."""
+    the generation back-end (default: HF ``generate`` on ``policy``). ``prompts``: the policy's prompt
+    (default: 2,048 tokens, no skills); with ``student_skills`` and a ``memory`` the policy sees skills in
+    its own prompt: at the start of the user message (``student_placement="in_user"``, Skill-GRPO's
+    with-skills evaluation) or before the chat text (``"before_chat"``: the SDAR teacher's prompt, so the
+    report measures the teacher)."""
+    spec = prompts or PromptSpec()
     generator = generator or HFGenerator(policy, batch_size)
     sampling = Sampling(max_response_tokens, temperature, 1.0, tuple(policy.stop_ids))
     kwargs = dict(env_kwargs or {})
@@ -84,12 +82,7 @@ def evaluate(
             codec=PromptCodec(tok),
             generate=lambda prompts, s: generator(prompts, s, sampling),
             seed=seed,
-            max_prompt_tokens=max_prompt_tokens,
-            max_teacher_prompt_tokens=max_skill_prompt_tokens or max_prompt_tokens,
-            memory=memory,
-            skills_k=skills_k,
-            student_skills=memory is not None,
-            student_placement=skill_placement,
+            prompts=spec,
             on_turn=on_turn,
         )
     bar.close()
@@ -106,7 +99,7 @@ def evaluate(
         "episodes": len(rollout.episodes),
         "temperature": temperature,
         "seed": seed,
-        "skills_in_prompt": memory is not None,
+        "skills_in_prompt": spec.student_skills and spec.memory is not None,
         "success": sum(ep.won for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "return": sum(ep.env_return for ep in rollout.episodes) / max(len(rollout.episodes), 1),
         "per_task_type": {k: {"episodes": len(v), "success": sum(v) / len(v)} for k, v in sorted(per_type.items())},
@@ -275,14 +268,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             episodes=args.episodes,
             temperature=args.temperature,
             seed=args.seed,
-            max_prompt_tokens=args.max_prompt_tokens,
             max_response_tokens=args.max_response_tokens,
             env_workers=args.env_workers,
             generator=generator,
-            memory=memory,
-            skills_k=args.skills_k,
-            max_skill_prompt_tokens=args.max_prompt_tokens + 1024,
-            skill_placement="before_chat" if args.skills == "teacher" else "in_user",
+            prompts=PromptSpec(
+                args.max_prompt_tokens,
+                args.max_prompt_tokens + 1024,  # skills are added within this, never cutting the prompt
+                memory=memory,
+                skills_k=args.skills_k,
+                student_skills=memory is not None,
+                student_placement="before_chat" if args.skills == "teacher" else "in_user",
+            ),
             progress=True,
         )
     finally:

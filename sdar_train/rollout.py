@@ -22,7 +22,7 @@ from sdar_train.seeding import derive_seed
 from skills import ReferenceSkills, SkillLibrary, fit_skills, privileged_prefix
 from skills.base import SkillMemory
 
-__all__ = ["Episode", "EpisodeState", "Rollout", "TurnSample", "collect_rollout", "expert_rollout"]
+__all__ = ["Episode", "EpisodeSlot", "PromptSpec", "Rollout", "TurnSample", "collect_rollout", "expert_rollout"]
 
 
 @dataclass
@@ -91,14 +91,43 @@ Generate = Callable[[list[list[int]], int], list[list[int]]]  # (prompt ids, see
 Skills = SkillMemory | ReferenceSkills  # a retrieving memory, or a reference-layout skills folder
 
 
-@dataclass
-class EpisodeState:
-    """What one live episode carries from turn to turn."""
+@dataclass(frozen=True)
+class PromptSpec:
+    """What each turn's prompts hold: their token budgets, the skills, who sees them and where."""
 
+    max_prompt_tokens: int = 2048  # the student's prompt; a longer one keeps its last tokens
+    max_teacher_prompt_tokens: int | None = None  # skills are cut to fit it, never the prompt (None: the student's)
+    memory: Skills | None = None  # a retrieving skill memory or a reference-layout folder
+    skills_k: int = 3
+    teacher: bool = False  # every turn also gets the teacher's prompt (the student's with the skills)
+    student_skills: bool = False  # Skill-GRPO: the student's own prompt shows the skills
+    teacher_placement: str = "before_chat"  # the reference's block before the whole chat text, or in_user
+    student_placement: str = "in_user"  # in_user (the reference's Skill-GRPO) or before_chat (= the teacher's)
+
+    def __post_init__(self) -> None:
+        for name in ("teacher_placement", "student_placement"):
+            if getattr(self, name) not in ("before_chat", "in_user"):
+                raise ValueError(f"{name} must be before_chat or in_user, got {getattr(self, name)!r}")
+        if self.max_prompt_tokens < 1 or self.skills_k < 0:
+            raise ValueError("max_prompt_tokens must be >= 1 and skills_k >= 0")
+
+    @property
+    def teacher_budget(self) -> int:
+        return self.max_teacher_prompt_tokens or self.max_prompt_tokens
+
+
+@dataclass
+class EpisodeSlot:
+    """One episode slot of a rollout: the episode's record (kept in the result) and what the live episode
+    carries from turn to turn: its observation, info, history, skills and this turn's prompts."""
+
+    episode: Episode
     obs: str
     info: dict[str, Any]
     history: list[Turn] = field(default_factory=list)
     skills: EpisodeSkills | None = None  # retrieved once per episode from a skill memory
+    prompt_ids: list[int] = field(default_factory=list)  # this turn's student prompt
+    teacher_prompt_ids: list[int] | None = None  # this turn's teacher prompt
 
     def prompt_args(self) -> dict[str, Any]:
         """What the prompt builder needs: the task, the current observation, the history window's
@@ -112,7 +141,7 @@ class EpisodeState:
         }
 
 
-def _turn_skills(source: Skills | None, st: EpisodeState, text: str, codec: PromptCodec | None = None) -> list[str]:
+def _turn_skills(source: Skills | None, st: EpisodeSlot, text: str, codec: PromptCodec | None = None) -> list[str]:
     """The skill texts of one turn: a memory's retrieval for the episode, or a reference folder's text for
     this turn, chosen as the reference chooses it: for the teacher (``codec`` given) from the game file,
     data source or chat-formatted prompt; for the Skill-GRPO student (no ``codec``) from the prompt's
@@ -134,114 +163,104 @@ def collect_rollout(
     codec: PromptCodec,
     generate: Generate,
     seed: int,
-    max_prompt_tokens: int,
-    max_teacher_prompt_tokens: int,
-    memory: Skills | None = None,
-    skills_k: int = 3,
-    teacher: bool = False,
-    student_skills: bool = False,
-    teacher_placement: str = "before_chat",
-    student_placement: str = "in_user",
+    prompts: PromptSpec,
     on_turn: Callable[[int], None] | None = None,
 ) -> Rollout:
     """Run ``len(task_ids) * group_size`` episodes to the end (slot ``i`` plays ``task_ids[i // G]``).
 
-    ``teacher``: every turn also gets the teacher's prompt, the same prompt with the skills as much as fit
-    in ``max_teacher_prompt_tokens`` (skills are cut, never the prompt): ``teacher_placement="before_chat"``
-    puts the reference's block ``[Privileged Skill Information]\n<skills>\n\n`` before the whole
-    chat-formatted text; ``"in_user"`` at the start of the user message. ``student_skills`` (Skill-GRPO):
-    the student's own user message starts with that block (``student_placement="in_user"``, the
-    reference's Skill-GRPO) or the block goes before the chat text as the teacher's does
-    (``"before_chat"``: the student's prompt is then the teacher's, e.g. to measure the teacher).
+    ``prompts.teacher``: every turn also gets the teacher's prompt, the same prompt with the skills as
+    much as fit in ``max_teacher_prompt_tokens`` (skills are cut, never the prompt):
+    ``teacher_placement="before_chat"`` puts the reference's block ``[Privileged Skill Information]\n<skills>\n\n``
+    before the whole chat-formatted text; ``"in_user"`` at the start of the user message.
+    ``prompts.student_skills`` (Skill-GRPO): the student's own user message starts with that block
+    (``student_placement="in_user"``, the reference's Skill-GRPO) or the block goes before the chat text as
+    the teacher's does (``"before_chat"``: the student's prompt is then the teacher's, e.g. to measure the teacher).
     """
-    for name, placement in (("teacher_placement", teacher_placement), ("student_placement", student_placement)):
-        if placement not in ("before_chat", "in_user"):
-            raise ValueError(f"{name} must be before_chat or in_user, got {placement!r}")
+    spec, memory = prompts, prompts.memory
     build = prompt_builder(env_id)
     n = len(task_ids) * group_size
     if n > pool.num_envs:
         raise ValueError(f"the pool has {pool.num_envs} environments, the rollout needs {n}")
-    slots = list(range(n))
     resets = pool.reset(
-        slots,
-        seeds=[derive_seed(seed, "reset", i) for i in slots],
-        options=[{"task_id": task_ids[i // group_size]} for i in slots],
+        list(range(n)),
+        seeds=[derive_seed(seed, "reset", i) for i in range(n)],
+        options=[{"task_id": task_ids[i // group_size]} for i in range(n)],
     )
-    retrieving = isinstance(memory, SkillMemory) and (teacher or student_skills)  # a reference folder is not one
-    episodes: list[Episode] = []
-    state: dict[int, EpisodeState] = {}
-    for i in slots:
+    retrieving = isinstance(memory, SkillMemory) and (spec.teacher or spec.student_skills)  # a folder is not one
+    slots: list[EpisodeSlot] = []
+    for i in range(n):
         obs, info = resets[i]
         ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
-        st = state[i] = EpisodeState(obs, info)
+        slot = EpisodeSlot(ep, obs, info)
         if retrieving:
-            st.skills = EpisodeSkills.retrieve(cast(SkillMemory, memory), env_name(env_id), info, skills_k)
-            ep.skill_ids = list(st.skills.ids)
-        episodes.append(ep)
+            slot.skills = EpisodeSkills.retrieve(cast(SkillMemory, memory), env_name(env_id), info, spec.skills_k)
+            ep.skill_ids = list(slot.skills.ids)
+        slots.append(slot)
     samples: list[TurnSample] = []
-    teacher_ids: dict[int, list[int] | None] = {}
-    prompt_ids: dict[int, list[int]] = {}
-    live = list(slots)
+    live = list(range(n))
     turn = 0
     while live:
         for i in live:
-            st = state[i]
-            text = build(**st.prompt_args())
+            slot = slots[i]
+            text = build(**slot.prompt_args())
             full = codec.encode(text, 1 << 30)  # the whole prompt; a budget keeps its end
-            budget = max_prompt_tokens
-            if student_skills and memory is not None:  # Skill-GRPO: the student's own message starts with them
-                room = max_teacher_prompt_tokens - len(full) - 4
+            budget = spec.max_prompt_tokens
+            if spec.student_skills and memory is not None:  # Skill-GRPO: the student's own message starts with them
+                room = spec.teacher_budget - len(full) - 4
                 shown = (
-                    fit_skills(_turn_skills(memory, st, text), room, codec.count, privileged_prefix) if room > 0 else []
+                    fit_skills(_turn_skills(memory, slot, text), room, codec.count, privileged_prefix)
+                    if room > 0
+                    else []
                 )
-                budget = max_teacher_prompt_tokens
-                if shown and student_placement == "before_chat":
+                budget = spec.teacher_budget
+                if shown and spec.student_placement == "before_chat":
                     full = codec.encode_with_prefix(privileged_prefix(shown), text, 1 << 30)
                 elif shown:
                     text = privileged_prefix(shown) + text
                     full = codec.encode(text, 1 << 30)
-            prompt_ids[i] = full[-budget:]
-            teacher_ids[i] = (
-                _teacher_prompt(codec, build, st, text, full, memory, teacher_placement, max_teacher_prompt_tokens)
-                if teacher
+            slot.prompt_ids = full[-budget:]
+            slot.teacher_prompt_ids = (
+                _teacher_prompt(codec, build, slot, text, full, memory, spec.teacher_placement, spec.teacher_budget)
+                if spec.teacher
                 else None
             )
-        responses = generate([prompt_ids[i] for i in live], derive_seed(seed, "generate", turn))
+        responses = generate([slots[i].prompt_ids for i in live], derive_seed(seed, "generate", turn))
         actions = {i: codec.decode(r) for i, r in zip(live, responses, strict=True)}
         results = pool.step(actions)
         still = []
         for i, response in zip(live, responses, strict=True):
             obs, reward, terminated, truncated, info = results[i]
-            st, ep = state[i], episodes[i]
+            slot = slots[i]
+            ep = slot.episode
             fmt, ok = (
                 bool(info.get("format_valid", info["valid_action"])),
                 bool(info.get("admissible", info["valid_action"])),
             )
-            samples.append(TurnSample(i, prompt_ids[i], response, teacher_ids[i], fmt, ok))
+            samples.append(TurnSample(i, slot.prompt_ids, response, slot.teacher_prompt_ids, fmt, ok))
             ep.env_return += float(reward)
             ep.turns += 1
             ep.invalid += not fmt
             ep.inadmissible += not ok
             ep.actions.append(actions[i])
-            st.history.append(Turn(st.obs, actions[i].strip()))
-            st.obs, st.info = obs, info
+            slot.history.append(Turn(slot.obs, actions[i].strip()))
+            slot.obs, slot.info = obs, info
             if terminated or truncated:
                 ep.won = bool(info["won"])
-                if st.skills is not None:
-                    st.skills.record(won=ep.won, episode_return=ep.env_return)
+                if slot.skills is not None:
+                    slot.skills.record(won=ep.won, episode_return=ep.env_return)
             else:
                 still.append(i)
         live = still
         turn += 1
         if on_turn is not None:
             on_turn(len(live))
-    return Rollout(episodes, samples)
+    return Rollout([slot.episode for slot in slots], samples)
 
 
 def _teacher_prompt(
     codec: PromptCodec,
     build: Any,
-    st: EpisodeState,
+    st: EpisodeSlot,
     text: str,
     full: list[int],
     memory: Skills | None,
@@ -265,70 +284,72 @@ def expert_rollout(
     task_ids: Sequence[str],
     *,
     codec: PromptCodec,
-    max_prompt_tokens: int,
     seed: int,
     response_format: Callable[[str], str],
-    memory: Skills | None = None,
+    prompts: PromptSpec,
     skills_share: float = 0.0,
-    skills_k: int = 3,
-    max_teacher_prompt_tokens: int | None = None,
-    teacher_placement: str = "before_chat",
 ) -> Rollout:
     """Demonstrations for behaviour cloning: each environment's ``info["expert_action"]`` played to the end.
 
     ``response_format`` turns an expert action into the text the policy should emit (e.g. wraps an
     ALFWorld command in ``<action>`` tags; Search-QA's expert actions are already tagged).
     ``skills_share``: that share of the episodes (drawn from ``seed``) is shown with the teacher's prompt
-    (``memory``'s skills placed as the teacher sees them), so that a warm start has read the privileged
-    block before RL asks it to score with it.
+    (``prompts.memory``'s skills placed as ``prompts.teacher_placement``), so that a warm start has read
+    the privileged block before RL asks it to score with it.
     """
     import random
 
+    spec, memory = prompts, prompts.memory
     build = prompt_builder(env_id)
-    slots = list(range(len(task_ids)))
+    n = len(task_ids)
     resets = pool.reset(
-        slots, seeds=[derive_seed(seed, "reset", i) for i in slots], options=[{"task_id": t} for t in task_ids]
+        list(range(n)),
+        seeds=[derive_seed(seed, "reset", i) for i in range(n)],
+        options=[{"task_id": t} for t in task_ids],
     )
     draw = random.Random(derive_seed(seed, "skills_share"))
-    with_skills = {i for i in slots if memory is not None and draw.random() < skills_share}
-    episodes, samples = [], []
-    state: dict[int, EpisodeState] = {}
-    for i in slots:
+    with_skills = {i for i in range(n) if memory is not None and draw.random() < skills_share}
+    samples: list[TurnSample] = []
+    slots: list[EpisodeSlot] = []
+    for i in range(n):
         obs, info = resets[i]
-        episodes.append(Episode(group=i, task_id=info["task_id"], task_type=info["task_type"], task=info["task"]))
-        st = state[i] = EpisodeState(obs, info)
+        ep = Episode(group=i, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
+        slot = EpisodeSlot(ep, obs, info)
         if i in with_skills and isinstance(memory, SkillMemory):
-            st.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, skills_k)
-            episodes[i].skill_ids = list(st.skills.ids)
-    live = [i for i in slots if state[i].info.get("expert_action")]
+            slot.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, spec.skills_k)
+            ep.skill_ids = list(slot.skills.ids)
+        slots.append(slot)
+    live = [i for i in range(n) if slots[i].info.get("expert_action")]
     while live:
         actions = {}
         for i in live:
-            st = state[i]
-            text = build(**st.prompt_args())
-            actions[i] = response_format(st.info["expert_action"])
-            prompt = codec.encode(text, max_prompt_tokens)
+            slot = slots[i]
+            text = build(**slot.prompt_args())
+            actions[i] = response_format(slot.info["expert_action"])
+            prompt = codec.encode(text, spec.max_prompt_tokens)
             if i in with_skills:
                 full = codec.encode(text, 1 << 30)
-                budget = max_teacher_prompt_tokens or max_prompt_tokens
-                prompt = _teacher_prompt(codec, build, st, text, full, memory, teacher_placement, budget)
+                prompt = _teacher_prompt(
+                    codec, build, slot, text, full, memory, spec.teacher_placement, spec.teacher_budget
+                )
             samples.append(TurnSample(i, prompt, codec.encode_response(actions[i]), None, True, True))
         results = pool.step(actions)
         still = []
         for i in live:
             obs, reward, terminated, truncated, info = results[i]
-            ep, st = episodes[i], state[i]
+            slot = slots[i]
+            ep = slot.episode
             ep.env_return += float(reward)
             ep.turns += 1
             ep.actions.append(actions[i])
-            st.history.append(Turn(st.obs, actions[i]))
-            st.obs, st.info = obs, info
+            slot.history.append(Turn(slot.obs, actions[i]))
+            slot.obs, slot.info = obs, info
             if terminated or truncated or not info.get("expert_action"):
                 ep.won = bool(info["won"])
             else:
                 still.append(i)
         live = still
-    return Rollout(episodes, samples)
+    return Rollout([slot.episode for slot in slots], samples)
 
 
 def default_memory(env_id: str, tier: str, seed: int, skill_file: str | None, skill_dir: str | None = None) -> Skills:

@@ -45,7 +45,7 @@ from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
-from sdar_train.rollout import Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
+from sdar_train.rollout import PromptSpec, Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
 from sdar_train.sharding import (
     configure_deepspeed,
@@ -294,6 +294,15 @@ class Trainer:
                 + (f", {cfg.sft_skills_share:.0%} of demonstrations" if cfg.spec.sft else "")
             )
             print(f"[{cfg.algo}] skills: {source}; placement: {where}")
+        self.prompts = PromptSpec(
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
+            memory=self.memory,
+            skills_k=cfg.skills_k,
+            teacher=cfg.spec.teacher,
+            student_skills=cfg.spec.student_skills,
+            teacher_placement=cfg.teacher_placement,
+        )
 
     def _setup_logging(self) -> None:
         """metrics.jsonl and TensorBoard on the main process; progress bars only on a terminal (in a log
@@ -324,14 +333,10 @@ class Trainer:
                 cfg.env,
                 tasks,
                 codec=self.codec,
-                max_prompt_tokens=cfg.max_prompt_tokens,
                 seed=derive_seed(cfg.seed, "demonstrations", step),
                 response_format=lambda action: response_format(action, env_class(cfg.env).format_valid),
-                memory=self.memory,
+                prompts=self.prompts,
                 skills_share=cfg.sft_skills_share,
-                skills_k=cfg.skills_k,
-                max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
-                teacher_placement=cfg.teacher_placement,
             )
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
 
@@ -347,13 +352,7 @@ class Trainer:
                 codec=self.codec,
                 generate=gen,
                 seed=derive_seed(cfg.seed, "rollout", step, self.rank),
-                max_prompt_tokens=cfg.max_prompt_tokens,
-                max_teacher_prompt_tokens=cfg.max_teacher_prompt_tokens,
-                memory=self.memory,
-                skills_k=cfg.skills_k,
-                teacher=cfg.spec.teacher,
-                student_skills=cfg.spec.student_skills,
-                teacher_placement=cfg.teacher_placement,
+                prompts=self.prompts,
                 on_turn=lambda live: bar.update(1),
             )
         finally:
@@ -670,21 +669,20 @@ class Trainer:
                 episodes=cfg.eval_episodes,
                 temperature=cfg.eval_temperature,
                 seed=cfg.seed,
-                max_prompt_tokens=cfg.max_prompt_tokens,
                 max_response_tokens=cfg.max_response_tokens,
                 batch_size=cfg.generation_batch_size,
+                repeats=cfg.eval_repeats,
             )
-            report = evaluate_repeats(self.policy, cfg.env, repeats=cfg.eval_repeats, **common)
+            report = evaluate_repeats(self.policy, cfg.env, prompts=PromptSpec(cfg.max_prompt_tokens), **common)
             if cfg.spec.student_skills:  # Skill-GRPO trained with skills in view: report both, as the reference does
-                report["with_skills"] = evaluate_repeats(
-                    self.policy,
-                    cfg.env,
-                    repeats=cfg.eval_repeats,
+                shown = PromptSpec(
+                    cfg.max_prompt_tokens,
+                    cfg.max_teacher_prompt_tokens,
                     memory=self.memory,
                     skills_k=cfg.skills_k,
-                    max_skill_prompt_tokens=cfg.max_teacher_prompt_tokens,
-                    **common,
+                    student_skills=True,
                 )
+                report["with_skills"] = evaluate_repeats(self.policy, cfg.env, prompts=shown, **common)
         acc.wait_for_everyone()
         return report
 

@@ -20,7 +20,7 @@ from sdar_train.config import TrainConfig
 from sdar_train.errors import ConfigError
 from sdar_train.models import SMOLLM2, resolve_model_path, smollm2_gguf
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
-from sdar_train.rollout import collect_rollout
+from sdar_train.rollout import PromptSpec, collect_rollout
 from sdar_train.trainer import Trainer
 from skills import privileged_prefix
 
@@ -123,9 +123,8 @@ def test_the_ids_trained_are_the_ids_sampled(smollm2, local_searcher):
     with EnvPool("SDAR/SearchQA-v0", 2, num_workers=0, env_kwargs={"split": "test", "max_steps": 2}) as pool:
         task = pool.call("task_ids")[0][0]
         rollout = collect_rollout(
-            pool, "SDAR/SearchQA-v0", [task], 2, codec=codec, generate=gen, seed=0,
-            max_prompt_tokens=1024, max_teacher_prompt_tokens=1536,
-        )  # fmt: skip
+            pool, "SDAR/SearchQA-v0", [task], 2, codec=codec, generate=gen, seed=0, prompts=PromptSpec(1024, 1536)
+        )
     assert [s.response_ids for s in rollout.samples] == sampled and len(sampled) >= 2
     actions = [a for ep in rollout.episodes for a in ep.actions]
     assert sorted(actions) == sorted(codec.decode(r) for r in sampled)

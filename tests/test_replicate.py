@@ -278,10 +278,10 @@ def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
 
 
 def test_skills_before_the_chat_text_give_the_student_the_teachers_prompt():
-    """The premise measures the teacher: evaluating with ``skill_placement="before_chat"`` must show the
+    """The premise measures the teacher: evaluating with ``student_placement="before_chat"`` must show the
     policy exactly the prompt the SDAR teacher scores."""
     from sdar_envs import EnvPool
-    from sdar_train.rollout import collect_rollout, default_memory
+    from sdar_train.rollout import PromptSpec, collect_rollout, default_memory
 
     policy = load_policy("tiny", torch.device("cpu"))
     codec = PromptCodec(policy.tokenizer)
@@ -291,12 +291,13 @@ def test_skills_before_the_chat_text_give_the_student_the_teachers_prompt():
 
     with EnvPool(ENV, 2, num_workers=0, env_kwargs={"split": "test"}) as pool:
         tasks = pool.call("task_ids")[0][:2]
-        common = dict(codec=codec, generate=demonstrate, seed=0, max_prompt_tokens=4096, max_teacher_prompt_tokens=4608)
+        common = dict(codec=codec, generate=demonstrate, seed=0)
         memory = default_memory(ENV, "keyword", 0, None)
-        taught = collect_rollout(pool, ENV, tasks, 1, memory=memory, teacher=True, **common)
-        shown = collect_rollout(
-            pool, ENV, tasks, 1, memory=memory, student_skills=True, student_placement="before_chat", **common
+        taught = collect_rollout(
+            pool, ENV, tasks, 1, prompts=PromptSpec(4096, 4608, memory=memory, teacher=True), **common
         )
+        shown_prompt = PromptSpec(4096, 4608, memory=memory, student_skills=True, student_placement="before_chat")
+        shown = collect_rollout(pool, ENV, tasks, 1, prompts=shown_prompt, **common)
     assert len(taught.samples) == len(shown.samples) > 4
     for t, s in zip(taught.samples, shown.samples, strict=True):
         assert s.prompt_ids == t.teacher_prompt_ids

@@ -310,7 +310,7 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
 def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid_seen_tasks, placement):
     from sdar_envs import EnvPool
     from sdar_train.policy import PromptCodec
-    from sdar_train.rollout import collect_rollout, default_memory
+    from sdar_train.rollout import PromptSpec, collect_rollout, default_memory
 
     policy = load_policy("tiny", torch.device("cpu"))
     tok = policy.tokenizer
@@ -325,11 +325,9 @@ def test_teacher_prompts_add_skills_within_budget_and_never_cut_the_prompt(valid
                 codec=PromptCodec(tok),
                 generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts),
                 seed=0,
-                max_prompt_tokens=min(budget, 2048),
-                max_teacher_prompt_tokens=budget + 400,
-                memory=memory,
-                teacher=True,
-                teacher_placement=placement,
+                prompts=PromptSpec(
+                    min(budget, 2048), budget + 400, memory=memory, teacher=True, teacher_placement=placement
+                ),
             )
             for sample in rollout.samples:
                 teacher = tok.decode(sample.teacher_prompt_ids)
@@ -448,7 +446,7 @@ def test_skill_grpo_evaluates_with_and_without_skills(tmp_path):
 def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
     from sdar_envs import EnvPool
     from sdar_train.policy import PromptCodec
-    from sdar_train.rollout import collect_rollout, default_memory
+    from sdar_train.rollout import PromptSpec, collect_rollout, default_memory
 
     folder = Path(__file__).parent / "data" / "reference_skills" / "alfworld"
     policy = load_policy("tiny", torch.device("cpu"))
@@ -463,10 +461,9 @@ def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
             codec=PromptCodec(tok),
             generate=lambda prompts, seed: [[tok.convert_tokens_to_ids("<|im_end|>")]] * len(prompts),
             seed=0,
-            max_prompt_tokens=1024,
-            max_teacher_prompt_tokens=1536,
-            memory=default_memory("SDAR/ALFWorld-v0", "keyword", 0, None, str(folder)),
-            teacher=True,
+            prompts=PromptSpec(
+                1024, 1536, memory=default_memory("SDAR/ALFWorld-v0", "keyword", 0, None, str(folder)), teacher=True
+            ),
         )
     teacher = tok.decode(rollout.samples[0].teacher_prompt_ids)
     general, pick = ((folder / f).read_text().strip() for f in ("general_skills.md", "pick_and_place.md"))

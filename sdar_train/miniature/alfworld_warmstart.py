@@ -149,6 +149,7 @@ def _texts(n: int = 300, seed: int = 0) -> Iterator[str]:
 def evaluate_warmstart(policy: Any, cfg: AlfworldWarmStartConfig) -> dict[str, Any]:
     """Held-out success on ``cfg.eval_games`` ``valid_unseen`` games, with per-type success."""
     from sdar_train.eval import evaluate
+    from sdar_train.rollout import PromptSpec
 
     report = evaluate(
         policy,
@@ -157,8 +158,8 @@ def evaluate_warmstart(policy: Any, cfg: AlfworldWarmStartConfig) -> dict[str, A
         episodes=cfg.eval_games,
         temperature=cfg.eval_temperature,
         seed=0,
-        max_prompt_tokens=cfg.max_prompt_tokens,
         max_response_tokens=cfg.max_response_tokens,
+        prompts=PromptSpec(cfg.max_prompt_tokens),
     )
     keep = ("episodes", "success", "invalid_rate", "inadmissible_rate", "episode_length", "per_task_type")
     return {k: report[k] for k in keep if k in report}

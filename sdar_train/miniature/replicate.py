@@ -241,8 +241,9 @@ def demonstration_turns(
     """One episode per train task of ``env_id``, played by ``demonstrate`` in place of the model through
     the rollout's own code (so the prompts are the policy's), ``chunk`` episodes at a time; yields each
     turn with its episode. With ``memory``, every turn also carries the teacher's prompt."""
-    from sdar_train.rollout import collect_rollout
+    from sdar_train.rollout import PromptSpec, collect_rollout
 
+    prompts = PromptSpec(max_prompt_tokens, max_prompt_tokens, memory=memory, teacher=memory is not None)
     with EnvPool(env_id, chunk, num_workers=0, env_kwargs={"split": "train"}) as pool:
         for start in range(0, len(task_ids), chunk):
             rollout = collect_rollout(
@@ -253,10 +254,7 @@ def demonstration_turns(
                 codec=codec,
                 generate=demonstrate,
                 seed=derive_seed(seed, seed_label, start),
-                max_prompt_tokens=max_prompt_tokens,
-                max_teacher_prompt_tokens=max_prompt_tokens,
-                memory=memory,
-                teacher=memory is not None,
+                prompts=prompts,
             )
             for s in rollout.samples:
                 yield rollout.episodes[s.episode], s
@@ -407,8 +405,9 @@ def evaluate_policy(
     """Held-out success on the test goals; ``skills``: the prompt the SDAR teacher sees (the packaged skills
     before the chat text)."""
     from sdar_train.eval import evaluate
-    from sdar_train.rollout import default_memory
+    from sdar_train.rollout import PromptSpec, default_memory
 
+    memory = default_memory(ENV, "keyword", seed, None) if skills else None
     return evaluate(
         policy,
         ENV,
@@ -416,11 +415,14 @@ def evaluate_policy(
         episodes=episodes or cfg.eval_episodes,
         temperature=cfg.eval_temperature,
         seed=seed,
-        max_prompt_tokens=cfg.max_prompt_tokens,
         max_response_tokens=cfg.max_response_tokens,
-        memory=default_memory(ENV, "keyword", seed, None) if skills else None,
-        max_skill_prompt_tokens=cfg.max_prompt_tokens + 512,
-        skill_placement="before_chat",
+        prompts=PromptSpec(
+            cfg.max_prompt_tokens,
+            cfg.max_prompt_tokens + 512,
+            memory=memory,
+            student_skills=memory is not None,
+            student_placement="before_chat",
+        ),
     )
 
 
