@@ -21,6 +21,7 @@ from rich.table import Table
 
 from sdar_envs import EnvPool
 from sdar_envs.core import evaluation_tasks
+from sdar_train.errors import ConfigError
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
 from sdar_train.models import resolve_model_path
 from sdar_train.policy import Policy, PromptCodec, load_policy
@@ -225,12 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--out", default=None, help="JSON report path")
     args = p.parse_args(argv)
-    from sdar_train.errors import ConfigError
-
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     try:
-        resolve_model_path(args.model)
+        model_path = resolve_model_path(args.model)  # once: a GGUF is hashed (and converted) here
     except ConfigError as e:
         p.error(str(e))
     kwargs: dict[str, Any] = {}
@@ -244,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.temperature = reference_training(args.env)["eval_temperature"]
     torch.manual_seed(args.seed)
     policy = load_policy(
-        args.model, torch.device("cuda" if torch.cuda.is_available() else "cpu"), dtype=getattr(torch, args.dtype)
+        model_path, torch.device("cuda" if torch.cuda.is_available() else "cpu"), dtype=getattr(torch, args.dtype)
     )
     memory = None
     if args.skills != "none":
@@ -254,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generator = make_generator(
         args.backend,
         policy,
-        model=args.model,
+        model=model_path,
         max_model_len=args.max_prompt_tokens + args.max_response_tokens,
         bf16=True,
         seed=args.seed,

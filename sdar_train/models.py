@@ -71,10 +71,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = None) -> Path:
+def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = None, sha256: str | None = None) -> Path:
     """A GGUF file as an HF model folder at ``out`` (written atomically): weights dequantised to fp32, the
     tokenizer and its chat template, ``generation_config`` stopping at the end-of-turn token, no
-    ``quantization_config``, and ``PROVENANCE.json`` (source file, sha256, versions)."""
+    ``quantization_config``, and ``PROVENANCE.json`` (source file, sha256, versions). ``sha256``: the
+    file's digest when the caller has it already."""
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -111,7 +112,7 @@ def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = N
             (staging / "config.json").write_text(json.dumps(saved, indent=2))
         record = {
             "source": str(gguf),
-            "gguf_sha256": _sha256(gguf),
+            "gguf_sha256": sha256 or _sha256(gguf),
             "conversion": f"GGUF dequantised to fp32 by transformers {transformers.__version__} ({CONVERSION_VERSION}); "
             "a lossy copy of the original weights where the GGUF is quantised",
             "parameters": str(sum(p.numel() for p in model.parameters())),
@@ -132,7 +133,8 @@ def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) 
 
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    digest = _sha256(gguf)[:12]
+    sha256 = _sha256(gguf)
+    digest = sha256[:12]
     path = root / f"{stem}-{digest}-{CONVERSION_VERSION}"
     same = [p for p in sorted(root.glob(f"*-{digest}-{CONVERSION_VERSION}")) if (p / "PROVENANCE.json").exists()]
     if same and not (path / "PROVENANCE.json").exists():  # the same file under another name: converted already
@@ -140,7 +142,7 @@ def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) 
     if not (path / "PROVENANCE.json").exists():
         with FileLock(str(root / f"{path.name}.lock")):  # the processes of a launch: one converts
             if not (path / "PROVENANCE.json").exists():
-                convert_gguf(gguf, path, provenance=provenance)
+                convert_gguf(gguf, path, provenance=provenance, sha256=sha256)
     return path
 
 
