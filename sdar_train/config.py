@@ -19,6 +19,7 @@ __all__ = [
     "ALGORITHMS",
     "AlgoSpec",
     "ConfigError",
+    "add_field_flags",
     "check_model",
     "TrainConfig",
     "config_from_args",
@@ -321,6 +322,35 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1", "yes")
+
+
+def add_field_flags(parser: argparse.ArgumentParser, cls: type, *, layered: bool) -> None:
+    """One ``--field`` per field of the dataclass ``cls``, with its help and default: the one way a config
+    becomes command-line flags (the trainer, eval and the replication kit).
+
+    ``layered``: values parsed as YAML and left None when not given, so that a config file and a preset
+    underneath show through (:func:`config_from_args`); otherwise each flag is typed by its field's
+    default (``true``/``false`` for booleans, several values for a list) and defaults to it."""
+    for f in fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        help_text = f"{f.metadata.get('help', '')} [default: {default}]".replace("%", "%%")  # argparse formats help
+        if layered:
+            parser.add_argument(f"--{f.name}", type=_parse_value, default=None, help=help_text)
+            continue
+        kind = type(default[0]) if isinstance(default, list) else type(default)
+        parser.add_argument(
+            f"--{f.name}",
+            type=_flag if kind is bool else kind,
+            nargs="+" if isinstance(default, list) else None,
+            default=default,
+            help=help_text,
+        )
+
+
 def config_from_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
     """``--config FILE`` plus ``--field value`` for every TrainConfig field (values parsed as YAML)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -331,11 +361,7 @@ def config_from_args(argv: list[str] | None = None, description: str = "") -> Tr
         choices=presets,
         help="sizes laid over the config (cpu: a step in well under a minute on 2 cores, tiny model)",
     )
-    for f in fields(TrainConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-        p.add_argument(
-            f"--{f.name}", type=_parse_value, default=None, help=f"{f.metadata.get('help', '')} [default: {default}]"
-        )
+    add_field_flags(p, TrainConfig, layered=True)
     args = vars(p.parse_args(argv))
     config, preset = args.pop("config"), args.pop("preset")
     overrides = {k: v for k, v in args.items() if v is not None}

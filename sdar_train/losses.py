@@ -23,6 +23,7 @@ __all__ = [
     "rlsd_token_advantages",
     "sdar_loss",
     "selective_log_softmax",
+    "sft_loss",
     "token_entropy",
 ]
 
@@ -53,6 +54,12 @@ def masked_mean(
     total = (values * mask).sum()
     denom = mask.sum().clamp(min=1.0) if normalizer is None else normalizer
     return total / denom
+
+
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, normalizer: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Behaviour cloning: the token-mean NLL of the response tokens. The one behaviour-cloning loss, of
+    ``--algo sft`` (through :func:`actor_loss`) and of the replication kit's offline warm starts alike."""
+    return masked_mean(-logp, mask, normalizer)
 
 
 def group_advantages(
@@ -256,7 +263,7 @@ def actor_loss(
         terms["sdar_loss"] = sd.detach()
         terms.update(sd_stats)
     if sft:
-        nll = masked_mean(-logp, mask, normalizer)
+        nll = sft_loss(logp, mask, normalizer)
         loss = loss + nll
         terms["sft_loss"] = nll.detach()
     terms["loss"] = loss.detach()

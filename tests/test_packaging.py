@@ -109,3 +109,27 @@ def test_the_contributing_guides_example_environment_works():
     namespace: dict = {}
     exec(compile(code, "CONTRIBUTING.md", "exec"), namespace)
     gymnasium.utils.env_checker.check_env(namespace["EchoEnv"](), skip_render_check=True)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "sdar_train",
+        "sdar_train.eval",
+        "sdar_train.miniature.replicate",
+        "sdar_train.miniature.alfworld_warmstart",
+        "sdar_train.miniature.real_model",
+        "sdar_train.miniature.demo",
+        "servers.retrieval.cli",
+        "servers.webshop.cli",
+        "skills.cli",
+    ],
+)
+def test_every_command_prints_its_help(module):
+    """``--help`` lists every flag with its default (a ``%`` in a help text once broke the trainer's)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout and "--" in done.stdout

@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from sdar_envs import EnvPool
+from sdar_train.config import add_field_flags
+from sdar_train.losses import selective_log_softmax, sft_loss
 from sdar_train.miniature.demonstrator import habit_counts, play, read_prompt, webshop_action
 from sdar_train.miniature.packaged_warmstart import WARMSTART, package_warmstart
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
@@ -346,7 +348,6 @@ def behaviour_cloning(
     drawn without replacement epoch after epoch; plus, with ``prompt_lm`` > 0, next-token NLL at that many
     random prompt positions per sample (:func:`prompt_lm_loss`; a warm-start aid, the RL stage trains
     responses only). ``on_step(step, loss)`` is called after each step; returns the response losses."""
-    from sdar_train.losses import selective_log_softmax
 
     model = policy.model
     model.train()
@@ -379,7 +380,7 @@ def behaviour_cloning(
             ).last_hidden_state
             logits = model.get_output_embeddings()(hidden[:, -width - 1 : -1])  # column j predicts response token j
             logp = selective_log_softmax(logits, packed.targets.to(policy.device))
-            loss = -(logp * packed.mask.to(policy.device)).sum() / tokens
+            loss = sft_loss(logp, packed.mask.to(policy.device), normalizer=tokens)
             total += float(loss.detach())
             if prompt_lm > 0:
                 prompt_width = packed.input_ids.size(1) - width
@@ -813,25 +814,10 @@ def run(cfg: ReplicateConfig) -> Path:
     return out
 
 
-def _flag(text: str) -> bool:
-    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1", "yes")
-
-
 def parse_config(cls: type[T], argv: Sequence[str] | None, description: str | None) -> T:
-    """A dataclass config from command-line flags: one ``--field`` per field, with its help and default."""
+    """A kit config from command-line flags (:func:`sdar_train.config.add_field_flags`)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-        kind = type(default[0]) if isinstance(default, list) else type(default)
-        p.add_argument(
-            f"--{f.name}",
-            type=_flag if kind is bool else kind,
-            nargs="+" if isinstance(default, list) else None,
-            default=default,
-            help=f"{f.metadata.get('help', '')} [default: {default}]",
-        )
+    add_field_flags(p, cls, layered=False)
     return cls(**vars(p.parse_args(argv)))
 
 
