@@ -40,9 +40,9 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip install -q -e ".[test]" -c $(VLLM_VENV)/constraints.txt  # keep vLLM's pins
 	rm -f $(VLLM_VENV)/.installed-* && touch $@
 
-# The generation back-ends' contract, vLLM against HF (tests/test_generation.py)
+# The generation back-ends' contract, vLLM against HF (tests/train/test_generation.py)
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_generation.py
+	$(VLLM_VENV)/bin/python -m pytest -q tests/train/test_generation.py
 
 # The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
 # `python -m sdar_train.miniature.replicate --careless vague --careful_without_skills 0.4` behaviour-cloned), CPU;

@@ -51,7 +51,7 @@ def build(args: argparse.Namespace, algo: str):
     import gymnasium as gym
 
     if "Test/LetterY-v0" not in gym.registry:
-        gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+        gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
     from sdar_train.config import TrainConfig
     from sdar_train.trainer import Trainer
 

@@ -1,6 +1,6 @@
 """Generation back-ends behind one contract: HF ``generate`` (CPU and GPU) and vLLM (optional, GPUs).
 
-The contract, which both back-ends meet and ``tests/test_generation.py`` checks side by side:
+The contract, which both back-ends meet and ``tests/train/test_generation.py`` checks side by side:
 
 * ``generator(prompts, seed, sampling)`` returns one list of response token ids per prompt, in order;
 * a response that stopped ends with its stop token (kept: the policy learns to stop), with nothing after

@@ -1,56 +1,17 @@
-"""Shared fixtures. Everything runs offline on the CPU against the real engines and data."""
+"""Shared fixtures. Everything runs offline on the CPU against the real engines and data.
+
+Layout: one folder per package under test (envs/, skills/, services/, train/, miniature/) and the
+project-wide checks at the top; within each, the end-to-end tests (several processes, servers, whole
+runs) are marked ``slow`` (``make test-fast`` skips them)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from sdar_envs.alfworld.data import TASK_TYPES, list_tasks
-
-
-def sample_per_type(split: str, per_type: int) -> list:
-    """The first ``per_type`` games of each task type: a fixed, type-balanced sample."""
-    tasks = list_tasks(split)
-    out = []
-    for task_type in TASK_TYPES:
-        out += [t for t in tasks if t.task_type == task_type][:per_type]
-    return out
-
-
-SMALL_RUN = {
-    "env": "SDAR/SearchQA-v0", "env_kwargs": "{split: test}", "model": "tiny", "steps": "2", "tasks_per_step": "2",
-    "group_size": "2", "max_turns": "2", "max_response_tokens": "8", "max_prompt_tokens": "512",
-    "max_teacher_prompt_tokens": "768", "progress": "false",
-}  # fmt: skip
-
-
-def run_args(**fields: object) -> list[str]:
-    """``python -m sdar_train`` arguments for a small Search-QA run with the tiny model; ``fields``
-    override or add (``--field value``)."""
-    merged = {**SMALL_RUN, **{k: str(v) for k, v in fields.items()}}
-    return [item for k, v in merged.items() for item in (f"--{k}", v)]
-
-
-def launch_two_processes(
-    module_args: list[str], *, cpu: bool = True, flags: tuple[str, ...] = ("--multi_gpu",), timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """``accelerate launch --num_processes 2 <flags>`` of ``python -m <module_args>`` from the repository
-    root. ``cpu``: DDP over gloo, which needs ``--multi_gpu`` plus ``ACCELERATE_USE_CPU`` (``--cpu
-    --num_processes 2``, as people type it, starts one process)."""
-    from servers.process import free_port
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launcher = [accelerate, "launch", *flags, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
-    launcher += ["--dynamo_backend", "no", "--main_process_port", str(free_port())]
-    return subprocess.run(
-        [*launcher, "-m", *module_args], env=env, cwd=root, capture_output=True, text=True, timeout=timeout
-    )
+from sdar_envs.alfworld.data import list_tasks
+from tests.helpers import launch_two_processes, run_args
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_readme_opens_with_the_two_commands_and_ci_calls_the_second():
@@ -85,13 +84,12 @@ def test_the_docs_python_examples_run_verbatim(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
-    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     blocks = [
         (page.name, code) for page in pages for code in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
     ]
     assert len(blocks) >= 5 and blocks[0][0] == "README.md"
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for i, (page, code) in enumerate(blocks):
         script = tmp_path / f"example_{i}.py"
         script.write_text(code)

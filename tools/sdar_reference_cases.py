@@ -1,4 +1,4 @@
-"""Run the SDAR reference's own training-signal code on hand-made cases, for ``tests/test_fidelity.py``.
+"""Run the SDAR reference's own training-signal code on hand-made cases, for ``tests/train/test_fidelity.py``.
 
 A developer tool, never imported by the package or the tests. It loads, from a user's checkout of the
 SDAR reference (GitHub ZJU-REAL/SDAR, a verl-agent fork; nothing of it is vendored here), the pure

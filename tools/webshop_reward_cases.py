@@ -1,4 +1,4 @@
-"""Score a table of WebShop purchases with the ORIGINAL WebShop code, for ``tests/test_webshop_reward.py``.
+"""Score a table of WebShop purchases with the ORIGINAL WebShop code, for ``tests/envs/test_webshop_reward.py``.
 
 A developer tool, never imported by the package or the tests. It imports ``get_reward`` and
 ``load_products`` from a user's own checkout of princeton-nlp/WebShop (nothing of it is vendored here)

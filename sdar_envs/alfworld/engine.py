@@ -16,7 +16,7 @@ its time on work that is a pure function of its inputs and is redone on every ca
   ``SDAR_ALFWORLD_TRANSLATION_CACHE=off`` to disable), so a game seen in any earlier run loads in
   milliseconds. A cache entry that fails to load is translated again and rewritten.
 
-Nothing here changes what the engine reports; ``tests/test_alfworld_engine.py`` replays expert
+Nothing here changes what the engine reports; ``tests/envs/test_alfworld_engine.py`` replays expert
 walkthroughs and seeded random walks through both engines and compares every observation, admissible
 command list, score and ``won`` flag.
 """

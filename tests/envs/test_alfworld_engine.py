@@ -9,7 +9,7 @@ import pytest
 from bench.alfworld_equivalence import engine_trace
 from sdar_envs.alfworld.data import read_walkthrough
 from sdar_envs.alfworld.engine import start_fast, start_stock
-from tests.conftest import sample_per_type
+from tests.helpers import sample_per_type
 
 GAMES = sample_per_type("valid_seen", 1) + sample_per_type("valid_unseen", 1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdar_envs import EnvPool, EnvPoolError
-from tests.test_vector import ENV_ID, KW, _rollout
+from tests.envs.test_vector import ENV_ID, KW, _rollout
 
 ray = pytest.importorskip("ray", reason="ray is an optional extra (pip install 'sdar[ray]')")
 

@@ -11,6 +11,7 @@ import requests
 from sdar_envs import INFO_KEYS, prompt_builder
 from sdar_envs.webshop.catalog import load_catalog
 from sdar_envs.webshop.reward import score_purchase, target_options
+from tests.helpers import ROOT
 
 
 def _play(env, task_id, script=(), expert=True):
@@ -191,7 +192,6 @@ def test_a_real_browser_walks_search_results_item_done(webshop_server):
     """Headless Chromium renders each page; the next URL is taken from the DOM the browser built."""
     import re
     import subprocess
-    from pathlib import Path
 
     flags = [
         "--headless",
@@ -224,7 +224,7 @@ def test_a_real_browser_walks_search_results_item_done(webshop_server):
         done_href += ("&" if "?" in done_href else "?") + requests.compat.urlencode({"opt": f"{name}:{value}"})
     done = dom(base + done_href)
     assert re.search(r'id="reward">Your score \(min 0.0, max 1.0\): <b>1.0000</b>', done)
-    artifacts = Path(__file__).resolve().parents[1] / "artifacts"
+    artifacts = ROOT / "artifacts"
     artifacts.mkdir(exist_ok=True)
     shot = artifacts / "webshop_done.png"
     subprocess.run(

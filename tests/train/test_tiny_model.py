@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_processes_that_ask_for_the_tiny_model_at_once_all_get_one_whole_model(tmp_path):
@@ -40,7 +39,7 @@ def test_processes_that_ask_for_the_tiny_model_at_once_all_get_one_whole_model(t
 def test_a_distributed_launch_on_a_fresh_cache_builds_what_it_needs_once(tmp_path, monkeypatch):
     """Both ranks reach the tiny model (and the Search-QA index) at once; transformers writes model files
     from rank 0 only, so whichever rank builds must still write them."""
-    from tests.conftest import launch_two_processes, run_args
+    from tests.helpers import launch_two_processes, run_args
 
     monkeypatch.setenv("SDAR_CACHE_DIR", str(tmp_path / "cache"))
     done = launch_two_processes(["sdar_train", *run_args(algo="grpo", steps=1, output_dir=tmp_path / "run")])

@@ -1,10 +1,10 @@
 """Data-parallel check: the gradient the trainer computes with N processes equals the gradient of the
 whole batch on one process.
 
-    python -m tests.grad_check --out one.pt
-    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m tests.grad_check --out two.pt
+    python -m tests.train.grad_check --out one.pt
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m tests.train.grad_check --out two.pt
     ACCELERATE_USE_CPU=true accelerate launch --config_file sdar_train/configs/accelerate/fsdp2.yaml \
-        --num_processes 2 --mixed_precision no -m tests.grad_check --out fsdp.pt
+        --num_processes 2 --mixed_precision no -m tests.train.grad_check --out fsdp.pt
 
 A fixed batch of 12 turn samples of different lengths (with advantages, teacher and reference
 log-probs) is split unevenly across the processes (rank 0 gets 3, rank 1 gets 9: episodes differ in
@@ -32,7 +32,7 @@ def main() -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     if "Test/LetterY-v0" not in gym.registry:
-        gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+        gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
     from sdar_train.trainer import Trainer, TurnBatch
 
     cfg = TrainConfig(

@@ -21,8 +21,7 @@ from sdar_envs.webshop.catalog import load_catalog
 from sdar_envs.webshop.client import WebShopServiceError
 from sdar_envs.webshop.reward import score_purchase, target_options
 from servers.process import ServerProcess, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _start_sdar_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:

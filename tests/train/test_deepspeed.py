@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from sdar_train.sharding import configure_deepspeed, sharding_problem
-from tests.conftest import launch_two_processes, run_args
-from tests.test_sharding import ACCELERATE_CONFIGS, assert_resumes_exactly, assert_same_weights, train_rows
+from tests.helpers import launch_two_processes, run_args
+from tests.train.test_sharding import ACCELERATE_CONFIGS, assert_resumes_exactly, assert_same_weights, train_rows
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
 

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -16,10 +15,10 @@ import torch
 from sdar_train.config import ALGORITHMS, ConfigError, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
-from tests.conftest import launch_two_processes, run_args
+from tests.helpers import DATA, ROOT, launch_two_processes, run_args
 
 if "Test/LetterY-v0" not in gym.registry:
-    gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+    gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
 
 SMALL = dict(
     model="tiny",
@@ -226,18 +225,16 @@ def test_tiny_model_tokenizer_round_trips_and_chats():
 def test_two_cpu_processes_average_to_the_full_batch_gradient(tmp_path):
     """Accelerate DDP over gloo with two CPU processes vs one process on the whole batch."""
     import os
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true"}
     subprocess.run(
-        [sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")],
+        [sys.executable, "-m", "tests.train.grad_check", "--out", str(tmp_path / "one.pt")],
         check=True,
         env=env,
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
     )
-    two = launch_two_processes(["tests.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
+    two = launch_two_processes(["tests.train.grad_check", "--out", str(tmp_path / "two.pt")], timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["processes"] == 1 and two["processes"] == 2
@@ -448,7 +445,7 @@ def test_a_reference_skill_folder_feeds_the_teacher(valid_seen_tasks):
     from sdar_train.policy import PromptCodec
     from sdar_train.rollout import PromptSpec, collect_rollout, default_memory
 
-    folder = Path(__file__).parent / "data" / "reference_skills" / "alfworld"
+    folder = DATA / "reference_skills" / "alfworld"
     policy = load_policy("tiny", torch.device("cpu"))
     tok = policy.tokenizer
     task = next(t for t in valid_seen_tasks if "pick_and_place_simple" in t.game_file)

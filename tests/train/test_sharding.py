@@ -1,6 +1,6 @@
 """Sharded training (FSDP2 through Accelerate): two CPU processes over gloo, launched with the shipped
 config file, train exactly as DDP does, resume exactly from sharded checkpoints, and export one HF model.
-(DeepSpeed ZeRO: tests/test_deepspeed.py.)
+(DeepSpeed ZeRO: tests/train/test_deepspeed.py.)
 
 Accelerate picks FSDP only on accelerators; ``sdar_train.sharding.sharding_on_cpu`` turns it on for an FSDP
 launch on CPU, so these runs exercise torch's real ``fully_shard`` (DTensor parameters, gathered forwards,
@@ -24,9 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from sdar_train.sharding import full_weights, sharding_problem
-from tests.conftest import launch_two_processes, run_args
+from tests.helpers import ROOT, launch_two_processes, run_args
 
-ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = ROOT / "sdar_train" / "configs" / "accelerate"
 FSDP = ("--config_file", str(ACCELERATE_CONFIGS / "fsdp2.yaml"))
 
@@ -119,11 +118,11 @@ def test_fsdp_gradient_equals_the_full_batch_gradient_of_one_process(tmp_path):
     and its scoring pass (teacher / reference / old log-probs), 2 vs 5 micro-batches: the same log-probs."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true"}
     one = subprocess.run(
-        [sys.executable, "-m", "tests.grad_check", "--out", str(tmp_path / "one.pt")],
+        [sys.executable, "-m", "tests.train.grad_check", "--out", str(tmp_path / "one.pt")],
         env=env, cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
-    two = launch_two_processes(["tests.grad_check", "--out", str(tmp_path / "fsdp.pt")], flags=FSDP, timeout=300)
+    two = launch_two_processes(["tests.train.grad_check", "--out", str(tmp_path / "fsdp.pt")], flags=FSDP, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "fsdp.pt")
     assert two["processes"] == 2 and two["sharded"] and one["grads"].keys() == two["grads"].keys()

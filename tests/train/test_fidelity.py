@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,8 +29,8 @@ from sdar_train.losses import (
 )
 from sdar_train.rollout import Episode, Rollout, TurnSample
 from skills import ReferenceSkills, SkillFileError, privileged_prefix
+from tests.helpers import DATA
 
-DATA = Path(__file__).parent / "data"
 REF = json.loads((DATA / "sdar_reference_cases.json").read_text())
 
 

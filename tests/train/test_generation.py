@@ -18,7 +18,7 @@ import torch
 from sdar_train.config import TrainConfig
 from sdar_train.generation import HFGenerator, Sampling, make_generator
 from sdar_train.policy import Policy, cut_at_stop, encode_prompt, load_policy, pack, response_logprobs
-from tests.conftest import launch_two_processes, run_args
+from tests.helpers import ROOT, launch_two_processes, run_args
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 TASKS = [
@@ -222,7 +222,7 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
     from sdar_train.trainer import Trainer
 
     if "Test/LetterY-v0" not in gym.registry:
-        gym.register("Test/LetterY-v0", entry_point="tests.toy_env:LetterEnv")
+        gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
     cfg = TrainConfig(
         env="Test/LetterY-v0",
         algo="sdar",
@@ -307,7 +307,7 @@ def test_two_processes_train_with_one_vllm_engine_each(tmp_path):
 def test_sharded_training_syncs_vllm_as_ddp_does(tmp_path, config):
     """Each process's engine is refreshed from the sharded policy (gathered as the engine loads): the
     rollouts, losses and final weights are DDP's with vLLM."""
-    from tests.test_sharding import ACCELERATE_CONFIGS, assert_same_weights, train_rows
+    from tests.train.test_sharding import ACCELERATE_CONFIGS, assert_same_weights, train_rows
 
     if config == "zero3":
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
@@ -335,12 +335,10 @@ def test_sharded_training_syncs_vllm_as_ddp_does(tmp_path, config):
 def test_gpu_check_vllm_dry_run_measures_generation_and_sync():
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     done = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--vllm", "--dry-run"],
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import sdar_envs
 from sdar_envs.alfworld.data import DataError, list_tasks
 from sdar_envs.core import INFO_KEYS
-from tests.conftest import sample_per_type
+from tests.helpers import sample_per_type
 
 ENV_ID = "SDAR/ALFWorld-v0"
 

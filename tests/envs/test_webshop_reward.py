@@ -7,10 +7,10 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 from sdar_envs.webshop.catalog import Goal, load_catalog
 from sdar_envs.webshop.reward import normalize_color, score_purchase, target_options, token_set_ratio
+from tests.helpers import DATA
 
 
 def test_goal_counts_and_splits_match_the_original_construction():
@@ -46,7 +46,7 @@ def test_prices_and_goals_are_the_same_in_every_process():
     ]
 
 
-CASES = Path(__file__).parent / "data" / "webshop_reward_cases.jsonl.gz"
+CASES = DATA / "webshop_reward_cases.jsonl.gz"
 
 
 def _case_goal(g: dict) -> Goal:
