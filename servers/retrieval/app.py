@@ -84,7 +84,13 @@ def _document(p: Passage) -> dict[str, str]:
 
 
 def create_app(
-    searcher: Searcher, *, limits: Limits | None = None, index_name: str = "", num_docs: int | None = None
+    searcher: Searcher,
+    *,
+    limits: Limits | None = None,
+    index_name: str = "",
+    num_docs: int | None = None,
+    retriever: str = "bm25",
+    encoder: str | None = None,
 ) -> Flask:
     """The WSGI app over any :class:`~sdar_envs.searchqa.search.Searcher`."""
     limits = limits or Limits()
@@ -108,7 +114,14 @@ def create_app(
 
     @app.get("/health")
     def health():
-        return jsonify(status="ok", index=index_name, num_docs=num_docs, uptime_s=round(time.time() - started, 1))
+        return jsonify(
+            status="ok",
+            retriever=retriever,
+            encoder=encoder,
+            index=index_name,
+            num_docs=num_docs,
+            uptime_s=round(time.time() - started, 1),
+        )
 
     @app.post("/retrieve")
     def retrieve():

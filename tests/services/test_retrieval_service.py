@@ -15,9 +15,12 @@ from sdar_envs.searchqa.search import HttpSearcher, RetrievalServiceError
 from servers.process import ServerProcess
 
 
-def test_health_and_a_batch_of_100_queries(retrieval_server, local_searcher):
+def test_health_and_a_batch_of_100_queries(retrieval_service):
+    retrieval_server, local_searcher = retrieval_service.server, retrieval_service.searcher
     health = requests.get(f"{retrieval_server.url}/health", timeout=5).json()
-    assert health["status"] == "ok" and health["num_docs"] == 17825
+    assert health["status"] == "ok" and health["retriever"] == retrieval_service.retriever
+    assert health["num_docs"] == retrieval_service.num_docs == (17825 if retrieval_service.retriever == "bm25" else 400)
+    assert health["encoder"] == ("all-MiniLM-L6-v2" if retrieval_service.retriever == "dense" else None)
     questions = [r.question for r in load_questions(["nq"], "train")][:100]
     resp = requests.post(
         f"{retrieval_server.url}/retrieve", json={"queries": questions, "topk": 5, "return_scores": True}, timeout=30
@@ -27,8 +30,10 @@ def test_health_and_a_batch_of_100_queries(retrieval_server, local_searcher):
     assert len(result) == 100 and all(len(per) == 5 for per in result)
     first = result[0][0]
     assert set(first) == {"document", "score"} and set(first["document"]) == {"id", "contents"}
-    expected = local_searcher.search(questions, 5)
+    expected = local_searcher.search(questions, 5)  # the same passages with the same scores as in-process
     assert [[d["document"]["id"] for d in per] for per in result] == [[p.id for p in per] for per in expected]
+    got, want = [d["score"] for per in result for d in per], [p.score for per in expected for p in per]
+    assert got == pytest.approx(want, rel=1e-5)
     # without scores: just the documents, as Search-R1's server answers
     plain = requests.post(
         f"{retrieval_server.url}/retrieve", json={"queries": questions[:2], "topk": 2}, timeout=10
@@ -63,21 +68,23 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize(("name", "kwargs", "status", "message"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_requests_get_a_4xx_with_a_message(retrieval_server, name, kwargs, status, message):
-    resp = requests.post(f"{retrieval_server.url}/retrieve", timeout=30, **kwargs)
+def test_bad_requests_get_a_4xx_with_a_message(retrieval_service, name, kwargs, status, message):
+    resp = requests.post(f"{retrieval_service.server.url}/retrieve", timeout=30, **kwargs)
     assert resp.status_code == status, resp.text
     assert message in resp.json()["error"]
     assert "Traceback" not in resp.text
 
 
-def test_wrong_paths_and_methods_and_the_service_keeps_serving(retrieval_server):
+def test_wrong_paths_and_methods_and_the_service_keeps_serving(retrieval_service):
+    retrieval_server = retrieval_service.server
     assert requests.get(f"{retrieval_server.url}/retrieve", timeout=5).status_code == 405
     resp = requests.get(f"{retrieval_server.url}/<script>alert(1)</script>", timeout=5)
     assert resp.status_code == 404 and "<script>" not in resp.text
     assert requests.get(f"{retrieval_server.url}/health", timeout=5).json()["status"] == "ok"
 
 
-def test_concurrent_clients_get_their_own_answers(retrieval_server, local_searcher):
+def test_concurrent_clients_get_their_own_answers(retrieval_service):
+    retrieval_server, local_searcher = retrieval_service.server, retrieval_service.searcher
     questions = [r.question for r in load_questions(["nq"], "test")][:64]
     expected = {q: [p.id for p in per] for q, per in zip(questions, local_searcher.search(questions, 3), strict=True)}
 

@@ -74,7 +74,8 @@ def test_compose_file_passes_docker_compose_config():
 
 
 @pytest.mark.slow
-def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_server, retrieval_server, local_searcher):
+def test_load_64_webshop_sessions_and_16_retrieval_clients_at_once(webshop_server, retrieval_service):
+    retrieval_server, local_searcher = retrieval_service.server, retrieval_service.searcher
     questions = [r.question for r in load_questions(["nq"], "test")][:32]
     expected = [[p.id for p in per] for per in local_searcher.search(questions, 3)]
 
@@ -148,7 +149,8 @@ def test_webshop_fuzzed_urls_get_4xx_and_no_reflected_html(webshop_server, path)
         ({"Content-Type": "application/json"}, b'{"queries": ["<script>alert(1)</script>"], "topk": 0}'),
     ],
 )
-def test_retrieval_fuzzed_bodies_and_headers_get_4xx_with_a_message(retrieval_server, headers, body):
+def test_retrieval_fuzzed_bodies_and_headers_get_4xx_with_a_message(retrieval_service, headers, body):
+    retrieval_server = retrieval_service.server
     try:
         resp = requests.post(f"{retrieval_server.url}/retrieve", data=body, headers=headers, timeout=10)
     except requests.ConnectionError:  # a lying Content-Length may make the server close the connection: fine, no 500
@@ -157,7 +159,8 @@ def test_retrieval_fuzzed_bodies_and_headers_get_4xx_with_a_message(retrieval_se
     assert resp.json()["error"] and "Traceback" not in resp.text and "<script>" not in resp.text
 
 
-def test_hypothesis_json_bodies_never_crash_the_retrieval_service(retrieval_server):
+def test_hypothesis_json_bodies_never_crash_the_retrieval_service(retrieval_service):
+    retrieval_server = retrieval_service.server
     import hypothesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
