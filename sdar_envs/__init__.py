@@ -28,13 +28,14 @@ import importlib
 import gymnasium as gym
 
 from sdar_envs.core import INFO_KEYS, PromptBuilder, StepInfo, TextEnv, Turn, extract_tag
-from sdar_envs.env_pool import EnvPool, EnvPoolError
+from sdar_envs.env_pool import EnvFailure, EnvPool, EnvPoolError
 from sdar_envs.wrappers import EpisodeSkills, SkillHook, env_name
 
 __all__ = [
     "ENV_IDS",
     "INFO_KEYS",
     "EnvPool",
+    "EnvFailure",
     "EnvPoolError",
     "EpisodeSkills",
     "PromptBuilder",

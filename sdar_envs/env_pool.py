@@ -15,6 +15,12 @@ is never taken for another call's; a worker that dies, or answers nothing within
 (stopped, hung), is killed and raises :class:`EnvPoolError` naming it. Its environments are then down
 until :meth:`EnvPool.restart` re-creates them (they need a reset) or the pool is closed.
 
+``reset(..., isolate=True)`` and ``step(..., isolate=True)`` contain a failure to the environments it
+hit, as a training rollout needs (one failed episode must cost that episode, not the step): each of
+them answers an :class:`EnvFailure` naming the cause instead of raising, the others answer as usual,
+and a worker that died or hung is restarted before the call returns (its environments then need a
+reset; if it cannot be restarted, that raises).
+
 With worker processes (``spawn``), a script that makes a pool must guard its entry point with
 ``if __name__ == "__main__":`` (every worker re-imports the main module).
 """
@@ -30,12 +36,10 @@ from typing import Any
 
 import gymnasium as gym
 
-from sdar_envs.env_worker import EnvFactory, EnvPoolError, make_env, serve
+from sdar_envs.env_worker import EnvFactory, EnvFailure, EnvPoolError, make_env, serve
 from sdar_envs.ray_workers import RayWorkers
 
-__all__ = ["EnvPool", "EnvPoolError"]
-
-StepResult = tuple[str, float, bool, bool, dict[str, Any]]
+__all__ = ["EnvFailure", "EnvPool", "EnvPoolError"]
 
 
 def _worker(conn: Any, env_id: str | EnvFactory, env_kwargs: Mapping[str, Any], indices: list[int]) -> None:
@@ -148,25 +152,31 @@ class EnvPool:
         *,
         seeds: Sequence[int | None] | None = None,
         options: Sequence[dict[str, Any] | None] | dict[str, Any] | None = None,
-    ) -> dict[int, tuple[str, dict[str, Any]]]:
-        """Reset the given environments (default all), each with its own seed and options."""
+        isolate: bool = False,
+    ) -> dict[int, Any]:
+        """Reset the given environments (default all), each with its own seed and options: ``(obs, info)``
+        by index, or with ``isolate`` an :class:`EnvFailure` for each environment that failed."""
         indices = list(range(self.num_envs)) if indices is None else list(indices)
         seeds = list(seeds) if seeds is not None else [None] * len(indices)
         if options is None or isinstance(options, dict):
             options = [options] * len(indices)
         if not len(seeds) == len(options) == len(indices):
             raise ValueError("indices, seeds and options must have the same length")
-        return self._dispatch("reset", list(zip(indices, seeds, options, strict=True)))
+        return self._dispatch("reset", list(zip(indices, seeds, options, strict=True)), isolate)
 
-    def step(self, actions: Mapping[int, str]) -> dict[int, StepResult]:
-        """Step only the environments named in ``actions`` (index -> raw LLM output)."""
-        return self._dispatch("step", list(actions.items()))
+    def step(self, actions: Mapping[int, str], *, isolate: bool = False) -> dict[int, Any]:
+        """Step only the environments named in ``actions`` (index -> raw LLM output): the step's 5-tuple by
+        index, or with ``isolate`` an :class:`EnvFailure` for each environment that failed."""
+        return self._dispatch("step", list(actions.items()), isolate)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> dict[int, Any]:
         """Call a method of every (unwrapped) environment."""
         if self.num_workers == 0:
             return serve(self._local, "call", (name, args, kwargs))
-        return self._request("call", {w: (name, args, kwargs) for w in range(self.num_workers)})
+        results, errors = self._request("call", {w: (name, args, kwargs) for w in range(self.num_workers)})
+        if errors:
+            raise EnvPoolError("\n".join(errors.values()))
+        return results
 
     @property
     def down_workers(self) -> dict[int, str]:
@@ -258,50 +268,59 @@ class EnvPool:
             f"worker {w} (environments {envs}) {why}; pool.restart() re-creates its environments, or close the pool"
         )
 
-    def _request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
+    def _request(self, command: str, parts: dict[int, Any]) -> tuple[dict[int, Any], dict[int, str]]:
         """Send one call to each worker in ``parts``, then collect every reply (a failure in one worker
-        never leaves another's reply unread)."""
+        never leaves another's reply unread): the results by environment, and the workers that failed
+        with why."""
         down = self.down_workers
-        for w in parts:
-            if w in down:
-                raise EnvPoolError(
-                    f"worker {w} is down ({down[w]}); pool.restart() re-creates its environments, or close the pool"
-                )
+        errors = {
+            w: f"worker {w} is down ({down[w]}); pool.restart() re-creates its environments, or close the pool"
+            for w in parts
+            if w in down
+        }
+        parts = {w: p for w, p in parts.items() if w not in down}
         if self._ray is not None:
-            return self._ray.request(command, parts)
+            answered, failed = self._ray.request(command, parts)
+            return answered, {**errors, **failed}
         call = next(self._calls)
-        sent, errors = [], []
+        sent = []
         for w, payload in parts.items():
             try:
                 self._conns[w].send((call, command, payload))
                 sent.append(w)
             except (BrokenPipeError, ConnectionError, OSError):
-                errors.append(str(self._fail(w, f"died (exit code {self._procs[w].exitcode})")))
+                errors[w] = str(self._fail(w, f"died (exit code {self._procs[w].exitcode})"))
         results: dict[int, Any] = {}
         for w in sent:
             try:
                 results.update(self._receive(w, call))
             except EnvPoolError as e:
-                errors.append(str(e))
-        if errors:
-            raise EnvPoolError("\n".join(errors))
-        return results
+                errors[w] = str(e)
+        return results, errors
 
-    def _dispatch(self, command: str, items: list[tuple]) -> dict[int, Any]:
+    def _dispatch(self, command: str, items: list[tuple], isolate: bool = False) -> dict[int, Any]:
         if self._closed:
             raise RuntimeError("EnvPool is closed")
         for item in items:
             if not 0 <= item[0] < self.num_envs:
                 raise IndexError(f"environment index {item[0]} out of range (num_envs={self.num_envs})")
+        results: dict[int, Any]
         if self.num_workers == 0:
-            try:
-                return serve(self._local, command, items)
-            except Exception as e:
-                raise EnvPoolError(traceback.format_exc()) from e
-        by_worker: dict[int, list[tuple]] = {}
-        for item in items:
-            by_worker.setdefault(item[0] % self.num_workers, []).append(item)
-        results = self._request(command, by_worker)
+            results = serve(self._local, command, items)
+        else:
+            by_worker: dict[int, list[tuple]] = {}
+            for item in items:
+                by_worker.setdefault(item[0] % self.num_workers, []).append(item)
+            results, errors = self._request(command, by_worker)
+            if errors and not isolate:
+                raise EnvPoolError("\n".join(errors.values()))
+            for w, why in errors.items():
+                results.update({item[0]: EnvFailure(item[0], why) for item in by_worker[w]})
+            if errors:
+                self.restart()  # the next episode on those environments starts on a fresh worker
+        failures = [r for r in results.values() if isinstance(r, EnvFailure)]
+        if failures and not isolate:
+            raise EnvPoolError("\n".join(f.cause for f in failures))
         return {item[0]: results[item[0]] for item in items}
 
     def _receive(self, w: int, call: int) -> Any:

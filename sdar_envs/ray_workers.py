@@ -61,7 +61,7 @@ class RayWorkers:
         self.down: dict[int, str] = {}
         self.actors = [self._start(w) for w in range(num_workers)]
         try:  # every actor has made its environments (or says why not)
-            self._gather({w: actor.ready.remote() for w, actor in enumerate(self.actors)})
+            self._ready({w: actor.ready.remote() for w, actor in enumerate(self.actors)})
         except EnvPoolError:
             self.close()
             raise
@@ -69,40 +69,47 @@ class RayWorkers:
     def _start(self, w: int) -> Any:
         return self._remote.remote(self.env_id, self.env_kwargs, list(range(w, self.num_envs, self.num_workers)))
 
-    def request(self, command: str, parts: dict[int, Any]) -> dict[int, Any]:
-        """Each worker's answer to ``command`` (the pool has checked that none of them is down)."""
-        results: dict[int, Any] = {}
-        for answer in self._gather(
+    def request(self, command: str, parts: dict[int, Any]) -> tuple[dict[int, Any], dict[int, str]]:
+        """Each worker's answer to ``command``, by environment, and the workers that failed with why (the
+        pool has left out those that are down)."""
+        answers, errors = self._gather(
             {w: self.actors[w].serve.remote(command, payload) for w, payload in parts.items()}
-        ).values():
+        )
+        results: dict[int, Any] = {}
+        for answer in answers.values():
             results.update(answer)
-        return results
+        return results, errors
 
-    def _gather(self, refs: dict[int, Any]) -> dict[int, Any]:
-        """Every worker's answer; all are waited for (within the timeout) before any error is raised."""
+    def _gather(self, refs: dict[int, Any]) -> tuple[dict[int, Any], dict[int, str]]:
+        """Every worker's answer, and the errors of those that failed; all are waited for (within the
+        timeout)."""
         ray, exc = self._ray, self._ray.exceptions
+        if not refs:
+            return {}, {}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.timeout)
-        answers, errors = {}, []
+        answers, errors = {}, {}
         for w, ref in refs.items():
             envs = list(range(w, self.num_envs, self.num_workers))
             if ref not in ready:
                 self._fail(w, f"gave no answer within {self.timeout:g} s (stopped or hung); it was killed")
-                errors.append(
-                    f"worker {w} (environments {envs}) gave no answer within {self.timeout:g} s; it was killed"
-                )
+                errors[w] = f"worker {w} (environments {envs}) gave no answer within {self.timeout:g} s; it was killed"
                 continue
             try:
                 answers[w] = ray.get(ref)
             except exc.RayActorError as e:
                 self._fail(w, "died")
-                errors.append(
+                errors[w] = (
                     f"worker {w} (environments {envs}) died ({type(e).__name__}); pool.restart() re-creates its environments"
                 )
             except exc.RayTaskError as e:
-                errors.append(f"worker {w} raised:\n{e}")
+                errors[w] = f"worker {w} raised:\n{e}"
+        return answers, errors
+
+    def _ready(self, workers: dict[int, Any]) -> None:
+        """Wait until the given actors have made their environments; raise with every failure."""
+        _, errors = self._gather(workers)
         if errors:
-            raise EnvPoolError("\n".join(errors))
-        return answers
+            raise EnvPoolError("\n".join(errors.values()))
 
     def _fail(self, w: int, why: str) -> None:
         self.down[w] = why
@@ -115,7 +122,7 @@ class RayWorkers:
         self._fail(w, "restarting")
         self.actors[w] = self._start(w)
         self.down.pop(w, None)
-        self._gather({w: self.actors[w].ready.remote()})
+        self._ready({w: self.actors[w].ready.remote()})
 
     def close(self) -> None:
         for actor in self.actors:

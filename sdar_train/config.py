@@ -163,6 +163,11 @@ class TrainConfig:
         3,
         "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",
     )
+    max_failed_steps: int = _f(
+        3,
+        "stop the run after this many steps in a row that lost episodes to failed environments (each failed "
+        "episode is dropped from its step; the metrics count them as episodes_failed)",
+    )
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
     overwrite: bool = _f(
         False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)"
@@ -219,6 +224,7 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
             "max_nonfinite_steps",
+            "max_failed_steps",
             "eval_repeats",
         ):
             if getattr(self, name) < 1:

@@ -87,6 +87,9 @@ def evaluate(
             on_turn=on_turn,
         )
     bar.close()
+    # an episode whose environment failed is left out of every rate and listed (evaluations repeat
+    # exactly, so a failure is a fact about the environment to report, not a loss to count)
+    rollout, lost = rollout.without_failed(min_group=1)
     per_type: dict[str, list[bool]] = defaultdict(list)
     for ep in rollout.episodes:
         per_type[ep.task_type].append(ep.won)
@@ -107,6 +110,8 @@ def evaluate(
         **{k: metrics[k] for k in ("invalid_rate", "inadmissible_rate", "episode_length")},
         "response_limit_rate": sum(at_limit) / max(len(at_limit), 1),
         "response_tokens": metrics["response_tokens"],
+        "episodes_failed": len(lost),
+        "failed": [{"task_id": e.task_id, "cause": e.failed} for e in lost],
         "results": [
             {
                 "task_id": e.task_id,
@@ -143,6 +148,7 @@ def evaluate_repeats(policy: Policy, env_id: str, *, repeats: int = 1, seed: int
     for task_type, row in first["per_task_type"].items():
         mean, half = mean_interval([p["per_task_type"][task_type]["success"] for p in passes])
         report["per_task_type"][task_type] = {"episodes": row["episodes"], "success": mean, "success_ci95": half}
+    report["episodes_failed"] = sum(p.get("episodes_failed", 0) for p in passes)
     report["passes"] = passes
     return report
 
@@ -176,6 +182,11 @@ def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
             f"response limit; {report['episode_length']:.1f} turns per episode"
             + ("; skills in the prompt" if report.get("skills_in_prompt") else ""),
             highlight=False,
+        )
+    if report.get("episodes_failed"):
+        console.print(
+            f"[bold red]{report['episodes_failed']} episode(s) failed (their environment raised or its worker "
+            "died) and are left out of the rates above; the report's 'failed' lists them with the cause[/]"
         )
 
 

@@ -12,11 +12,12 @@ the episode's training reward, and only an invalid turn's own score is lowered b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sdar_envs import EnvPool, EpisodeSkills, Turn, env_name, prompt_builder
+from sdar_envs import EnvFailure, EnvPool, EpisodeSkills, Turn, env_name, prompt_builder
 from sdar_train.policy import PromptCodec
 from sdar_train.seeding import derive_seed
 from skills import ReferenceSkills, SkillLibrary, fit_skills, privileged_prefix
@@ -54,12 +55,29 @@ class Episode:
     inadmissible: int = 0  # turns whose action the environment did not accept
     skill_ids: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    failed: str | None = None  # why the episode could not be played to its end (its environment or worker failed)
 
 
 @dataclass
 class Rollout:
     episodes: list[Episode]
     samples: list[TurnSample]
+
+    def without_failed(self, min_group: int = 2) -> tuple[Rollout, list[Episode]]:
+        """The rollout without its failed episodes, and what was dropped. A group that lost episodes is
+        scored over those that remain while at least ``min_group`` do; with fewer it is dropped whole: a
+        lone survivor's group-relative advantage is 0, so it would train nothing but the distillation
+        and KL terms on a group that no longer compares anything."""
+        alive: dict[int, int] = {}
+        for e in self.episodes:
+            alive[e.group] = alive.get(e.group, 0) + (e.failed is None)
+        kept = [i for i, e in enumerate(self.episodes) if e.failed is None and alive[e.group] >= min_group]
+        if len(kept) == len(self.episodes):
+            return self, []
+        new_index = {old: new for new, old in enumerate(kept)}
+        samples = [dataclasses.replace(s, episode=new_index[s.episode]) for s in self.samples if s.episode in new_index]
+        dropped = [e for i, e in enumerate(self.episodes) if i not in new_index]
+        return Rollout([self.episodes[i] for i in kept], samples), dropped
 
     def episode_rewards(self, reward_scale: float = 1.0, use_won: bool = True) -> list[float]:
         """Each episode's training reward: ``reward_scale x won`` (the reference's) or x its env return."""
@@ -185,19 +203,18 @@ def collect_rollout(
         list(range(n)),
         seeds=[derive_seed(seed, "reset", i) for i in range(n)],
         options=[{"task_id": task_ids[i // group_size]} for i in range(n)],
+        isolate=True,  # a failed environment costs its episode (Episode.failed), not the rollout
     )
     retrieving = isinstance(memory, SkillMemory) and (spec.teacher or spec.student_skills)  # a folder is not one
     slots: list[EpisodeSlot] = []
     for i in range(n):
-        obs, info = resets[i]
-        ep = Episode(group=i // group_size, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
-        slot = EpisodeSlot(ep, obs, info)
-        if retrieving:
-            slot.skills = EpisodeSkills.retrieve(cast(SkillMemory, memory), env_name(env_id), info, spec.skills_k)
-            ep.skill_ids = list(slot.skills.ids)
+        slot = _start_slot(resets[i], i // group_size, task_ids[i // group_size])
         slots.append(slot)
+        if slot.episode.failed is None and retrieving:
+            slot.skills = EpisodeSkills.retrieve(cast(SkillMemory, memory), env_name(env_id), slot.info, spec.skills_k)
+            slot.episode.skill_ids = list(slot.skills.ids)
     samples: list[TurnSample] = []
-    live = list(range(n))
+    live = [i for i in range(n) if slots[i].episode.failed is None]
     turn = 0
     while live:
         for i in live:
@@ -226,12 +243,15 @@ def collect_rollout(
             )
         responses = generate([slots[i].prompt_ids for i in live], derive_seed(seed, "generate", turn))
         actions = {i: codec.decode(r) for i, r in zip(live, responses, strict=True)}
-        results = pool.step(actions)
+        results = pool.step(actions, isolate=True)
         still = []
         for i, response in zip(live, responses, strict=True):
-            obs, reward, terminated, truncated, info = results[i]
             slot = slots[i]
             ep = slot.episode
+            if isinstance(results[i], EnvFailure):
+                ep.failed = results[i].cause
+                continue
+            obs, reward, terminated, truncated, info = results[i]
             fmt, ok = (
                 bool(info.get("format_valid", info["valid_action"])),
                 bool(info.get("admissible", info["valid_action"])),
@@ -255,6 +275,16 @@ def collect_rollout(
         if on_turn is not None:
             on_turn(len(live))
     return Rollout([slot.episode for slot in slots], samples)
+
+
+def _start_slot(reset: Any, group: int, task_id: str) -> EpisodeSlot:
+    """An episode slot from a reset's ``(obs, info)``, or a failed one from its :class:`EnvFailure`."""
+    if isinstance(reset, EnvFailure):
+        return EpisodeSlot(Episode(group=group, task_id=task_id, task_type="", failed=reset.cause), "", {})
+    obs, info = reset
+    return EpisodeSlot(
+        Episode(group=group, task_id=info["task_id"], task_type=info["task_type"], task=info["task"]), obs, info
+    )
 
 
 def _teacher_prompt(
@@ -306,19 +336,18 @@ def expert_rollout(
         list(range(n)),
         seeds=[derive_seed(seed, "reset", i) for i in range(n)],
         options=[{"task_id": t} for t in task_ids],
+        isolate=True,
     )
     draw = random.Random(derive_seed(seed, "skills_share"))
     with_skills = {i for i in range(n) if memory is not None and draw.random() < skills_share}
     samples: list[TurnSample] = []
     slots: list[EpisodeSlot] = []
     for i in range(n):
-        obs, info = resets[i]
-        ep = Episode(group=i, task_id=info["task_id"], task_type=info["task_type"], task=info["task"])
-        slot = EpisodeSlot(ep, obs, info)
-        if i in with_skills and isinstance(memory, SkillMemory):
-            slot.skills = EpisodeSkills.retrieve(memory, env_name(env_id), info, spec.skills_k)
-            ep.skill_ids = list(slot.skills.ids)
+        slot = _start_slot(resets[i], i, task_ids[i])
         slots.append(slot)
+        if slot.episode.failed is None and i in with_skills and isinstance(memory, SkillMemory):
+            slot.skills = EpisodeSkills.retrieve(memory, env_name(env_id), slot.info, spec.skills_k)
+            slot.episode.skill_ids = list(slot.skills.ids)
     live = [i for i in range(n) if slots[i].info.get("expert_action")]
     while live:
         actions = {}
@@ -333,12 +362,15 @@ def expert_rollout(
                     codec, build, slot, text, full, memory, spec.teacher_placement, spec.teacher_budget
                 )
             samples.append(TurnSample(i, prompt, codec.encode_response(actions[i]), None, True, True))
-        results = pool.step(actions)
+        results = pool.step(actions, isolate=True)
         still = []
         for i in live:
-            obs, reward, terminated, truncated, info = results[i]
             slot = slots[i]
             ep = slot.episode
+            if isinstance(results[i], EnvFailure):
+                ep.failed = results[i].cause
+                continue
+            obs, reward, terminated, truncated, info = results[i]
             ep.env_return += float(reward)
             ep.turns += 1
             ep.actions.append(actions[i])

@@ -91,6 +91,12 @@ def response_format(expert_action: str, format_valid: Callable[[str], bool] | No
     return text
 
 
+def _cause(text: str) -> str:
+    """A failure's cause in one line: its last (the exception, or the worker's fate)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown"
+
+
 class _DropTiedWeightNotice(logging.Filter):
     """Accelerate reports on every save that the tied lm_head is stored once: expected, not news."""
 
@@ -389,6 +395,22 @@ class Trainer:
         t0 = time.time()
         # 1. rollout: B x G episodes, one sample per turn
         rollout = self.rollout(step)
+        # a failed episode (its environment raised, its worker died or hung, a service stayed down) costs
+        # that episode: dropped with the groups it leaves too small to compare (Rollout.without_failed)
+        rollout, lost = rollout.without_failed(min_group=2 if cfg.group_size > 1 and not spec.sft else 1)
+        failed = [e for e in lost if e.failed is not None]
+        if failed:
+            self._last_failure = _cause(failed[0].failed or "")
+            self._warn(
+                f"step {step}: {len(failed)} episode(s) failed and were dropped"
+                + (
+                    f", with {len(lost) - len(failed)} more from groups left too small"
+                    if len(lost) > len(failed)
+                    else ""
+                )
+                + ": "
+                + "; ".join(sorted({f"{e.task_id}: {_cause(e.failed or '')}" for e in failed}))
+            )
         grown = self.grow_skills(rollout) if cfg.grow_skills else 0
         t_rollout = time.time() - t0
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
@@ -444,8 +466,12 @@ class Trainer:
             k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
             for k, v in sorted(metrics.items())
         }
+        lost_counts = torch.tensor([float(len(failed)), float(len(lost))], device=acc.device)
+        episodes_failed, episodes_dropped = (float(x) for x in acc.reduce(lost_counts, reduction="sum"))
         metrics.update(
             step=step,
+            episodes_failed=episodes_failed,
+            episodes_dropped=episodes_dropped,
             samples=len(samples) * self.world,
             time_s=time.time() - t0,
             rollout_s=t_rollout,
@@ -533,6 +559,8 @@ class Trainer:
                 stats.setdefault("grad_norm", []).append(grad_norm)
         return stats
 
+    _last_failure = ""
+
     def _warn(self, message: str) -> None:
         if self.accelerator.is_main_process:
             print(f"[sdar_train] WARNING: {message}", file=sys.stderr, flush=True)
@@ -617,9 +645,16 @@ class Trainer:
         bar = tqdm(
             total=cfg.steps, initial=self.step, desc=f"{cfg.algo} on {cfg.env}", unit="step", disable=not self._bars
         )
-        bad_steps = 0
+        bad_steps = failing_steps = 0
         while self.step < cfg.steps:
             metrics = self.train_step(self.step)
+            # steps that lost episodes to failures: a few in a row mean an environment or service is broken
+            failing_steps = failing_steps + 1 if metrics.get("episodes_failed", 0.0) > 0 else 0
+            if failing_steps >= cfg.max_failed_steps:
+                raise TrainingError(
+                    f"{failing_steps} steps in a row (up to step {self.step}) lost episodes to failed environments; "
+                    f"the last cause: {self._last_failure}"
+                )
             # steps whose every update was skipped as non-finite: a few in a row mean the run is broken
             bad_steps = bad_steps + 1 if metrics.get("nonfinite_skipped", 0.0) == 1.0 else 0
             if bad_steps >= cfg.max_nonfinite_steps:

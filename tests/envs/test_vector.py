@@ -123,3 +123,38 @@ def test_a_failed_reset_leaves_the_env_needing_a_reset(valid_seen_tasks):
         env.reset(options={"task_id": "nope"})
     with pytest.raises(gym.error.ResetNeeded):
         env.step("<action>look</action>")
+
+
+def test_isolated_failures_cost_only_their_environments_and_the_pool_heals():
+    """An environment that raises answers an EnvFailure with its traceback; one whose worker dies takes
+    that worker's other environments of the call with it; the dead worker is restarted before the call
+    returns, and without ``isolate`` the same failures raise as before."""
+    from functools import partial
+
+    from sdar_envs import EnvFailure
+    from tests.train.toy_env import FlakyLetterEnv
+
+    with EnvPool(partial(FlakyLetterEnv, raise_on=1, die_on=2), 4, num_workers=2, timeout=60) as pool:
+        # env i plays letter-i; worker 0 holds envs 0 and 2, worker 1 holds envs 1 and 3
+        pool.reset(options=[{"task_id": f"letter-{i}"} for i in range(4)])
+        out = pool.step({i: "yes" for i in range(4)}, isolate=True)
+        assert isinstance(out[1], EnvFailure) and "injected" in out[1].cause and "ConnectionError" in out[1].summary
+        assert isinstance(out[2], EnvFailure) and "died (exit code 137)" in out[2].cause
+        assert isinstance(out[0], EnvFailure) and out[0].cause == out[2].cause  # same worker, same fate
+        assert out[3][1] == 1.0 and out[3][2]  # the healthy neighbour of the raising env answered
+        assert pool.down_workers == {}  # restarted before the call returned
+        pool.reset(options=[{"task_id": "letter-0"}] * 4)
+        assert all(r[1] == 1.0 for r in pool.step({i: "yes" for i in range(4)}).values())
+        pool.reset(options=[{"task_id": f"letter-{i}"} for i in range(4)])
+        with pytest.raises(EnvPoolError, match="injected"):
+            pool.step({1: "yes"})
+
+
+def test_a_failed_reset_is_an_env_failure_in_process_too():
+    from sdar_envs import EnvFailure
+
+    with EnvPool(ENV_ID, 2, num_workers=0, env_kwargs=KW) as pool:
+        out = pool.reset(options=[{"task_id": "no-such-game"}, None], isolate=True)
+        assert isinstance(out[0], EnvFailure) and "unknown ALFWorld task_id" in out[0].cause
+        obs, info = out[1]
+        assert info["task_id"]

@@ -19,6 +19,8 @@ from tests.helpers import DATA, ROOT, launch_two_processes, run_args
 
 if "Test/LetterY-v0" not in gym.registry:
     gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
+if "Test/FlakyLetter-v0" not in gym.registry:
+    gym.register("Test/FlakyLetter-v0", entry_point="tests.train.toy_env:FlakyLetterEnv")
 
 SMALL = dict(
     model="tiny",
@@ -721,3 +723,40 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     assert runs[1]["samples"] > 4  # several micro-batches of 1
     for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
         assert runs[1][key] == pytest.approx(runs[8][key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_failed_episode_costs_that_episode_and_failing_steps_in_a_row_stop_the_run(tmp_path, capsys):
+    """Task letter-1's environment raises on every step (a service down past its retries): its group is
+    dropped from the step, counted and logged with the cause, the other groups train, and steps that
+    keep losing episodes stop the run naming the cause."""
+    from sdar_train.errors import TrainingError
+
+    cfg = TrainConfig(
+        env="Test/FlakyLetter-v0", env_kwargs={"raise_on": 1}, algo="grpo", output_dir=str(tmp_path),
+        max_failed_steps=2, **{**SMALL, "steps": 3, "tasks_per_step": 4, "group_size": 2},
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        metrics = trainer.train_step(0)
+        assert metrics["episodes_failed"] == 2.0 and metrics["episodes_dropped"] == 2.0
+        assert metrics["samples"] == 6  # three groups of two one-turn episodes trained
+        assert any(not torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in before.items())
+        assert "2 episode(s) failed and were dropped" in capsys.readouterr().err
+        with pytest.raises(TrainingError, match="2 steps in a row .* lost episodes .*injected"):
+            trainer.train()
+    finally:
+        trainer.close()
+
+
+def test_a_group_left_with_one_episode_is_dropped_whole():
+    from sdar_train.rollout import Episode, Rollout, TurnSample
+
+    episodes = [Episode(group=g, task_id=f"t{g}", task_type="x") for g in (0, 0, 1, 1, 1)]
+    episodes[0].failed = "worker 0 died"
+    episodes[2].failed = "environment 2 raised"
+    samples = [TurnSample(i, [1], [2], None, True, True) for i in range(5)]
+    kept, dropped = Rollout(episodes, samples).without_failed(min_group=2)
+    assert [e.group for e in kept.episodes] == [1, 1] and [s.episode for s in kept.samples] == [0, 1]
+    assert [e.task_id for e in dropped] == ["t0", "t0", "t1"]
+    assert Rollout(episodes, samples).without_failed(min_group=1)[0].episodes == [episodes[1], episodes[3], episodes[4]]
