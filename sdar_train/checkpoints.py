@@ -1,6 +1,10 @@
 """Checkpoints that resume exactly or refuse to: Accelerate's state (model, optimizer, RNG) plus the step
 and the skill memory, one folder per step under ``output_dir/checkpoints``; the oldest are pruned.
 
+A save is written to ``checkpoints/.step_NNNNNN.partial`` and renamed into place once every file is
+there, so a process killed while saving (``kill -9``, a preempted node) leaves the previous checkpoint
+as the latest, and ``--resume auto`` continues from it.
+
 A checkpoint is checked before it is loaded (:func:`check`): Accelerate skips an unreadable RNG state with
 an info line only and reports other damage as deep tracebacks, so a damaged file is named here in one
 line (:class:`~sdar_train.errors.CheckpointError`) with what to do about it.
@@ -9,6 +13,7 @@ line (:class:`~sdar_train.errors.CheckpointError`) with what to do about it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 import zipfile
@@ -17,23 +22,50 @@ from typing import Any
 
 from sdar_train.errors import CheckpointError
 
-__all__ = ["check", "latest", "load", "save"]
+__all__ = ["check", "latest", "load", "save", "trim_metrics"]
 
 
 def save(accelerator: Any, out: Path, step: int, memory: Any = None, *, keep: int = 2) -> Path:
     """``out/checkpoints/step_NNNNNN``: Accelerate's state, ``trainer_state.json`` and ``memory``'s
     ``skills.yaml`` (a :class:`skills.SkillLibrary`, or None); keeps the newest ``keep``."""
     path = out / "checkpoints" / f"step_{step:06d}"
-    accelerator.save_state(str(path))
+    partial = path.with_name(f".{path.name}.partial")
+    if accelerator.is_main_process and partial.exists():  # the remains of a save that was killed
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every process has written its part
     if accelerator.is_main_process:
-        (path / "trainer_state.json").write_text(json.dumps({"step": step}))
+        (partial / "trainer_state.json").write_text(json.dumps({"step": step}))
         if memory is not None:
-            memory.save(path / "skills.yaml")
+            memory.save(partial / "skills.yaml")
+        if path.exists():  # the same step saved before (a resumed run repeating it)
+            shutil.rmtree(path)
+        os.replace(partial, path)
         done = sorted((out / "checkpoints").glob("step_*"))
         for old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
+
+
+def trim_metrics(metrics_file: Path, step: int) -> None:
+    """Drop from ``metrics.jsonl`` what the run logged after checkpoint ``step`` (the steps a resume will
+    repeat), so the file holds each step once: training rows of steps ``< step`` and evaluations up to it."""
+    if not metrics_file.exists():
+        return
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by the kill
+            continue
+        evaluation = "time_s" not in row  # evaluations log steps done; training rows the step's index
+        if row.get("step", 0) < step or (evaluation and row.get("step", 0) == step):
+            kept.append(line)
+    tmp = metrics_file.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, metrics_file)
 
 
 def latest(out: Path) -> Path | None:

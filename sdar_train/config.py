@@ -168,7 +168,11 @@ class TrainConfig:
         "stop the run after this many steps in a row that lost episodes to failed environments (each failed "
         "episode is dropped from its step; the metrics count them as episodes_failed)",
     )
-    resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
+    resume: bool | str = _f(
+        False,
+        "continue from the latest complete checkpoint in output_dir (true); auto: that, or a fresh start when "
+        "there is none (what a job that may be killed and requeued wants)",
+    )
     overwrite: bool = _f(
         False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)"
     )
@@ -196,7 +200,7 @@ class TrainConfig:
                 setattr(self, f.name, value)
             elif kind.startswith("int") and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"{f.name} must be an integer, got {value!r}")
-            elif kind.startswith("bool") and not isinstance(value, bool):
+            elif kind.startswith("bool") and "str" not in kind and not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
             elif kind.startswith("str") and not isinstance(value, str):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
@@ -268,6 +272,8 @@ class TrainConfig:
             )
         if not 0 <= self.sft_skills_share <= 1:
             raise ConfigError(f"sft_skills_share must be in [0, 1], got {self.sft_skills_share}")
+        if self.resume not in (True, False, "auto"):
+            raise ConfigError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:

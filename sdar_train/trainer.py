@@ -191,8 +191,11 @@ class Trainer:
             for n in ("metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "curves.png", "final")
             if (self.out / n).exists()
         ]
-        if previous and not cfg.resume:
-            if not cfg.overwrite:  # appending would mix two runs in one metrics file
+        fresh = not cfg.resume or (cfg.resume == "auto" and checkpoints.latest(self.out) is None)
+        if previous and fresh:
+            if cfg.resume == "auto":  # nothing complete to resume: what is there is a run that never checkpointed
+                self._warn(f"--resume auto: no complete checkpoint in {self.out}; starting fresh")
+            elif not cfg.overwrite:  # appending would mix two runs in one metrics file
                 raise ConfigError(
                     f"output_dir {self.out} already holds a run ({previous[0].name}); pass --resume true to continue it, "
                     "--overwrite true to start over, or another --output_dir"
@@ -751,6 +754,8 @@ class Trainer:
         if latest is None:
             return
         self.step = checkpoints.load(self.accelerator, latest, deepspeed=self.deepspeed, sharded=self.sharded)
+        if self.accelerator.is_main_process:
+            checkpoints.trim_metrics(self.metrics_file, self.step)
         if self.memory is not None and (latest / "skills.yaml").exists():
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
         self.generator.sync(self.accelerator.unwrap_model(self.model))

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import pytest
 import torch
 
+from sdar_train import checkpoints
 from sdar_train.config import ALGORITHMS, ConfigError, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
@@ -760,3 +763,47 @@ def test_a_group_left_with_one_episode_is_dropped_whole():
     assert [e.group for e in kept.episodes] == [1, 1] and [s.episode for s in kept.samples] == [0, 1]
     assert [e.task_id for e in dropped] == ["t0", "t0", "t1"]
     assert Rollout(episodes, samples).without_failed(min_group=1)[0].episodes == [episodes[1], episodes[3], episodes[4]]
+
+
+@pytest.mark.slow
+def test_kill_9_while_saving_a_checkpoint_and_resume_auto_continues_from_the_last_whole_one(tmp_path):
+    """A training process SIGKILLed in the middle of a checkpoint save (a preempted node): the previous
+    checkpoint stays the latest and loads, ``--resume auto`` finishes the run from it, and metrics.jsonl
+    ends with every step once. ``--resume auto`` on an empty folder starts fresh."""
+    import signal
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "sdar_train", *run_args(steps=8, save_every=1, output_dir=out, resume="auto")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _attempt in range(5):  # the kill must land inside a save; a save takes a fraction of a step
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        ckpts = out / "checkpoints"
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            partial = list(ckpts.glob(".step_*.partial")) if ckpts.exists() else []
+            if partial and list(ckpts.glob("step_*")):  # a save in progress, with a whole one before it
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        if list(ckpts.glob(".step_*.partial")):
+            break  # killed mid-save
+    else:
+        pytest.fail("could not land a kill inside a checkpoint save in 5 attempts")
+    killed_in = int(next(ckpts.glob(".step_*.partial")).name.split("_")[1].split(".")[0])
+    whole = checkpoints.latest(out)
+    assert whole is not None and int(whole.name.split("_")[1]) == killed_in - 1
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "time_s" in r] == list(range(8))
+    assert checkpoints.latest(out).name == "step_000008" and not list(ckpts.glob(".step_*"))
+    assert (out / "final" / "config.json").is_file()
+    fresh = tmp_path / "fresh"
+    (fresh / "metrics.jsonl").parent.mkdir()
+    (fresh / "metrics.jsonl").write_text('{"step": 0, "time_s": 1.0}\n')  # a run that died before checkpointing
+    args = [sys.executable, "-m", "sdar_train", *run_args(steps=1, output_dir=fresh, resume="auto")]
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "no complete checkpoint" in done.stderr, done.stderr[-3000:]
+    assert len((fresh / "metrics.jsonl").read_text().splitlines()) == 1
