@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -159,6 +160,13 @@ class TrainConfig:
     cpu_threads: int = _f(2, "torch threads on CPU")
     save_every: int = _f(50, "checkpoint every N steps (and at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
+    report_to: str = _f(
+        "tensorboard",
+        "where metrics go besides metrics.jsonl: tensorboard, wandb, tensorboard,wandb or none; wandb through "
+        "Accelerate's tracker, with the same metric names (pip install 'sdar[wandb]'; WANDB_MODE=offline needs "
+        "no network)",
+    )
+    wandb_project: str = _f("sdar", "wandb: the project the run is logged to (the run is named after output_dir)")
     max_nonfinite_steps: int = _f(
         3,
         "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",
@@ -272,12 +280,24 @@ class TrainConfig:
             )
         if not 0 <= self.sft_skills_share <= 1:
             raise ConfigError(f"sft_skills_share must be in [0, 1], got {self.sft_skills_share}")
+        unknown = set(self.loggers) - {"tensorboard", "wandb"}
+        if unknown:
+            raise ConfigError(
+                f"report_to names unknown logger(s) {sorted(unknown)}; choose from tensorboard, wandb, none"
+            )
+        if "wandb" in self.loggers and importlib.util.find_spec("wandb") is None:
+            raise ConfigError("report_to wandb needs wandb: pip install 'sdar[wandb]' (or pip install wandb)")
         if self.resume not in (True, False, "auto"):
             raise ConfigError(f"resume must be true, false or auto, got {self.resume!r}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
         if self.group_size < 2 and ALGORITHMS[self.algo].policy_gradient:
             raise ConfigError("group_size must be >= 2 for group-relative advantages")
+
+    @property
+    def loggers(self) -> list[str]:
+        """The trackers ``report_to`` names (``none``: only metrics.jsonl)."""
+        return [] if self.report_to.strip() in ("", "none") else [x.strip() for x in self.report_to.split(",")]
 
     @property
     def spec(self) -> AlgoSpec:

@@ -148,7 +148,8 @@ class Trainer:
         cfg = self.cfg
         self.cpu = cpu = not torch.cuda.is_available()
         self.bf16 = bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
-        self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
+        wandb = ["wandb"] if "wandb" in cfg.loggers else None  # TensorBoard has its own writer (_setup_logging)
+        self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", log_with=wandb)
         sharding_on_cpu(acc)  # an FSDP/DeepSpeed config launched on CPU (gloo): Accelerate alone would run DDP
         problem = sharding_problem(acc)
         if problem:  # refuse rather than train wrongly
@@ -314,16 +315,20 @@ class Trainer:
         )
 
     def _setup_logging(self) -> None:
-        """metrics.jsonl and TensorBoard on the main process; progress bars only on a terminal (in a log
-        file they are carriage returns and cursor codes)."""
-        acc = self.accelerator
-        self._bars = self.cfg.progress and acc.is_main_process and sys.stderr.isatty()
+        """metrics.jsonl, and TensorBoard and/or Weights & Biases (``report_to``) under the same names, on the
+        main process; progress bars only on a terminal (in a log file they are carriage returns and cursor codes)."""
+        acc, cfg = self.accelerator, self.cfg
+        self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
         self.tb = None
-        if acc.is_main_process:
+        if acc.is_main_process and "tensorboard" in cfg.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        self._wandb = "wandb" in cfg.loggers
+        if self._wandb:  # Accelerate's tracker (main process only); offline runs land in output_dir/wandb
+            wandb_kwargs = {"dir": str(self.out), "name": self.out.name}
+            acc.init_trackers(cfg.wandb_project, config=cfg.to_dict(), init_kwargs={"wandb": wandb_kwargs})
 
     # ------------------------------------------------------------------------------------------------
     def tasks_for_step(self, step: int) -> list[str]:
@@ -737,11 +742,13 @@ class Trainer:
             return
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        named = {f"train/{k}": v for k, v in metrics.items() if k != "step"}  # one set of names for every logger
         if self.tb is not None:
-            for k, v in metrics.items():
-                if k != "step":
-                    self.tb.add_scalar(f"train/{k}", v, int(metrics["step"]))
+            for k, v in named.items():
+                self.tb.add_scalar(k, v, int(metrics["step"]))
             self.tb.flush()
+        if self._wandb:
+            self.accelerator.log(named, step=int(metrics["step"]))
 
     # ------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -793,5 +800,6 @@ class Trainer:
         if self.world > 1:
             self.accelerator.wait_for_everyone()
         self.generator.close()  # (a vLLM engine launched beside the trainer takes the process group down with it)
-        if self.world > 1 and torch.distributed.is_initialized():
-            self.accelerator.end_training()  # a process group left to interpreter exit can abort it (gloo)
+        if (self.world > 1 and torch.distributed.is_initialized()) or self._wandb:
+            # a process group left to interpreter exit can abort it (gloo); a W&B run must be finished
+            self.accelerator.end_training()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -494,6 +495,8 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["--model", "nobody/no-such-model-here"], "neither a folder nor in the local Hugging Face cache"),
         (["--config", "nope.yaml"], "config file nope.yaml not found"),
         (["--teacher_placement", "system"], "teacher_placement must be one of before_chat, in_user"),
+        (["--report_to", "mlflow"], "report_to names unknown logger(s) ['mlflow']"),
+        (["--resume", "maybe"], "resume must be true, false or auto, got 'maybe'"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_loading_a_model(args, message):
@@ -807,3 +810,29 @@ def test_kill_9_while_saving_a_checkpoint_and_resume_auto_continues_from_the_las
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "no complete checkpoint" in done.stderr, done.stderr[-3000:]
     assert len((fresh / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_weights_and_biases_offline_logs_the_same_metric_names_as_tensorboard(tmp_path):
+    """``--report_to tensorboard,wandb`` with WANDB_MODE=offline (no network): a W&B run in output_dir/wandb
+    holding every metric of metrics.jsonl under the names TensorBoard has."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = run_args(output_dir=out, report_to="tensorboard,wandb", eval_every=1, eval_episodes=2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sdar_train", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = {
+        f"train/{k}"
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        for k in json.loads(line)
+        if k != "step"
+    }
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    in_wandb = set(re.findall(rb"train/[a-z0-9_]+", run_file.read_bytes()))
+    assert {k.encode() for k in logged} == in_wandb  # the run's records hold each metric by its name
+    tb = EventAccumulator(str(out / "tensorboard")).Reload()
+    assert set(tb.Tags()["scalars"]) == logged and "train/eval_success" in logged
