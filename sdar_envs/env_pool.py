@@ -179,6 +179,11 @@ class EnvPool:
         return results
 
     @property
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (to watch their memory; empty in-process or with Ray)."""
+        return [p.pid for p in self._procs if p.pid is not None]
+
+    @property
     def down_workers(self) -> dict[int, str]:
         """Workers that died or stopped answering, with the reason; their environments raise until restarted."""
         return dict(self._ray.down if self._ray is not None else self._down)

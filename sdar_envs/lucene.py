@@ -101,6 +101,9 @@ def _quiet_lucene() -> None:
         pass
 
 
+JAVA_HEAP = "1g"  # per process; $SDAR_JAVA_HEAP overrides (e.g. 4g)
+
+
 def _check_not_forked() -> None:
     if _JVM_PID is not None and _JVM_PID != os.getpid():
         raise LuceneUnavailable(FORKED_JVM)
@@ -125,6 +128,10 @@ def _start_jvm() -> None:
                 original(*(o for o in opts if "jdk.incubator.vector" not in o))
 
             jnius_config.add_options = add_options
+            # a bounded heap: the JVM's default (a quarter of the machine's memory, per process) lets every
+            # server worker's resident memory creep up for hours before a full collection; Lucene reads
+            # its index through mmap, outside the heap, so searching wiki-18 fits in far less
+            original(f"-Xmx{os.environ.get('SDAR_JAVA_HEAP', JAVA_HEAP)}")
             try:
                 import pyserini.pyclass  # noqa: F401 - sets the classpath and starts the JVM
             finally:
