@@ -167,6 +167,15 @@ class TrainConfig:
         "no network)",
     )
     wandb_project: str = _f("sdar", "wandb: the project the run is logged to (the run is named after output_dir)")
+    micro_batch_tokens: int = _f(
+        0,
+        "a token budget per micro-batch (rows x padded length) besides micro_batch_size rows; 0: rows only",
+    )
+    max_padding: float = _f(
+        0.1,
+        "a micro-batch is closed before padding would exceed this share of its tokens (rows are sorted by "
+        "length first; 1.0: cut by count and budget only)",
+    )
     max_nonfinite_steps: int = _f(
         3,
         "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",
@@ -278,6 +287,10 @@ class TrainConfig:
             raise ConfigError(
                 "max_teacher_prompt_tokens must be >= max_prompt_tokens (skills are added, never the prompt cut)"
             )
+        if not 0 < self.max_padding <= 1:
+            raise ConfigError(f"max_padding must be in (0, 1], got {self.max_padding}")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"micro_batch_tokens must be >= 0 (0: no budget), got {self.micro_batch_tokens}")
         if not 0 <= self.sft_skills_share <= 1:
             raise ConfigError(f"sft_skills_share must be in [0, 1], got {self.sft_skills_share}")
         unknown = set(self.loggers) - {"tensorboard", "wandb"}

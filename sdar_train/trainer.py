@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_train import checkpoints
+from sdar_train.batching import cost, micro_batches
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
@@ -320,6 +321,8 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
+        self._tokens = {"computed": 0, "real": 0}  # tokens a step's forwards computed, and the real ones
+        self._generation_s = 0.0
         self.tb = None
         if acc.is_main_process and "tensorboard" in cfg.loggers:
             from torch.utils.tensorboard import SummaryWriter
@@ -355,7 +358,11 @@ class Trainer:
         bar = tqdm(desc=f"step {step} rollout", unit="turn", leave=False, disable=not self._bars)
 
         def gen(prompts: list[list[int]], seed: int) -> list[list[int]]:
-            return self.generator(prompts, seed, self.sampling)
+            t = time.time()
+            try:
+                return self.generator(prompts, seed, self.sampling)
+            finally:
+                self._generation_s += time.time() - t
 
         try:
             return collect_rollout(
@@ -379,20 +386,19 @@ class Trainer:
         model.eval()
         rmax = max(1, max((len(r) for r in responses), default=1))
         out = torch.zeros((len(prompts), rmax))
-        mb = self.cfg.micro_batch_size
-        n = math.ceil(len(prompts) / mb)
-        for c in range(self._agreed(n) if self.sharded else n):
-            s = c * mb
-            pad = self.policy.pad_id
+        micros = self._micro_batches(prompts, responses, list(range(len(prompts))))
+        pad = self.policy.pad_id
+        for c in range(self._agreed(len(micros)) if self.sharded else len(micros)):
+            rows = micros[c] if c < len(micros) else []
             batch = (
-                pack(prompts[s : s + mb], responses[s : s + mb], pad)
-                if s < len(prompts)
+                pack([prompts[i] for i in rows], [responses[i] for i in rows], pad)
+                if rows
                 else pack([[pad]], [[pad]], pad)
             )
             with self.accelerator.autocast():
                 logp, _ = response_logprobs(model, batch, self.accelerator.device, temperature=self.logit_temperature)
-            if s < len(prompts):
-                out[s : s + mb, : logp.size(1)] = logp.float().cpu()
+            if rows:
+                out[rows, : logp.size(1)] = logp.float().cpu()
         model.train()
         return out
 
@@ -401,6 +407,8 @@ class Trainer:
         (teacher, reference, old policy), the update, and the metrics averaged over processes."""
         cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
         t0 = time.time()
+        self._tokens = {"computed": 0, "real": 0}  # of every forward over turn samples (padding_share)
+        self._generation_s = 0.0
         # 1. rollout: B x G episodes, one sample per turn
         rollout = self.rollout(step)
         # a failed episode (its environment raised, its worker died or hung, a service stayed down) costs
@@ -446,19 +454,25 @@ class Trainer:
             if spec.teacher and run
             else None
         )
+        t_pass = {"teacher_pass_s": time.time() - t1}
+        t = time.time()
         ref = None
         if run and self.ref_model is not None:
             ref = self._score(self.ref_model, prompts, responses)
         elif run and cfg.lora_r > 0 and cfg.kl_coef > 0:  # LoRA: the reference is the base model, adapters off
             with unwrapped.disable_adapter():
                 ref = self._score(unwrapped, prompts, responses)
+        t_pass["reference_pass_s"], t = time.time() - t, time.time()
         steps_per_update = cfg.ppo_epochs * self._agreed(math.ceil(len(samples) / cfg.mini_batch_size))
         need_old = run and (steps_per_update > 1 or spec.rlsd)
         old = self._score(unwrapped, prompts, responses) if need_old else None
+        t_pass["old_policy_pass_s"] = time.time() - t
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
+        t = time.time()
         batch = TurnBatch(prompts, responses, adv, old_logp=old, ref_logp=ref, teacher_logp=teacher)
         stats = self.update(batch, step)
+        t_pass["update_s"] = time.time() - t
         self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
         rewards = rollout.episode_rewards(cfg.reward_scale, use_won)
@@ -483,7 +497,10 @@ class Trainer:
             samples=len(samples) * self.world,
             time_s=time.time() - t0,
             rollout_s=t_rollout,
-            teacher_s=t_teacher,
+            generation_s=self._generation_s,  # inside rollout_s; the rest of it is environments and prompts
+            teacher_s=t_teacher,  # all the no-grad passes; each one below
+            **t_pass,
+            padding_share=1.0 - self._tokens["real"] / max(self._tokens["computed"], 1),
         )
         return metrics
 
@@ -530,16 +547,16 @@ class Trainer:
             n_mini = agreed(math.ceil(len(order) / cfg.mini_batch_size))
             for m in range(n_mini):
                 mini = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
-                # micro-batches of similar lengths: each row is padded to its micro-batch's longest prompt
-                # and reply, and the mini-batch's gradient is a sum, so the order inside it is free
-                mini.sort(key=lambda i: (len(batch.prompts[i]), len(batch.responses[i])))
+                # micro-batches of similar lengths (sdar_train/batching.py): each row is padded to its
+                # micro-batch's longest prompt and reply, and the mini-batch's gradient is a sum
+                micros = self._micro_batches(batch.prompts, batch.responses, mini)
                 local_tokens = torch.tensor(float(sum(len(batch.responses[i]) for i in mini)), device=acc.device)
                 global_tokens = acc.reduce(local_tokens, reduction="sum") if self.world > 1 else local_tokens
                 normalizer = (global_tokens / self.world).clamp(min=1.0)
-                n_micro = agreed(math.ceil(len(mini) / cfg.micro_batch_size))
+                n_micro = agreed(len(micros))
                 parts: dict[str, list[float]] = {}
                 for c in range(n_micro):
-                    micro = mini[c * cfg.micro_batch_size : (c + 1) * cfg.micro_batch_size]
+                    micro = micros[c] if c < len(micros) else []  # (out of rows: a zero-loss pass for DDP)
                     boundary = optimizer_step and c == n_micro - 1
                     self._accumulate(batch, micro, normalizer, parts, lam, boundary=boundary)
                 # the mini-batch's value of each term: token-normalised terms add up over its micro-batches
@@ -568,6 +585,20 @@ class Trainer:
         return stats
 
     _last_failure = ""
+
+    def _micro_batches(self, prompts: list[list[int]], responses: list[list[int]], rows: list[int]) -> list[list[int]]:
+        """``rows`` cut into micro-batches of similar lengths (:func:`sdar_train.batching.micro_batches`),
+        counting the tokens each forward computes against those that are real (``padding_share``)."""
+        cfg = self.cfg
+        lengths = [(len(prompts[i]), len(responses[i])) for i in rows]
+        cut = micro_batches(
+            lengths, max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens, max_padding=cfg.max_padding
+        )
+        for group in cut:
+            computed, real = cost([lengths[j] for j in group])
+            self._tokens["computed"] += computed
+            self._tokens["real"] += real
+        return [[rows[j] for j in group] for group in cut]
 
     def _warn(self, message: str) -> None:
         if self.accelerator.is_main_process:

@@ -716,19 +716,23 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     """Micro-batches are cut from length-sorted mini-batches and only accumulate: the step's gradient and
     its logged loss terms are those of the whole mini-batch, whatever the micro-batch size."""
     runs = {}
-    for micro in (1, 8):
+    cuts = {"1": dict(micro_batch_size=1), "8": dict(micro_batch_size=8, max_padding=1.0)}
+    cuts["8-tight"] = dict(micro_batch_size=8, max_padding=0.05, micro_batch_tokens=600)  # more, smaller forwards
+    for name, cut in cuts.items():
         cfg = TrainConfig(
-            env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / str(micro)),
-            **{**SMALL, "micro_batch_size": micro, "tasks_per_step": 2, "group_size": 2},
+            env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / name),
+            **{**SMALL, **cut, "tasks_per_step": 2, "group_size": 2},
         )  # fmt: skip
         trainer = Trainer(cfg)
         try:
-            runs[micro] = trainer.train_step(0)
+            runs[name] = trainer.train_step(0)
         finally:
             trainer.close()
-    assert runs[1]["samples"] > 4  # several micro-batches of 1
-    for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
-        assert runs[1][key] == pytest.approx(runs[8][key], rel=1e-4, abs=1e-6), key
+    assert runs["1"]["samples"] > 4  # several micro-batches of 1
+    assert runs["1"]["padding_share"] == 0.0 and runs["8-tight"]["padding_share"] < runs["8"]["padding_share"]
+    for name in ("1", "8-tight"):
+        for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
+            assert runs[name][key] == pytest.approx(runs["8"][key], rel=1e-4, abs=1e-6), (name, key)
 
 
 def test_a_failed_episode_costs_that_episode_and_failing_steps_in_a_row_stop_the_run(tmp_path, capsys):
