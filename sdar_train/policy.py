@@ -116,10 +116,14 @@ def generate(
     stop_ids: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Sampled continuations (stop tokens kept, padding removed), batched with left padding; a
-    temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens."""
+    temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens.
+    Prompts are batched in order of length (each batch is padded to its longest prompt) and the
+    continuations returned in the prompts' order."""
     model = policy.model
     was_training = model.training
     model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    prompts = [prompts[i] for i in order]
     out: list[list[int]] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
     greedy = temperature < 1e-5
@@ -148,7 +152,10 @@ def generate(
                 out.append(cut_at_stop(row, stop_list))
     finally:
         model.train(was_training)
-    return out
+    restored: list[list[int]] = [[] for _ in out]
+    for position, i in enumerate(order):
+        restored[i] = out[position]
+    return restored
 
 
 @dataclass

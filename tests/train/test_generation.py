@@ -72,6 +72,8 @@ def test_hf_replies_keep_the_stop_token_and_do_not_depend_on_the_batch(policy):
         HFGenerator(policy, batch_size=1)([p], 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,)))[0] for p in prompts
     ]
     assert alone == free, "left padding must not change a reply"
+    # batched in order of prompt length, replies come back in the prompts' own order
+    assert gen(prompts[::-1], 0, Sampling(10, 0.0, stop_ids=(policy.pad_id,))) == free[::-1]
     stop = free[0][3]  # a token the first reply emits: it must end there, with the token kept
     stopped = gen(prompts, 0, Sampling(10, 0.0, stop_ids=(stop,)))
     assert stopped == [cut_at_stop(r, [stop]) for r in free]
