@@ -146,7 +146,10 @@ def evaluate_repeats(policy: Policy, env_id: str, *, repeats: int = 1, seed: int
         report[key] = sum(p[key] for p in passes) / repeats
     report["per_task_type"] = {}
     for task_type, row in first["per_task_type"].items():
-        mean, half = mean_interval([p["per_task_type"][task_type]["success"] for p in passes])
+        # (a pass whose episodes of a type all failed has no row for it)
+        mean, half = mean_interval(
+            [p["per_task_type"][task_type]["success"] for p in passes if task_type in p["per_task_type"]]
+        )
         report["per_task_type"][task_type] = {"episodes": row["episodes"], "success": mean, "success_ci95": half}
     report["episodes_failed"] = sum(p.get("episodes_failed", 0) for p in passes)
     report["passes"] = passes
