@@ -64,22 +64,31 @@ def measure(pids: Sequence[int], t: float) -> Sample:
     return Sample(t, rss / 2**20, threads, fds)
 
 
+def _slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) points, per second."""
+    if len(points) < 2:
+        return 0.0
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+
+
 def growth(samples: Sequence[Sample], warmup: float = 0.2) -> dict[str, dict[str, float]]:
     """Per metric: the warm level (mean of the first tenth after warm-up), the last level (mean of the
-    last tenth) and the least-squares slope after warm-up, per hour."""
+    last tenth), the least-squares slope after warm-up and over the second half alone, per hour (a cache
+    that fills for a while after the warm-up shows in the first and not in the second)."""
     warm = list(samples[int(len(samples) * warmup) :]) or list(samples)
+    late = list(samples[len(samples) // 2 :]) or list(samples)
     tenth = max(1, len(warm) // 10)
     out = {}
     for m in METRICS:
-        xs = [s.t for s in warm]
         ys = [float(getattr(s, m)) for s in warm]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
         out[m] = {
             "warm": sum(ys[:tenth]) / tenth,
             "last": sum(ys[-tenth:]) / tenth,
-            "per_hour": slope * 3600,
+            "per_hour": _slope([(s.t, float(getattr(s, m))) for s in warm]) * 3600,
+            "per_hour_second_half": _slope([(s.t, float(getattr(s, m))) for s in late]) * 3600,
         }
     return out
 
@@ -234,13 +243,13 @@ def soak_envpool(episodes: int, envs: int = 8, workers: int = 2, every: float = 
 def print_report(name: str, report: dict[str, Any]) -> None:
     g = report["growth"]
     print(f"{name}: {report['seconds'] / 60:.1f} min, {report['served']:,} served, {len(report['samples'])} samples")
-    print("| | warm | last | growth per hour |")
-    print("|---|---|---|---|")
-    print(
-        f"| resident memory (MB) | {g['rss_mb']['warm']:.0f} | {g['rss_mb']['last']:.0f} | {g['rss_mb']['per_hour']:+.1f} |"
-    )
-    print(f"| threads | {g['threads']['warm']:.0f} | {g['threads']['last']:.0f} | {g['threads']['per_hour']:+.1f} |")
-    print(f"| open files | {g['fds']['warm']:.0f} | {g['fds']['last']:.0f} | {g['fds']['per_hour']:+.1f} |")
+    print("| | warm | last | growth per hour after warm-up | over the second half |")
+    print("|---|---|---|---|---|")
+    for key, label in (("rss_mb", "resident memory (MB)"), ("threads", "threads"), ("fds", "open files")):
+        row = g[key]
+        print(
+            f"| {label} | {row['warm']:.0f} | {row['last']:.0f} | {row['per_hour']:+.1f} | {row['per_hour_second_half']:+.1f} |"
+        )
     if report["errors"]:
         print("errors:", "; ".join(report["errors"]))
 
@@ -256,7 +265,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     p.add_argument("--json", help="also write the report (with every sample) here")
+    p.add_argument("--report", help="print the report of a JSON written by --json (growth recomputed), and exit")
     args = p.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        saved["growth"] = growth([Sample(**x) for x in saved["samples"]])
+        print_report(args.target, saved)
+        return
     if args.target == "webshop":
         report = soak_webshop(args.minutes * 60, args.clients or 32, args.every, args.workers)
     elif args.target == "retrieval":
