@@ -75,17 +75,20 @@ def _slope(points: Sequence[tuple[float, float]]) -> float:
 
 
 def growth(samples: Sequence[Sample], warmup: float = 0.2) -> dict[str, dict[str, float]]:
-    """Per metric: the warm level (mean of the first tenth after warm-up), the last level (mean of the
-    last tenth), the least-squares slope after warm-up and over the second half alone, per hour (a cache
-    that fills for a while after the warm-up shows in the first and not in the second)."""
+    """Per metric: the warm level (mean of the first tenth after warm-up), the level at the start of the
+    second half, the last level (mean of the last tenth), and the least-squares slope after warm-up and
+    over the second half alone, per hour (a cache that fills for a while after the warm-up shows in the
+    first and not in the second; a leak in both)."""
     warm = list(samples[int(len(samples) * warmup) :]) or list(samples)
     late = list(samples[len(samples) // 2 :]) or list(samples)
     tenth = max(1, len(warm) // 10)
     out = {}
     for m in METRICS:
         ys = [float(getattr(s, m)) for s in warm]
+        mid = [float(getattr(s, m)) for s in late[: max(1, len(late) // 5)]]
         out[m] = {
             "warm": sum(ys[:tenth]) / tenth,
+            "half": sum(mid) / len(mid),  # the level at the start of the second half
             "last": sum(ys[-tenth:]) / tenth,
             "per_hour": _slope([(s.t, float(getattr(s, m))) for s in warm]) * 3600,
             "per_hour_second_half": _slope([(s.t, float(getattr(s, m))) for s in late]) * 3600,

@@ -10,12 +10,14 @@ import pytest
 from bench.soak import Sample, growth, soak_envpool, soak_retrieval, soak_webshop
 
 
-def assert_flat(report: dict, *, threads: int = 8, fds: int = 16, rss_share: float = 0.5) -> None:
+def assert_flat(report: dict, *, threads: int = 8, fds: int = 16, rss_share: float = 0.25) -> None:
+    """Over the second half of the run (the first is the warm-up of a short soak: a server's workers
+    load their catalogue and index on their first requests), threads, open files and memory stay put."""
     assert not report["errors"], report["errors"]
     g = report["growth"]
-    assert g["threads"]["last"] - g["threads"]["warm"] <= threads, g["threads"]
-    assert g["fds"]["last"] - g["fds"]["warm"] <= fds, g["fds"]
-    assert g["rss_mb"]["last"] <= g["rss_mb"]["warm"] * (1 + rss_share) + 100, g["rss_mb"]
+    assert g["threads"]["last"] - g["threads"]["half"] <= threads, g["threads"]
+    assert g["fds"]["last"] - g["fds"]["half"] <= fds, g["fds"]
+    assert g["rss_mb"]["last"] <= g["rss_mb"]["half"] * (1 + rss_share) + 100, g["rss_mb"]
 
 
 @pytest.mark.slow
@@ -47,5 +49,5 @@ def test_a_leak_is_measured_as_growth_and_fails_the_check():
     assert g["threads"]["per_hour"] == pytest.approx(360.0) and g["rss_mb"]["per_hour"] == 0.0
     with pytest.raises(AssertionError):
         assert_flat({"errors": [], "growth": g})
-    warming = [Sample(t * 10.0, 300.0 + 200 * min(t, 5) / 5, 40 + min(t, 5), 50) for t in range(30)]
+    warming = [Sample(t * 10.0, 300.0 + 900 * min(t, 12) / 12, 40 + min(t, 12), 50) for t in range(30)]
     assert_flat({"errors": [], "growth": growth(warming)})
