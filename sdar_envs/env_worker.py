@@ -11,7 +11,7 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["EnvFactory", "EnvFailure", "EnvPoolError", "make_env", "serve"]
+__all__ = ["EnvFactory", "EnvFailure", "EnvPoolError", "failure_summary", "make_env", "serve"]
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -32,8 +32,13 @@ class EnvFailure:
     @property
     def summary(self) -> str:
         """The cause's last line (the exception, or the worker's fate)."""
-        lines = [ln for ln in self.cause.strip().splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else "failed"
+        return failure_summary(self.cause)
+
+
+def failure_summary(cause: str) -> str:
+    """A failure's cause in one line: its last (the exception, or the worker's fate)."""
+    lines = [ln.strip() for ln in cause.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed"
 
 
 def make_env(env_id: str | EnvFactory, env_kwargs: Mapping[str, Any]) -> gym.Env:

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdar_envs import EnvPool, env_class, env_name
+from sdar_envs.env_worker import failure_summary
 from sdar_train import checkpoints
 from sdar_train.batching import cost, micro_batches
 from sdar_train.config import TrainConfig, resolve_reference_defaults
@@ -90,12 +91,6 @@ def response_format(expert_action: str, format_valid: Callable[[str], bool] | No
     if format_valid is not None and not format_valid(text):
         text = "<think></think>" + text
     return text
-
-
-def _cause(text: str) -> str:
-    """A failure's cause in one line: its last (the exception, or the worker's fate)."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown"
 
 
 class _DropTiedWeightNotice(logging.Filter):
@@ -416,7 +411,7 @@ class Trainer:
         rollout, lost = rollout.without_failed(min_group=2 if cfg.group_size > 1 and not spec.sft else 1)
         failed = [e for e in lost if e.failed is not None]
         if failed:
-            self._last_failure = _cause(failed[0].failed or "")
+            self._last_failure = failure_summary(failed[0].failed or "")
             self._warn(
                 f"step {step}: {len(failed)} episode(s) failed and were dropped"
                 + (
@@ -425,7 +420,7 @@ class Trainer:
                     else ""
                 )
                 + ": "
-                + "; ".join(sorted({f"{e.task_id}: {_cause(e.failed or '')}" for e in failed}))
+                + "; ".join(sorted({f"{e.task_id}: {failure_summary(e.failed or '')}" for e in failed}))
             )
         grown = self.grow_skills(rollout) if cfg.grow_skills else 0
         t_rollout = time.time() - t0
