@@ -48,6 +48,7 @@ __all__ = [
     "extract_tag",
     "prompt_builder",
     "reference_training",
+    "response_tokens",
 ]
 
 ENV_IDS = {
@@ -76,6 +77,12 @@ def env_class(env_id: str) -> type[TextEnv]:
 def prompt_builder(env_id: str) -> PromptBuilder:
     """The prompt builder of a registered environment, without creating the environment."""
     return env_class(env_id).prompt_builder
+
+
+def response_tokens(env_id: str) -> int:
+    """Tokens a reply needs in this environment (its actions plus a short thought; 512, the SDAR paper's
+    value, for environments that do not say)."""
+    return int(getattr(env_class(env_id), "response_tokens", TextEnv.response_tokens))
 
 
 def reference_training(env_id: str) -> dict[str, float]:

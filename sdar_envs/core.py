@@ -295,6 +295,9 @@ class TextEnv(gym.Env[str, str]):
         "invalid_penalty": 0.0,
         "eval_temperature": 0.4,
     }
+    # tokens a reply needs here: the longest expert reply (SmolLM2 tokens, train split) plus room for a
+    # short thought; what sdar_train generates per turn unless told (the paper's configs say 512)
+    response_tokens: ClassVar[int] = 512
     # keyword arguments that make the env fill info["expert_action"] for behaviour cloning (sdar_train's sft)
     demonstration_kwargs: ClassVar[dict[str, Any]] = {}
     task_label: ClassVar[str] = "task"  # how error messages name the tasks

@@ -7,13 +7,34 @@ to the longest response (:func:`sdar_train.policy.pack`), so a micro-batch of ``
 a micro-batch before it grows past a row count, a token budget or a padding share keeps that close to
 the real tokens (verl's dynamic batch size is the same idea). The order inside a mini-batch does not
 change its gradient (a sum over rows normalised by the mini-batch's token count), so this is free.
+
+Rows often begin alike: the G episodes of a group share their first prompt, every prompt starts with the
+same system turn and instructions, and the SDAR teacher's prompts of one task type start with the same
+skill block. :func:`plan` can also cut rows in the order of their tokens, so that those sharing a beginning
+sit together, and give each micro-batch the length of that shared ``prefix``: it is computed once and its
+KV cache reused by every row (:func:`sdar_train.policy.pack`). It keeps whichever cut computes fewer tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-__all__ = ["cost", "micro_batches"]
+__all__ = ["MicroBatch", "cost", "micro_batches", "plan", "shared_cost"]
+
+# A forward's fixed cost (launch, Python, the layers' loop) in tokens' worth: a cut into more forwards
+# must save more than this per extra forward. Sharing a prefix shorter than MIN_SHARED_PREFIX is not
+# worth its own forward.
+FORWARD_OVERHEAD_TOKENS = 32
+MIN_SHARED_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows scored in one forward; their first ``prefix`` prompt tokens are the same and computed once."""
+
+    rows: list[int]
+    prefix: int = 0
 
 
 def cost(lengths: Sequence[tuple[int, int]]) -> tuple[int, int]:
@@ -55,3 +76,117 @@ def micro_batches(
     if current:
         out.append(current)
     return out
+
+
+def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def shared_cost(lengths: Sequence[tuple[int, int]], prefix: int) -> tuple[int, int]:
+    """(tokens computed, tokens real) for rows whose first ``prefix`` prompt tokens are computed once:
+    the prefix, then every row padded to the longest remaining prompt and the longest response."""
+    if not lengths:
+        return 0, 0
+    width = max(p for p, _ in lengths) - prefix + max(max(r for _, r in lengths), 1)
+    return prefix + len(lengths) * width, prefix + sum(p - prefix + r for p, r in lengths)
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """First tokens all ``prompts`` share, each keeping its last (sdar_train.policy.common_prefix_len)."""
+    limit = min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        limit = _common(prompts[0], other, limit)
+    return max(limit, 0)
+
+
+def _shared_cut(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    share: float,
+    *,
+    max_rows: int,
+    max_tokens: int,
+    max_padding: float,
+) -> list[MicroBatch]:
+    """Rows in the order of their prompt tokens, split into families wherever neighbours share fewer than
+    ``share`` of their prompt (and :data:`MIN_SHARED_PREFIX` tokens); each family cut by length as
+    :func:`micro_batches` cuts, with its shared beginning counted once (:func:`shared_cost`)."""
+    order = sorted(rows, key=lambda i: list(prompts[i]))
+    families: list[list[int]] = []
+    for i in order:
+        if families:
+            last = prompts[families[-1][-1]]
+            shortest = min(len(last), len(prompts[i]))
+            if _common(last, prompts[i], shortest - 1) >= max(MIN_SHARED_PREFIX, share * shortest):
+                families[-1].append(i)
+                continue
+        families.append([i])
+    # rows that share their beginning with no neighbour are cut together by length, as micro_batches cuts
+    families = [f for f in families if len(f) > 1] + [[i for f in families if len(f) == 1 for i in f]]
+    out: list[MicroBatch] = []
+    for family in families:
+        prefix = _common_prefix([prompts[i] for i in family]) if len(family) > 1 else 0
+        family.sort(key=lambda i: (len(prompts[i]), len(responses[i])))
+        current: list[int] = []
+        for i in family:
+            trial = [*current, i]
+            computed, real = shared_cost([(len(prompts[j]), len(responses[j])) for j in trial], prefix)
+            fits = (
+                len(trial) <= max_rows
+                and (max_tokens <= 0 or computed - prefix <= max_tokens)
+                and (computed - real) <= max_padding * computed
+            )
+            if current and not fits:
+                out.append(MicroBatch(current))
+                trial = [i]
+            current = trial
+        if current:
+            out.append(MicroBatch(current))
+    # each micro-batch shares what its own rows share (at least its family's beginning)
+    return [
+        MicroBatch(
+            mb.rows,
+            p if len(mb.rows) > 1 and (p := _common_prefix([prompts[i] for i in mb.rows])) >= MIN_SHARED_PREFIX else 0,
+        )
+        for mb in out
+    ]
+
+
+def plan(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    *,
+    max_rows: int,
+    max_tokens: int = 0,
+    max_padding: float = 1.0,
+    share_prefixes: bool = False,
+) -> list[MicroBatch]:
+    """``rows`` (indices into ``prompts``/``responses``) cut into micro-batches: by length
+    (:func:`micro_batches`), or, with ``share_prefixes``, whichever of that and the cut by shared
+    beginnings computes fewer tokens (counting :data:`FORWARD_OVERHEAD_TOKENS` per forward)."""
+    if not rows:
+        return []
+    lengths = [(len(prompts[i]), len(responses[i])) for i in rows]
+    by_length = [
+        MicroBatch([rows[j] for j in group])
+        for group in micro_batches(lengths, max_rows=max_rows, max_tokens=max_tokens, max_padding=max_padding)
+    ]
+    if not share_prefixes:
+        return by_length
+
+    def total(cut: list[MicroBatch]) -> int:
+        forwards = sum(1 + (mb.prefix > 0) for mb in cut)
+        computed = sum(shared_cost([(len(prompts[i]), len(responses[i])) for i in mb.rows], mb.prefix)[0] for mb in cut)
+        return computed + FORWARD_OVERHEAD_TOKENS * forwards
+
+    # how alike rows must begin to share a forward: try a few, keep the cheapest cut (rows are few)
+    cuts = [by_length] + [
+        _shared_cut(prompts, responses, rows, share, max_rows=max_rows, max_tokens=max_tokens, max_padding=max_padding)
+        for share in (0.0, 0.25, 0.5, 0.75)
+    ]
+    return min(cuts, key=total)

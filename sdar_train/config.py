@@ -83,7 +83,11 @@ class TrainConfig:
     group_size: int = _f(8, "G: episodes per task (a GRPO group)")
     max_turns: int | None = _f(None, "override the env's step limit")
     max_prompt_tokens: int = _f(2048, "student prompt budget (longer prompts keep their last tokens)")
-    max_response_tokens: int = _f(512, "tokens generated per turn")
+    max_response_tokens: int = _f(
+        0,
+        "tokens generated per turn; 0: the environment's own limit, sized to its actions (ALFWorld and Search-QA 96, "
+        "WebShop 128); the paper's configs say 512",
+    )
     temperature: float = _f(1.0, "sampling temperature for rollouts")
     top_p: float = _f(1.0, "nucleus sampling for rollouts")
     train_reward: str = _f(
@@ -176,6 +180,12 @@ class TrainConfig:
         "a micro-batch is closed before padding would exceed this share of its tokens (rows are sorted by "
         "length first; 1.0: cut by count and budget only)",
     )
+    share_prefixes: bool = _f(
+        True,
+        "compute the prompt beginning that a micro-batch's rows share (a group's first prompt, the system turn "
+        "and instructions, the teacher's skill block) once and reuse its KV cache; equal log-probs to float "
+        "tolerance. No-grad passes always; the update on one process without gradient checkpointing",
+    )
     max_nonfinite_steps: int = _f(
         3,
         "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",
@@ -236,7 +246,6 @@ class TrainConfig:
             "tasks_per_step",
             "group_size",
             "max_prompt_tokens",
-            "max_response_tokens",
             "ppo_epochs",
             "mini_batch_size",
             "micro_batch_size",
@@ -250,6 +259,10 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_response_tokens < 0:
+            raise ConfigError(
+                f"max_response_tokens must be >= 1 (0: the environment's own), got {self.max_response_tokens}"
+            )
         if self.max_turns is not None and self.max_turns < 1:
             raise ConfigError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.micro_batch_size > self.mini_batch_size:
@@ -322,13 +335,16 @@ class TrainConfig:
 
 def resolve_reference_defaults(cfg: TrainConfig) -> TrainConfig:
     """A copy with the fields left null (``reward_scale``, ``invalid_penalty``, ``eval_temperature``)
-    set to the environment's reference values (:func:`sdar_envs.reference_training`)."""
-    from sdar_envs import reference_training
+    set to the environment's reference values (:func:`sdar_envs.reference_training`), and a
+    ``max_response_tokens`` of 0 to the environment's own (:func:`sdar_envs.response_tokens`)."""
+    from sdar_envs import reference_training, response_tokens
 
     ref = reference_training(cfg.env)
     updates: dict[str, Any] = {
         k: float(ref[k]) for k in ("reward_scale", "invalid_penalty", "eval_temperature") if getattr(cfg, k) is None
     }
+    if cfg.max_response_tokens == 0:
+        updates["max_response_tokens"] = response_tokens(cfg.env)
     return dataclasses.replace(cfg, **updates) if updates else cfg
 
 

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sdar_envs import EnvPool
+from sdar_envs import EnvPool, response_tokens
 from sdar_envs.core import evaluation_tasks
 from sdar_train.errors import ConfigError
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
@@ -39,7 +39,7 @@ def evaluate(
     episodes: int = 0,
     temperature: float = 0.4,
     seed: int = 0,
-    max_response_tokens: int = 512,
+    max_response_tokens: int = 0,
     batch_size: int = 64,
     env_workers: int = 0,
     generator: Generator | None = None,
@@ -53,6 +53,8 @@ def evaluate(
     with-skills evaluation) or before the chat text (``"before_chat"``: the SDAR teacher's prompt, so the
     report measures the teacher)."""
     spec = prompts or PromptSpec()
+    if max_response_tokens <= 0:  # the environment's own limit, sized to its actions
+        max_response_tokens = response_tokens(env_id)
     generator = generator or HFGenerator(policy, batch_size)
     sampling = Sampling(max_response_tokens, temperature, 1.0, tuple(policy.stop_ids))
     kwargs = dict(env_kwargs or {})
@@ -219,7 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seeded passes over the same tasks (seeds seed..seed+k-1): mean and 95%% interval (avg@k)",
     )
     p.add_argument("--max_prompt_tokens", "--max-prompt-tokens", dest="max_prompt_tokens", type=int, default=2048)
-    p.add_argument("--max_response_tokens", "--max-response-tokens", dest="max_response_tokens", type=int, default=512)
+    p.add_argument(
+        "--max_response_tokens",
+        "--max-response-tokens",
+        dest="max_response_tokens",
+        type=int,
+        default=0,
+        help="tokens generated per turn (0: the environment's own, sized to its actions; the paper's configs say 512)",
+    )
     p.add_argument("--env_workers", "--env-workers", dest="env_workers", type=int, default=0)
     p.add_argument(
         "--backend", choices=("hf", "vllm"), default="hf", help="generation back-end (vllm: the optional extra)"
@@ -268,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.backend,
         policy,
         model=model_path,
-        max_model_len=args.max_prompt_tokens + args.max_response_tokens,
+        max_model_len=args.max_prompt_tokens + (args.max_response_tokens or response_tokens(args.env)),
         bf16=True,
         seed=args.seed,
     )

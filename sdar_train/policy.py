@@ -3,6 +3,7 @@ per-token log-probabilities of response tokens (student, teacher and reference p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,16 @@ import torch
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
 
-__all__ = ["Policy", "PromptCodec", "ScoredBatch", "cut_at_stop", "encode_prompt", "load_policy", "pack"]
+__all__ = [
+    "Policy",
+    "PromptCodec",
+    "ScoredBatch",
+    "common_prefix_len",
+    "cut_at_stop",
+    "encode_prompt",
+    "load_policy",
+    "pack",
+]
 
 
 @dataclass
@@ -163,18 +173,45 @@ class ScoredBatch:
     """Rows ``[pad] prompt | response [pad]`` with every response starting at column ``P`` (prompts
     left-padded), so that only the last ``R + 1`` logit columns are computed: those that predict
     response tokens. Prompt tokens (task, observations, history, skills) have no logits here at all,
-    so no loss can train them. Results are response-aligned ``[n, R]``."""
+    so no loss can train them. Results are response-aligned ``[n, R]``.
+
+    With a ``prefix`` (the rows' common first tokens, packed with ``shared_prefix``), the rows hold
+    only what follows it: the prefix is computed once and its KV cache reused by every row."""
 
     input_ids: torch.Tensor  # [n, P + R]
     attention_mask: torch.Tensor  # [n, P + R]
-    position_ids: torch.Tensor  # [n, P + R] positions count real tokens only (left padding)
+    position_ids: torch.Tensor  # [n, P + R] positions count real tokens only (left padding), after the prefix
     targets: torch.Tensor  # [n, R] the response tokens
     mask: torch.Tensor  # [n, R] 1.0 on real response tokens, 0.0 on padding
+    prefix: torch.Tensor | None = None  # [1, L] the rows' shared first prompt tokens, or None
 
 
-def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int) -> ScoredBatch:
+def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """How many first tokens all ``prompts`` share, leaving every prompt at least its last token (whose
+    logit predicts the first response token, so it cannot sit in a shared cache)."""
+    if not prompts:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for other in prompts[1:]:
+        n = 0
+        while n < limit and other[n] == first[n]:
+            n += 1
+        limit = n
+    return max(limit, 0)
+
+
+def pack(
+    prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int, *, shared_prefix: int = 0
+) -> ScoredBatch:
     """Token ids of (prompt, response) pairs as one :class:`ScoredBatch`: prompts left-padded so every
-    response starts at the same column, responses right-padded, ``mask`` 1 on response tokens only."""
+    response starts at the same column, responses right-padded, ``mask`` 1 on response tokens only.
+    ``shared_prefix`` L > 0 (at most :func:`common_prefix_len`): the first L prompt tokens, common to
+    every row, become the batch's ``prefix`` and the rows hold the rest."""
+    if shared_prefix > common_prefix_len(prompts):
+        raise ValueError(f"the prompts do not share their first {shared_prefix} tokens")
+    prefix = torch.tensor([prompts[0][:shared_prefix]], dtype=torch.long) if shared_prefix > 0 else None
+    prompts = [p[shared_prefix:] for p in prompts]
     p_width = max(len(p) for p in prompts)
     r_width = max(1, max(len(r) for r in responses))
     n = len(prompts)
@@ -188,8 +225,21 @@ def pack(prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: i
             ids[i, p_width : p_width + len(r)] = torch.tensor(r, dtype=torch.long)
             attn[i, p_width : p_width + len(r)] = 1
         mask[i, : len(r)] = 1.0
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    return ScoredBatch(ids, attn, positions, ids[:, p_width:], mask)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0) + shared_prefix
+    return ScoredBatch(ids, attn, positions, ids[:, p_width:], mask, prefix)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated); 4.x has
+    only ``past_key_values``."""
+    while hasattr(model, "module"):  # DDP and friends
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT forwards **kwargs to the model it wraps
+        model = model.get_base_model()
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (AttributeError, TypeError, ValueError):
+        return "past_key_values"
 
 
 def response_logprobs(
@@ -204,11 +254,22 @@ def response_logprobs(
     the policy at ``temperature`` (logits divided by it, as the reference's actor does with the rollout
     temperature): the distribution the responses were sampled from."""
     r_width = batch.targets.size(1)
+    attention_mask, extra = batch.attention_mask.to(device), {}
+    if batch.prefix is not None:  # the shared prefix once, its KV cache repeated for every row
+        n, length = batch.input_ids.size(0), batch.prefix.size(1)
+        out = model(input_ids=batch.prefix.to(device), use_cache=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5.x / 4.x
+        cache.batch_repeat_interleave(n)
+        attention_mask = torch.cat(
+            [torch.ones((n, length), dtype=attention_mask.dtype, device=device), attention_mask], 1
+        )
+        extra = {_cache_kwarg(model): cache, "use_cache": True}
     logits = model(
         input_ids=batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
+        attention_mask=attention_mask,
         position_ids=batch.position_ids.to(device),
         logits_to_keep=r_width + 1,
+        **extra,
     ).logits[:, :r_width]  # column j predicts response token j
     if temperature != 1.0:
         logits = logits / temperature

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_envs.env_worker import failure_summary
 from sdar_train import checkpoints
-from sdar_train.batching import cost, micro_batches
+from sdar_train.batching import MicroBatch, plan, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
@@ -152,6 +152,16 @@ class Trainer:
             raise ConfigError(problem)
         self.sharded = is_sharded(acc)  # parameters sharded (FSDP2, ZeRO-3): every forward is a collective
         self.deepspeed = uses_deepspeed(acc)  # its engine steps the optimizer (sdar_train/sharding.py)
+        # a shared prefix makes two forwards of one micro-batch: fine alone, not where forwards are
+        # collectives (DDP's buffers, sharded parameters, DeepSpeed's engine), nor under gradient
+        # checkpointing (which turns the KV cache off)
+        self._share_in_update = (
+            cfg.share_prefixes
+            and acc.num_processes == 1
+            and not self.sharded
+            and not self.deepspeed
+            and not cfg.gradient_checkpointing
+        )
         if self.deepspeed:
             configure_deepspeed(acc, micro_batch_size=cfg.micro_batch_size, max_grad_norm=cfg.max_grad_norm)
         if cfg.tasks_per_step < acc.num_processes:  # a process without tasks would wait forever in the first all-reduce
@@ -375,25 +385,37 @@ class Trainer:
             bar.close()
 
     @torch.no_grad()
-    def _score(self, model: torch.nn.Module, prompts: list[list[int]], responses: list[list[int]]) -> torch.Tensor:
-        """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches. Sharded, every process
-        runs the same number of forwards (each gathers parameters): a process out of samples scores a pad token."""
+    def _score(
+        self,
+        model: torch.nn.Module,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        rows: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Response-aligned log-probs ``[n, R]`` without grad, in micro-batches (of ``rows`` only, the others
+        left NaN). Sharded, every process runs the same number of forwards (each gathers parameters): a
+        process out of samples scores a pad token."""
         model.eval()
         rmax = max(1, max((len(r) for r in responses), default=1))
         out = torch.zeros((len(prompts), rmax))
-        micros = self._micro_batches(prompts, responses, list(range(len(prompts))))
+        if rows is None:
+            rows = list(range(len(prompts)))
+        else:
+            out[sorted(set(range(len(prompts))) - set(rows))] = float("nan")
+        # sharded, every forward gathers parameters: a shared prefix (two forwards) could not stay in step
+        micros = self._micro_batches(prompts, responses, rows, share=self.cfg.share_prefixes and not self.sharded)
         pad = self.policy.pad_id
         for c in range(self._agreed(len(micros)) if self.sharded else len(micros)):
-            rows = micros[c] if c < len(micros) else []
+            mb = micros[c] if c < len(micros) else MicroBatch([])
             batch = (
-                pack([prompts[i] for i in rows], [responses[i] for i in rows], pad)
-                if rows
+                pack([prompts[i] for i in mb.rows], [responses[i] for i in mb.rows], pad, shared_prefix=mb.prefix)
+                if mb.rows
                 else pack([[pad]], [[pad]], pad)
             )
             with self.accelerator.autocast():
                 logp, _ = response_logprobs(model, batch, self.accelerator.device, temperature=self.logit_temperature)
-            if rows:
-                out[rows, : logp.size(1)] = logp.float().cpu()
+            if mb.rows:
+                out[mb.rows, : logp.size(1)] = logp.float().cpu()
         model.train()
         return out
 
@@ -460,13 +482,18 @@ class Trainer:
         t_pass["reference_pass_s"], t = time.time() - t, time.time()
         steps_per_update = cfg.ppo_epochs * self._agreed(math.ceil(len(samples) / cfg.mini_batch_size))
         need_old = run and (steps_per_update > 1 or spec.rlsd)
-        old = self._score(unwrapped, prompts, responses) if need_old else None
+        # the first mini-batch is updated with the rollout-time weights: its old log-probs are its own
+        # forward's, detached (the update fills them in), so the old policy scores only the rest
+        orders = self._update_orders(len(samples), step)
+        first = set(orders[0][: cfg.mini_batch_size]) if orders and orders[0] else set()
+        rest = [i for i in range(len(samples)) if i not in first]
+        old = self._score(unwrapped, prompts, responses, rest) if need_old else None
         t_pass["old_policy_pass_s"] = time.time() - t
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
         t = time.time()
         batch = TurnBatch(prompts, responses, adv, old_logp=old, ref_logp=ref, teacher_logp=teacher)
-        stats = self.update(batch, step)
+        stats = self.update(batch, step, orders=orders)
         t_pass["update_s"] = time.time() - t
         self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
@@ -496,6 +523,9 @@ class Trainer:
             teacher_s=t_teacher,  # all the no-grad passes; each one below
             **t_pass,
             padding_share=1.0 - self._tokens["real"] / max(self._tokens["computed"], 1),
+            tokens_computed=float(
+                self._tokens["computed"]
+            ),  # by every forward over turn samples (a shared prefix once)
         )
         return metrics
 
@@ -524,8 +554,27 @@ class Trainer:
         acc = self.accelerator
         return int(acc.reduce(torch.tensor(n, device=acc.device), reduction="max")) if self.world > 1 else n
 
-    def update(self, batch: TurnBatch, step: int, *, optimizer_step: bool = True) -> dict[str, list[float]]:
-        """``ppo_epochs`` passes of mini-batch updates over this process's turn samples.
+    def _update_orders(self, n: int, step: int) -> list[list[int]]:
+        """The order of this process's ``n`` samples in each of the ``ppo_epochs`` passes (seeded by step)."""
+        order_rng = random.Random(derive_seed(self.cfg.seed, "order", step))
+        orders = []
+        for _ in range(self.cfg.ppo_epochs):
+            order = list(range(n))
+            order_rng.shuffle(order)
+            orders.append(order)
+        return orders
+
+    def update(
+        self,
+        batch: TurnBatch,
+        step: int,
+        *,
+        optimizer_step: bool = True,
+        orders: list[list[int]] | None = None,
+    ) -> dict[str, list[float]]:
+        """``ppo_epochs`` passes of mini-batch updates over this process's turn samples (in ``orders``,
+        by default :meth:`_update_orders`). Rows of ``batch.old_logp`` that are NaN are scored by the
+        first forward over them, detached: only right for rows of the first mini-batch.
 
         Processes hold different numbers of samples (episodes differ in length), but DDP needs every
         process to run the same number of backward passes: the mini- and micro-batch counts are agreed
@@ -533,25 +582,22 @@ class Trainer:
         """
         cfg, acc = self.cfg, self.accelerator
         stats: dict[str, list[float]] = {}
-        order_rng = random.Random(derive_seed(cfg.seed, "order", step))
         agreed = self._agreed
         lam = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
-        for _ in range(cfg.ppo_epochs):
-            order = list(range(len(batch)))
-            order_rng.shuffle(order)
+        for order in orders if orders is not None else self._update_orders(len(batch), step):
             n_mini = agreed(math.ceil(len(order) / cfg.mini_batch_size))
             for m in range(n_mini):
                 mini = order[m * cfg.mini_batch_size : (m + 1) * cfg.mini_batch_size]
                 # micro-batches of similar lengths (sdar_train/batching.py): each row is padded to its
                 # micro-batch's longest prompt and reply, and the mini-batch's gradient is a sum
-                micros = self._micro_batches(batch.prompts, batch.responses, mini)
+                micros = self._micro_batches(batch.prompts, batch.responses, mini, share=self._share_in_update)
                 local_tokens = torch.tensor(float(sum(len(batch.responses[i]) for i in mini)), device=acc.device)
                 global_tokens = acc.reduce(local_tokens, reduction="sum") if self.world > 1 else local_tokens
                 normalizer = (global_tokens / self.world).clamp(min=1.0)
                 n_micro = agreed(len(micros))
                 parts: dict[str, list[float]] = {}
                 for c in range(n_micro):
-                    micro = micros[c] if c < len(micros) else []  # (out of rows: a zero-loss pass for DDP)
+                    micro = micros[c] if c < len(micros) else MicroBatch([])  # (out of rows: a zero-loss pass for DDP)
                     boundary = optimizer_step and c == n_micro - 1
                     self._accumulate(batch, micro, normalizer, parts, lam, boundary=boundary)
                 # the mini-batch's value of each term: token-normalised terms add up over its micro-batches
@@ -581,19 +627,27 @@ class Trainer:
 
     _last_failure = ""
 
-    def _micro_batches(self, prompts: list[list[int]], responses: list[list[int]], rows: list[int]) -> list[list[int]]:
-        """``rows`` cut into micro-batches of similar lengths (:func:`sdar_train.batching.micro_batches`),
-        counting the tokens each forward computes against those that are real (``padding_share``)."""
+    def _micro_batches(
+        self, prompts: list[list[int]], responses: list[list[int]], rows: list[int], *, share: bool = False
+    ) -> list[MicroBatch]:
+        """``rows`` cut into micro-batches of similar lengths, or of shared beginnings where that computes
+        less (:func:`sdar_train.batching.plan`), counting the tokens each forward computes against those
+        that are real (``padding_share``; a shared prefix counts once)."""
         cfg = self.cfg
-        lengths = [(len(prompts[i]), len(responses[i])) for i in rows]
-        cut = micro_batches(
-            lengths, max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens, max_padding=cfg.max_padding
+        cut = plan(
+            prompts,
+            responses,
+            rows,
+            max_rows=cfg.micro_batch_size,
+            max_tokens=cfg.micro_batch_tokens,
+            max_padding=cfg.max_padding,
+            share_prefixes=share,
         )
-        for group in cut:
-            computed, real = cost([lengths[j] for j in group])
+        for mb in cut:
+            computed, real = shared_cost([(len(prompts[i]), len(responses[i])) for i in mb.rows], mb.prefix)
             self._tokens["computed"] += computed
             self._tokens["real"] += real
-        return [[rows[j] for j in group] for group in cut]
+        return cut
 
     def _warn(self, message: str) -> None:
         if self.accelerator.is_main_process:
@@ -602,7 +656,7 @@ class Trainer:
     def _accumulate(
         self,
         batch: TurnBatch,
-        micro: list[int],
+        micro: MicroBatch,
         normalizer: torch.Tensor,
         stats: dict[str, list[float]],
         lam: float = 0.0,
@@ -611,18 +665,24 @@ class Trainer:
     ) -> None:
         """Forward, the loss, backward, for one micro-batch (rows ``micro`` of ``batch``); the optimizer
         steps later (DeepSpeed's engine at the mini-batch's last micro-batch, the ``boundary``)."""
-        if not micro:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
+        if not micro.rows:  # this process has no samples left: a zero-loss pass keeps DDP's collectives in step
             pad = self.policy.pad_id
             with self.accelerator.autocast():
                 logp, _ = response_logprobs(self.model, pack([[pad]], [[pad]], pad), self.accelerator.device)
             self._backward(logp.sum() * 0.0, boundary)
             return
-        packed = pack([batch.prompts[i] for i in micro], [batch.responses[i] for i in micro], self.policy.pad_id)
+        rows = micro.rows
+        packed = pack(
+            [batch.prompts[i] for i in rows],
+            [batch.responses[i] for i in rows],
+            self.policy.pad_id,
+            shared_prefix=micro.prefix,
+        )
         mask = packed.mask.to(self.accelerator.device)
         rw = mask.size(1)
 
         def aligned(t: torch.Tensor) -> torch.Tensor:
-            return t[micro][:, :rw].to(self.accelerator.device)
+            return t[rows][:, :rw].to(self.accelerator.device)
 
         with self.accelerator.autocast():
             logp, ent = response_logprobs(
@@ -630,10 +690,17 @@ class Trainer:
             )
         logp = logp.float()
         assert ent is not None
+        if batch.old_logp is not None and torch.isnan(batch.old_logp[rows, 0]).any():
+            # not scored beforehand (the first mini-batch, before any optimizer step): this forward's own
+            fresh = torch.isnan(batch.old_logp[rows, 0])
+            width = min(rw, batch.old_logp.size(1))
+            filled = batch.old_logp[rows]
+            filled[fresh, :width] = logp.detach().float().cpu()[fresh, :width]
+            batch.old_logp[rows] = filled
         old_logp = aligned(batch.old_logp) if batch.old_logp is not None else logp.detach()
         teacher_logp = aligned(batch.teacher_logp) if batch.teacher_logp is not None else None
         ref_logp = aligned(batch.ref_logp) if batch.ref_logp is not None else None
-        token_adv = batch.advantages[micro].to(self.accelerator.device)[:, None].expand_as(logp)
+        token_adv = batch.advantages[rows].to(self.accelerator.device)[:, None].expand_as(logp)
         loss, terms = actor_loss(
             logp,
             mask,

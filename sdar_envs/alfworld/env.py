@@ -64,6 +64,7 @@ class AlfworldEnv(TextEnv):
 
     task_label: ClassVar[str] = "ALFWorld"
     prompt_builder: ClassVar[PromptBuilder] = ALFWORLD_PROMPT
+    response_tokens: ClassVar[int] = 96  # the longest expert reply is 23 tokens
     reference_training: ClassVar[dict[str, float]] = {
         "reward_scale": 10.0,
         "invalid_penalty": 0.1,

@@ -116,6 +116,7 @@ class SearchQAEnv(TextEnv):
 
     task_label: ClassVar[str] = "Search-QA"
     prompt_builder: ClassVar[PromptBuilder] = SEARCHQA_PROMPT
+    response_tokens: ClassVar[int] = 96  # the longest expert reply is 22 tokens
     reference_training: ClassVar[dict[str, float]] = {
         "reward_scale": 1.0,
         "invalid_penalty": 0.01,

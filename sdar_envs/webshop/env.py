@@ -63,6 +63,7 @@ class WebShopEnv(TextEnv):
 
     task_label: ClassVar[str] = "WebShop"
     prompt_builder: ClassVar[PromptBuilder] = WEBSHOP_PROMPT
+    response_tokens: ClassVar[int] = 128  # the longest expert reply is 58 tokens (a long search or option)
     reference_training: ClassVar[dict[str, float]] = {
         "reward_scale": 10.0,
         "invalid_penalty": 0.1,

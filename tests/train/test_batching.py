@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from sdar_train.batching import cost, micro_batches
+from sdar_train.batching import MIN_SHARED_PREFIX, cost, micro_batches, plan, shared_cost
+from sdar_train.policy import common_prefix_len
 
 
 def _random_lengths(n: int, seed: int) -> list[tuple[int, int]]:
@@ -51,3 +52,48 @@ def test_bad_bounds_are_refused():
     with pytest.raises(ValueError, match="max_rows must be >= 1"):
         micro_batches([(1, 1)], max_rows=0)
     assert micro_batches([], max_rows=4) == []
+
+
+def _families(seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompts as a step holds them: a common instruction header, groups of G alike first prompts, some
+    that share only the header, all with replies of various lengths."""
+    rng = random.Random(seed)
+    header = [rng.randrange(1000) for _ in range(120)]
+    prompts = []
+    for _ in range(6):  # six groups of four: the header, the task, then each episode's own history
+        task = [rng.randrange(1000) for _ in range(rng.randint(50, 300))]
+        prompts += [header + task + [rng.randrange(1000) for _ in range(rng.randint(0, 40))] for _ in range(4)]
+    prompts += [[rng.randrange(1000) for _ in range(rng.randint(50, 400))] for _ in range(5)]  # nothing shared
+    responses = [[1] * rng.randint(1, 48) for _ in prompts]
+    return prompts, responses
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_cut_by_shared_beginnings_keeps_every_row_once_and_computes_fewer_tokens(seed):
+    prompts, responses = _families(seed)
+    rows = list(range(len(prompts)))
+    lengths = [(len(p), len(r)) for p, r in zip(prompts, responses, strict=True)]
+
+    def computed(cut) -> int:
+        return sum(shared_cost([lengths[i] for i in mb.rows], mb.prefix)[0] for mb in cut)
+
+    by_length = plan(prompts, responses, rows, max_rows=8, max_padding=0.1)
+    shared = plan(prompts, responses, rows, max_rows=8, max_padding=0.1, share_prefixes=True)
+    assert all(mb.prefix == 0 for mb in by_length)
+    assert sorted(i for mb in shared for i in mb.rows) == rows
+    for mb in shared:
+        assert len(mb.rows) <= 8
+        if mb.prefix:  # truly shared, and every row keeps a prompt token of its own
+            assert MIN_SHARED_PREFIX <= mb.prefix <= common_prefix_len([prompts[i] for i in mb.rows])
+    assert computed(shared) < 0.7 * computed(by_length)
+
+
+def test_rows_that_share_nothing_are_cut_by_length_as_before():
+    lengths = _random_lengths(40, 3)
+    rng = random.Random(3)
+    prompts = [[rng.randrange(10**6) for _ in range(p)] for p, _ in lengths]
+    responses = [[1] * r for _, r in lengths]
+    rows = list(range(40))
+    shared = plan(prompts, responses, rows, max_rows=8, max_padding=0.1, share_prefixes=True)
+    assert [mb.rows for mb in shared] == micro_batches(lengths, max_rows=8, max_padding=0.1)
+    assert plan([], [], [], max_rows=4, share_prefixes=True) == []

@@ -281,6 +281,21 @@ def test_defaults_are_the_references_training_signal():
         TrainConfig(dual_clip=0.5)
 
 
+def test_the_response_limit_is_the_environments_unless_a_config_says_and_the_paper_configs_say_512(tmp_path):
+    """A reply is sized to the environment's actions by default (an action of 30 tokens does not need 512);
+    the paper's configs keep the reference's 512, and any explicit value wins."""
+    from sdar_train.config import load_config
+
+    limits = {"SDAR/ALFWorld-v0": 96, "SDAR/WebShop-v0": 128, "SDAR/SearchQA-v0": 96}
+    for env, limit in limits.items():
+        assert resolve_reference_defaults(TrainConfig(env=env)).max_response_tokens == limit
+        assert resolve_reference_defaults(TrainConfig(env=env, max_response_tokens=40)).max_response_tokens == 40
+    for name in ("alfworld_sdar.yaml", "webshop_sdar.yaml", "searchqa_sdar.yaml"):
+        assert resolve_reference_defaults(load_config(name)).max_response_tokens == 512, name
+    with pytest.raises(ValueError, match="max_response_tokens"):
+        TrainConfig(max_response_tokens=-1)
+
+
 def test_demonstrations_follow_each_envs_format_rule():
     """SFT targets are valid turns under the rule the penalty uses: ALFWorld/WebShop commands get an
     (empty) think block before their action tags; Search-QA's tagged actions stay as they are."""

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from sdar_envs import EnvPool, prompt_builder
+from sdar_train.batching import plan
 from sdar_train.config import TrainConfig
 from sdar_train.errors import ConfigError
 from sdar_train.models import SMOLLM2, resolve_model_path, smollm2_gguf
-from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
+from sdar_train.policy import PromptCodec, common_prefix_len, load_policy, pack, response_logprobs
 from sdar_train.rollout import PromptSpec, collect_rollout
 from sdar_train.trainer import Trainer
 from skills import privileged_prefix
@@ -161,6 +162,43 @@ def test_with_pad_equal_to_eos_the_stop_token_is_trained_and_padding_is_not(smol
     for i, r in enumerate(responses):
         assert grad[i, len(r) - 1] > 0, "the stop token predicts the end of the turn: it is trained"
         assert (grad[i, len(r) :] == 0).all(), "padding (the same id) is not"
+
+
+def test_a_shared_skill_block_scored_once_gives_the_same_log_probs_and_gradient(smollm2):
+    """The teacher's prompts of one task type begin with the same skill block (before the whole chat text,
+    system turn and all): scored with that beginning computed once and its KV cache reused, the response
+    log-probs and the gradient equal the row-by-row computation to float tolerance."""
+    codec = PromptCodec(smollm2.tokenizer)
+    build = prompt_builder("SDAR/SearchQA-v0")
+    block = privileged_prefix(["Search the exact title first.", "Answer with the shortest span that names it."])
+    questions = ("who wrote hamlet", "when did the eagles win their last super bowl", "what is the capital of peru")
+    prompts = [
+        codec.encode_with_prefix(block, build(task=q, observation=q, history=[], admissible_actions=[], step=0), 4096)
+        for q in questions
+    ]
+    responses = [
+        codec.encode_response(r) for r in ("<search>hamlet</search>", "<answer>2018</answer>", "<answer>Lima</answer>")
+    ]
+    shared = common_prefix_len(prompts)
+    assert shared >= codec.count(block)  # the block and the system turn at least
+    (micro,) = plan(prompts, responses, [0, 1, 2], max_rows=8, share_prefixes=True)
+    assert micro.prefix == shared
+    model = smollm2.model
+    results = []
+    for prefix in (0, shared):
+        logp, _ = response_logprobs(
+            model, pack(prompts, responses, smollm2.pad_id, shared_prefix=prefix), torch.device("cpu")
+        )
+        batch_mask = pack(prompts, responses, smollm2.pad_id).mask
+        (-(logp * batch_mask).sum()).backward()
+        grad = model.model.layers[3].mlp.down_proj.weight.grad.clone()
+        model.zero_grad(set_to_none=True)
+        results.append((logp.detach() * batch_mask, grad))
+    (plain, plain_grad), (once, once_grad) = results
+    torch.testing.assert_close(once, plain, rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(once_grad, plain_grad, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="do not share"):
+        pack(prompts, responses, smollm2.pad_id, shared_prefix=shared + 1)
 
 
 ENVS = {

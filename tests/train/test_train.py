@@ -714,10 +714,12 @@ def test_a_non_finite_loss_never_reaches_the_weights_and_stops_the_run_when_it_p
 
 def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tmp_path, local_searcher):
     """Micro-batches are cut from length-sorted mini-batches and only accumulate: the step's gradient and
-    its logged loss terms are those of the whole mini-batch, whatever the micro-batch size."""
+    its logged loss terms are those of the whole mini-batch, whatever the micro-batch size, and whether the
+    rows' shared prompt beginning is computed once (its KV cache reused) or in every row."""
     runs = {}
-    cuts = {"1": dict(micro_batch_size=1), "8": dict(micro_batch_size=8, max_padding=1.0)}
+    cuts = {"1": dict(micro_batch_size=1), "8": dict(micro_batch_size=8, max_padding=1.0, share_prefixes=False)}
     cuts["8-tight"] = dict(micro_batch_size=8, max_padding=0.05, micro_batch_tokens=600)  # more, smaller forwards
+    cuts["8-shared"] = dict(micro_batch_size=8, max_padding=1.0, share_prefixes=True)
     for name, cut in cuts.items():
         cfg = TrainConfig(
             env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / name),
@@ -730,9 +732,40 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
             trainer.close()
     assert runs["1"]["samples"] > 4  # several micro-batches of 1
     assert runs["1"]["padding_share"] == 0.0 and runs["8-tight"]["padding_share"] < runs["8"]["padding_share"]
-    for name in ("1", "8-tight"):
+    # the G copies of a group's first prompt (and every prompt's instructions) are computed once
+    assert runs["8-shared"]["tokens_computed"] < 0.9 * runs["8"]["tokens_computed"]
+    for name in ("1", "8-tight", "8-shared"):
         for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
             assert runs[name][key] == pytest.approx(runs["8"][key], rel=1e-4, abs=1e-6), (name, key)
+
+
+def test_the_first_mini_batch_takes_its_old_log_probs_from_its_own_forward(tmp_path, local_searcher, monkeypatch):
+    """Before the first optimizer step the policy is still the rollout's: the old-policy pass scores only
+    the later mini-batches, and the step is what scoring every row beforehand gives."""
+    runs, scored = {}, {}
+    for name in ("reused", "scored"):
+        cfg = TrainConfig(
+            env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / name),
+            **{**SMALL, "tasks_per_step": 3, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2},
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        score = trainer._score
+
+        def counting(model, prompts, responses, rows=None, _name=name, _score=score):
+            rows = None if _name == "scored" else rows  # "scored": every row, as before
+            scored.setdefault(_name, []).append(len(prompts) if rows is None else len(rows))
+            return _score(model, prompts, responses, rows)
+
+        monkeypatch.setattr(trainer, "_score", counting)
+        try:
+            runs[name] = trainer.train_step(0)
+        finally:
+            trainer.close()
+    samples = int(runs["reused"]["samples"])
+    assert samples > 2  # several mini-batches: the old policy is needed
+    assert scored["reused"][-1] == samples - 2 and scored["scored"][-1] == samples  # (the last pass is the old one)
+    for key in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
+        assert runs["reused"][key] == pytest.approx(runs["scored"][key], rel=1e-4, abs=1e-6), key
 
 
 def test_a_failed_episode_costs_that_episode_and_failing_steps_in_a_row_stop_the_run(tmp_path, capsys):
