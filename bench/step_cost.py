@@ -1,16 +1,25 @@
-"""Where one training step goes, phase by phase, and what padding costs: one run, side by side.
+"""Where one training step goes, phase by phase, and what the step-cost work saves: one run, side by side.
 
     .venv/bin/python bench/step_cost.py [--model smollm2-135m-instruct] [--envs webshop alfworld]
-        [--algos grpo sdar] [--tasks 2] [--group 2] [--max-turns 3] [--response-tokens 48]
+        [--tasks 2] [--group 2] [--max-turns 3] [--mini 4] [--micro 2] [--limit-baseline]
 
-For each environment and algorithm, one step from the same seed, twice: micro-batches of length-sorted
-rows cut by count alone (``--max_padding 1.0``) and cut so that no forward is more than 10% padding
-(``0.1``, the default). The rollout is the same both times (same seed, same
-weights), so the two rows differ only in how the scoring passes and the update batch their rows.
-Printed per run: the phase split (generation, environments and prompts, teacher pass, reference pass,
-old-policy pass, update), the share of computed tokens that are padding, and the step's losses (equal
-across the two cuts to float tolerance). The real model runs LoRA r16 over a bf16 base, as the CPU
-recipe does; ``--model tiny`` gives the same split for the 1.4M model.
+Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
+one rollout of B x G episodes at the environment's response limit. On that same rollout, from the same
+weights and optimizer state (restored between arms), the learning half of a step (no-grad passes and
+update) runs four times:
+
+- GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
+  every row's prompt computed in full (``--share_prefixes false``), the old-policy pass over every row;
+- and **after**: the defaults (micro-batches closed at 10% padding, a micro-batch's shared prompt
+  beginning computed once and its KV cache reused, the first mini-batch's old log-probs from its own
+  forward).
+
+Printed: the phase split of each arm (generation and environments are the rollout's, shared by all arms),
+tokens computed and the padding share, the losses (equal across before and after to float tolerance),
+and the ratios the step-cost issue sets targets for: after vs before, the no-grad passes' share of the
+step, SDAR / GRPO. ``--limit-baseline`` also times the same rollout at the SDAR paper's 512-token
+response limit (the harness's limit before it was sized per environment), which is where a model that
+rambles spends its time.
 
 For scale, the SDAR reference's step on Qwen2.5-3B, ALFWorld, 4 x A100 (GitHub ZJU-REAL/SDAR #51):
 generation 23%, old log-probs 10%, teacher 14%, reference 10%, update 43% of 1,816 s.
@@ -19,7 +28,10 @@ generation 23%, old log-probs 10%, teacher 14%, reference 10%, update 43% of 1,8
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +40,20 @@ ENVS = {
     "alfworld": ("SDAR/ALFWorld-v0", {"split": "train"}),
     "searchqa": ("SDAR/SearchQA-v0", {"split": "train"}),
 }
-PHASES = ("generation_s", "env_s", "teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
+PASSES = ("teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
+LOSSES = ("loss", "pg_loss", "kl")
+BEFORE = {"max_padding": 1.0, "share_prefixes": False}
 
 
-def one_step(env: str, algo: str, padding: float, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _every_row_scored(trainer: Any) -> None:
+    """Before: the old-policy pass scores every row (the first mini-batch's too)."""
+    score = trainer._score
+    trainer._score = lambda model, prompts, responses, rows=None: score(model, prompts, responses, None)
+
+
+def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import torch
+
     from sdar_train.config import TrainConfig
     from sdar_train.trainer import Trainer
 
@@ -40,17 +62,15 @@ def one_step(env: str, algo: str, padding: float, args: argparse.Namespace, out:
     cfg = TrainConfig(
         env=env_id,
         env_kwargs=kwargs,
-        algo=algo,
+        algo="sdar",
         model=args.model,
-        output_dir=str(out / f"{env}-{algo}-{padding}"),
+        output_dir=str(out / env),
         steps=1,
         tasks_per_step=args.tasks,
         group_size=args.group,
         max_turns=args.max_turns,
-        max_response_tokens=args.response_tokens,
         micro_batch_size=args.micro,
         mini_batch_size=args.mini,
-        max_padding=padding,
         lora_r=16 if real else 0,
         lora_alpha=32,
         bf16=real,
@@ -61,50 +81,121 @@ def one_step(env: str, algo: str, padding: float, args: argparse.Namespace, out:
         seed=args.seed,
     )
     trainer = Trainer(cfg)
+    result: dict[str, Any] = {"arms": {}}
     try:
-        m = trainer.train_step(0)
+        t = time.time()
+        trainer._generation_s = 0.0
+        rollout = trainer.rollout(0)
+        result["rollout_s"], result["generation_s"] = time.time() - t, trainer._generation_s
+        result["limit"] = trainer.cfg.max_response_tokens
+        result["turns"] = len(rollout.samples)
+        stops = set(trainer.policy.stop_ids)
+        result["at_limit"] = sum(
+            len(s.response_ids) >= trainer.cfg.max_response_tokens and s.response_ids[-1] not in stops
+            for s in rollout.samples
+        ) / max(len(rollout.samples), 1)
+        params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        optimizer = copy.deepcopy(trainer.optimizer.state_dict())
+        resolved = trainer.cfg
+        for algo in ("grpo", "sdar"):
+            for arm in ("before", "after"):
+                with torch.no_grad():
+                    for k, v in trainer.model.named_parameters():
+                        if k in params:
+                            v.copy_(params[k])
+                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
+                trainer.cfg = dataclasses.replace(resolved, algo=algo, **(BEFORE if arm == "before" else {}))
+                trainer._share_in_update = trainer.cfg.share_prefixes  # (one process, no checkpointing)
+                if arm == "before":
+                    _every_row_scored(trainer)
+                m = trainer.learn(rollout, 0)
+                if arm == "before":
+                    del trainer._score  # back to the method
+                result["arms"][(algo, arm)] = m
+                print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
+        if args.limit_baseline:
+            trainer.cfg = resolved
+            trainer.sampling = dataclasses.replace(trainer.sampling, max_new_tokens=512)
+            with torch.no_grad():
+                for k, v in trainer.model.named_parameters():
+                    if k in params:
+                        v.copy_(params[k])
+            t = time.time()
+            trainer._generation_s = 0.0
+            at_512 = trainer.rollout(0)
+            result["rollout_512_s"], result["generation_512_s"] = time.time() - t, trainer._generation_s
+            result["turns_512"] = len(at_512.samples)
     finally:
         trainer.close()
-    m["env_s"] = m["rollout_s"] - m["generation_s"]
-    return m
+    return result
+
+
+def report(env: str, r: dict[str, Any]) -> list[str]:
+    env_s = r["rollout_s"] - r["generation_s"]
+    lines = [
+        f"### {env}: {r['turns']} turn samples, response limit {r['limit']} tokens "
+        f"({r['at_limit']:.0%} of replies cut at it); rollout {r['rollout_s']:.1f} s "
+        f"(generation {r['generation_s']:.1f} s, environments and prompts {env_s:.1f} s)",
+        "",
+        "| algo | arm | step s | generation | env | teacher | reference | old policy | update | no-grad share "
+        "| tokens computed | padding | " + " | ".join(LOSSES) + " |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(LOSSES),
+    ]
+    step = {}
+    for (algo, arm), m in r["arms"].items():
+        total = r["rollout_s"] + m["learn_s"]
+        step[(algo, arm)] = total
+        nograd = sum(m[p] for p in PASSES[:3])
+        split = " | ".join(
+            f"{v:.1f} ({v / total:.0%})" for v in [r["generation_s"], env_s, *(m[p] for p in PASSES)]
+        )
+        losses = " | ".join(f"{m.get(k, float('nan')):.6f}" for k in LOSSES)
+        lines.append(
+            f"| {algo} | {arm} | {total:.1f} | {split} | {nograd / total:.0%} | {m['tokens_computed']:.0f} "
+            f"| {m['padding_share']:.1%} | {losses} |"
+        )
+    learn = {k: m["learn_s"] for k, m in r["arms"].items()}
+    lines += [
+        "",
+        f"- SDAR step, after vs before on the same rollout: {step[('sdar', 'before')] / step[('sdar', 'after')]:.2f}x "
+        f"(the learning half alone {learn[('sdar', 'before')] / learn[('sdar', 'after')]:.2f}x; "
+        f"GRPO's {learn[('grpo', 'before')] / learn[('grpo', 'after')]:.2f}x)",
+        f"- SDAR / GRPO step time: before {step[('sdar', 'before')] / step[('grpo', 'before')]:.2f}, "
+        f"after {step[('sdar', 'after')] / step[('grpo', 'after')]:.2f}",
+        f"- tokens computed by SDAR's forwards: after / before "
+        f"{r['arms'][('sdar', 'after')]['tokens_computed'] / r['arms'][('sdar', 'before')]['tokens_computed']:.2f}",
+    ]
+    if "rollout_512_s" in r:
+        lines.append(
+            f"- the same rollout at the paper's 512-token limit: generation {r['generation_512_s']:.1f} s vs "
+            f"{r['generation_s']:.1f} s at {r['limit']} ({r['generation_512_s'] / max(r['generation_s'], 1e-9):.2f}x); "
+            f"the SDAR step then {(r['rollout_512_s'] + learn[('sdar', 'before')]) / step[('sdar', 'after')]:.2f}x "
+            "slower than after (learning half timed on the shorter rollout: a lower bound)"
+        )
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--envs", nargs="+", default=["webshop", "alfworld"], choices=list(ENVS))
-    p.add_argument("--algos", nargs="+", default=["grpo", "sdar"])
     p.add_argument("--tasks", type=int, default=2)
     p.add_argument("--group", type=int, default=2)
     p.add_argument("--max-turns", type=int, default=3)
-    p.add_argument("--response-tokens", type=int, default=48)
-    p.add_argument("--micro", type=int, default=4)
-    p.add_argument("--mini", type=int, default=64)
+    p.add_argument("--micro", type=int, default=2)
+    p.add_argument("--mini", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-baseline", action="store_true", help="also time the rollout at a 512-token limit")
     args = p.parse_args()
-    rows = []
+    lines = [
+        f"model {args.model}; B={args.tasks} x G={args.group}, <= {args.max_turns} turns, "
+        f"mini-batches of {args.mini}, micro-batches of <= {args.micro}",
+        "",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         for env in args.envs:
-            for algo in args.algos:
-                for padding in (1.0, 0.1):
-                    m = one_step(env, algo, padding, args, Path(tmp))
-                    rows.append((env, algo, padding, m))
-                    print(f"done {env} {algo} max_padding={padding}: {m['time_s']:.0f} s", flush=True)
-    print(
-        f"\nmodel {args.model}; B={args.tasks} x G={args.group}, <= {args.max_turns} turns, {args.response_tokens} response tokens"
-    )
-    print(
-        "| env | algo | cut | step s | "
-        + " | ".join(p.removesuffix("_s") for p in PHASES)
-        + " | padding | samples | loss |"
-    )
-    print("|---|---|---|---|" + "---|" * len(PHASES) + "---|---|---|")
-    for env, algo, padding, m in rows:
-        split = " | ".join(f"{m[p]:.1f} ({m[p] / m['time_s']:.0%})" for p in PHASES)
-        cut = "count" if padding == 1.0 else "padding <= 10%"
-        print(
-            f"| {env} | {algo} | {cut} | {m['time_s']:.1f} | {split} | {m['padding_share']:.1%} | {m['samples']} | {m['loss']:.6f} |"
-        )
+            lines += report(env, bench_env(env, args, Path(tmp))) + [""]
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

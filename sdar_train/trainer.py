@@ -424,7 +424,6 @@ class Trainer:
         (teacher, reference, old policy), the update, and the metrics averaged over processes."""
         cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
         t0 = time.time()
-        self._tokens = {"computed": 0, "real": 0}  # of every forward over turn samples (padding_share)
         self._generation_s = 0.0
         # 1. rollout: B x G episodes, one sample per turn
         rollout = self.rollout(step)
@@ -446,6 +445,27 @@ class Trainer:
             )
         grown = self.grow_skills(rollout) if cfg.grow_skills else 0
         t_rollout = time.time() - t0
+        metrics = self.learn(rollout, step)
+        if cfg.grow_skills:
+            metrics["skills_grown"] = float(acc.reduce(torch.tensor(float(grown), device=acc.device), reduction="mean"))
+        lost_counts = torch.tensor([float(len(failed)), float(len(lost))], device=acc.device)
+        episodes_failed, episodes_dropped = (float(x) for x in acc.reduce(lost_counts, reduction="sum"))
+        metrics.update(
+            step=step,
+            episodes_failed=episodes_failed,
+            episodes_dropped=episodes_dropped,
+            time_s=time.time() - t0,
+            rollout_s=t_rollout,
+            generation_s=self._generation_s,  # inside rollout_s; the rest of it is environments and prompts
+        )
+        return metrics
+
+    def learn(self, rollout: Rollout, step: int) -> dict[str, float]:
+        """Steps 2-5 of :meth:`train_step` on a collected ``rollout``: turn scores and advantages, the no-grad
+        passes, the update and the metrics (benches time it alone, on one rollout, under several settings)."""
+        cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
+        t0 = time.time()
+        self._tokens = {"computed": 0, "real": 0}  # of every forward over turn samples (padding_share)
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
         use_won = cfg.train_reward == "won"
         assert cfg.reward_scale is not None and cfg.invalid_penalty is not None  # resolve_reference_defaults set them
@@ -504,22 +524,13 @@ class Trainer:
         metrics = {**outcomes, **{k: float(np.mean(v)) for k, v in stats.items()}}
         if spec.rlsd:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
-        if cfg.grow_skills:
-            metrics["skills_grown"] = float(grown)
         metrics = {
             k: float(acc.reduce(torch.tensor(v, device=acc.device), reduction="mean"))
             for k, v in sorted(metrics.items())
         }
-        lost_counts = torch.tensor([float(len(failed)), float(len(lost))], device=acc.device)
-        episodes_failed, episodes_dropped = (float(x) for x in acc.reduce(lost_counts, reduction="sum"))
         metrics.update(
-            step=step,
-            episodes_failed=episodes_failed,
-            episodes_dropped=episodes_dropped,
             samples=len(samples) * self.world,
-            time_s=time.time() - t0,
-            rollout_s=t_rollout,
-            generation_s=self._generation_s,  # inside rollout_s; the rest of it is environments and prompts
+            learn_s=time.time() - t0,  # steps 2-5: the passes and the update
             teacher_s=t_teacher,  # all the no-grad passes; each one below
             **t_pass,
             padding_share=1.0 - self._tokens["real"] / max(self._tokens["computed"], 1),
