@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 
-def profile(algo: str, env_workers: int, steps: int, threads: int) -> dict[str, float]:
+def profile(
+    algo: str, env_workers: int, steps: int, threads: int, tasks: int | None = None, group: int | None = None
+) -> dict[str, float]:
     from sdar_train.config import load_config, resolve_reference_defaults
     from sdar_train.miniature.demo import check_warmstart
     from sdar_train.miniature.replicate import BASE_CONFIG, ReplicateConfig, arm_settings
@@ -29,7 +31,8 @@ def profile(algo: str, env_workers: int, steps: int, threads: int) -> dict[str, 
     warm = check_warmstart()
     with tempfile.TemporaryDirectory() as tmp:
         settings = arm_settings(ReplicateConfig(threads=threads), algo, 0, warm, Path(tmp) / "run")
-        cfg = load_config(BASE_CONFIG, **{**settings, "env_workers": env_workers})
+        sizes = {k: v for k, v in (("tasks_per_step", tasks), ("group_size", group)) if v}
+        cfg = load_config(BASE_CONFIG, **{**settings, "env_workers": env_workers, **sizes})
         trainer = Trainer(resolve_reference_defaults(cfg))
         prompts: list[list[int]] = []
         spent = {"generation": 0.0}
@@ -81,9 +84,11 @@ def main() -> int:
     p.add_argument("--env-workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tasks", type=int, default=None, help="B (default: the miniature's arms', 2)")
+    p.add_argument("--group", type=int, default=None, help="G (default: the miniature's arms', 4)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = {w: profile(args.algo, w, args.steps, args.threads) for w in args.env_workers}
+    rows = {w: profile(args.algo, w, args.steps, args.threads, args.tasks, args.group) for w in args.env_workers}
     keys = list(next(iter(rows.values())))
     print(f"one {args.algo} step of the miniature (mean of {args.steps}), seconds unless a ratio")
     print("| measure | " + " | ".join(f"env_workers={w}" for w in rows) + " |")

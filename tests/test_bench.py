@@ -47,7 +47,7 @@ def test_gpu_check_sharded_dry_run_shards_over_two_cpu_processes(flags, label):
 @pytest.mark.slow
 def test_replicate_step_profile_prints_every_part():
     done = subprocess.run(
-        [sys.executable, "-m", "bench.replicate_step", "--steps", "1", "--env-workers", "0"],
+        [sys.executable, "-m", "bench.replicate_step", "--steps", "1", "--env-workers", "0", "--tasks", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -57,3 +57,30 @@ def test_replicate_step_profile_prints_every_part():
     for row in ("| generation_s |", "| env_and_prompts_s |", "| teacher_ref_old_s |", "| update_s |"):
         assert row in done.stdout, done.stdout
     assert "| rollout_over_bare_generation |" in done.stdout
+
+
+@pytest.mark.slow
+def test_step_cost_bench_times_both_arms_on_one_rollout_with_equal_losses():
+    """bench/step_cost.py with the tiny model: GRPO and SDAR, before and after, on one rollout; the losses
+    of before and after agree (the step-cost work changes what is computed, not what is learnt)."""
+    done = subprocess.run(
+        [sys.executable, "bench/step_cost.py", "--model", "tiny", "--envs", "searchqa"]
+        + ["--tasks", "2", "--group", "2", "--max-turns", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 3 and cells[1] in ("before", "after"):
+            rows[(cells[0], cells[1])] = cells
+    assert set(rows) == {(a, arm) for a in ("grpo", "sdar") for arm in ("before", "after")}, done.stdout
+    for algo in ("grpo", "sdar"):
+        before, after = (float(rows[(algo, arm)][-3]) for arm in ("before", "after"))  # the loss column
+        assert after == pytest.approx(before, rel=1e-4, abs=1e-6), done.stdout
+        assert int(rows[(algo, "after")][10]) < int(rows[(algo, "before")][10])  # tokens computed
+    for ratio in ("SDAR step, after vs before", "SDAR / GRPO step time", "tokens computed by SDAR"):
+        assert ratio in done.stdout, done.stdout
