@@ -146,9 +146,7 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
         total = r["rollout_s"] + m["learn_s"]
         step[(algo, arm)] = total
         nograd = sum(m[p] for p in PASSES[:3])
-        split = " | ".join(
-            f"{v:.1f} ({v / total:.0%})" for v in [r["generation_s"], env_s, *(m[p] for p in PASSES)]
-        )
+        split = " | ".join(f"{v:.1f} ({v / total:.0%})" for v in [r["generation_s"], env_s, *(m[p] for p in PASSES)])
         losses = " | ".join(f"{m.get(k, float('nan')):.6f}" for k in LOSSES)
         lines.append(
             f"| {algo} | {arm} | {total:.1f} | {split} | {nograd / total:.0%} | {m['tokens_computed']:.0f} "
