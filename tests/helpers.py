@@ -29,6 +29,11 @@ SMALL_RUN = {
 }  # fmt: skip
 
 
+# Sharded parameters make every forward a collective, so FSDP and ZeRO-3 never share a prompt beginning
+# between forwards (sdar_train/batching.py); a DDP run compared with them to 1e-6 computes the same way.
+SAME_PASSES = {"share_prefixes": "false"}
+
+
 def run_args(**fields: object) -> list[str]:
     """``python -m sdar_train`` arguments for a small Search-QA run with the tiny model; ``fields``
     override or add (``--field value``)."""

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdar_train.sharding import configure_deepspeed, sharding_problem
-from tests.helpers import launch_two_processes, run_args
+from tests.helpers import SAME_PASSES, launch_two_processes, run_args
 from tests.train.test_sharding import ACCELERATE_CONFIGS, assert_resumes_exactly, assert_same_weights, train_rows
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'sdar[deepspeed]')")
@@ -101,7 +101,7 @@ def assert_trains_as_ddp(rows: list[dict], reference: list[dict], keys: tuple[st
 def test_zero3_trains_as_ddp_does_and_resumes_exactly_from_its_checkpoints(tmp_path, ddp_run):
     """SDAR with a KL reference (a ZeRO-3 engine too), a teacher pass and periodic evaluation: the losses
     and the exported model equal DDP's; stopping after step 1 and resuming gives the same model."""
-    common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2)
+    common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2, **SAME_PASSES)
     rows, reference, ddp = run_beside_ddp(ddp_run, "zero3", tmp_path, **common)
     assert rows[-1]["kl"] > 0
     assert_trains_as_ddp(rows, reference, ("loss", "sdar_loss", "gate_mean", "kl", "entropy", "grad_norm"))
@@ -132,7 +132,9 @@ def test_zero2_trains_as_ddp_does_over_several_micro_batches_and_refuses_a_damag
 def test_lora_under_zero3_trains_as_under_ddp_and_exports_the_merged_model(tmp_path, ddp_run):
     from safetensors.torch import load_file
 
-    rows, reference, ddp = run_beside_ddp(ddp_run, "zero3", tmp_path, algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
+    rows, reference, ddp = run_beside_ddp(
+        ddp_run, "zero3", tmp_path, algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3, **SAME_PASSES
+    )
     assert rows[-1]["kl"] > 0
     assert_trains_as_ddp(rows, reference, ("loss", "kl", "sdar_loss"))
     assert_same_weights(tmp_path / "zero3" / "final", ddp / "final", atol=1e-2 * 1e-3)  # 1% of lr

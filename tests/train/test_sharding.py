@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdar_train.sharding import full_weights, sharding_problem
-from tests.helpers import ROOT, launch_two_processes, run_args
+from tests.helpers import ROOT, SAME_PASSES, launch_two_processes, run_args
 
 ACCELERATE_CONFIGS = ROOT / "sdar_train" / "configs" / "accelerate"
 FSDP = ("--config_file", str(ACCELERATE_CONFIGS / "fsdp2.yaml"))
@@ -137,7 +137,7 @@ def test_fsdp_gradient_equals_the_full_batch_gradient_of_one_process(tmp_path):
 def test_fsdp_trains_as_ddp_does_and_resumes_exactly_from_sharded_checkpoints(tmp_path, ddp_run):
     """SDAR with a KL reference (sharded too), a teacher pass and periodic evaluation: the losses and the
     exported model equal DDP's on the same seeds; stopping after step 1 and resuming gives the same model."""
-    common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2)
+    common = dict(algo="sdar", kl_coef=0.01, save_every=1, eval_every=1, eval_episodes=2, **SAME_PASSES)
     ddp = ddp_run(**common)
     fsdp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "fsdp")], flags=FSDP)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
@@ -190,7 +190,7 @@ def test_fsdp_refuses_an_unfinished_sharded_checkpoint(tmp_path):
 def test_lora_under_fsdp_trains_as_under_ddp_and_exports_the_merged_model(tmp_path, ddp_run):
     """LoRA adapters sharded with their frozen base; the KL reference is the base (adapters off); the
     export is the merged model in the base checkpoint's names."""
-    common = dict(algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3)
+    common = dict(algo="sdar", kl_coef=0.01, lora_r=4, lr=1e-3, **SAME_PASSES)
     ddp = ddp_run(**common)
     fsdp = launch_two_processes(["sdar_train", *run_args(**common, output_dir=tmp_path / "fsdp")], flags=FSDP)
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
