@@ -275,8 +275,7 @@ def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
     assert untrained["eval_score"] == 0.0 and untrained["eval_invalid_rate"] > 0.9
     assert trained["eval_score"] > 0.02  # it buys things that partly fit
     assert trained["eval_invalid_rate"] < 0.5
-    again = evaluate_policy(load_policy(str(warm), torch.device("cpu")), cfg)
-    assert again["return"] == pytest.approx(trained["eval_score"])  # evaluation repeats exactly
+    # (that a greedy evaluation repeats exactly is checked on the packaged warm start by the demo's test)
 
 
 def test_skills_before_the_chat_text_give_the_student_the_teachers_prompt():

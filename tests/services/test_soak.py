@@ -1,4 +1,4 @@
-"""The short soak (bench/soak.py for under a minute each): under continuous many-session load, the
+"""The short soak (bench/soak.py for 20-30 seconds each): under continuous many-session load, the
 WebShop and retrieval services and the EnvPool workers keep their threads, open files and memory flat
 after warm-up. What a leak looks like (a thread per session, a file per request) fails here long before
 it kills a run; the 30-minute figures are in docs/SERVICES.md."""
@@ -22,15 +22,15 @@ def assert_flat(report: dict, *, threads: int = 8, fds: int = 16, rss_share: flo
 
 @pytest.mark.slow
 def test_webshop_sessions_for_a_minute_leave_no_growth():
-    report = soak_webshop(30, clients=16, every=1.0)
+    report = soak_webshop(30, clients=16, every=1.0)  # 20 s: its second half can still be the servers' warm-up
     assert report["served"] >= 100  # episodes played to the end, through search, item pages and buy
     assert_flat(report)
 
 
 @pytest.mark.slow
 def test_retrieval_clients_for_a_minute_leave_no_growth():
-    report = soak_retrieval(30, clients=16, every=1.0)
-    assert report["served"] >= 500
+    report = soak_retrieval(20, clients=16, every=1.0)
+    assert report["served"] >= 300
     assert_flat(report)
 
 
