@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["MicroBatch", "cost", "micro_batches", "plan", "shared_cost"]
+__all__ = ["MicroBatch", "common_prefix_len", "cost", "micro_batches", "plan", "shared_cost"]
 
 # A forward's fixed cost (launch, Python, the layers' loop) in tokens' worth: a cut into more forwards
 # must save more than this per extra forward. Sharing a prefix shorter than MIN_SHARED_PREFIX is not
@@ -94,8 +94,11 @@ def shared_cost(lengths: Sequence[tuple[int, int]], prefix: int) -> tuple[int, i
     return prefix + len(lengths) * width, prefix + sum(p - prefix + r for p, r in lengths)
 
 
-def _common_prefix(prompts: Sequence[Sequence[int]]) -> int:
-    """First tokens all ``prompts`` share, each keeping its last (sdar_train.policy.common_prefix_len)."""
+def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """How many first tokens all ``prompts`` share, leaving every prompt at least its last token (whose
+    logit predicts the first response token, so it cannot sit in a shared cache)."""
+    if not prompts:
+        return 0
     limit = min(len(p) for p in prompts) - 1
     for other in prompts[1:]:
         limit = _common(prompts[0], other, limit)
@@ -129,7 +132,7 @@ def _shared_cut(
     families = [f for f in families if len(f) > 1] + [[i for f in families if len(f) == 1 for i in f]]
     out: list[MicroBatch] = []
     for family in families:
-        prefix = _common_prefix([prompts[i] for i in family]) if len(family) > 1 else 0
+        prefix = common_prefix_len([prompts[i] for i in family]) if len(family) > 1 else 0
         family.sort(key=lambda i: (len(prompts[i]), len(responses[i])))
         current: list[int] = []
         for i in family:
@@ -150,7 +153,9 @@ def _shared_cut(
     return [
         MicroBatch(
             mb.rows,
-            p if len(mb.rows) > 1 and (p := _common_prefix([prompts[i] for i in mb.rows])) >= MIN_SHARED_PREFIX else 0,
+            p
+            if len(mb.rows) > 1 and (p := common_prefix_len([prompts[i] for i in mb.rows])) >= MIN_SHARED_PREFIX
+            else 0,
         )
         for mb in out
     ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from sdar_train.batching import common_prefix_len
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
 
@@ -186,21 +187,6 @@ class ScoredBatch:
     prefix: torch.Tensor | None = None  # [1, L] the rows' shared first prompt tokens, or None
 
 
-def common_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
-    """How many first tokens all ``prompts`` share, leaving every prompt at least its last token (whose
-    logit predicts the first response token, so it cannot sit in a shared cache)."""
-    if not prompts:
-        return 0
-    limit = min(len(p) for p in prompts) - 1
-    first = prompts[0]
-    for other in prompts[1:]:
-        n = 0
-        while n < limit and other[n] == first[n]:
-            n += 1
-        limit = n
-    return max(limit, 0)
-
-
 def pack(
     prompts: Sequence[list[int]], responses: Sequence[list[int]], pad_id: int, *, shared_prefix: int = 0
 ) -> ScoredBatch:
@@ -208,7 +194,7 @@ def pack(
     response starts at the same column, responses right-padded, ``mask`` 1 on response tokens only.
     ``shared_prefix`` L > 0 (at most :func:`common_prefix_len`): the first L prompt tokens, common to
     every row, become the batch's ``prefix`` and the rows hold the rest."""
-    if shared_prefix > common_prefix_len(prompts):
+    if shared_prefix > 0 and shared_prefix > common_prefix_len(prompts):
         raise ValueError(f"the prompts do not share their first {shared_prefix} tokens")
     prefix = torch.tensor([prompts[0][:shared_prefix]], dtype=torch.long) if shared_prefix > 0 else None
     prompts = [p[shared_prefix:] for p in prompts]
