@@ -4,17 +4,19 @@
         [--tasks 2] [--group 2] [--max-turns 3] [--mini 4] [--micro 2] [--limit-baseline]
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
-one rollout of B x G episodes at the environment's response limit. On that same rollout, from the same
-weights and optimizer state (restored between arms), the learning half of a step (no-grad passes and
-update) runs four times:
+one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
+replies): with every copy of a prompt prefilled (before) and with each distinct prompt prefilled once
+(after). On that rollout, from the same weights and optimizer state (restored between arms), the learning
+half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
-  every row's prompt computed in full (``--share_prefixes false``), the old-policy pass over every row;
+  every row's prompt computed in full (``--share_prefixes false``), the no-grad passes in micro-batches
+  of the update's size, the old-policy pass over every row;
 - and **after**: the defaults (micro-batches closed at 10% padding, a micro-batch's shared prompt
-  beginning computed once and its KV cache reused, the first mini-batch's old log-probs from its own
-  forward).
+  beginning computed once and its KV cache reused, no-grad micro-batches 4x the update's, the first
+  mini-batch's old log-probs from its own forward).
 
-Printed: the phase split of each arm (generation and environments are the rollout's, shared by all arms),
+Printed: the phase split of each arm (environments are the rollout's, shared by all arms),
 tokens computed and the padding share, the losses (equal across before and after to float tolerance),
 and the ratios the step-cost issue sets targets for: after vs before, the no-grad passes' share of the
 step, SDAR / GRPO. ``--limit-baseline`` also times the same rollout at the SDAR paper's 512-token
@@ -42,7 +44,7 @@ ENVS = {
 }
 PASSES = ("teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
 LOSSES = ("loss", "pg_loss", "kl")
-BEFORE = {"max_padding": 1.0, "share_prefixes": False}
+BEFORE = {"max_padding": 1.0, "share_prefixes": False}  # and score_micro_batch_size = micro_batch_size
 
 
 def _every_row_scored(trainer: Any) -> None:
@@ -83,10 +85,18 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     trainer = Trainer(cfg)
     result: dict[str, Any] = {"arms": {}}
     try:
-        t = time.time()
-        trainer._generation_s = 0.0
-        rollout = trainer.rollout(0)
-        result["rollout_s"], result["generation_s"] = time.time() - t, trainer._generation_s
+        # the same rollout twice (the same seed samples the same replies): a batch's copies of one prompt
+        # prefilled for every copy (before), then once (after)
+        for arm in ("before", "after"):
+            trainer.generator.share_prompts = arm == "after"  # type: ignore[attr-defined]  # HFGenerator
+            t = time.time()
+            trainer._generation_s = 0.0
+            rollout = trainer.rollout(0)
+            result[f"rollout_{arm}_s"], result[f"generation_{arm}_s"] = time.time() - t, trainer._generation_s
+            result[f"replies_{arm}"] = [s.response_ids for s in rollout.samples]
+        if result["replies_before"] != result["replies_after"]:
+            raise SystemExit(f"{env}: prefilling shared prompts once changed the sampled replies")
+        result["rollout_s"], result["generation_s"] = result["rollout_after_s"], result["generation_after_s"]
         result["limit"] = trainer.cfg.max_response_tokens
         result["turns"] = len(rollout.samples)
         stops = set(trainer.policy.stop_ids)
@@ -104,7 +114,8 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         if k in params:
                             v.copy_(params[k])
                 trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
-                trainer.cfg = dataclasses.replace(resolved, algo=algo, **(BEFORE if arm == "before" else {}))
+                before = {**BEFORE, "score_micro_batch_size": resolved.micro_batch_size}
+                trainer.cfg = dataclasses.replace(resolved, algo=algo, **(before if arm == "before" else {}))
                 trainer._share_in_update = trainer.cfg.share_prefixes  # (one process, no checkpointing)
                 if arm == "before":
                     _every_row_scored(trainer)
@@ -115,6 +126,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
         if args.limit_baseline:
             trainer.cfg = resolved
+            trainer.generator.share_prompts = False  # type: ignore[attr-defined]  # as before
             trainer.sampling = dataclasses.replace(trainer.sampling, max_new_tokens=512)
             with torch.no_grad():
                 for k, v in trainer.model.named_parameters():
@@ -135,7 +147,9 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
     lines = [
         f"### {env}: {r['turns']} turn samples, response limit {r['limit']} tokens "
         f"({r['at_limit']:.0%} of replies cut at it); rollout {r['rollout_s']:.1f} s "
-        f"(generation {r['generation_s']:.1f} s, environments and prompts {env_s:.1f} s)",
+        f"(generation {r['generation_s']:.1f} s, environments and prompts {env_s:.1f} s); generation with "
+        f"every copy of a prompt prefilled {r['generation_before_s']:.1f} s, each distinct prompt once "
+        f"{r['generation_after_s']:.1f} s (the same replies)",
         "",
         "| algo | arm | step s | generation | env | teacher | reference | old policy | update | no-grad share "
         "| tokens computed | padding | " + " | ".join(LOSSES) + " |",
@@ -143,10 +157,11 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
     ]
     step = {}
     for (algo, arm), m in r["arms"].items():
-        total = r["rollout_s"] + m["learn_s"]
+        total = r[f"rollout_{arm}_s"] + m["learn_s"]
         step[(algo, arm)] = total
         nograd = sum(m[p] for p in PASSES[:3])
-        split = " | ".join(f"{v:.1f} ({v / total:.0%})" for v in [r["generation_s"], env_s, *(m[p] for p in PASSES)])
+        generation = r[f"generation_{arm}_s"]
+        split = " | ".join(f"{v:.1f} ({v / total:.0%})" for v in [generation, env_s, *(m[p] for p in PASSES)])
         losses = " | ".join(f"{m.get(k, float('nan')):.6f}" for k in LOSSES)
         lines.append(
             f"| {algo} | {arm} | {total:.1f} | {split} | {nograd / total:.0%} | {m['tokens_computed']:.0f} "
@@ -156,7 +171,8 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"- SDAR step, after vs before on the same rollout: {step[('sdar', 'before')] / step[('sdar', 'after')]:.2f}x "
-        f"(the learning half alone {learn[('sdar', 'before')] / learn[('sdar', 'after')]:.2f}x; "
+        f"(generation {r['generation_before_s'] / r['generation_after_s']:.2f}x; "
+        f"the learning half alone {learn[('sdar', 'before')] / learn[('sdar', 'after')]:.2f}x; "
         f"GRPO's {learn[('grpo', 'before')] / learn[('grpo', 'after')]:.2f}x)",
         f"- SDAR / GRPO step time: before {step[('sdar', 'before')] / step[('grpo', 'before')]:.2f}, "
         f"after {step[('sdar', 'after')] / step[('grpo', 'after')]:.2f}",

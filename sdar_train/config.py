@@ -141,6 +141,12 @@ class TrainConfig:
         "turn samples per optimiser step (per process); several steps per training step, each after the first with a real ratio to the rollout-time policy",
     )
     micro_batch_size: int = _f(8, "turn samples per forward pass (gradient accumulation)")
+    score_micro_batch_size: int = _f(
+        0,
+        "turn samples per no-grad forward (teacher, reference, old policy; verl's log_prob_micro_batch_size); "
+        "0: 4 x micro_batch_size, since these forwards keep no activations for a backward (micro_batch_tokens, "
+        "if set, grows by the same factor)",
+    )
     clip_ratio: float = _f(0.2, "PPO clip")
     dual_clip: float | None = _f(3.0, "dual-clip c (> 1) capping the loss of negative-advantage tokens; null: off")
     entropy_coef: float = _f(0.001, "entropy bonus")
@@ -156,7 +162,9 @@ class TrainConfig:
     rlsd_warmdown_steps: int = _f(100, "RLSD: the share decays linearly from rlsd_lambda to 0 over these steps")
     # machinery
     bf16: bool | None = _f(
-        None, "bfloat16 autocast; null: on GPUs only; true: on CPU too (slow, but checks the bf16 path); false: off"
+        None,
+        "bfloat16 autocast; null: on GPUs, and on CPUs with native bf16 (AVX512-BF16, AMX) for models at least "
+        "512 wide (sdar_train/precision.py; the tiny model stays fp32); true: on; false: off",
     )
     gradient_checkpointing: bool = _f(False, "trade compute for memory")
     lora_r: int = _f(0, "LoRA rank through peft (0: full fine-tuning)")
@@ -184,7 +192,8 @@ class TrainConfig:
         True,
         "compute the prompt beginning that a micro-batch's rows share (a group's first prompt, the system turn "
         "and instructions, the teacher's skill block) once and reuse its KV cache; equal log-probs to float "
-        "tolerance. No-grad passes always; the update on one process without gradient checkpointing",
+        "tolerance. No-grad passes always; the update on one process without gradient checkpointing; HF "
+        "generation prefills a batch's copies of one prompt once (the same replies)",
     )
     max_nonfinite_steps: int = _f(
         3,
@@ -267,6 +276,10 @@ class TrainConfig:
             raise ConfigError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.micro_batch_size > self.mini_batch_size:
             raise ConfigError("micro_batch_size must be <= mini_batch_size")
+        if self.score_micro_batch_size < 0:
+            raise ConfigError(
+                f"score_micro_batch_size must be >= 0 (0: 4 x micro_batch_size), got {self.score_micro_batch_size}"
+            )
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0")
         if self.eval_temperature is not None and self.eval_temperature < 0:

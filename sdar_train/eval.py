@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from sdar_train.errors import ConfigError
 from sdar_train.generation import Generator, HFGenerator, Sampling, make_generator
 from sdar_train.models import resolve_model_path
 from sdar_train.policy import Policy, PromptCodec, load_policy
+from sdar_train.precision import choose_bf16
 from sdar_train.report import mean_interval
 from sdar_train.rollout import PromptSpec, collect_rollout
 
@@ -243,9 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--skills_k", "--skills-k", dest="skills_k", type=int, default=3)
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="weights for generation (bfloat16: about 2x faster sampling on CPUs with AVX512-BF16)",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="weights for generation; auto: bfloat16 on GPUs, and on CPUs with native bf16 for models at least "
+        "512 wide (about 2x faster sampling there; sdar_train/precision.py), else float32",
     )
     p.add_argument("--out", default=None, help="JSON report path")
     args = p.parse_args(argv)
@@ -265,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.temperature = reference_training(args.env)["eval_temperature"]
     torch.manual_seed(args.seed)
+    if args.dtype == "auto":
+        bf16, why = choose_bf16(None, cuda=torch.cuda.is_available(), model=model_path)
+        args.dtype = "bfloat16" if bf16 else "float32"
+        print(f"[sdar_train.eval] weights in {args.dtype} ({why})", file=sys.stderr, flush=True)
     policy = load_policy(
         model_path, torch.device("cuda" if torch.cuda.is_available() else "cpu"), dtype=getattr(torch, args.dtype)
     )

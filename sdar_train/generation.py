@@ -67,8 +67,11 @@ class HFGenerator:
     """``model.generate`` in left-padded batches, on the policy being trained or, under sharding
     (``own_copy``), on ``policy.model`` as a full copy of the weights that ``sync`` refreshes."""
 
-    def __init__(self, policy: Policy, batch_size: int = 64, *, own_copy: bool = False) -> None:
+    def __init__(
+        self, policy: Policy, batch_size: int = 64, *, own_copy: bool = False, share_prompts: bool = True
+    ) -> None:
         self.policy, self.batch_size, self.own_copy = policy, batch_size, own_copy
+        self.share_prompts = share_prompts  # a batch's copies of one prompt prefilled once
 
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
@@ -82,6 +85,7 @@ class HFGenerator:
             generator_seed=seed,
             batch_size=self.batch_size,
             stop_ids=list(sampling.stop_ids) or None,
+            share_prompts=self.share_prompts,
         )
 
     @torch.no_grad()
@@ -224,10 +228,12 @@ def make_generator(
     gpu_memory_utilization: float = 0.3,
     seed: int = 0,
     distributed: bool = False,
+    share_prompts: bool = True,
 ) -> Generator:
-    """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM)."""
+    """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM, whose
+    prefix caching shares prompts by itself)."""
     if backend == "hf":
-        return HFGenerator(policy, batch_size, own_copy=own_copy)
+        return HFGenerator(policy, batch_size, own_copy=own_copy, share_prompts=share_prompts)
     if backend == "vllm":
         limit = (
             getattr(policy.model.config, "max_position_embeddings", None) if hasattr(policy.model, "config") else None

@@ -125,11 +125,13 @@ def generate(
     generator_seed: int,
     batch_size: int,
     stop_ids: Sequence[int] | None = None,
+    share_prompts: bool = True,
 ) -> list[list[int]]:
     """Sampled continuations (stop tokens kept, padding removed), batched with left padding; a
     temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens.
     Prompts are batched in order of length (each batch is padded to its longest prompt) and the
-    continuations returned in the prompts' order."""
+    continuations returned in the prompts' order. ``share_prompts``: a batch's copies of one prompt are
+    prefilled once (the same replies, fewer tokens computed)."""
     model = policy.model
     was_training = model.training
     model.eval()
@@ -154,6 +156,11 @@ def generate(
             gen = model.generate(
                 input_ids=ids.to(policy.device),
                 attention_mask=mask.to(policy.device),
+                **(
+                    _prefilled_once(model, chunk, ids.to(policy.device), mask.to(policy.device))
+                    if share_prompts
+                    else {}
+                ),
                 **sampling,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
@@ -167,6 +174,25 @@ def generate(
     for position, i in enumerate(order):
         restored[i] = out[position]
     return restored
+
+
+def _prefilled_once(model: Any, chunk: Sequence[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    """``generate`` kwargs that prefill each distinct prompt of a left-padded ``chunk`` once: the G copies
+    of a group's first prompt (turn 1 of every group) are one forward, its KV cache copied to each row.
+    The cache covers all but the last prompt token, which ``generate`` computes with the first new one.
+    Nothing when every prompt is distinct (later turns: each episode has its own history)."""
+    first: dict[tuple[int, ...], int] = {}
+    rows = [first.setdefault(tuple(p), len(first)) for p in chunk]
+    if len(first) == len(chunk) or ids.size(1) < 2:
+        return {}
+    unique = torch.tensor([rows.index(u) for u in range(len(first))], device=ids.device)
+    head, head_mask = ids[unique, :-1], mask[unique, :-1]
+    positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
+    with torch.no_grad():
+        out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5.x / 4.x
+    cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # row i takes its prompt's cache
+    return {_cache_kwarg(model): cache}
 
 
 @dataclass

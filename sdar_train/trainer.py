@@ -47,6 +47,7 @@ from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
 from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
+from sdar_train.precision import choose_bf16
 from sdar_train.rollout import PromptSpec, Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
 from sdar_train.seeding import derive_seed
 from sdar_train.sharding import (
@@ -143,7 +144,8 @@ class Trainer:
 
         cfg = self.cfg
         self.cpu = cpu = not torch.cuda.is_available()
-        self.bf16 = bf16 = cfg.bf16 if cfg.bf16 is not None else not cpu
+        self.bf16, why = choose_bf16(cfg.bf16, cuda=not cpu, model=cfg.model)
+        bf16 = self.bf16
         wandb = ["wandb"] if "wandb" in cfg.loggers else None  # TensorBoard has its own writer (_setup_logging)
         self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no", log_with=wandb)
         sharding_on_cpu(acc)  # an FSDP/DeepSpeed config launched on CPU (gloo): Accelerate alone would run DDP
@@ -170,7 +172,7 @@ class Trainer:
             )
         if acc.is_main_process:
             print(
-                f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'}"
+                f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'} ({why})"
                 f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}",
                 file=sys.stderr,
                 flush=True,
@@ -275,6 +277,7 @@ class Trainer:
             seed=cfg.seed,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             distributed=self.world > 1,
+            share_prompts=cfg.share_prefixes,
         )
 
     def _setup_environments(self) -> None:
@@ -403,7 +406,9 @@ class Trainer:
         else:
             out[sorted(set(range(len(prompts))) - set(rows))] = float("nan")
         # sharded, every forward gathers parameters: a shared prefix (two forwards) could not stay in step
-        micros = self._micro_batches(prompts, responses, rows, share=self.cfg.share_prefixes and not self.sharded)
+        micros = self._micro_batches(
+            prompts, responses, rows, share=self.cfg.share_prefixes and not self.sharded, no_grad=True
+        )
         pad = self.policy.pad_id
         for c in range(self._agreed(len(micros)) if self.sharded else len(micros)):
             mb = micros[c] if c < len(micros) else MicroBatch([])
@@ -639,18 +644,28 @@ class Trainer:
     _last_failure = ""
 
     def _micro_batches(
-        self, prompts: list[list[int]], responses: list[list[int]], rows: list[int], *, share: bool = False
+        self,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        rows: list[int],
+        *,
+        share: bool = False,
+        no_grad: bool = False,
     ) -> list[MicroBatch]:
         """``rows`` cut into micro-batches of similar lengths, or of shared beginnings where that computes
         less (:func:`sdar_train.batching.plan`), counting the tokens each forward computes against those
-        that are real (``padding_share``; a shared prefix counts once)."""
+        that are real (``padding_share``; a shared prefix counts once). ``no_grad``: the scoring passes'
+        size (``score_micro_batch_size``)."""
         cfg = self.cfg
+        max_rows = cfg.micro_batch_size
+        if no_grad:
+            max_rows = cfg.score_micro_batch_size or 4 * cfg.micro_batch_size
         cut = plan(
             prompts,
             responses,
             rows,
-            max_rows=cfg.micro_batch_size,
-            max_tokens=cfg.micro_batch_tokens,
+            max_rows=max_rows,
+            max_tokens=cfg.micro_batch_tokens * max_rows // cfg.micro_batch_size,
             max_padding=cfg.max_padding,
             share_prefixes=share,
         )

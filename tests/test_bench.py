@@ -84,3 +84,19 @@ def test_step_cost_bench_times_both_arms_on_one_rollout_with_equal_losses():
         assert int(rows[(algo, "after")][10]) < int(rows[(algo, "before")][10])  # tokens computed
     for ratio in ("SDAR step, after vs before", "SDAR / GRPO step time", "tokens computed by SDAR"):
         assert ratio in done.stdout, done.stdout
+
+
+def test_precision_bench_prints_both_precisions_and_the_choice_for_each_model():
+    """bench/precision.py on the tiny model: fp32 and bf16 timed side by side, and what --bf16 unset picks."""
+    done = subprocess.run(
+        [sys.executable, "bench/precision.py", "--models", "tiny", "--rows", "1", "--tokens", "70", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| tiny |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "128" and all(float(c) > 0 for c in cells[2:8])
+    assert cells[8].startswith("fp32 (auto")  # narrow: fp32 unless asked, whatever the CPU

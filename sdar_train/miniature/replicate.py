@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from sdar_envs import EnvPool
+from sdar_train.batching import micro_batches
 from sdar_train.config import add_field_flags
 from sdar_train.losses import selective_log_softmax, sft_loss
 from sdar_train.miniature.demonstrator import habit_counts, play, read_prompt, webshop_action
@@ -369,8 +370,11 @@ def behaviour_cloning(
             batch.append(records[order.pop()])
         tokens = sum(len(r["response"]) for r in batch)
         total = 0.0
-        for s in range(0, len(batch), micro_batch):
-            part = batch[s : s + micro_batch]
+        # length-sorted micro-batches closed at 10% padding: attention over WebShop's pages is quadratic
+        # in the padded width, and the sum over micro-batches is the same gradient
+        lengths = [(len(r["prompt"]), len(r["response"])) for r in batch]
+        for rows in micro_batches(lengths, max_rows=micro_batch, max_padding=0.1):
+            part = [batch[i] for i in rows]
             packed = pack([r["prompt"] for r in part], [r["response"] for r in part], policy.pad_id)
             width = packed.targets.size(1)
             hidden = model.get_decoder()(

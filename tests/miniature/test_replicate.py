@@ -264,17 +264,17 @@ def test_packaged_recipe_shortened_beats_the_untrained_model(tmp_path):
         "careful_without_skills",
     )
     fields = {k: recipe[k] for k in names}
-    # shortened to 60 goals and 100 steps (the suite's slowest test at 120 and 150): measured here, the
-    # held-out score goes 0.0 -> 0.044 and invalid turns 100% -> 20%
+    # shortened to 60 goals and 150 steps (length-sorted micro-batches made a step 1.7x cheaper): measured
+    # here, the held-out score goes 0.0 -> 0.044 and invalid turns 100% -> 3.5% (83% at step 50, 2.4% at 100)
     cfg = ReplicateConfig(
-        out=str(tmp_path), **fields, demo_goals=60, bc_steps=100, bc_eval_every=1000, eval_episodes=10
+        out=str(tmp_path), **fields, demo_goals=60, bc_steps=150, bc_eval_every=1000, eval_episodes=10
     )
     warm = warm_start(cfg, tmp_path)
     curve = [json.loads(line) for line in (warm / "curve.jsonl").read_text().splitlines()]
     untrained, trained = curve[0], curve[-1]
     assert untrained["eval_score"] == 0.0 and untrained["eval_invalid_rate"] > 0.9
     assert trained["eval_score"] > 0.02  # it buys things that partly fit
-    assert trained["eval_invalid_rate"] < 0.5
+    assert trained["eval_invalid_rate"] < 0.2
     # (that a greedy evaluation repeats exactly is checked on the packaged warm start by the demo's test)
 
 

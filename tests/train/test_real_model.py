@@ -89,6 +89,34 @@ def test_the_model_answers_and_stops_at_the_end_of_its_turn(smollm2):
     assert END_OF_TURN not in codec.decode(reply[:-1]) and "Paris" in codec.decode(reply)
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_groups_copies_of_a_prompt_are_prefilled_once_and_sample_the_same_replies(smollm2, temperature):
+    """Turn 1 of every group: G copies of one prompt. Generation computes each distinct prompt once (its
+    KV cache copied to the copies) and samples exactly what prefilling every row samples."""
+    from sdar_train.policy import generate
+
+    codec = PromptCodec(smollm2.tokenizer)
+    a, b = (codec.encode(q * 6, 512) for q in ("Which city is the capital of France? ", "Name a colour of the sky. "))
+    prompts = [a, a, a, b, b, b, a[:-4]]  # two groups of 3 and a prompt of its own
+    rows_embedded: list[int] = []
+    hook = smollm2.model.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: rows_embedded.append(int(i[0].size(0)) * int(i[0].size(1)))
+    )
+    kwargs = dict(max_new_tokens=12, temperature=temperature, top_p=1.0, generator_seed=3, batch_size=8)
+    try:
+        shared = generate(smollm2, prompts, **kwargs)
+        shared_prefill = rows_embedded[0]
+        rows_embedded.clear()
+        full = generate(smollm2, prompts, **kwargs, share_prompts=False)
+        full_prefill = rows_embedded[0]
+    finally:
+        hook.remove()
+    assert shared == full
+    width = max(len(p) for p in prompts)
+    assert full_prefill == len(prompts) * width
+    assert shared_prefill == 3 * (width - 1)  # three distinct prompts, all but their last token
+
+
 def test_prompts_are_the_models_own_chat_template_and_the_teacher_block_goes_before_it(smollm2):
     tok = smollm2.tokenizer
     codec = PromptCodec(tok)
@@ -215,6 +243,7 @@ def test_a_real_model_grpo_step_with_full_fine_tuning(tmp_path, local_searcher):
         env="SDAR/SearchQA-v0", env_kwargs=ENVS["SDAR/SearchQA-v0"], algo="grpo", model=SMOLLM2,
         output_dir=str(tmp_path), steps=1, tasks_per_step=1, group_size=2, max_turns=1, max_response_tokens=12,
         max_prompt_tokens=384, micro_batch_size=2, mini_batch_size=8, lr=1e-4, progress=False, save_every=100,
+        bf16=False,  # auto would choose bf16 on a CPU with native bf16 (sdar_train/precision.py)
     )  # fmt: skip
     trainer = Trainer(cfg)
     try:

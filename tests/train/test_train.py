@@ -715,11 +715,16 @@ def test_a_non_finite_loss_never_reaches_the_weights_and_stops_the_run_when_it_p
 def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tmp_path, local_searcher):
     """Micro-batches are cut from length-sorted mini-batches and only accumulate: the step's gradient and
     its logged loss terms are those of the whole mini-batch, whatever the micro-batch size, and whether the
-    rows' shared prompt beginning is computed once (its KV cache reused) or in every row."""
+    rows' shared prompt beginning is computed once (its KV cache reused) or in every row, and whatever the
+    size of the no-grad passes' forwards."""
     runs = {}
-    cuts = {"1": dict(micro_batch_size=1), "8": dict(micro_batch_size=8, max_padding=1.0, share_prefixes=False)}
-    cuts["8-tight"] = dict(micro_batch_size=8, max_padding=0.05, micro_batch_tokens=600)  # more, smaller forwards
-    cuts["8-shared"] = dict(micro_batch_size=8, max_padding=1.0, share_prefixes=True)
+    cuts = {
+        "1": dict(micro_batch_size=1, score_micro_batch_size=1),
+        "8": dict(micro_batch_size=8, score_micro_batch_size=8, max_padding=1.0, share_prefixes=False),
+    }
+    cuts["8-tight"] = dict(micro_batch_size=8, score_micro_batch_size=8, max_padding=0.05, micro_batch_tokens=600)
+    cuts["8-shared"] = dict(micro_batch_size=8, score_micro_batch_size=8, max_padding=1.0, share_prefixes=True)
+    cuts["2-score-32"] = dict(micro_batch_size=2, max_padding=1.0, share_prefixes=False, score_micro_batch_size=32)
     for name, cut in cuts.items():
         cfg = TrainConfig(
             env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / name),
@@ -734,7 +739,7 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     assert runs["1"]["padding_share"] == 0.0 and runs["8-tight"]["padding_share"] < runs["8"]["padding_share"]
     # the G copies of a group's first prompt (and every prompt's instructions) are computed once
     assert runs["8-shared"]["tokens_computed"] < 0.9 * runs["8"]["tokens_computed"]
-    for name in ("1", "8-tight", "8-shared"):
+    for name in ("1", "8-tight", "8-shared", "2-score-32"):  # (the no-grad passes in forwards of 32 rows)
         for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
             assert runs[name][key] == pytest.approx(runs["8"][key], rel=1e-4, abs=1e-6), (name, key)
 
