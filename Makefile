@@ -46,7 +46,7 @@ test-vllm: $(VLLM_STAMP)
 
 # The main job: a short SDAR run on WebShop from the packaged warm start (a ~1.4M-parameter Qwen2 that
 # `python -m sdar_train.miniature.replicate --careless vague --careful_without_skills 0.4` behaviour-cloned), CPU;
-# greedy held-out success and score on 100 test goals before and after, metrics and a plot in runs/demo/.
+# greedy held-out success and score on 100 test goals before and after, metrics and a plot (runs/demo/demo.png: held-out score, success and invalid turns, before and after) in runs/demo/.
 # `make demo DEMO_ARGS="--algo grpo"`: the same with GRPO.
 DEMO_ARGS ?=
 demo: $(STAMP)

@@ -131,7 +131,8 @@ def generate(
     temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens.
     Prompts are batched in order of length (each batch is padded to its longest prompt) and the
     continuations returned in the prompts' order. ``share_prompts``: a batch's copies of one prompt are
-    prefilled once (the same replies, fewer tokens computed)."""
+    prefilled once (fewer tokens computed; in fp32 the same replies, while in bf16 a cache computed in a
+    smaller batch rounds differently, so a sampled token can flip, as under vLLM's prefix caching)."""
     model = policy.model
     was_training = model.training
     model.eval()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["mean_interval", "save_figure", "write_plot"]
+__all__ = ["mean_interval", "save_figure", "write_before_after_plot", "write_plot"]
 
 
 # two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's 1.96)
@@ -48,6 +48,7 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
         k
         for k in (
             "eval_success",
+            "eval_return",
             "reward",
             "success",
             "invalid_rate",
@@ -75,16 +76,43 @@ def write_plot(metrics_file: Path, out: Path, title: str = "") -> Path | None:
         ax.plot(
             [p[0] for p in pts],
             [p[1] for p in pts],
-            marker="o" if key == "eval_success" or len(pts) < 20 else "",
+            marker="o" if key.startswith("eval_") or len(pts) < 20 else "",
             markersize=3,
         )
-        ax.set_title("held-out success" if key == "eval_success" else key.replace("_", " "))
+        held_out = {"eval_success": "held-out success", "eval_return": "held-out score"}
+        ax.set_title(held_out.get(key, key.replace("_", " ")))
         ax.set_xlabel("step")
         ax.set_xlim(lo - pad, hi + pad)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.ticklabel_format(axis="y", style="plain", useOffset=False)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    return save_figure(fig, out)
+
+
+def write_before_after_plot(rows: Sequence[tuple[str, dict[str, Any]]], out: Path, title: str = "") -> Path:
+    """Held-out score and success of each (name, evaluation report) side by side: what a demo claims (the
+    same goals, before and after), as bars with their values written on them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2))
+    names = [name for name, _ in rows]
+    for ax, (key, label) in zip(
+        axes,
+        (("return", "held-out score"), ("success", "held-out success"), ("invalid_rate", "invalid turns")),
+        strict=True,
+    ):
+        values = [float(r[key]) for _, r in rows]
+        bars = ax.bar(range(len(values)), values, color=["#9aa9bb"] + ["#2f6db5"] * (len(values) - 1))  # before: grey
+        ax.bar_label(bars, labels=[f"{v:.3f}" if key == "return" else f"{v:.2f}" for v in values])
+        ax.set_xticks(range(len(values)), names, fontsize=8)
+        ax.set_title(label)
+        ax.set_ylim(0, max(1e-9, *values) * 1.25)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     return save_figure(fig, out)
 
 

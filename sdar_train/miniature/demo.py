@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sdar_train.__main__ import main as train
     from sdar_train.miniature.replicate import ReplicateConfig, arm_args, evaluate_policy
     from sdar_train.policy import load_policy
+    from sdar_train.report import write_before_after_plot
 
     warm = Path(args.warmstart) if args.warmstart else check_warmstart()
     cfg = ReplicateConfig(
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "summary.json").write_text(
         json.dumps({name: {k: r[k] for k in ("success", "return", "invalid_rate")} for name, r in rows}, indent=2)
     )
+    title = f"{before['episodes']} held-out WebShop test goals, the same before and after (T {before['temperature']}, seed {args.seed})"
+    print(f"plot: {write_before_after_plot(rows, out / 'demo.png', title)}")
     return 0
 
 

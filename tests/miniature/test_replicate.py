@@ -320,6 +320,8 @@ def test_demo_trains_the_packaged_warm_start_and_reports_before_and_after(tmp_pa
     assert json.loads((out / "sdar" / "eval.json").read_text())["episodes"] == 4
     printed = capsys.readouterr().out
     assert "held-out WebShop test goals: 4" in printed and "after 1 SDAR steps" in printed
+    # the plot shows what the demo claims: held-out score and success before and after, not one point
+    assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {out / 'demo.png'}" in printed
     # greedy evaluation is exact: evaluating the warm start again gives the same score
     cfg = ReplicateConfig(eval_episodes=4, eval_temperature=0.0)
     again = evaluate_policy(load_policy(str(WARMSTART), torch.device("cpu")), cfg, seed=0)

@@ -274,6 +274,7 @@ def test_a_real_model_sdar_step_on_each_environment(tmp_path, env_id, searchqa_i
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "precision bf16" in done.stderr
+    assert "merged copy" in done.stderr  # LoRA on CPU: generation and the rollout-time passes skip the adapters
     (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics["samples"] == 2 and all(math.isfinite(v) for v in metrics.values()), metrics
     assert {"sdar_loss", "gate_mean", "gap_mean"} <= set(metrics)
