@@ -47,7 +47,19 @@ def test_gpu_check_sharded_dry_run_shards_over_two_cpu_processes(flags, label):
 @pytest.mark.slow
 def test_replicate_step_profile_prints_every_part():
     done = subprocess.run(
-        [sys.executable, "-m", "bench.replicate_step", "--steps", "1", "--env-workers", "0", "--tasks", "1"],
+        [
+            sys.executable,
+            "-m",
+            "bench.replicate_step",
+            "--steps",
+            "1",
+            "--env-workers",
+            "0",
+            "--tasks",
+            "1",
+            "--group",
+            "2",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
