@@ -18,6 +18,7 @@ loaded from the folder as GGUF-quantised and refuse to save it (a trained model 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -64,6 +65,14 @@ def smollm2_gguf() -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """The file's sha256, hashed once per process while its size and modification time stay the same: a
+    model is resolved from several places (precision, loading, the vLLM back-end) and a GGUF can be GBs."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -154,14 +154,11 @@ def generate(
                 ids[i, width - len(p) :] = torch.tensor(p)
                 mask[i, width - len(p) :] = 1
             torch.manual_seed(generator_seed + start)  # sampling depends on (seed, step, chunk) only
+            ids, mask = ids.to(policy.device), mask.to(policy.device)
             gen = model.generate(
-                input_ids=ids.to(policy.device),
-                attention_mask=mask.to(policy.device),
-                **(
-                    _prefilled_once(model, chunk, ids.to(policy.device), mask.to(policy.device))
-                    if share_prompts
-                    else {}
-                ),
+                input_ids=ids,
+                attention_mask=mask,
+                **(_prefilled_once(model, chunk, ids, mask) if share_prompts else {}),
                 **sampling,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
@@ -191,7 +188,7 @@ def _prefilled_once(model: Any, chunk: Sequence[list[int]], ids: torch.Tensor, m
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
     with torch.no_grad():
         out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5.x / 4.x
+    cache = _returned_cache(out)
     cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # row i takes its prompt's cache
     return {_cache_kwarg(model): cache}
 
@@ -242,6 +239,12 @@ def pack(
     return ScoredBatch(ids, attn, positions, ids[:, p_width:], mask, prefix)
 
 
+def _returned_cache(out: Any) -> Any:
+    """The KV cache a forward with ``use_cache=True`` returned: ``cache`` on transformers 5.x,
+    ``past_key_values`` on 4.x."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def _cache_kwarg(model: Any) -> str:
     """transformers 5.x names the KV-cache argument ``cache`` (``past_key_values`` is deprecated); 4.x has
     only ``past_key_values``."""
@@ -271,7 +274,7 @@ def response_logprobs(
     if batch.prefix is not None:  # the shared prefix once, its KV cache repeated for every row
         n, length = batch.input_ids.size(0), batch.prefix.size(1)
         out = model(input_ids=batch.prefix.to(device), use_cache=True)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]  # transformers 5.x / 4.x
+        cache = _returned_cache(out)
         cache.batch_repeat_interleave(n)
         attention_mask = torch.cat(
             [torch.ones((n, length), dtype=attention_mask.dtype, device=device), attention_mask], 1
