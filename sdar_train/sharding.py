@@ -61,6 +61,12 @@ def sharding_on_cpu(accelerator: Any) -> str | None:
         accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
         return "FSDP"
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        import deepspeed.ops
+
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce at init (C++: a compiler and about
+        # 100 s on 2 cores) that only its inference kernels call; ZeRO's collectives go through gloo anyway.
+        # Its ops module keeps this dict for edits like this one (deepspeed/ops/__init__.py).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         plugin = DeepSpeedPlugin()
         plugin.set_mixed_precision("no")
         PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.DEEPSPEED

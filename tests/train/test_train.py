@@ -7,9 +7,11 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -510,6 +512,18 @@ def test_a_folder_without_a_model_is_named(tmp_path):
     assert done.returncode == 2 and f"model folder {tmp_path} holds no model (no config.json)" in done.stderr
 
 
+_SMALL = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory) -> Path:
+    """One GRPO step through the command line, checkpoint saved: trained once, copied by each test."""
+    out = tmp_path_factory.mktemp("one_step") / "run"
+    done = _cli(*run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_SMALL), "--steps", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -521,11 +535,10 @@ def test_a_folder_without_a_model_is_named(tmp_path):
     ],
 )
 @pytest.mark.slow
-def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, damage, message):
+def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, one_step_run, damage, message):
     out = tmp_path / "run"
-    small = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
-    common = run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **small)
-    assert _cli(*common, "--steps", "1").returncode == 0
+    shutil.copytree(one_step_run, out)  # a whole checkpoint of its own to damage
+    common = run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_SMALL)
     (ckpt,) = (out / "checkpoints").iterdir()
     name, _, how = damage.partition(":")
     target = ckpt / name
