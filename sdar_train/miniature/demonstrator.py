@@ -1,20 +1,13 @@
-"""A WebShop demonstrator that acts on the policy's own prompt text only, so a student can imitate it.
+"""A WebShop demonstrator that acts on the policy's own prompt text only, so a student can imitate it:
+the environment's instruction-only expert (``sdar_envs.webshop.shopper``, ``expert="shopper"``) driven
+by what the prompt shows (the instruction, the admissible actions, the last action), so that it also
+works on prompts with a skill block or from another environment's rollout.
 
-WebShop's ``info["expert_action"]`` follows the target path: it searches the target product's exact
-title, which the instruction never shows, so a policy cloned from it learns to invent titles. This
-demonstrator reads what the student reads (the instruction, the current page, the last action, the
-admissible actions) and does what a careful shopper would:
-
-1. ``search[<the instruction up to its price clause>]``;
-2. on a results page, click the first product;
-3. on the product page, click each option value the instruction names (``color: brown-6``), in page
-   order, one per turn (the last action says which one comes next);
-4. ``click[buy now]``.
-
-On the 1k catalogue it scores about 0.8 on the test goals and buys the exact target on about half
-(measured in ``sdar_train.miniature.replicate``). ``careful=False`` is the careless variant that buys without
-choosing options (with ``vague_search``, after searching the product without its attributes): the
-habit the miniature's skills correct (see ``docs/REPLICATION.md``).
+WebShop's default ``info["expert_action"]`` follows the target path: it searches the target product's
+exact title, which the instruction never shows, so a policy cloned from it learns to invent titles.
+``careful=False`` is the careless variant that buys without choosing options (with ``vague_search``,
+after searching the product without its attributes): the habit the miniature's skills correct (see
+``docs/REPLICATION.md``).
 """
 
 from __future__ import annotations
@@ -24,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sdar_envs.webshop.shopper import NOT_OPTIONS, shopper_action
+
 __all__ = ["PromptView", "habit_counts", "play", "play_prompts", "prompt_parts", "read_prompt", "webshop_action"]
 
-_ASIN = re.compile(r"click\[(b[0-9a-z]{9})\]")
 _PRODUCT_LIKE = re.compile(r"b\d.*", re.S)  # an ASIN, or the garbled copies a small model writes ("b07-wine red")
-_NOT_OPTIONS = {"back to search", "< prev", "next >", "description", "features", "reviews", "attributes", "buy now"}
 
 
 @dataclass(frozen=True)
@@ -59,31 +52,12 @@ def read_prompt(text: str) -> PromptView:
     return PromptView(task, observation, actions[-1].strip() if actions else "", admissible)
 
 
-def _search_query(task: str, *, vague: bool = False) -> str:
-    """The instruction up to its price clause; ``vague``: only up to its first " with " (the product
-    without the attributes the instruction names)."""
-    query = re.split(r",? and price lower than", task, maxsplit=1)[0].strip()
-    return query.split(" with ", 1)[0].strip() if vague else query
-
-
 def webshop_action(view: PromptView, *, careful: bool = True, vague_search: bool = False) -> str:
-    """The next command (without tags) for the page the prompt shows. ``careful=False``: buy without
-    choosing options; ``vague_search`` (careless episodes only): search the product without its attributes."""
-    clicks = [a[len("click[") : -1] for a in view.admissible if a.startswith("click[") and a.endswith("]")]
-    if any(a.startswith("search[") for a in view.admissible):
-        return f"search[{_search_query(view.task, vague=vague_search and not careful)}]"
-    products = [m.group(1) for a in view.admissible if (m := _ASIN.fullmatch(a))]
-    if products and "buy now" not in clicks:
-        return f"click[{products[0]}]"
-    if "buy now" in clicks:
-        if careful:
-            wanted = [c for c in clicks if c not in _NOT_OPTIONS and f": {c}" in view.task.lower()]
-            last = view.last_action[len("click[") : -1] if view.last_action.startswith("click[") else ""
-            following = wanted.index(last) + 1 if last in wanted else 0  # the last action names the one done
-            if following < len(wanted):
-                return f"click[{wanted[following]}]"
-        return "click[buy now]"
-    return "click[back to search]" if "back to search" in clicks else (clicks[0] if clicks else "search[]")
+    """The next command (without tags) for the page the prompt shows: the environment's instruction-only
+    expert (:func:`sdar_envs.webshop.shopper.shopper_action`) on what the prompt shows. ``careful=False``:
+    buy without choosing options; ``vague_search`` (careless episodes only): search the product without
+    its attributes."""
+    return shopper_action(view.task, view.admissible, view.last_action, careful=careful, vague_search=vague_search)
 
 
 def play(
@@ -136,7 +110,7 @@ def habit_counts(episodes: Sequence[dict[str, Any]]) -> dict[str, int]:
     ``actions``), counted by the habits the miniature plants:
 
     - ``vague_search``: episodes whose first action searches without the instruction's attributes (a
-      query without " with ": the careless habit's, see :func:`_search_query`);
+      query without " with ": the careless habit's, see :func:`sdar_envs.webshop.shopper.search_query`);
     - ``option_clicks``: clicks on a value, not on a product (``b`` and a digit: ASINs and a small model's
       garbled copies of them) nor on a navigation button; admissible or not (results do not say);
     - ``bought``: episodes ending in ``click[buy now]``;
@@ -151,7 +125,7 @@ def habit_counts(episodes: Sequence[dict[str, Any]]) -> dict[str, int]:
             counts["vague_search"] += 1
         for kind, target in commands:
             counts["option_clicks"] += (
-                kind == "click" and target not in _NOT_OPTIONS and not _PRODUCT_LIKE.fullmatch(target)
+                kind == "click" and target not in NOT_OPTIONS and not _PRODUCT_LIKE.fullmatch(target)
             )
         counts["bought"] += commands[-1:] == [("click", "buy now")]
     return counts

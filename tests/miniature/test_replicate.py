@@ -326,3 +326,42 @@ def test_demo_trains_the_packaged_warm_start_and_reports_before_and_after(tmp_pa
     cfg = ReplicateConfig(eval_episodes=4, eval_temperature=0.0)
     again = evaluate_policy(load_policy(str(WARMSTART), torch.device("cpu")), cfg, seed=0)
     assert again["return"] == pytest.approx(before["return"])
+
+
+def test_the_shopper_expert_is_the_demonstrator_on_the_prompt_and_never_reads_the_target():
+    """``expert="shopper"`` (what behaviour cloning uses) acts on what the agent sees: at every step its
+    action is the prompt-reading demonstrator's on the prompt the policy would get, and its search is the
+    instruction's words, where the default target path searches a title the instruction never shows."""
+    import gymnasium as gym
+
+    from sdar_envs.core import Turn
+    from sdar_envs.webshop.env import WebShopEnv
+    from sdar_envs.webshop.shopper import search_query
+
+    assert WebShopEnv.demonstration_kwargs == {"expert": "shopper"}
+    with pytest.raises(ValueError, match="expert must be 'target' or 'shopper'"):
+        WebShopEnv(expert="oracle")  # type: ignore[arg-type]
+    shopper = gym.make(ENV, split="test", expert="shopper").unwrapped
+    target = gym.make(ENV, split="test").unwrapped
+    scores, differs = [], 0
+    for task_id in shopper.task_ids()[:100:10]:
+        obs, info = shopper.reset(options={"task_id": task_id})
+        assert info["expert_action"] == f"search[{search_query(info['task'])}]"
+        differs += target.reset(options={"task_id": task_id})[1]["expert_action"] != info["expert_action"]
+        history: list[Turn] = []
+        while info["expert_action"]:
+            prompt = shopper.prompt_builder(
+                task=info["task"], observation=obs, history=history,
+                admissible_actions=info["admissible_actions"], step=info["step"],
+            )  # fmt: skip
+            assert info["expert_action"] == webshop_action(read_prompt(prompt))
+            action = RESPONSE.format(info["expert_action"])
+            history.append(Turn(obs, action))
+            obs, _, terminated, truncated, info = shopper.step(action)
+            assert info["valid_action"]
+            if terminated or truncated:
+                break
+        assert terminated and info["expert_action"] is None  # it bought
+        scores.append(info["score"])
+    assert differs >= 8  # the target path's title search is not the instruction
+    assert sum(scores) / len(scores) > 0.6  # a careful shopper: about 0.8 on the test goals

@@ -50,6 +50,26 @@ ENVS = {
 }
 
 
+def test_behaviour_cloning_on_webshop_demonstrates_what_the_agent_can_see(tmp_path):
+    """``--algo sft`` on WebShop clones the instruction-only shopper (the env's ``demonstration_kwargs``),
+    not the target path, whose search is the target's title: a warm start cloned from that searched
+    "buy now" and "<your query>" and scored 0 (docs/real_model/webshop/)."""
+    from sdar_envs.core import command_text
+    from sdar_envs.webshop.shopper import search_query
+
+    cfg = TrainConfig(
+        env="SDAR/WebShop-v0", env_kwargs={"split": "test"}, algo="sft", output_dir=str(tmp_path), **SMALL
+    )
+    trainer = Trainer(cfg)
+    try:
+        rollout = trainer.rollout(0)
+    finally:
+        trainer.close()
+    assert rollout.episodes
+    for episode in rollout.episodes:
+        assert command_text(episode.actions[0]) == f"search[{search_query(episode.task)}]"
+
+
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 @pytest.mark.parametrize("env_id", list(ENVS))
 def test_every_algorithm_runs_on_the_real_environments(tmp_path, env_id, algo, local_searcher):
