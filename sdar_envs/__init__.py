@@ -18,7 +18,8 @@ Registered:
   ``SDAR/SearchQA-v0``  kwargs: datasets (nq, hotpotqa, musique), split (train | test | all),
                         max_steps (4), topk (3), retrieval_url (or $SDAR_RETRIEVAL_URL), index_dir
   ``SDAR/WebShop-v0``   kwargs: goals (synthetic | human), split (train | test | all), max_steps (15),
-                        observation_mode (text | text_rich), colour, webshop_url (or $SDAR_WEBSHOP_URL)
+                        observation_mode (text | text_rich), colour, webshop_url (or $SDAR_WEBSHOP_URL),
+                        expert (target | shopper)
 """
 
 from __future__ import annotations

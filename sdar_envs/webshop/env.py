@@ -19,8 +19,9 @@ Extra ``info`` keys besides the suite's (``task_type`` is the product category):
 (the default, the original's) the target path: search the target's title, click it, click the goal's
 options, buy; with ``expert="shopper"`` a careful shopper that knows only what the agent knows: search
 the instruction, click the first result, click the options the instruction names, buy
-(``sdar_envs.webshop.shopper``; about 0.8 score on the test goals). Behaviour cloning uses the shopper
-(``demonstration_kwargs``): the target path searches a title the instruction never shows.
+(``sdar_envs.webshop.shopper``; 0.78 score and 57% exact purchases on every fifth test goal).
+Behaviour cloning uses the shopper (``demonstration_kwargs``): the target path searches a title the
+instruction never shows.
 """
 
 from __future__ import annotations

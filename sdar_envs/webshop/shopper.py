@@ -11,7 +11,7 @@ careful shopper would:
    order, one per turn (the last command says which one comes next);
 4. ``click[buy now]``.
 
-On the test goals it scores about 0.8 and buys the exact target about half the time. ``careful=False``
+On every fifth of the 500 test goals it scores 0.783 and buys the exact target on 57%, in 4.8 turns. ``careful=False``
 is the careless variant that buys without choosing options (with ``vague_search``, after searching the
 product without its attributes), the habit the CPU miniature's skills correct. The miniature's
 demonstrator (``sdar_train.miniature.demonstrator``) drives this from the prompt text alone.
