@@ -84,6 +84,9 @@ def _warm_start(s: EnvSettings, out: Path, lr: float, skills_share: float, threa
         + ["--lora_r", "16", "--lora_alpha", "32", "--bf16", "true", "--lr", str(lr)]
         # micro-batches of 2: activations of 8 rows x 900 tokens x 30 layers take ~15 GB on a CPU
         + ["--micro_batch_size", "2", "--max_response_tokens", str(s.max_response_tokens)]
+        # an optimizer step every 4 turns: the RL configs' mini-batches (64-256 turns) would give cloning
+        # one update per step, and 10 updates left SmolLM2 copying 'search[<your query>]' (docs/real_model/)
+        + ["--mini_batch_size", "4"]
         + ["--sft_skills_share", str(skills_share), "--eval_every", str(s.eval_every)]
         + ["--eval_episodes", str(s.eval_episodes), "--save_every", "5", "--keep_checkpoints", "1"]
         + ["--cpu_threads", str(threads), "--progress", "false"]
