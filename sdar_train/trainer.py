@@ -517,7 +517,8 @@ class Trainer:
                 ref = self._score(unwrapped, prompts, responses)
         t_pass["reference_pass_s"], t = time.time() - t, time.time()
         steps_per_update = cfg.ppo_epochs * self._agreed(math.ceil(len(samples) / cfg.mini_batch_size))
-        need_old = run and (steps_per_update > 1 or spec.rlsd)
+        # (only the PPO ratio and RLSD's gap read them: behaviour cloning and distillation alone need none)
+        need_old = run and (spec.rlsd or (spec.policy_gradient and steps_per_update > 1))
         # the first mini-batch is updated with the rollout-time weights: its old log-probs are its own
         # forward's, detached (the update fills them in), so the old policy scores only the rest
         orders = self._update_orders(len(samples), step)

@@ -806,6 +806,25 @@ def test_the_first_mini_batch_takes_its_old_log_probs_from_its_own_forward(tmp_p
         assert runs["reused"][key] == pytest.approx(runs["scored"][key], rel=1e-4, abs=1e-6), key
 
 
+def test_behaviour_cloning_over_several_mini_batches_scores_no_old_policy(tmp_path, monkeypatch):
+    """Behaviour cloning reads no old log-probs (no ratio), so several optimizer steps per training step
+    cost no old-policy pass: it took 26 s of a 120 s step of SmolLM2's WebShop warm start."""
+    cfg = TrainConfig(
+        env="SDAR/WebShop-v0", env_kwargs={"split": "test"}, algo="sft", output_dir=str(tmp_path),
+        **{**SMALL, "tasks_per_step": 2, "max_turns": 6, "max_response_tokens": 64, "mini_batch_size": 2, "micro_batch_size": 2},
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    passes: list[int] = []
+    score = trainer._score
+    monkeypatch.setattr(trainer, "_score", lambda *a, **k: passes.append(1) or score(*a, **k))
+    try:
+        metrics = trainer.train_step(0)
+    finally:
+        trainer.close()
+    assert metrics["samples"] > 2 * cfg.mini_batch_size and math.isfinite(metrics["sft_loss"])  # several updates
+    assert passes == []
+
+
 def test_a_failed_episode_costs_that_episode_and_failing_steps_in_a_row_stop_the_run(tmp_path, capsys):
     """Task letter-1's environment raises on every step (a service down past its retries): its group is
     dropped from the step, counted and logged with the cause, the other groups train, and steps that
