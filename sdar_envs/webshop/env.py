@@ -129,11 +129,11 @@ class WebShopEnv(TextEnv):
         actions = ["search[<your query>]"] if self._page.has_search_bar else []
         return actions + [f"click[{c}]" for c in self._page.clickables]
 
-    def _expert(self) -> str | None:
+    def _expert(self, admissible: list[str]) -> str | None:
         goal, page, state = self._goal, self._page, self._state
         assert goal is not None and page is not None
         if self.expert == "shopper":
-            return None if state.view == "done" else shopper_action(goal.instruction, self._admissible(), self._last)
+            return None if state.view == "done" else shopper_action(goal.instruction, admissible, self._last)
         product = self.shop.catalog.by_asin[goal.asin]
         wanted = target_options(goal, product)
         if state.view == "search":
@@ -156,14 +156,14 @@ class WebShopEnv(TextEnv):
 
     def _page_info(self) -> dict[str, Any]:
         assert self._page is not None and self._goal is not None
-        reward = self._page.reward
+        reward, admissible = self._page.reward, self._admissible()
         return {
-            "admissible_actions": self._admissible(),
+            "admissible_actions": admissible,
             "available_actions": available_actions(self._page),
             "won": bool(reward is not None and reward.score == 1.0),
             "score": 0.0 if reward is None else reward.score,
             "reward_info": None if reward is None else asdict(reward),
-            "expert_action": self._expert(),
+            "expert_action": self._expert(admissible),
         }
 
     def _start(self, index: int) -> tuple[str, dict[str, Any]]:

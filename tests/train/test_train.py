@@ -532,14 +532,14 @@ def test_a_folder_without_a_model_is_named(tmp_path):
     assert done.returncode == 2 and f"model folder {tmp_path} holds no model (no config.json)" in done.stderr
 
 
-_SMALL = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
+_ONE_STEP = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
 
 
 @pytest.fixture(scope="module")
 def one_step_run(tmp_path_factory) -> Path:
     """One GRPO step through the command line, checkpoint saved: trained once, copied by each test."""
     out = tmp_path_factory.mktemp("one_step") / "run"
-    done = _cli(*run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_SMALL), "--steps", "1")
+    done = _cli(*run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_ONE_STEP), "--steps", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -558,7 +558,7 @@ def one_step_run(tmp_path_factory) -> Path:
 def test_a_damaged_checkpoint_is_refused_with_the_file_named(tmp_path, one_step_run, damage, message):
     out = tmp_path / "run"
     shutil.copytree(one_step_run, out)  # a whole checkpoint of its own to damage
-    common = run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_SMALL)
+    common = run_args(algo="grpo", max_teacher_prompt_tokens=256, output_dir=out, **_ONE_STEP)
     (ckpt,) = (out / "checkpoints").iterdir()
     name, _, how = damage.partition(":")
     target = ckpt / name
