@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUNS    ?= runs
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
-.PHONY: setup demo replicate test test-fast lint bench gpu-check clean setup-vllm test-vllm
+.PHONY: setup demo replicate replicate-real test test-fast lint bench gpu-check clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -57,6 +57,14 @@ demo: $(STAMP)
 # with curves, diagnostics and habit counts. About 2 h 10 min on 2 cores (docs/replication/planted/).
 replicate: $(STAMP)
 	$(BIN)/python -m sdar_train.miniature.replicate --out $(RUNS)/replicate
+
+# The comparison on the real model (SmolLM2-135M-Instruct, WebShop), resumable over several sittings: the premise
+# zero-shot, the behaviour-cloned warm start and its premise, then GRPO / SDAR / GRPO+OPSD x 2 seeds from it,
+# trained on the dense score (the warm start buys no exact target, so the reference's 10 x won gives every
+# group 0); runs/real/webshop/report.md. Many CPU-hours on 2 cores (docs/real_model/README.md has the wall times).
+replicate-real: $(STAMP)
+	$(BIN)/python -m sdar_train.miniature.real_model --env webshop --out $(RUNS)/real \
+		--stages premise,warmstart,arms --train_reward return
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,8 +12,18 @@ Stages, each through the harness's own command lines (so each is also a command 
    over a bf16 base, with ``--sft_skills_share`` of the episodes shown the teacher's prompt, and held-out
    evaluations along the way (``metrics.jsonl``);
 3. ``premise-warm-{none,teacher}.json``: stage 1 on the warm start;
-4. ``report.md``: the premise table (success, return, format-valid, admissible, cut at the response
-   limit, turns) and the warm start's curve.
+4. ``arms/<algo>-s<seed>/``: RL from the warm start (``--stages arms``): GRPO, SDAR and GRPO+OPSD with the
+   paper's per-algorithm configs (``<env>_<algo>.yaml``), sized for a CPU (LoRA r 16 over a bf16 base, B x G,
+   the per-environment response limit), one run per seed on the same task stream, greedy held-out evaluation
+   every ``--rl_eval_every`` steps on a fixed list; ``arms/start.json`` is the warm start's evaluation on that
+   list (step 0 of every curve: greedy, so it is the same for every seed). Runs resume from their last
+   checkpoint, so the comparison continues over several sittings:
+
+       python -m sdar_train.miniature.real_model --env webshop --stages arms,report --train_reward return
+
+5. ``report.md``: the premise table (success, return, format-valid, admissible, cut at the response
+   limit, turns), the warm start's curve, and the arms' held-out table (95% intervals over seeds), curves
+   (``curves.png``) and SDAR's diagnostics (``diagnostics.png``).
 """
 
 from __future__ import annotations
@@ -28,7 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "EnvSettings", "main", "premise_table"]
+from sdar_train.miniature.arms import (
+    ArmRun,
+    collect_curves,
+    diagnostics_table,
+    outcome_table,
+    plot_curves,
+    plot_diagnostics,
+    run_arms,
+)
+
+__all__ = ["SETTINGS", "ArmSettings", "EnvSettings", "arm_runs", "main", "premise_table"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,10 @@ class EnvSettings:
     steps: int
     tasks_per_step: int
     eval_every: int
+
+    @property
+    def name(self) -> str:
+        return self.config.removesuffix("_sft.yaml")
 
 
 SETTINGS: dict[str, EnvSettings] = {
@@ -95,6 +119,115 @@ def _warm_start(s: EnvSettings, out: Path, lr: float, skills_share: float, threa
     return final
 
 
+@dataclass(frozen=True)
+class ArmSettings:
+    """The RL stage, sized for 2 CPU cores (the paper's values are in ``<env>_<algo>.yaml``)."""
+
+    arms: tuple[str, ...] = ("grpo", "sdar", "opsd")
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 20
+    tasks_per_step: int = 2  # B
+    group_size: int = 4  # G
+    lr: float = 1e-4  # LoRA adapters: about 10x a full fine-tune's rate
+    temperature: float = 1.0  # the reference's rollout temperature
+    train_reward: str = "won"  # the reference's; "return" (the dense score) when the warm start rarely wins
+    mini_batch_size: int = 16
+    eval_every: int = 10
+    eval_episodes: int = 50
+    threads: int = 2
+    parallel: int = 1
+
+    def __post_init__(self) -> None:
+        from sdar_train.config import ALGORITHMS
+        from sdar_train.errors import ConfigError
+
+        unknown = [x for x in self.arms if x not in ALGORITHMS or ALGORITHMS[x].sft]
+        if unknown or not self.arms:
+            raise ConfigError(
+                f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
+            )
+        if not self.seeds:
+            raise ConfigError("seeds must name at least one seed")
+        if self.group_size < 2:
+            raise ConfigError("group_size must be >= 2 for group-relative advantages")
+        for name in (
+            "steps",
+            "tasks_per_step",
+            "mini_batch_size",
+            "eval_every",
+            "eval_episodes",
+            "threads",
+            "parallel",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.train_reward not in ("won", "return"):
+            raise ConfigError(f"train_reward must be won or return, got {self.train_reward!r}")
+
+
+def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRun]:
+    """Every arm x seed from ``warm``, seeds outermost (a short budget still sees every arm)."""
+    runs = []
+    for seed in a.seeds:
+        for arm in a.arms:
+            run_dir = out / "arms" / f"{arm}-s{seed}"
+            args = ["--config", f"{s.name}_{arm}.yaml", "--model", warm, "--output_dir", str(run_dir)]
+            args += ["--seed", str(seed), "--steps", str(a.steps), "--tasks_per_step", str(a.tasks_per_step)]
+            args += ["--group_size", str(a.group_size), "--lr", str(a.lr), "--temperature", str(a.temperature)]
+            args += ["--train_reward", a.train_reward, "--lora_r", "16", "--lora_alpha", "32", "--bf16", "true"]
+            args += ["--micro_batch_size", "2", "--mini_batch_size", str(a.mini_batch_size)]
+            args += ["--max_response_tokens", str(s.max_response_tokens), "--generation_batch_size", "32"]
+            args += ["--eval_every", str(a.eval_every), "--eval_episodes", str(a.eval_episodes)]
+            args += ["--eval_temperature", "0", "--save_every", "1", "--keep_checkpoints", "1"]
+            args += ["--cpu_threads", str(a.threads), "--progress", "false"]
+            runs.append(ArmRun(arm, seed, run_dir, tuple(args)))
+    return runs
+
+
+def _arms(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> None:
+    start = out / "arms" / "start.json"
+    if not start.exists():
+        start.parent.mkdir(parents=True, exist_ok=True)
+        _run(
+            ["-m", "sdar_train.eval", "--env", s.env_id, "--model", warm, "--split", s.eval_split]
+            + ["--episodes", str(a.eval_episodes), "--temperature", "0", "--dtype", "bfloat16"]
+            + ["--max_response_tokens", str(s.max_response_tokens), "--out", str(start)]
+        )
+    run_arms(arm_runs(s, a, warm, out), a.parallel)
+
+
+def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[str]:
+    start_file = out / "arms" / "start.json"
+    if not start_file.exists():
+        return []
+    r = json.loads(start_file.read_text())
+    start = {seed: {"eval_success": r["success"], "eval_return": r["return"]} for seed in a.seeds}
+    curves = collect_curves([(x.arm, x.seed, x.run_dir) for x in arm_runs(s, a, warm, out)], start)
+    if not curves:
+        return []
+    plot_curves(curves, out / "curves.png", f"{s.env_id} {s.eval_split}")
+    means = plot_diagnostics(curves, out / "diagnostics.png")
+    return [
+        "",
+        f"## RL from the warm start ({warm})",
+        "",
+        f"Per arm the paper's config (`{s.name}_<algo>.yaml`) with B={a.tasks_per_step} x G={a.group_size}, "
+        f"LoRA r 16 over bf16, lr {a.lr}, rollout temperature {a.temperature}, train reward `{a.train_reward}`, "
+        f"{a.steps} steps. Held-out: {a.eval_episodes} {s.eval_split} tasks (fixed, evenly spaced), greedy; "
+        f"95% t-intervals over seeds {list(a.seeds)} (a seed that has not reached step {a.steps} is left out).",
+        "",
+        *outcome_table(curves, a.steps),
+        "",
+        "### SDAR's diagnostics over training (mean over steps and seeds)",
+        "",
+        *diagnostics_table(means),
+        "",
+        "![held-out curves](curves.png)",
+        "",
+        "![diagnostics](diagnostics.png)",
+    ]
+
+
 def premise_table(out: Path) -> list[str]:
     """Markdown rows: one per (model, prompt) evaluation found in ``out``."""
     rows = [
@@ -115,7 +248,7 @@ def premise_table(out: Path) -> list[str]:
     return rows
 
 
-def _report(s: EnvSettings, out: Path) -> Path:
+def _report(s: EnvSettings, out: Path, arms: list[str]) -> Path:
     lines = [f"# SmolLM2-135M-Instruct on {s.env_id}", "", "## The premise (greedy, the same tasks)", ""]
     lines += premise_table(out)
     metrics = out / "warmstart" / "metrics.jsonl"
@@ -131,6 +264,7 @@ def _report(s: EnvSettings, out: Path) -> Path:
                 "",
                 f"{len(losses)} cloning steps, {wall:.0f} min; response NLL {losses[0]['sft_loss']:.3f} -> {losses[-1]['sft_loss']:.3f}.",
             ]
+    lines += arms
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -142,19 +276,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/real")
     p.add_argument("--lr", type=float, default=2e-4, help="the warm start's learning rate (LoRA)")
     p.add_argument("--skills_share", type=float, default=0.3, help="demonstrations shown the teacher's prompt")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--stages", default="premise,warmstart,report", help="comma-separated subset to run")
+    p.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    p.add_argument("--stages", default="premise,warmstart,report", help="comma-separated subset (also: arms)")
+    rl = ArmSettings()
+    g = p.add_argument_group("RL from the warm start (stage arms)")
+    g.add_argument("--warm", default=None, help="the model RL starts from (default: this run's warmstart/final)")
+    g.add_argument("--arms", default=",".join(rl.arms), help="comma-separated RL algorithms")
+    g.add_argument("--seeds", default=",".join(map(str, rl.seeds)), help="comma-separated seeds, one run each")
+    g.add_argument("--rl_steps", type=int, default=rl.steps)
+    g.add_argument("--rl_tasks_per_step", type=int, default=rl.tasks_per_step, help="B")
+    g.add_argument("--rl_group_size", type=int, default=rl.group_size, help="G")
+    g.add_argument("--rl_lr", type=float, default=rl.lr)
+    g.add_argument("--rl_temperature", type=float, default=rl.temperature)
+    g.add_argument("--train_reward", choices=("won", "return"), default=rl.train_reward)
+    g.add_argument("--rl_mini_batch_size", type=int, default=rl.mini_batch_size)
+    g.add_argument("--rl_eval_every", type=int, default=rl.eval_every)
+    g.add_argument("--rl_eval_episodes", type=int, default=rl.eval_episodes)
+    g.add_argument("--parallel", type=int, default=rl.parallel, help="runs at once (cores = parallel x threads)")
     args = p.parse_args(argv)
     s = SETTINGS[args.env]
     out = Path(args.out) / args.env
     out.mkdir(parents=True, exist_ok=True)
+    a = ArmSettings(
+        arms=tuple(args.arms.split(",")),
+        seeds=tuple(int(x) for x in args.seeds.split(",")),
+        steps=args.rl_steps,
+        tasks_per_step=args.rl_tasks_per_step,
+        group_size=args.rl_group_size,
+        lr=args.rl_lr,
+        temperature=args.rl_temperature,
+        train_reward=args.train_reward,
+        mini_batch_size=args.rl_mini_batch_size,
+        eval_every=args.rl_eval_every,
+        eval_episodes=args.rl_eval_episodes,
+        threads=args.threads,
+        parallel=args.parallel,
+    )
+    warm = args.warm or str(out / "warmstart" / "final")
     stages = set(args.stages.split(","))
     if "premise" in stages:
         _premise(s, MODEL, out, "zeroshot")
     if "warmstart" in stages:
         final = _warm_start(s, out, args.lr, args.skills_share, args.threads)
         _premise(s, str(final), out, "warm")
-    _log(f"report: {_report(s, out)}")
+    if "arms" in stages:
+        _arms(s, a, warm, out)
+    _log(f"report: {_report(s, out, _arms_report(s, a, warm, out))}")
     return 0
 
 

@@ -49,6 +49,16 @@ from sdar_envs import EnvPool
 from sdar_train.batching import micro_batches
 from sdar_train.config import add_field_flags
 from sdar_train.losses import selective_log_softmax, sft_loss
+from sdar_train.miniature.arms import (
+    ArmRun,
+    Curves,
+    diagnostics_table,
+    outcome_table,
+    plot_curves,
+    plot_diagnostics,
+    run_arms,
+)
+from sdar_train.miniature.arms import collect_curves as arm_curves
 from sdar_train.miniature.demonstrator import habit_counts, play, read_prompt, webshop_action
 from sdar_train.miniature.packaged_warmstart import WARMSTART, package_warmstart
 from sdar_train.policy import Policy, PromptCodec, load_policy, pack
@@ -64,6 +74,7 @@ __all__ = [
     "build_small_qwen2",
     "collect_demonstrations",
     "demonstration_turns",
+    "arm_runs",
     "main",
     "parse_config",
     "read_records",
@@ -582,52 +593,30 @@ def arm_args(cfg: ReplicateConfig, arm: str, seed: int, warm: Path, out_dir: Pat
     return args
 
 
-def run_arms(cfg: ReplicateConfig, out: Path, warm: Path) -> None:
-    """Every arm x seed, seeds outermost so that a short budget still sees every arm, ``cfg.parallel`` runs
-    at a time; a run that stopped resumes from its last checkpoint. A run's result does not depend on
-    which other runs share the machine."""
-    import subprocess
-    from concurrent.futures import ThreadPoolExecutor
+def _run_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / "arms" / f"{arm}-s{seed}"
 
-    def one(arm: str, seed: int) -> None:
-        run_dir = out / "arms" / f"{arm}-s{seed}"
-        resume = (run_dir / "checkpoints").exists()
-        args = arm_args(cfg, arm, seed, warm, run_dir)
-        args += ["--resume", "true"] if resume else ["--overwrite", "true"]
-        _log(f"{arm} seed {seed}{' (resuming)' if resume else ''}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        with open(run_dir / "train.log", "a") as log:
-            subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
-        _log(f"{arm} seed {seed} done in {time.time() - t0:.0f} s")
 
-    todo = [
-        (arm, seed)
+def arm_runs(cfg: ReplicateConfig, out: Path, warm: Path) -> list[ArmRun]:
+    """Every arm x seed, seeds outermost so that a short budget still sees every arm."""
+    return [
+        ArmRun(arm, seed, _run_dir(out, arm, seed), tuple(arm_args(cfg, arm, seed, warm, _run_dir(out, arm, seed))))
         for seed in cfg.seeds
         for arm in cfg.arms
-        if not (out / "arms" / f"{arm}-s{seed}" / "eval.json").exists()
     ]
-    with ThreadPoolExecutor(max_workers=cfg.parallel) as pool:
-        for done in [pool.submit(one, arm, seed) for arm, seed in todo]:
-            done.result()  # a failed run raises here, after the runs already started have finished
 
 
 # --- stage 6: the report --------------------------------------------------------------------------------
 
 
-def collect_curves(cfg: ReplicateConfig, out: Path) -> dict[str, dict[int, list[dict[str, float]]]]:
+def collect_curves(cfg: ReplicateConfig, out: Path) -> Curves:
     """Per arm and seed, the rows of its metrics file, with the warm start's evaluation as step 0."""
-    start = json.loads((out / "premise.json").read_text())["student"]
-    curves: dict[str, dict[int, list[dict[str, float]]]] = {}
-    for arm in cfg.arms:
-        for i, seed in enumerate(cfg.seeds):
-            metrics = out / "arms" / f"{arm}-s{seed}" / "metrics.jsonl"
-            if not metrics.exists():
-                continue
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            first = {"step": 0, "eval_success": start[i]["success"], "eval_return": start[i]["score"]}
-            curves.setdefault(arm, {})[seed] = [first, *rows]
-    return curves
+    student = json.loads((out / "premise.json").read_text())["student"]
+    start = {
+        seed: {"eval_success": student[i]["success"], "eval_return": student[i]["score"]}
+        for i, seed in enumerate(cfg.seeds)
+    }
+    return arm_curves([(arm, seed, _run_dir(out, arm, seed)) for seed in cfg.seeds for arm in cfg.arms], start)
 
 
 def write_report(cfg: ReplicateConfig, out: Path) -> Path:
@@ -666,87 +655,10 @@ def write_report(cfg: ReplicateConfig, out: Path) -> Path:
         s, sh = mean_interval([r["success"] for r in prem[who]])
         c, ch = mean_interval([r["score"] for r in prem[who]])
         lines.append(f"| {label} | {s:.3f} ± {sh:.3f} | {c:.3f} ± {ch:.3f} |")
-    lines += [
-        "",
-        "## RL arms from the same warm start",
-        "",
-        "| arm | seeds | success: start | success: end | score: start | score: end | score: change |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    metrics = (("eval_success", "held-out success"), ("eval_return", "held-out score"))
-    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, runs in curves.items():
-        ends = {seed: [r for r in rows if "eval_success" in r] for seed, rows in runs.items()}
-        complete = [seed for seed, pts in ends.items() if pts[-1]["step"] == cfg.rl_steps]
-        if complete:
-
-            def cell(values: list[float], sign: str = "") -> str:
-                m, h = mean_interval(values)
-                return f"{m:{sign}.3f} ± {h:.3f}"
-
-            first = {s: ends[s][0] for s in complete}
-            last = {s: ends[s][-1] for s in complete}
-            lines.append(
-                f"| {arm} | {len(complete)} | {cell([first[s]['eval_success'] for s in complete])} | "
-                f"{cell([last[s]['eval_success'] for s in complete])} | {cell([first[s]['eval_return'] for s in complete])} | "
-                f"{cell([last[s]['eval_return'] for s in complete])} | "
-                f"{cell([last[s]['eval_return'] - first[s]['eval_return'] for s in complete], '+')} |"
-            )
-        steps = sorted({r["step"] for pts in ends.values() for r in pts})
-        for (key, title), ax in zip(metrics, panels, strict=True):
-            mean, half = [], []
-            for step in steps:
-                m, h = mean_interval([r[key] for pts in ends.values() for r in pts if r["step"] == step])
-                mean.append(m)
-                half.append(h)
-            ax.plot(steps, mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
-            ax.fill_between(
-                steps,
-                [m - h for m, h in zip(mean, half, strict=True)],
-                [m + h for m, h in zip(mean, half, strict=True)],
-                alpha=0.2,
-            )
-            ax.set_title(f"WebShop test: {title}")
-    for ax in panels:
-        ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    save_figure(fig, out / "curves.png")
-    keys = [
-        ("gate_mean", "gate mean"),
-        ("gap_negative", "share of negative-gap tokens"),
-        ("gap_mean", "mean teacher-student gap"),
-        ("invalid_rate", "invalid-turn rate"),
-    ]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3))
-    diag: dict[str, dict[str, float]] = {}
-    for (key, title), axis in zip(keys, axes, strict=True):
-        for arm, runs in curves.items():
-            by_step: dict[int, list[float]] = {}
-            for rows in runs.values():
-                for r in rows:
-                    if key in r:
-                        by_step.setdefault(int(r["step"]), []).append(float(r[key]))
-            if by_step:
-                xs = sorted(by_step)
-                axis.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], label=arm)
-                every = [v for vs in by_step.values() for v in vs]
-                diag.setdefault(arm, {})[key] = sum(every) / len(every)
-        axis.set_title(title)
-        axis.set_xlabel("RL step")
-        axis.grid(alpha=0.3)
-    if any(axis.get_legend_handles_labels()[0] for axis in axes):
-        axes[0].legend()
-    save_figure(fig, out / "diagnostics.png")
-    lines += [
-        "",
-        "## Diagnostics over training (mean over steps and seeds)",
-        "",
-        "| arm | " + " | ".join(t for _, t in keys) + " |",
-        "|---" * (len(keys) + 1) + "|",
-    ]
-    for arm, values in diag.items():
-        lines.append(f"| {arm} | " + " | ".join(f"{values[k]:.3f}" if k in values else "-" for k, _ in keys) + " |")
+    lines += ["", "## RL arms from the same warm start", "", *outcome_table(curves, cfg.rl_steps)]
+    plot_curves(curves, out / "curves.png", "WebShop test")
+    diag = plot_diagnostics(curves, out / "diagnostics.png")
+    lines += ["", "## Diagnostics over training (mean over steps and seeds)", "", *diagnostics_table(diag)]
     lines += _habits_table(cfg, out, prem)
     curve = [json.loads(line) for line in (out / "warmstart" / "curve.jsonl").read_text().splitlines() if line.strip()]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
@@ -783,7 +695,7 @@ def _habits_table(cfg: ReplicateConfig, out: Path, prem: dict[str, Any]) -> list
         for who, label in (("student", "no skills (start)"), ("teacher", "with skills (the teacher)"))
     ]
     for arm in cfg.arms:
-        ends = [out / "arms" / f"{arm}-s{seed}" / "eval.json" for seed in cfg.seeds]
+        ends = [_run_dir(out, arm, seed) / "eval.json" for seed in cfg.seeds]
         rows.append((f"{arm}, end", [habit_counts(json.loads(f.read_text())["results"]) for f in ends if f.exists()]))
     lines = [
         "",
@@ -812,7 +724,7 @@ def run(cfg: ReplicateConfig) -> Path:
     if cfg.package:
         _log(f"packaged the warm start in {package_warmstart(warm, WARMSTART)}")
     premise(cfg, out, warm)
-    run_arms(cfg, out, warm)
+    run_arms(arm_runs(cfg, out, warm), cfg.parallel)
     report = write_report(cfg, out)
     _log(f"report: {report} ({(time.time() - t0) / 60:.1f} min in this invocation)")
     return out

@@ -1,0 +1,194 @@
+"""RL arms from one warm start: GRPO, SDAR, GRPO+OPSD x seeds as resumable ``python -m sdar_train`` runs,
+their held-out curves, and the report's table and plots. The planted miniature (``replicate``) and the real
+model's comparison (``real_model``) share it, so both report the same way.
+
+A run is done when its ``eval.json`` (the trainer's final evaluation) exists; a run that stopped resumes from
+its last checkpoint, so a comparison can continue over several sittings.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdar_train.report import mean_interval, save_figure
+
+__all__ = [
+    "DIAGNOSTICS",
+    "ArmRun",
+    "collect_curves",
+    "diagnostics_table",
+    "outcome_table",
+    "plot_curves",
+    "plot_diagnostics",
+    "run_arms",
+]
+
+Curves = dict[str, dict[int, list[dict[str, Any]]]]  # arm -> seed -> metrics rows, step 0 = the warm start
+DIAGNOSTICS = (
+    ("gate_mean", "gate mean"),
+    ("gap_negative", "share of negative-gap tokens"),
+    ("gap_mean", "mean teacher-student gap"),
+    ("invalid_rate", "invalid-turn rate"),
+)
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One arm and seed: where it writes and its ``python -m sdar_train`` arguments (no --resume/--overwrite)."""
+
+    arm: str
+    seed: int
+    run_dir: Path
+    args: tuple[str, ...]
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "eval.json").exists()
+
+
+def _log(msg: str) -> None:
+    print(f"[arms] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def run_arms(runs: Sequence[ArmRun], parallel: int = 1) -> None:
+    """Every run not yet done, in the order given (put seeds outermost, so a short budget sees every arm),
+    ``parallel`` at a time, each a process logging to ``run_dir/train.log``. A failed run raises once the
+    runs already started have finished. A run's result does not depend on which others share the machine."""
+
+    def one(run: ArmRun) -> None:
+        resume = (run.run_dir / "checkpoints").exists()
+        args = [*run.args, *(["--resume", "true"] if resume else ["--overwrite", "true"])]
+        _log(f"{run.arm} seed {run.seed}{' (resuming)' if resume else ''}")
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        with open(run.run_dir / "train.log", "a") as log:
+            subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
+        _log(f"{run.arm} seed {run.seed} done in {time.time() - t0:.0f} s")
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for done in [pool.submit(one, run) for run in runs if not run.done]:
+            done.result()
+
+
+def collect_curves(runs: Iterable[tuple[str, int, Path]], start: Mapping[int, Mapping[str, float]]) -> Curves:
+    """Per (arm, seed, run_dir), the rows of its ``metrics.jsonl`` after a step-0 row: the warm start's
+    held-out ``eval_success`` and ``eval_return`` for that seed (``start[seed]``). Runs not started are left out."""
+    import json
+
+    curves: Curves = {}
+    for arm, seed, run_dir in runs:
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        first = {"step": 0, "eval_success": start[seed]["eval_success"], "eval_return": start[seed]["eval_return"]}
+        curves.setdefault(arm, {})[seed] = [first, *rows]
+    return curves
+
+
+def _evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The held-out points of a run, one per step (a resumed run may have logged a step twice: the last wins)."""
+    by_step = {int(r["step"]): r for r in rows if "eval_success" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def outcome_table(curves: Curves, steps: int) -> list[str]:
+    """Markdown rows: per arm, over the seeds that reached ``steps``, held-out success and score at the start
+    and the end with 95% t-intervals over seeds, and the score's change (paired by seed)."""
+    lines = [
+        "| arm | seeds | success: start | success: end | score: start | score: end | score: change |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float], sign: str = "") -> str:
+        m, h = mean_interval(values)
+        return f"{m:{sign}.3f} ± {h:.3f}"
+
+    for arm, runs in curves.items():
+        points = {seed: _evaluations(rows) for seed, rows in runs.items()}
+        complete = [seed for seed, pts in points.items() if pts[-1]["step"] == steps]
+        if not complete:
+            continue
+        first = [points[s][0] for s in complete]
+        last = [points[s][-1] for s in complete]
+        lines.append(
+            f"| {arm} | {len(complete)} | {cell([p['eval_success'] for p in first])} | "
+            f"{cell([p['eval_success'] for p in last])} | {cell([p['eval_return'] for p in first])} | "
+            f"{cell([p['eval_return'] for p in last])} | "
+            f"{cell([b['eval_return'] - a['eval_return'] for a, b in zip(first, last, strict=True)], '+')} |"
+        )
+    return lines
+
+
+def plot_curves(curves: Curves, path: Path, what: str) -> Path:
+    """Held-out success and score per arm over RL steps (mean over seeds, band = 95% interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, runs in curves.items():
+        points = [_evaluations(rows) for rows in runs.values()]
+        steps = sorted({int(r["step"]) for pts in points for r in pts})
+        for (key, title), ax in zip((("eval_success", "success"), ("eval_return", "score")), panels, strict=True):
+            stats = [mean_interval([r[key] for pts in points for r in pts if r["step"] == s]) for s in steps]
+            ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{arm} ({len(runs)} seeds)")
+            ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
+            ax.set_title(f"{what}: held-out {title}")
+    for ax in panels:
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_diagnostics(curves: Curves, path: Path) -> dict[str, dict[str, float]]:
+    """SDAR's gate and gap statistics and the invalid-turn rate over training (mean over seeds per step),
+    plotted to ``path``; returns each arm's mean over steps and seeds of each :data:`DIAGNOSTICS` key."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(3.4 * len(DIAGNOSTICS), 3))
+    means: dict[str, dict[str, float]] = {}
+    for (key, title), axis in zip(DIAGNOSTICS, axes, strict=True):
+        for arm, runs in curves.items():
+            by_step: dict[int, list[float]] = {}
+            for rows in runs.values():
+                for r in rows:
+                    if key in r:
+                        by_step.setdefault(int(r["step"]), []).append(float(r[key]))
+            if by_step:
+                xs = sorted(by_step)
+                axis.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], label=arm)
+                every = [v for vs in by_step.values() for v in vs]
+                means.setdefault(arm, {})[key] = sum(every) / len(every)
+        axis.set_title(title)
+        axis.set_xlabel("RL step")
+        axis.grid(alpha=0.3)
+    if any(axis.get_legend_handles_labels()[0] for axis in axes):
+        axes[0].legend()
+    save_figure(fig, path)
+    return means
+
+
+def diagnostics_table(means: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Markdown rows of :func:`plot_diagnostics`'s means."""
+    lines = [
+        "| arm | " + " | ".join(t for _, t in DIAGNOSTICS) + " |",
+        "|---" * (len(DIAGNOSTICS) + 1) + "|",
+    ]
+    for arm, values in means.items():
+        lines.append(
+            f"| {arm} | " + " | ".join(f"{values[k]:.3f}" if k in values else "-" for k, _ in DIAGNOSTICS) + " |"
+        )
+    return lines

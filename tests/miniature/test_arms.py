@@ -1,0 +1,68 @@
+"""The real model's RL comparison (``real_model --stages arms``): every arm x seed runs from the warm start
+with the paper's per-algorithm config, a finished run is not run again, and the report carries the
+held-out table, curves and diagnostics. The tiny model stands in for the warm start (same code path)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdar_train.config import ConfigError, config_from_args
+from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main
+
+
+@pytest.mark.slow
+def test_arms_from_the_warm_start_run_once_and_report(tmp_path):
+    argv = ["--env", "webshop", "--out", str(tmp_path), "--stages", "arms", "--warm", "tiny"]
+    argv += ["--arms", "grpo,sdar", "--seeds", "3", "--rl_steps", "1", "--rl_tasks_per_step", "1"]
+    argv += ["--rl_group_size", "2", "--rl_eval_every", "1", "--rl_eval_episodes", "2", "--train_reward", "return"]
+    argv += ["--threads", "1"]
+    assert main(argv) == 0
+    out = tmp_path / "webshop"
+    start = json.loads((out / "arms" / "start.json").read_text())
+    assert start["episodes"] == 2 and start["temperature"] == 0.0
+    logs = {}
+    for arm in ("grpo", "sdar"):
+        run = out / "arms" / f"{arm}-s3"
+        end = json.loads((run / "eval.json").read_text())
+        assert end["episodes"] == 2 and end["temperature"] == 0.0
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "eval_success" in r] == [1]
+        assert any("loss" in r for r in rows)
+        logs[arm] = (run / "train.log").stat().st_mtime_ns
+    report = (out / "report.md").read_text()
+    for arm in ("grpo", "sdar"):
+        assert f"| {arm} | 1 | {start['success']:.3f} ± 0.000 |" in report
+    assert "| sdar | " in report.partition("SDAR's diagnostics")[2]
+    for png in ("curves.png", "diagnostics.png"):
+        assert (out / png).stat().st_size > 10_000
+    # a finished run is not run again: the same command only rewrites the report
+    assert main(argv) == 0
+    assert {arm: (out / "arms" / f"{arm}-s3" / "train.log").stat().st_mtime_ns for arm in logs} == logs
+
+
+def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
+    runs = arm_runs(SETTINGS["webshop"], ArmSettings(seeds=(0, 1)), "tiny", tmp_path)
+    assert [(r.arm, r.seed) for r in runs] == [(a, s) for s in (0, 1) for a in ("grpo", "sdar", "opsd")]
+    by_arm = {r.arm: config_from_args(list(r.args)) for r in runs if r.seed == 1}
+    assert by_arm["sdar"].sdar_coef == 0.01 and by_arm["sdar"].kl_coef == 0.01  # webshop_sdar.yaml's values
+    for cfg in by_arm.values():
+        assert cfg.seed == 1 and cfg.lora_r == 16 and cfg.eval_temperature == 0.0 and cfg.temperature == 1.0
+        assert cfg.env == "SDAR/WebShop-v0" and cfg.max_response_tokens == SETTINGS["webshop"].max_response_tokens
+    assert {r.run_dir.name for r in runs} == {f"{a}-s{s}" for a in ("grpo", "sdar", "opsd") for s in (0, 1)}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("arms", ("sft",), "arms must be RL algorithms"),
+        ("group_size", 1, "group_size"),
+        ("train_reward", "score", "train_reward"),
+        ("seeds", (), "seeds"),
+        ("eval_every", 0, "eval_every"),
+    ],
+)
+def test_arm_settings_refuse_what_cannot_work(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        ArmSettings(**{field: value})
