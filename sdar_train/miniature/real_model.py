@@ -69,7 +69,8 @@ class EnvSettings:
 
 SETTINGS: dict[str, EnvSettings] = {
     "searchqa": EnvSettings("SDAR/SearchQA-v0", "searchqa_sft.yaml", "test", 200, 64, 40, 8, 20),
-    "webshop": EnvSettings("SDAR/WebShop-v0", "webshop_sft.yaml", "test", 100, 64, 40, 4, 20),
+    # 20 steps: the warm start RL starts from (format-valid, far from the expert: docs/real_model/)
+    "webshop": EnvSettings("SDAR/WebShop-v0", "webshop_sft.yaml", "test", 100, 64, 20, 4, 20),
     "alfworld": EnvSettings("SDAR/ALFWorld-v0", "alfworld_sft.yaml", "valid_unseen", 67, 48, 40, 4, 20),
 }
 MODEL = "smollm2-135m-instruct"

@@ -4,7 +4,8 @@
 # config's mini-batches of 64 turns (one optimizer step per training step); the step-10 evaluation scored 0
 # (the model still copied 'search[<your query>]'), so steps 13-19 ran with mini-batches of 4 (about five
 # optimizer steps per training step), resumed from the step-12 checkpoint. For a new run use phase 2's
-# settings from the start (sdar_train.miniature.real_model does). Resumable: run a phase again to continue.
+# settings from the start (sdar_train.miniature.real_model does). Phase 3 continues the same run toward 40 steps
+# (it was stopped after its step-30 evaluation and checkpoint). Resumable: run a phase again to continue.
 cd "$(git rev-parse --show-toplevel)"
 OUT=runs/real/webshop_warm
 COMMON="--config webshop_sft.yaml --model smollm2-135m-instruct --steps 20 --tasks_per_step 4 --group_size 1
@@ -14,5 +15,8 @@ COMMON="--config webshop_sft.yaml --model smollm2-135m-instruct --steps 20 --tas
 RESUME=$([ -d $OUT/checkpoints ] && echo "--resume true" || echo "")
 if [ "${1:-2}" = 1 ]; then  # phase 1: stop it once checkpoints/step_000012 exists
   exec .venv/bin/python -m sdar_train $COMMON $RESUME
+fi
+if [ "${1:-2}" = 3 ]; then  # phase 3: the continuation (steps 20-29 so far)
+  exec .venv/bin/python -m sdar_train ${COMMON/--steps 20/--steps 40} --mini_batch_size 4 --resume true
 fi
 exec .venv/bin/python -m sdar_train $COMMON --mini_batch_size 4 --resume true  # phase 2
