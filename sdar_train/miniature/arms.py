@@ -8,6 +8,7 @@ its last checkpoint, so a comparison can continue over several sittings.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -80,8 +81,6 @@ def run_arms(runs: Sequence[ArmRun], parallel: int = 1) -> None:
 def collect_curves(runs: Iterable[tuple[str, int, Path]], start: Mapping[int, Mapping[str, float]]) -> Curves:
     """Per (arm, seed, run_dir), the rows of its ``metrics.jsonl`` after a step-0 row: the warm start's
     held-out ``eval_success`` and ``eval_return`` for that seed (``start[seed]``). Runs not started are left out."""
-    import json
-
     curves: Curves = {}
     for arm, seed, run_dir in runs:
         metrics = run_dir / "metrics.jsonl"
