@@ -221,6 +221,18 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         "",
         *outcome_table(curves, a.steps),
         "",
+        "Held-out score so far (step: score, success), per run:",
+        "",
+        *(
+            f"- {arm} seed {seed}: "
+            + ", ".join(
+                f"{r['step']}: {r['eval_return']:.3f}, {r['eval_success']:.2f}" for r in rows if "eval_return" in r
+            )
+            + f" (last step logged: {max(int(r['step']) for r in rows)})"
+            for arm, runs in curves.items()
+            for seed, rows in runs.items()
+        ),
+        "",
         "### SDAR's diagnostics over training (mean over steps and seeds)",
         "",
         *diagnostics_table(means),
