@@ -221,12 +221,12 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         "",
         *outcome_table(curves, a.steps),
         "",
-        "Held-out score so far (step: score, success), per run:",
+        "Held-out score (success) so far, per run:",
         "",
         *(
             f"- {arm} seed {seed}: "
             + ", ".join(
-                f"{r['step']}: {r['eval_return']:.3f}, {r['eval_success']:.2f}" for r in rows if "eval_return" in r
+                f"step {r['step']} {r['eval_return']:.3f} ({r['eval_success']:.2f})" for r in rows if "eval_return" in r
             )
             + f" (last step logged: {max(int(r['step']) for r in rows)})"
             for arm, runs in curves.items()
