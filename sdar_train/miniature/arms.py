@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdar_train.config import ALGORITHMS
+from sdar_train.errors import ConfigError
 from sdar_train.report import mean_interval, save_figure
 
 __all__ = [
     "DIAGNOSTICS",
     "ArmRun",
+    "check_comparison",
     "collect_curves",
     "diagnostics_table",
     "outcome_table",
@@ -52,6 +55,21 @@ class ArmRun:
     @property
     def done(self) -> bool:
         return (self.run_dir / "eval.json").exists()
+
+
+def check_comparison(arms: Sequence[str], seeds: Sequence[int], group_size: int, train_reward: str) -> None:
+    """The rules every arms comparison's config shares; raises :class:`ConfigError` naming the field."""
+    unknown = [a for a in arms if a not in ALGORITHMS or ALGORITHMS[a].sft]
+    if unknown or not arms:
+        raise ConfigError(
+            f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
+        )
+    if not seeds:
+        raise ConfigError("seeds must name at least one seed")
+    if group_size < 2:
+        raise ConfigError("group_size must be >= 2 for group-relative advantages")
+    if train_reward not in ("won", "return"):
+        raise ConfigError(f"train_reward must be won or return, got {train_reward!r}")
 
 
 def _log(msg: str) -> None:

@@ -40,6 +40,7 @@ from typing import Any
 
 from sdar_train.miniature.arms import (
     ArmRun,
+    check_comparison,
     collect_curves,
     diagnostics_table,
     outcome_table,
@@ -141,18 +142,9 @@ class ArmSettings:
     parallel: int = 1
 
     def __post_init__(self) -> None:
-        from sdar_train.config import ALGORITHMS
         from sdar_train.errors import ConfigError
 
-        unknown = [x for x in self.arms if x not in ALGORITHMS or ALGORITHMS[x].sft]
-        if unknown or not self.arms:
-            raise ConfigError(
-                f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
-            )
-        if not self.seeds:
-            raise ConfigError("seeds must name at least one seed")
-        if self.group_size < 2:
-            raise ConfigError("group_size must be >= 2 for group-relative advantages")
+        check_comparison(self.arms, self.seeds, self.group_size, self.train_reward)
         for name in (
             "steps",
             "tasks_per_step",
@@ -164,8 +156,6 @@ class ArmSettings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.train_reward not in ("won", "return"):
-            raise ConfigError(f"train_reward must be won or return, got {self.train_reward!r}")
 
 
 def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRun]:

@@ -52,6 +52,7 @@ from sdar_train.losses import selective_log_softmax, sft_loss
 from sdar_train.miniature.arms import (
     ArmRun,
     Curves,
+    check_comparison,
     diagnostics_table,
     outcome_table,
     plot_curves,
@@ -155,7 +156,6 @@ class ReplicateConfig:
     )
 
     def __post_init__(self) -> None:
-        from sdar_train.config import ALGORITHMS
         from sdar_train.errors import ConfigError
 
         for name in (
@@ -172,17 +172,7 @@ class ReplicateConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rl_temperature <= 0:
             raise ConfigError(f"rl_temperature must be > 0, got {self.rl_temperature}")
-        if self.group_size < 2:
-            raise ConfigError("group_size must be >= 2 for group-relative advantages")
-        unknown = [a for a in self.arms if a not in ALGORITHMS or ALGORITHMS[a].sft]
-        if unknown:
-            raise ConfigError(
-                f"arms must be RL algorithms ({', '.join(a for a in ALGORITHMS if a != 'sft')}), got {unknown}"
-            )
-        if self.train_reward not in ("won", "return"):
-            raise ConfigError(f"train_reward must be won or return, got {self.train_reward!r}")
-        if not self.seeds:
-            raise ConfigError("seeds must name at least one seed")
+        check_comparison(self.arms, self.seeds, self.group_size, self.train_reward)
         if self.careless not in ("no_options", "vague"):
             raise ConfigError(f"careless must be no_options or vague, got {self.careless!r}")
         if not 0.0 <= self.careful_without_skills < 1.0:
