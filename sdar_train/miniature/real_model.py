@@ -49,7 +49,7 @@ from sdar_train.miniature.arms import (
     run_arms,
 )
 
-__all__ = ["SETTINGS", "ArmSettings", "EnvSettings", "arm_runs", "main", "premise_table"]
+__all__ = ["SETTINGS", "ArmSettings", "EnvSettings", "arm_runs", "main", "premise_table", "warmstart_args"]
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,22 @@ def _premise(s: EnvSettings, model: str, out: Path, tag: str) -> None:
         )
 
 
-def _warm_start(s: EnvSettings, out: Path, lr: float, skills_share: float, threads: int) -> Path:
-    run = out / "warmstart"
-    final = run / "final"
-    if (final / "config.json").exists():
-        return final
-    resume = (run / "checkpoints").is_dir()
-    _run(
-        ["-m", "sdar_train", "--config", s.config, "--model", MODEL, "--output_dir", str(run)]
-        + ["--steps", str(s.steps), "--tasks_per_step", str(s.tasks_per_step), "--group_size", "1"]
-        + ["--lora_r", "16", "--lora_alpha", "32", "--bf16", "true", "--lr", str(lr)]
+def warmstart_args(
+    s: EnvSettings,
+    run: Path,
+    *,
+    lr: float = 2e-4,
+    skills_share: float = 0.3,
+    threads: int = 2,
+    steps: int | None = None,
+    tasks_per_step: int | None = None,
+) -> list[str]:
+    """The warm start's recipe: ``python -m sdar_train`` arguments cloning ``s``'s expert into ``run``
+    (``steps`` and ``tasks_per_step``: the environment's unless shortened, as the recipe's test does)."""
+    return (
+        ["--config", s.config, "--model", MODEL, "--output_dir", str(run)]
+        + ["--steps", str(steps or s.steps), "--tasks_per_step", str(tasks_per_step or s.tasks_per_step)]
+        + ["--group_size", "1", "--lora_r", "16", "--lora_alpha", "32", "--bf16", "true", "--lr", str(lr)]
         # micro-batches of 2: activations of 8 rows x 900 tokens x 30 layers take ~15 GB on a CPU
         + ["--micro_batch_size", "2", "--max_response_tokens", str(s.max_response_tokens)]
         # an optimizer step every 4 turns: the RL configs' mini-batches (64-256 turns) would give cloning
@@ -116,8 +122,17 @@ def _warm_start(s: EnvSettings, out: Path, lr: float, skills_share: float, threa
         + ["--sft_skills_share", str(skills_share), "--eval_every", str(s.eval_every)]
         + ["--eval_episodes", str(s.eval_episodes), "--save_every", "5", "--keep_checkpoints", "1"]
         + ["--cpu_threads", str(threads), "--progress", "false"]
-        + (["--resume", "true"] if resume else [])
     )
+
+
+def _warm_start(s: EnvSettings, out: Path, lr: float, skills_share: float, threads: int) -> Path:
+    run = out / "warmstart"
+    final = run / "final"
+    if (final / "config.json").exists():
+        return final
+    resume = (run / "checkpoints").is_dir()
+    args = warmstart_args(s, run, lr=lr, skills_share=skills_share, threads=threads)
+    _run(["-m", "sdar_train", *args, *(["--resume", "true"] if resume else [])])
     return final
 
 

@@ -529,7 +529,7 @@ def test_bad_settings_fail_in_one_line_before_loading_a_model(args, message):
 
 def test_a_folder_without_a_model_is_named(tmp_path):
     done = _cli("--model", str(tmp_path))
-    assert done.returncode == 2 and f"model folder {tmp_path} holds no model (no config.json)" in done.stderr
+    assert done.returncode == 2 and f"model folder {tmp_path} holds no model (no config.json" in done.stderr
 
 
 _ONE_STEP = {"tasks_per_step": 1, "max_turns": 1, "max_response_tokens": 4, "max_prompt_tokens": 256}
