@@ -68,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.real:
-        return _real(args)
+        from sdar_train.errors import ConfigError
+
+        try:
+            return _real(args)
+        except ConfigError as e:  # e.g. --algo sft: the real demo compares RL arms only
+            p.error(str(e))
     import torch
 
     from sdar_train.__main__ import main as train

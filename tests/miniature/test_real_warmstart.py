@@ -133,3 +133,13 @@ def test_the_recipe_still_clones_a_model_closer_to_the_shopper_than_the_base(tmp
     samples = _demonstrations(load_policy(resolve_model_path(MODEL), CPU).tokenizer, goals=1)
     base, cloned = _response_nll(resolve_model_path(MODEL), samples), _response_nll(str(run / "final"), samples)
     assert cloned < 0.9 * base, (base, cloned)
+
+
+def test_the_real_demo_refuses_what_is_not_an_rl_arm(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "sdar_train.miniature.demo", "--real", "--algo", "sft", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "arms must be RL algorithms" in done.stderr
+    assert not (tmp_path / "before.json").exists()  # refused before any work
