@@ -28,6 +28,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sdar_train.config import ALGORITHMS
 from sdar_train.miniature.packaged_warmstart import check_warmstart
@@ -147,7 +148,10 @@ def _real(args: argparse.Namespace) -> int:
     return _summarise(args, out, before, after, model="SmolLM2-135M-Instruct")
 
 
-def _summarise(args: argparse.Namespace, out: Path, before: dict, after: dict, model: str = "the tiny model") -> int:
+def _summarise(
+    args: argparse.Namespace, out: Path, before: dict[str, Any], after: dict[str, Any], model: str = "the tiny model"
+) -> int:
+    """The before/after table, ``summary.json`` and ``demo.png``."""
     from sdar_train.report import write_before_after_plot
 
     rows = [("warm start", before), (f"after {args.steps} {args.algo.upper()} steps", after)]
