@@ -29,6 +29,7 @@ __all__ = [
     "collect_curves",
     "diagnostics_table",
     "outcome_table",
+    "paired_goal_table",
     "plot_curves",
     "plot_diagnostics",
     "run_arms",
@@ -126,7 +127,7 @@ def outcome_table(curves: Curves, steps: int) -> list[str]:
 
     def cell(values: list[float], sign: str = "") -> str:
         m, h = mean_interval(values)
-        return f"{m:{sign}.3f} ± {h:.3f}"
+        return f"{m:{sign}.3f} ± {h:.3f}" if len(values) > 1 else f"{m:{sign}.3f}"  # one seed: no interval
 
     for arm, runs in curves.items():
         points = {seed: _evaluations(rows) for seed, rows in runs.items()}
@@ -144,6 +145,38 @@ def outcome_table(curves: Curves, steps: int) -> list[str]:
     return lines
 
 
+def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int, Mapping[str, Any]]]) -> list[str]:
+    """Markdown rows: each finished run's held-out evaluation (``eval.json``) against the start's, goal by goal
+    (the same goals, greedy, so each goal is its own control): the mean paired score change with its 95%
+    t-interval over goals, how many goals' actions changed and scored higher or lower, and turns per episode.
+    With few seeds this is the interval that says whether one run moved at all."""
+    base = {r["task_id"]: r for r in start["results"]}
+
+    def mean(rows: Mapping[str, Mapping[str, Any]], key: str, goals: list[str]) -> float:
+        return sum(float(rows[t][key]) for t in goals) / len(goals)
+
+    lines = [
+        "| arm | seed | goals | score: start -> end | paired change (95% over goals) | actions changed | "
+        "higher / lower | turns per episode: start -> end |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, seed, report in finals:
+        ends = {r["task_id"]: r for r in report["results"]}
+        goals = [t for t in base if t in ends]
+        if not goals:
+            continue
+        diffs = [ends[t]["return"] - base[t]["return"] for t in goals]
+        change, half = mean_interval(diffs)
+
+        lines.append(
+            f"| {arm} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
+            f"{change:+.3f} ± {half:.3f} | {sum(ends[t]['actions'] != base[t]['actions'] for t in goals)} | "
+            f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} | "
+            f"{mean(base, 'turns', goals):.2f} -> {mean(ends, 'turns', goals):.2f} |"
+        )
+    return lines
+
+
 def plot_curves(curves: Curves, path: Path, what: str) -> Path:
     """Held-out success and score per arm over RL steps (mean over seeds, band = 95% interval)."""
     import matplotlib
@@ -157,11 +190,13 @@ def plot_curves(curves: Curves, path: Path, what: str) -> Path:
         steps = sorted({int(r["step"]) for pts in points for r in pts})
         for (key, title), ax in zip((("eval_success", "success"), ("eval_return", "score")), panels, strict=True):
             stats = [mean_interval([r[key] for pts in points for r in pts if r["step"] == s]) for s in steps]
-            ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{arm} ({len(runs)} seeds)")
+            seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+            ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{arm} ({seeds})")
             ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], alpha=0.2)
             ax.set_title(f"{what}: held-out {title}")
     for ax in panels:
         ax.set_xlabel("RL step")
+        ax.set_ylim(0, 1)  # both are rates in [0, 1]: a zoomed axis would make noise look like a trend
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, path)
@@ -177,6 +212,7 @@ def plot_diagnostics(curves: Curves, path: Path) -> dict[str, dict[str, float]]:
 
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(3.4 * len(DIAGNOSTICS), 3))
     means: dict[str, dict[str, float]] = {}
+    colour = {arm: f"C{i}" for i, arm in enumerate(curves)}  # an arm keeps its colour in every panel
     for (key, title), axis in zip(DIAGNOSTICS, axes, strict=True):
         for arm, runs in curves.items():
             by_step: dict[int, list[float]] = {}
@@ -186,14 +222,15 @@ def plot_diagnostics(curves: Curves, path: Path) -> dict[str, dict[str, float]]:
                         by_step.setdefault(int(r["step"]), []).append(float(r[key]))
             if by_step:
                 xs = sorted(by_step)
-                axis.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], label=arm)
+                axis.plot(xs, [sum(by_step[x]) / len(by_step[x]) for x in xs], label=arm, color=colour[arm])
                 every = [v for vs in by_step.values() for v in vs]
                 means.setdefault(arm, {})[key] = sum(every) / len(every)
         axis.set_title(title)
         axis.set_xlabel("RL step")
         axis.grid(alpha=0.3)
-    if any(axis.get_legend_handles_labels()[0] for axis in axes):
-        axes[0].legend()
+    labelled = [axis for axis in axes if axis.get_legend_handles_labels()[0]]
+    if labelled:  # the panel that shows every arm (the invalid-turn rate)
+        max(labelled, key=lambda axis: len(axis.get_legend_handles_labels()[0])).legend()
     save_figure(fig, path)
     return means
 

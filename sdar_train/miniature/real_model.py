@@ -44,6 +44,7 @@ from sdar_train.miniature.arms import (
     collect_curves,
     diagnostics_table,
     outcome_table,
+    paired_goal_table,
     plot_curves,
     plot_diagnostics,
     run_arms,
@@ -236,6 +237,17 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
             + f" (last step logged: {max(int(r['step']) for r in rows)})"
             for arm, runs in curves.items()
             for seed, rows in runs.items()
+        ),
+        "",
+        "Each finished run against the start on the same goals (greedy, paired goal by goal):",
+        "",
+        *paired_goal_table(
+            r,
+            (
+                (x.arm, x.seed, json.loads((x.run_dir / "eval.json").read_text()))
+                for x in arm_runs(s, a, warm, out)
+                if x.done
+            ),
         ),
         "",
         "### SDAR's diagnostics over training (mean over steps and seeds)",

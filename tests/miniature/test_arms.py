@@ -9,6 +9,7 @@ import json
 import pytest
 
 from sdar_train.config import ConfigError, config_from_args
+from sdar_train.miniature.arms import paired_goal_table
 from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main
 
 
@@ -33,13 +34,34 @@ def test_arms_from_the_warm_start_run_once_and_report(tmp_path):
         logs[arm] = (run / "train.log").stat().st_mtime_ns
     report = (out / "report.md").read_text()
     for arm in ("grpo", "sdar"):
-        assert f"| {arm} | 1 | {start['success']:.3f} ± 0.000 |" in report
+        assert f"| {arm} | 1 | {start['success']:.3f} | " in report  # one seed: no interval over seeds
     assert "| sdar | " in report.partition("SDAR's diagnostics")[2]
+    for arm in ("grpo", "sdar"):  # each finished run against the start, goal by goal
+        assert f"| {arm} | 3 | 2 | {start['return']:.3f} -> " in report.partition("goal by goal")[2]
     for png in ("curves.png", "diagnostics.png"):
         assert (out / png).stat().st_size > 10_000
     # a finished run is not run again: the same command only rewrites the report
     assert main(argv) == 0
     assert {arm: (out / "arms" / f"{arm}-s3" / "train.log").stat().st_mtime_ns for arm in logs} == logs
+
+
+def test_the_paired_table_compares_each_run_with_the_start_goal_by_goal():
+    def report(scores: list[float], actions: list[str]) -> dict:
+        return {
+            "results": [
+                {"task_id": f"g{i}", "return": r, "actions": [a], "turns": 1 + i}
+                for i, (r, a) in enumerate(zip(scores, actions, strict=True))
+            ]
+        }
+
+    start = report([0.5, 0.2, 0.0, 1.0], ["a", "b", "c", "d"])
+    end = report([0.7, 0.2, 0.0, 0.9], ["x", "b", "y", "z"])
+    extra = {"results": [*end["results"], {"task_id": "other", "return": 1.0, "actions": [], "turns": 9}]}
+    (row,) = paired_goal_table(start, [("sdar", 0, extra)])[2:]  # a goal the start lacks is left out
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["sdar", "0", "4", "0.425 -> 0.450"]
+    assert cells[4].startswith("+0.025 ± ") and float(cells[4].split("± ")[1]) > 0.1  # t-interval over 4 goals
+    assert cells[5:] == ["3", "1 / 1", "2.50 -> 2.50"]  # actions changed on 3 goals, one higher, one lower
 
 
 def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
