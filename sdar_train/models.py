@@ -186,6 +186,8 @@ def _merged(adapter: Path) -> Path:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"adapter folder {adapter} has no adapter_model.safetensors")
+    if Path(str(base_name)).expanduser().resolve() == adapter.resolve():
+        raise ConfigError(f"adapter folder {adapter} names itself as its base model")
     base = resolve_model_path(base_name)
     key = hashlib.sha256(f"{_sha256(weights)} {json.dumps(config, sort_keys=True)} {base}".encode()).hexdigest()
     root = cache_dir()

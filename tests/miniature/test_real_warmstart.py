@@ -74,6 +74,9 @@ def test_the_packaged_adapter_is_checked_and_merges_once_into_the_named_base(tmp
     (copy / "adapter_config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="names no base model"):
         resolve_model_path(str(copy))
+    (copy / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(copy)}))
+    with pytest.raises(ConfigError, match="names itself as its base model"):
+        resolve_model_path(str(copy))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": MODEL}))
