@@ -54,7 +54,7 @@ demo: $(STAMP)
 
 # The same on a real model: SmolLM2-135M-Instruct's WebShop warm start (a packaged LoRA adapter over the wheel's
 # base, sha256-checked), 2 SDAR steps of 1 task x 4 episodes, greedy held-out score on 10 test goals before and
-# after (runs/demo-real/). About 15 minutes on 2 cores: the pipeline on a real model, not a reliable change
+# after (runs/demo-real/). About 11 minutes on 2 cores: the pipeline on a real model, not a reliable change
 # (docs/real_model/README.md says why, with numbers).
 demo-real: $(STAMP)
 	$(BIN)/python -m sdar_train.miniature.demo --real --out $(RUNS)/demo-real $(DEMO_ARGS)
