@@ -22,6 +22,7 @@ adapter's bytes and its base), so every entry point, the vLLM back-end included,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -30,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sdar_train.errors import ConfigError
@@ -85,6 +87,33 @@ def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A staging folder beside ``out`` that replaces ``out`` whole when the block ends without error (else it is
+    removed): a reader never sees a half-written model folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _built_once(path: Path, build: Callable[[Path], object]) -> Path:
+    """``path``, built by ``build(path)`` unless its ``PROVENANCE.json`` (written last) is there already: the
+    processes of a launch take a file lock, one builds, the others wait and find it built."""
+    from filelock import FileLock
+
+    if not (path / "PROVENANCE.json").exists():
+        with FileLock(str(path.parent / f"{path.name}.lock")):
+            if not (path / "PROVENANCE.json").exists():
+                build(path)
+    return path
+
+
 def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = None, sha256: str | None = None) -> Path:
     """A GGUF file as an HF model folder at ``out`` (written atomically): weights dequantised to fp32, the
     tokenizer and its chat template, ``generation_config`` stopping at the end-of-turn token, no
@@ -115,9 +144,7 @@ def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = N
         if tokenizer.pad_token_id is None:  # generation pads with eos; the trainer masks padding by length
             tokenizer.pad_token = "<|im_end|>"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _staged(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         saved = json.loads((staging / "config.json").read_text())
@@ -133,18 +160,12 @@ def convert_gguf(gguf: Path, out: Path, *, provenance: dict[str, str] | None = N
             **(provenance or {}),
         }
         (staging / "PROVENANCE.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
 def merge_adapter(adapter: Path, base: str, out: Path) -> Path:
     """The LoRA adapter folder ``adapter`` merged into the model folder ``base``, written atomically to ``out``
     in the base's stored precision, with the base's tokenizer and ``PROVENANCE.json``."""
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -154,11 +175,8 @@ def merge_adapter(adapter: Path, base: str, out: Path) -> Path:
     except Exception as e:  # a user's file: one line, whatever peft trips on
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise ConfigError(f"{adapter}: peft cannot apply this adapter to {base} ({first})") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        with torch.no_grad():
-            model.save_pretrained(staging)
+    with _staged(out) as staging:
+        model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(base).save_pretrained(staging)
         record = {
             "adapter": str(adapter),
@@ -166,18 +184,11 @@ def merge_adapter(adapter: Path, base: str, out: Path) -> Path:
             "base": base,
         }
         (staging / "PROVENANCE.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
 def _merged(adapter: Path) -> Path:
     """The cached merge of the adapter folder ``adapter`` into its base, made on first use under a file lock."""
-    from filelock import FileLock
-
     try:
         config = json.loads((adapter / "adapter_config.json").read_text())
         base_name = config["base_model_name_or_path"]
@@ -192,18 +203,14 @@ def _merged(adapter: Path) -> Path:
     key = hashlib.sha256(f"{_sha256(weights)} {json.dumps(config, sort_keys=True)} {base}".encode()).hexdigest()
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{adapter.resolve().name}-{key[:12]}-{CONVERSION_VERSION}"
-    if not (path / "PROVENANCE.json").exists():
-        with FileLock(str(root / f"{path.name}.lock")):
-            if not (path / "PROVENANCE.json").exists():
-                merge_adapter(adapter, base, path)
-    return path
+    return _built_once(
+        root / f"{adapter.resolve().name}-{key[:12]}-{CONVERSION_VERSION}",
+        lambda out: merge_adapter(adapter, base, out),
+    )
 
 
 def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) -> Path:
     """The cached conversion of ``gguf`` (keyed by its content), made on first use under a file lock."""
-    from filelock import FileLock
-
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     sha256 = _sha256(gguf)
@@ -212,11 +219,7 @@ def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) 
     same = [p for p in sorted(root.glob(f"*-{digest}-{CONVERSION_VERSION}")) if (p / "PROVENANCE.json").exists()]
     if same and not (path / "PROVENANCE.json").exists():  # the same file under another name: converted already
         return same[0]
-    if not (path / "PROVENANCE.json").exists():
-        with FileLock(str(root / f"{path.name}.lock")):  # the processes of a launch: one converts
-            if not (path / "PROVENANCE.json").exists():
-                convert_gguf(gguf, path, provenance=provenance, sha256=sha256)
-    return path
+    return _built_once(path, lambda out: convert_gguf(gguf, out, provenance=provenance, sha256=sha256))
 
 
 def resolve_model_path(name: str) -> str:
