@@ -114,7 +114,7 @@ def _real(args: argparse.Namespace) -> int:
     from sdar_train.__main__ import main as train
     from sdar_train.eval import main as evaluate
     from sdar_train.miniature.packaged_warmstart import REAL_WARMSTART
-    from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs
+    from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, heldout_eval_args
 
     warm = args.warmstart or str(check_warmstart(REAL_WARMSTART))
     s = SETTINGS["webshop"]
@@ -132,11 +132,8 @@ def _real(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    code = evaluate(
-        ["--env", s.env_id, "--model", warm, "--split", s.eval_split, "--episodes", str(args.episodes)]
-        + ["--temperature", str(args.eval_temperature), "--dtype", "bfloat16", "--seed", str(args.seed)]
-        + ["--max_response_tokens", str(s.max_response_tokens), "--out", str(out / "before.json")]
-    )
+    before_args = heldout_eval_args(s, warm, args.episodes, out / "before.json", seed=args.seed)
+    code = evaluate([*before_args, "--temperature", str(args.eval_temperature)])  # (the last value given wins)
     if code:
         return code
     before = json.loads((out / "before.json").read_text())

@@ -50,7 +50,16 @@ from sdar_train.miniature.arms import (
     run_arms,
 )
 
-__all__ = ["SETTINGS", "ArmSettings", "EnvSettings", "arm_runs", "main", "premise_table", "warmstart_args"]
+__all__ = [
+    "SETTINGS",
+    "ArmSettings",
+    "EnvSettings",
+    "arm_runs",
+    "main",
+    "heldout_eval_args",
+    "premise_table",
+    "warmstart_args",
+]
 
 
 @dataclass(frozen=True)
@@ -87,16 +96,24 @@ def _run(args: list[str]) -> None:
     subprocess.run([sys.executable, *args], check=True)
 
 
+def heldout_eval_args(
+    s: EnvSettings, model: str, episodes: int, out: Path, *, skills: str = "none", seed: int = 0
+) -> list[str]:
+    """``sdar_train.eval`` arguments for the greedy evaluation every stage reports: ``episodes`` tasks evenly
+    spaced over ``s``'s held-out split, bf16, the environment's response limit, the report at ``out``."""
+    return (
+        ["--env", s.env_id, "--model", model, "--split", s.eval_split, "--episodes", str(episodes)]
+        + ["--temperature", "0", "--dtype", "bfloat16", "--seed", str(seed)]
+        + ["--max_response_tokens", str(s.max_response_tokens), "--skills", skills, "--out", str(out)]
+    )
+
+
 def _premise(s: EnvSettings, model: str, out: Path, tag: str) -> None:
     for skills in ("none", "teacher"):
         path = out / f"premise-{tag}-{skills}.json"
         if path.exists():
             continue
-        _run(
-            ["-m", "sdar_train.eval", "--env", s.env_id, "--model", model, "--split", s.eval_split]
-            + ["--episodes", str(s.eval_episodes), "--temperature", "0", "--dtype", "bfloat16"]
-            + ["--max_response_tokens", str(s.max_response_tokens), "--skills", skills, "--out", str(path)]
-        )
+        _run(["-m", "sdar_train.eval", *heldout_eval_args(s, model, s.eval_episodes, path, skills=skills)])
 
 
 def warmstart_args(
@@ -197,11 +214,7 @@ def _arms(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> None:
     start = out / "arms" / "start.json"
     if not start.exists():
         start.parent.mkdir(parents=True, exist_ok=True)
-        _run(
-            ["-m", "sdar_train.eval", "--env", s.env_id, "--model", warm, "--split", s.eval_split]
-            + ["--episodes", str(a.eval_episodes), "--temperature", "0", "--dtype", "bfloat16"]
-            + ["--max_response_tokens", str(s.max_response_tokens), "--out", str(start)]
-        )
+        _run(["-m", "sdar_train.eval", *heldout_eval_args(s, warm, a.eval_episodes, start)])
     run_arms(arm_runs(s, a, warm, out), a.parallel)
 
 
