@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from sdar_train.report import mean_interval, save_figure
 __all__ = [
     "DIAGNOSTICS",
     "ArmRun",
+    "ArmRunFailed",
     "check_comparison",
     "collect_curves",
     "diagnostics_table",
@@ -42,6 +44,10 @@ DIAGNOSTICS = (
     ("gap_mean", "mean teacher-student gap"),
     ("invalid_rate", "invalid-turn rate"),
 )
+
+
+class ArmRunFailed(RuntimeError):
+    """A ``python -m sdar_train`` run of an arm exited non-zero; its message names the run and its log."""
 
 
 @dataclass(frozen=True)
@@ -79,22 +85,35 @@ def _log(msg: str) -> None:
 
 def run_arms(runs: Sequence[ArmRun], parallel: int = 1) -> None:
     """Every run not yet done, in the order given (put seeds outermost, so a short budget sees every arm),
-    ``parallel`` at a time, each a process logging to ``run_dir/train.log``. A failed run raises once the
-    runs already started have finished. A run's result does not depend on which others share the machine."""
+    ``parallel`` at a time, each a process logging to ``run_dir/train.log``. A run that fails is logged at
+    once with its exit status, no queued run starts after it, and the first failure raises once the runs
+    already started have finished. A run's result does not depend on which others share the machine."""
+    failed = threading.Event()
 
     def one(run: ArmRun) -> None:
+        if failed.is_set():  # a killed run (the out-of-memory killer, a full disk) would kill the next too
+            _log(f"{run.arm} seed {run.seed} not started: a run before it failed")
+            return
         resume = (run.run_dir / "checkpoints").exists()
         args = [*run.args, *(["--resume", "true"] if resume else ["--overwrite", "true"])]
         _log(f"{run.arm} seed {run.seed}{' (resuming)' if resume else ''}")
         run.run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(run.run_dir / "train.log", "a") as log:
-            subprocess.run([sys.executable, "-m", "sdar_train", *args], check=True, stdout=log, stderr=log)
+            code = subprocess.run([sys.executable, "-m", "sdar_train", *args], stdout=log, stderr=log).returncode
+        if code != 0:
+            failed.set()
+            why = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            _log(f"{run.arm} seed {run.seed} FAILED after {time.time() - t0:.0f} s ({why}); its log: "
+                 f"{run.run_dir / 'train.log'}; run again to resume it from its last checkpoint")  # fmt: skip
+            raise ArmRunFailed(f"{run.arm} seed {run.seed} failed ({why}); see {run.run_dir / 'train.log'}")
         _log(f"{run.arm} seed {run.seed} done in {time.time() - t0:.0f} s")
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for done in [pool.submit(one, run) for run in runs if not run.done]:
-            done.result()
+        futures = [pool.submit(one, run) for run in runs if not run.done]
+    for error in (f.exception() for f in futures):
+        if error is not None:
+            raise error
 
 
 def collect_curves(runs: Iterable[tuple[str, int, Path]], start: Mapping[int, Mapping[str, float]]) -> Curves:

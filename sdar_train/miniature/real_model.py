@@ -40,6 +40,7 @@ from typing import Any
 
 from sdar_train.miniature.arms import (
     ArmRun,
+    ArmRunFailed,
     check_comparison,
     collect_curves,
     diagnostics_table,
@@ -365,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         final = _warm_start(s, out, args.lr, args.skills_share, args.threads)
         _premise(s, str(final), out, "warm")
     if "arms" in stages:
-        _arms(s, a, warm, out)
+        try:
+            _arms(s, a, warm, out)
+        except ArmRunFailed as failed:  # already logged with its exit status; one line, no traceback
+            print(f"real_model: {failed}", file=sys.stderr)
+            return 1
     _log(f"report: {_report(s, out, _arms_report(s, a, warm, out))}")
     return 0
 

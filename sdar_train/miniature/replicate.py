@@ -51,6 +51,7 @@ from sdar_train.config import add_field_flags
 from sdar_train.losses import selective_log_softmax, sft_loss
 from sdar_train.miniature.arms import (
     ArmRun,
+    ArmRunFailed,
     Curves,
     check_comparison,
     diagnostics_table,
@@ -728,7 +729,11 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, description: str | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_config(ReplicateConfig, argv, __doc__))
+    try:
+        run(parse_config(ReplicateConfig, argv, __doc__))
+    except ArmRunFailed as failed:  # already logged with its exit status; one line, no traceback
+        print(f"replicate: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sdar_train.config import ConfigError, config_from_args
-from sdar_train.miniature.arms import paired_goal_table
+from sdar_train.miniature.arms import ArmRun, ArmRunFailed, paired_goal_table, run_arms
 from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main
 
 
@@ -88,3 +88,17 @@ def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
 def test_arm_settings_refuse_what_cannot_work(field, value, match):
     with pytest.raises(ConfigError, match=match):
         ArmSettings(**{field: value})
+
+
+def test_a_failed_run_is_named_with_its_status_and_nothing_queued_starts_after_it(tmp_path, capsys):
+    """A run the out-of-memory killer ends must not pass silently while the queue moves on (seen on the
+    real-model comparison: three runs killed, the log saying only which started next)."""
+    bad = ArmRun("grpo", 0, tmp_path / "grpo-s0", ("--algo", "no-such-algo"))  # sdar_train exits 2
+    queued = ArmRun("sdar", 0, tmp_path / "sdar-s0", ("--algo", "sdar"))
+    with pytest.raises(ArmRunFailed, match="grpo seed 0 failed \\(exit status 2\\)"):
+        run_arms([bad, queued], parallel=1)
+    err = capsys.readouterr().err
+    assert "grpo seed 0 FAILED after" in err and str(bad.run_dir / "train.log") in err
+    assert "sdar seed 0 not started: a run before it failed" in err
+    assert not queued.run_dir.exists()
+    assert "no-such-algo" in (bad.run_dir / "train.log").read_text()  # the trainer's own error, kept
