@@ -187,7 +187,8 @@ def _prefilled_once(model: Any, chunk: Sequence[list[int]], ids: torch.Tensor, m
     head, head_mask = ids[unique, :-1], mask[unique, :-1]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
     with torch.no_grad():
-        out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True)
+        # only the cache is used: one logit column, not a [rows, width, vocab] tensor (49k wide for SmolLM2)
+        out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = _returned_cache(out)
     cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # row i takes its prompt's cache
     return {_cache_kwarg(model): cache}
@@ -273,7 +274,7 @@ def response_logprobs(
     attention_mask, extra = batch.attention_mask.to(device), {}
     if batch.prefix is not None:  # the shared prefix once, its KV cache repeated for every row
         n, length = batch.input_ids.size(0), batch.prefix.size(1)
-        out = model(input_ids=batch.prefix.to(device), use_cache=True)
+        out = model(input_ids=batch.prefix.to(device), use_cache=True, logits_to_keep=1)  # only its cache is used
         cache = _returned_cache(out)
         cache.batch_repeat_interleave(n)
         attention_mask = torch.cat(
