@@ -212,7 +212,9 @@ class TrainConfig:
     overwrite: bool = _f(
         False, "start over in an output_dir that already holds a run (its metrics, logs and checkpoints are removed)"
     )
-    eval_every: int = _f(0, "evaluate every N steps (0: only at the end)")
+    eval_every: int = _f(
+        0, "evaluate every N steps (0: only at the end); each report, every episode in it, goes to eval-step<N>.json"
+    )
     eval_episodes: int = _f(0, "episodes of the final evaluation (0: none)")
     eval_repeats: int = _f(1, "seeded passes over the evaluation's tasks: mean and 95% interval (avg@k)")
     eval_temperature: float | None = _f(

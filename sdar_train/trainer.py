@@ -199,7 +199,7 @@ class Trainer:
             self.out / n
             for n in ("metrics.jsonl", "tensorboard", "checkpoints", "eval.json", "curves.png", "final")
             if (self.out / n).exists()
-        ]
+        ] + sorted(self.out.glob("eval-step*.json"))
         fresh = not cfg.resume or (cfg.resume == "auto" and checkpoints.latest(self.out) is None)
         if previous and fresh:
             if cfg.resume == "auto":  # nothing complete to resume: what is there is a run that never checkpointed
@@ -821,6 +821,8 @@ class Trainer:
                 report = self.evaluate()
                 if report is not None:
                     metrics.update(self.log_evaluation(self.step, report))  # x = steps done, as the final one
+                    # every episode, as the final eval.json has them: paired comparisons at any evaluated step
+                    (self.out / f"eval-step{self.step}.json").write_text(json.dumps(report, indent=2))
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()

@@ -320,6 +320,10 @@ def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # after 1 of 2 steps, and the final one (also in eval.json): both at the number of steps done
     assert [r["step"] for r in rows if "eval_success" in r] == [1, 2]
+    # the periodic evaluation keeps every episode, as the final one does: goal-by-goal comparisons at step 1
+    at_1 = json.loads((out / "eval-step1.json").read_text())
+    assert at_1["episodes"] == 3 and len(at_1["results"]) == 3
+    assert at_1["return"] == next(r["eval_return"] for r in rows if r.get("step") == 1 and "eval_return" in r)
     report = json.loads((out / "eval.json").read_text())
     # Search-QA evaluates greedy (T=0), the reference's setting
     assert (
