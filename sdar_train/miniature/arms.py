@@ -27,9 +27,11 @@ __all__ = [
     "DIAGNOSTICS",
     "ArmRun",
     "ArmRunFailed",
+    "arm_difference_table",
     "check_comparison",
     "collect_curves",
     "diagnostics_table",
+    "evaluation_at",
     "outcome_table",
     "paired_goal_table",
     "plot_curves",
@@ -137,10 +139,10 @@ def _evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def outcome_table(curves: Curves, steps: int) -> list[str]:
-    """Markdown rows: per arm, over the seeds that reached ``steps``, held-out success and score at the start
-    and the end with 95% t-intervals over seeds, and the score's change (paired by seed)."""
+    """Markdown rows: per arm, over the seeds evaluated at ``steps``, held-out success and score at the start
+    and at ``steps`` with 95% t-intervals over seeds, and the score's change (paired by seed)."""
     lines = [
-        "| arm | seeds | success: start | success: end | score: start | score: end | score: change |",
+        f"| arm | seeds | success: start | success: step {steps} | score: start | score: step {steps} | score: change |",
         "|---|---|---|---|---|---|---|",
     ]
 
@@ -149,12 +151,12 @@ def outcome_table(curves: Curves, steps: int) -> list[str]:
         return f"{m:{sign}.3f} ± {h:.3f}" if len(values) > 1 else f"{m:{sign}.3f}"  # one seed: no interval
 
     for arm, runs in curves.items():
-        points = {seed: _evaluations(rows) for seed, rows in runs.items()}
-        complete = [seed for seed, pts in points.items() if pts[-1]["step"] == steps]
+        points = {seed: {int(p["step"]): p for p in _evaluations(rows)} for seed, rows in runs.items()}
+        complete = [seed for seed, pts in points.items() if steps in pts]
         if not complete:
             continue
         first = [points[s][0] for s in complete]
-        last = [points[s][-1] for s in complete]
+        last = [points[s][steps] for s in complete]
         lines.append(
             f"| {arm} | {len(complete)} | {cell([p['eval_success'] for p in first])} | "
             f"{cell([p['eval_success'] for p in last])} | {cell([p['eval_return'] for p in first])} | "
@@ -164,11 +166,54 @@ def outcome_table(curves: Curves, steps: int) -> list[str]:
     return lines
 
 
+def evaluation_at(run_dir: Path, step: int | None = None) -> tuple[int, dict[str, Any]] | None:
+    """A run's held-out evaluation with every episode, and the step it was made after: at ``step``, or the
+    latest (the final ``eval.json`` once the run is done, else the last ``eval-step<N>.json``); None if none."""
+    found: dict[int, Path] = {int(f.stem.removeprefix("eval-step")): f for f in run_dir.glob("eval-step*.json")}
+    final = run_dir / "eval.json"
+    if final.exists():
+        config = run_dir / "config.json"
+        steps = json.loads(config.read_text())["steps"] if config.exists() else max(found, default=0) + 1
+        found[int(steps)] = final
+    if step is not None:
+        return (step, json.loads(found[step].read_text())) if step in found else None
+    return (max(found), json.loads(found[max(found)].read_text())) if found else None
+
+
+def arm_difference_table(runs: Mapping[tuple[str, int], Path], baseline: str, step: int) -> list[str]:
+    """Markdown rows: per seed, each arm's held-out score at ``step`` minus ``baseline``'s at the same step, goal
+    by goal (the same goals, greedy): the mean difference with its 95% t-interval over goals, and how many
+    goals scored higher or lower. Arms of one seed share the task stream and the sampling seed, so this is
+    the nearest to a controlled comparison a seed gives."""
+    lines = [
+        f"| arm | seed | goals | score - {baseline} (95% over goals) | higher / lower |",
+        "|---|---|---|---|---|",
+    ]
+    for (arm, seed), run_dir in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if arm == baseline or (seed_base := runs.get((baseline, seed))) is None:
+            continue
+        ours, theirs = evaluation_at(run_dir, step), evaluation_at(seed_base, step)
+        if ours is None or theirs is None:
+            continue
+        a = {r["task_id"]: r["return"] for r in ours[1]["results"]}
+        b = {r["task_id"]: r["return"] for r in theirs[1]["results"]}
+        diffs = [a[t] - b[t] for t in a if t in b]
+        if not diffs:
+            continue
+        m, h = mean_interval(diffs)
+        lines.append(
+            f"| {arm} | {seed} | {len(diffs)} | {m:+.3f} ± {h:.3f} | "
+            f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} |"
+        )
+    return lines
+
+
 def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int, Mapping[str, Any]]]) -> list[str]:
-    """Markdown rows: each finished run's held-out evaluation (``eval.json``) against the start's, goal by goal
+    """Markdown rows: each run's held-out evaluation (:func:`evaluation_at`) against the start's, goal by goal
     (the same goals, greedy, so each goal is its own control): the mean paired score change with its 95%
     t-interval over goals, how many goals' actions changed and scored higher or lower, and turns per episode.
-    With few seeds this is the interval that says whether one run moved at all."""
+    With few seeds this is the interval that says whether one run moved at all. A report that carries
+    ``"step"`` (the step it was made after) says so in the arm's cell."""
     base = {r["task_id"]: r for r in start["results"]}
 
     def mean(rows: Mapping[str, Mapping[str, Any]], key: str, goals: list[str]) -> float:
@@ -187,8 +232,9 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
         diffs = [ends[t]["return"] - base[t]["return"] for t in goals]
         change, half = mean_interval(diffs)
 
+        label = f"{arm}, step {report['step']}" if "step" in report else arm
         lines.append(
-            f"| {arm} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
+            f"| {label} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
             f"{change:+.3f} ± {half:.3f} | {sum(ends[t]['actions'] != base[t]['actions'] for t in goals)} | "
             f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} | "
             f"{mean(base, 'turns', goals):.2f} -> {mean(ends, 'turns', goals):.2f} |"

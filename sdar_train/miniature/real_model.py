@@ -41,9 +41,11 @@ from typing import Any
 from sdar_train.miniature.arms import (
     ArmRun,
     ArmRunFailed,
+    arm_difference_table,
     check_comparison,
     collect_curves,
     diagnostics_table,
+    evaluation_at,
     outcome_table,
     paired_goal_table,
     plot_curves,
@@ -225,12 +227,13 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         return []
     r = json.loads(start_file.read_text())
     start = {seed: {"eval_success": r["success"], "eval_return": r["return"]} for seed in a.seeds}
-    curves = collect_curves([(x.arm, x.seed, x.run_dir) for x in arm_runs(s, a, warm, out)], start)
+    runs = arm_runs(s, a, warm, out)
+    curves = collect_curves([(x.arm, x.seed, x.run_dir) for x in runs], start)
     if not curves:
         return []
     plot_curves(curves, out / "curves.png", f"{s.env_id} {s.eval_split}")
     means = plot_diagnostics(curves, out / "diagnostics.png")
-    return [
+    lines = [
         "",
         f"## RL from the warm start ({warm})",
         "",
@@ -240,29 +243,32 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         f"95% t-intervals over seeds {list(a.seeds)} (a seed that has not reached step {a.steps} is left out).",
         "",
         *outcome_table(curves, a.steps),
-        "",
-        "Held-out score (success) so far, per run:",
-        "",
-        *(
-            f"- {arm} seed {seed}: "
-            + ", ".join(
-                f"step {r['step']} {r['eval_return']:.3f} ({r['eval_success']:.2f})" for r in rows if "eval_return" in r
+    ]
+    # the earlier evaluations too: runs continue over sittings, and every seed may have reached step 10 first
+    for step in range(a.eval_every, a.steps, a.eval_every):
+        table = outcome_table(curves, step)
+        if len(table) > 2:
+            lines += ["", f"At step {step}, over the seeds evaluated there:", "", *table]
+    lines += ["", "Held-out score (success) so far, per run:", ""]
+    for arm, by_seed in curves.items():
+        for seed, rows in by_seed.items():
+            points = ", ".join(
+                f"step {p['step']} {p['eval_return']:.3f} ({p['eval_success']:.2f})" for p in rows if "eval_return" in p
             )
-            + f" (last step logged: {max(int(r['step']) for r in rows)})"
-            for arm, runs in curves.items()
-            for seed, rows in runs.items()
-        ),
+            lines.append(f"- {arm} seed {seed}: {points} (last step logged: {max(int(p['step']) for p in rows)})")
+    latest = [(x, found) for x in runs if (found := evaluation_at(x.run_dir)) is not None]
+    lines += [
         "",
-        "Each finished run against the start on the same goals (greedy, paired goal by goal):",
+        "Each run's latest held-out evaluation against the start on the same goals (greedy, paired goal by goal):",
         "",
-        *paired_goal_table(
-            r,
-            (
-                (x.arm, x.seed, json.loads((x.run_dir / "eval.json").read_text()))
-                for x in arm_runs(s, a, warm, out)
-                if x.done
-            ),
-        ),
+        *paired_goal_table(r, ((x.arm, x.seed, {**report, "step": step}) for x, (step, report) in latest)),
+    ]
+    by_run = {(x.arm, x.seed): x.run_dir for x in runs}
+    for step in [a.steps, *range(a.steps - 1 - (a.steps - 1) % a.eval_every, 0, -a.eval_every)]:  # the end first
+        table = arm_difference_table(by_run, "grpo", step)
+        if len(table) > 2:
+            lines += ["", f"Each arm against GRPO of the same seed at step {step}, goal by goal:", "", *table]
+    return lines + [
         "",
         "### SDAR's diagnostics over training (mean over steps and seeds)",
         "",

@@ -9,7 +9,15 @@ import json
 import pytest
 
 from sdar_train.config import ConfigError, config_from_args
-from sdar_train.miniature.arms import ArmRun, ArmRunFailed, paired_goal_table, run_arms
+from sdar_train.miniature.arms import (
+    ArmRun,
+    ArmRunFailed,
+    arm_difference_table,
+    evaluation_at,
+    outcome_table,
+    paired_goal_table,
+    run_arms,
+)
 from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main
 
 
@@ -37,7 +45,8 @@ def test_arms_from_the_warm_start_run_once_and_report(tmp_path):
         assert f"| {arm} | 1 | {start['success']:.3f} | " in report  # one seed: no interval over seeds
     assert "| sdar | " in report.partition("SDAR's diagnostics")[2]
     for arm in ("grpo", "sdar"):  # each finished run against the start, goal by goal
-        assert f"| {arm} | 3 | 2 | {start['return']:.3f} -> " in report.partition("goal by goal")[2]
+        assert f"| {arm}, step 1 | 3 | 2 | {start['return']:.3f} -> " in report.partition("goal by goal")[2]
+    assert "| sdar | 3 | 2 | " in report.partition("Each arm against GRPO of the same seed at step 1")[2]
     for png in ("curves.png", "diagnostics.png"):
         assert (out / png).stat().st_size > 10_000
     # a finished run is not run again: the same command only rewrites the report
@@ -62,6 +71,48 @@ def test_the_paired_table_compares_each_run_with_the_start_goal_by_goal():
     assert cells[:4] == ["sdar", "0", "4", "0.425 -> 0.450"]
     assert cells[4].startswith("+0.025 ± ") and float(cells[4].split("± ")[1]) > 0.1  # t-interval over 4 goals
     assert cells[5:] == ["3", "1 / 1", "2.50 -> 2.50"]  # actions changed on 3 goals, one higher, one lower
+
+
+def _results(scores: list[float]) -> dict:
+    return {"results": [{"task_id": f"g{i}", "return": r} for i, r in enumerate(scores)]}
+
+
+def test_an_unfinished_run_is_compared_at_the_steps_it_was_evaluated(tmp_path):
+    """Runs continue over sittings: every held-out evaluation is kept, so arms and seeds can be compared at
+    an intermediate step before any of them ends."""
+    runs = {("grpo", 0): tmp_path / "grpo-s0", ("sdar", 0): tmp_path / "sdar-s0", ("sdar", 1): tmp_path / "sdar-s1"}
+    for run in runs.values():
+        run.mkdir()
+    for (arm, seed), scores in {
+        ("grpo", 0): [0.5, 0.5, 0.2],
+        ("sdar", 0): [0.7, 0.5, 0.1],
+        ("sdar", 1): [0.6, 0.6, 0.6],
+    }.items():
+        (runs[arm, seed] / "eval-step10.json").write_text(json.dumps(_results(scores)))
+    assert evaluation_at(tmp_path / "grpo-s0", 20) is None and evaluation_at(tmp_path / "nothing") is None
+    assert evaluation_at(runs["sdar", 0]) == (10, _results([0.7, 0.5, 0.1]))
+    # done: eval.json is the evaluation at the run's last step (its config's steps) and the latest one
+    (runs["grpo", 0] / "config.json").write_text(json.dumps({"steps": 20}))
+    (runs["grpo", 0] / "eval.json").write_text(json.dumps(_results([0.9, 0.9, 0.9])))
+    assert evaluation_at(runs["grpo", 0]) == (20, _results([0.9, 0.9, 0.9]))
+    assert evaluation_at(runs["grpo", 0], 10) == (10, _results([0.5, 0.5, 0.2]))
+    # SDAR seed 0 against GRPO seed 0 at step 10, goal by goal; seed 1 has no GRPO run to compare with
+    (row,) = arm_difference_table(runs, "grpo", 10)[2:]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["sdar", "0", "3"] and cells[3].startswith("+0.033 ± ") and cells[4] == "1 / 1"
+    assert arm_difference_table(runs, "grpo", 20)[2:] == []  # SDAR was not evaluated at step 20
+    # over seeds: the seeds evaluated at step 10, start to step 10, whichever is each run's last step
+    start = {"step": 0, "eval_success": 0.0, "eval_return": 0.4}
+    curves = {
+        "sdar": {
+            0: [start, {"step": 10, "eval_success": 0.0, "eval_return": 0.5}, {"step": 11, "loss": 1.0}],
+            1: [start, {"step": 10, "eval_success": 0.1, "eval_return": 0.7}],
+        }
+    }
+    (row,) = outcome_table(curves, 10)[2:]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["sdar", "2"] and cells[5].startswith("0.600 ± ") and cells[6].startswith("+0.200 ± ")
+    assert outcome_table(curves, 20)[2:] == []
 
 
 def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
