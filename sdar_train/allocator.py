@@ -9,6 +9,11 @@ LoRA, WebShop, 2 CPU cores): resident memory 9.8 GB in the first step's update a
 tenth, when the out-of-memory killer stopped it; the same run resumed with the threshold fixed at 128 KiB
 peaked at 4.4 GB in its update and fell back to 1.6-2.7 GB between phases. Fixing the threshold
 (``mallopt(M_MMAP_THRESHOLD)``, as ``MALLOC_MMAP_THRESHOLD_`` does) stops it from rising.
+
+It costs time where compute per byte is small: every block above the threshold is a fresh mapping whose pages
+the kernel zeroes. ``bench/allocator.py`` measured the tiny test model's training step at 1.5x the CPU time.
+So ``python -m sdar_train`` fixes it at start (a long run is what grows), and a process that only imports the
+trainer keeps glibc's default.
 """
 
 from __future__ import annotations
@@ -17,15 +22,27 @@ import ctypes
 import os
 import sys
 
-__all__ = ["MMAP_THRESHOLD", "fix_mmap_threshold"]
+__all__ = ["MMAP_THRESHOLD", "allocator_state", "fix_mmap_threshold"]
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept from the first allocation on
 _M_MMAP_THRESHOLD = -3  # <malloc.h>
+_state = ""
+
+
+def allocator_state() -> str:
+    """What :func:`fix_mmap_threshold` did in this process ("" if it was not called)."""
+    return _state
 
 
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> str:
     """Fix glibc's mmap threshold at ``threshold`` bytes for this process; says what it did. Nothing where
     the user set ``MALLOC_MMAP_THRESHOLD_`` (their value stands) or the C library is not glibc."""
+    global _state
+    _state = _fix(threshold)
+    return _state
+
+
+def _fix(threshold: int) -> str:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return f"MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} (set by the user)"
     if not sys.platform.startswith("linux"):
