@@ -6,10 +6,11 @@ time per training step and the process's peak resident memory.
 
 Each measurement is a fresh process running ``--steps`` steps of forward + backward + AdamW over ``rows x
 tokens`` (bf16 autocast, logits for the last 64 positions) followed by a no-grad forward, with the threshold
-left to glibc (``default``) or fixed as the trainer fixes it (``fixed``); the two alternate for ``--rounds``
-rounds. Times are CPU seconds of the process (user and system, so the page faults of fresh mappings count),
-which another job on the machine does not inflate. Printed per model: median CPU seconds per step, peak
-resident GB, and fixed / default for each (time above 1: the fix costs time; memory below 1: it saves).
+left to glibc (``default``), fixed as ``python -m sdar_train`` fixes it (``fixed``), or left to glibc with
+``malloc_trim(0)`` after every step (``trim``); the three alternate for ``--rounds`` rounds, and the lengths vary
+from step to step as a run's micro-batches do. Times are CPU seconds of the process (user and system, so the
+page faults of fresh mappings count), which another job on the machine does not inflate. Printed per model: median CPU seconds per step, peak
+resident GB, and their ratio to the default's (time above 1: it costs time; memory below 1: it saves).
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ def main() -> None:
         f"{args.rows} x {args.tokens} tokens, {args.steps} steps a process, {args.threads} threads, {args.rounds} rounds\n"
     )
     print(
-        "| model | default CPU s/step | fixed CPU s/step | fixed / default | default peak GB | fixed peak GB | fixed / default |"
+        "| model | against default | default CPU s/step | its CPU s/step | ratio | default peak GB | its peak GB | ratio |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         got: dict[str, list[dict[str, float]]] = {"default": [], "fixed": [], "trim": []}
         for _ in range(args.rounds):

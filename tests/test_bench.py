@@ -114,3 +114,17 @@ def test_precision_bench_prints_both_precisions_and_the_choice_for_each_model():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "128" and all(float(c) > 0 for c in cells[2:8])
     assert cells[8].startswith("fp32 (auto")  # narrow: fp32 unless asked, whatever the CPU
+
+
+def test_allocator_bench_compares_each_set_up_with_glibcs_default():
+    """bench/allocator.py on the tiny model: the fixed threshold and malloc_trim each against the default."""
+    argv = [sys.executable, "bench/allocator.py", "--models", "tiny", "--tokens", "64", "--steps", "2", "--rounds", "1"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in done.stdout.splitlines()
+        if line.startswith("| tiny |")
+    ]
+    assert [r[1] for r in rows] == ["fixed", "trim"]
+    assert all(float(c) > 0 for r in rows for c in r[2:])
