@@ -1,16 +1,20 @@
-"""glibc's default malloc against the trainer's fixed mmap threshold (``sdar_train/allocator.py``), side by side:
-time per training step and the process's peak resident memory.
+"""glibc's default malloc against a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_=131072``) and against
+``malloc_trim(0)`` after every step, side by side: CPU time per training step and peak resident memory.
 
     .venv/bin/python bench/allocator.py [--models tiny smollm2-135m-instruct] [--rows 2] [--tokens 512]
         [--steps 6] [--rounds 2] [--threads 1]
 
+Why: glibc's mmap threshold rises to the size of each large block freed (up to 32 MiB), after which tensors
+come from heap arenas that keep freed pages. A real-model RL run on CPU grew to 12.7-13.4 GB that way; with
+the threshold fixed at 128 KiB it peaked near 5 GB (docs/real_model/README.md). But every block above a fixed
+threshold is a fresh mapping the kernel zeroes, which costs CPU time; this bench says how much.
+
 Each measurement is a fresh process running ``--steps`` steps of forward + backward + AdamW over ``rows x
-tokens`` (bf16 autocast, logits for the last 64 positions) followed by a no-grad forward, with the threshold
-left to glibc (``default``), fixed as ``python -m sdar_train`` fixes it (``fixed``), or left to glibc with
-``malloc_trim(0)`` after every step (``trim``); the three alternate for ``--rounds`` rounds, and the lengths vary
-from step to step as a run's micro-batches do. Times are CPU seconds of the process (user and system, so the
-page faults of fresh mappings count), which another job on the machine does not inflate. Printed per model: median CPU seconds per step, peak
-resident GB, and their ratio to the default's (time above 1: it costs time; memory below 1: it saves).
+tokens`` (bf16 autocast, logits for the last 64 positions) followed by a no-grad forward; the lengths vary
+from step to step as a run's micro-batches do. The three set-ups alternate for ``--rounds`` rounds. Times are
+CPU seconds of the process (user and system, so the page faults of fresh mappings count), which another job
+on the machine does not inflate. Printed per model: median CPU seconds per step, peak resident GB, and their
+ratio to the default's (time above 1: it costs time; memory below 1: it saves).
 """
 
 from __future__ import annotations
@@ -29,11 +33,8 @@ import time
 def _worker(name: str, rows: int, tokens: int, steps: int, threads: int, mode: str) -> dict[str, float]:
     import torch
 
-    from sdar_train.allocator import fix_mmap_threshold
     from sdar_train.policy import load_policy
 
-    if mode == "fixed":
-        fix_mmap_threshold()
     trim = ctypes.CDLL("libc.so.6").malloc_trim if mode == "trim" else None
     torch.set_num_threads(threads)
     model = load_policy(name, torch.device("cpu")).model.train()
@@ -88,7 +89,8 @@ def main() -> None:
                 argv = [sys.executable, __file__, "--models", name, "--worker", mode]
                 argv += ["--rows", str(args.rows), "--tokens", str(args.tokens), "--steps", str(args.steps)]
                 argv += ["--threads", str(args.threads)]
-                done = subprocess.run(argv, capture_output=True, text=True, env=env, check=True)
+                fixed = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)} if mode == "fixed" else {}  # read by glibc at start
+                done = subprocess.run(argv, capture_output=True, text=True, env={**env, **fixed}, check=True)
                 got[mode].append(json.loads(done.stdout.splitlines()[-1]))
         t = {m: statistics.median(r["step_s"] for r in rs) for m, rs in got.items()}
         g = {m: max(r["peak_gb"] for r in rs) for m, rs in got.items()}

@@ -57,9 +57,4 @@ def _train(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    from sdar_train.allocator import fix_mmap_threshold
-
-    # a training process's resident memory tracks what it holds (sdar_train/allocator.py); a process that only
-    # imports the trainer (a notebook, the tests) keeps glibc's default, which is faster for small models
-    fix_mmap_threshold()
     raise SystemExit(main())

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_envs.env_worker import failure_summary
 from sdar_train import checkpoints
-from sdar_train.allocator import allocator_state
 from sdar_train.batching import MicroBatch, plan, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
@@ -171,11 +170,10 @@ class Trainer:
             raise ConfigError(
                 f"tasks_per_step ({cfg.tasks_per_step}) must be >= the number of processes ({acc.num_processes}): every process plays whole groups"
             )
-        allocator = allocator_state()  # python -m sdar_train fixes glibc's mmap threshold (sdar_train/allocator.py)
         if acc.is_main_process:
             print(
                 f"[sdar_train] {acc.num_processes} process(es), device {acc.device}, precision {'bf16' if bf16 else 'fp32'} ({why})"
-                f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}{f', allocator: {allocator}' if allocator else ''}",
+                f"{f', {cfg.cpu_threads} torch threads' if cpu else ''}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -616,8 +616,6 @@ def test_a_cpu_launch_that_starts_one_process_says_so(tmp_path):
     done = launch_two_processes(args, cpu=False, flags=("--cpu",))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[sdar_train] 1 process(es), device cpu" in done.stderr
-    # python -m sdar_train keeps a long run's memory to what it holds (sdar_train/allocator.py)
-    assert "allocator: mmap threshold fixed at 128 KiB" in done.stderr or "MALLOC_MMAP_THRESHOLD_" in os.environ
     assert "WARNING: accelerate launch asked for 2 processes but 1 runs" in done.stderr
 
 
