@@ -7,6 +7,6 @@
 # runs/real/webshop/arms/start.json is its greedy evaluation on the 50 goals (computed when missing).
 cd "$(git rev-parse --show-toplevel)"
 WARM=${WARM:-runs/real/webshop/warmstart/final}
-# two runs at once need about 10 GB each with glibc's fixed mmap threshold, 13 GB without (docs/real_model/README.md)
+# a run peaks near 5 GB with glibc's mmap threshold fixed and grows to 13 GB without, so two at once need it (docs/real_model/README.md)
 MALLOC_MMAP_THRESHOLD_=131072 exec .venv/bin/python -m sdar_train.miniature.real_model --env webshop --out runs/real --stages arms,report \
   --warm "$WARM" --train_reward return --arms grpo,sdar,opsd --seeds 0,1 --threads 1 --parallel 2
