@@ -44,7 +44,7 @@ def _worker(name: str, rows: int, tokens: int, steps: int, threads: int, mode: s
     for step in range(steps):
         # lengths vary from step to step, as a run's micro-batches do: what fragments the heap
         ids = torch.randint(0, 1000, (rows, tokens // 2 + (step * tokens // 7) % (tokens // 2 + 1)), generator=gen)
-        t = time.process_time()  # CPU seconds (user + system: page faults count): a shared machine's load does not
+        t = time.process_time()  # CPU seconds (user + system, so page faults count): other jobs do not inflate it
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = model.get_decoder()(input_ids=ids).last_hidden_state
             logits = model.get_output_embeddings()(hidden[:, -64:])

@@ -212,8 +212,8 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
     """Markdown rows: each run's held-out evaluation (:func:`evaluation_at`) against the start's, goal by goal
     (the same goals, greedy, so each goal is its own control): the mean paired score change with its 95%
     t-interval over goals, how many goals' actions changed and scored higher or lower, and turns per episode.
-    With few seeds this is the interval that says whether one run moved at all. A report that carries
-    ``"step"`` (the step it was made after) says so in the arm's cell."""
+    With few seeds this is the interval that says whether one run moved at all. The first cell is the
+    label given (an arm, or an arm and the step its evaluation was made after)."""
     base = {r["task_id"]: r for r in start["results"]}
 
     def mean(rows: Mapping[str, Mapping[str, Any]], key: str, goals: list[str]) -> float:
@@ -232,9 +232,8 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
         diffs = [ends[t]["return"] - base[t]["return"] for t in goals]
         change, half = mean_interval(diffs)
 
-        label = f"{arm}, step {report['step']}" if "step" in report else arm
         lines.append(
-            f"| {label} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
+            f"| {arm} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
             f"{change:+.3f} ± {half:.3f} | {sum(ends[t]['actions'] != base[t]['actions'] for t in goals)} | "
             f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} | "
             f"{mean(base, 'turns', goals):.2f} -> {mean(ends, 'turns', goals):.2f} |"

@@ -244,8 +244,9 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         "",
         *outcome_table(curves, a.steps),
     ]
+    evaluated = [*range(a.eval_every, a.steps, a.eval_every), a.steps]  # the steps each run is evaluated after
     # the earlier evaluations too: runs continue over sittings, and every seed may have reached step 10 first
-    for step in range(a.eval_every, a.steps, a.eval_every):
+    for step in evaluated[:-1]:
         table = outcome_table(curves, step)
         if len(table) > 2:
             lines += ["", f"At step {step}, over the seeds evaluated there:", "", *table]
@@ -261,10 +262,10 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         "",
         "Each run's latest held-out evaluation against the start on the same goals (greedy, paired goal by goal):",
         "",
-        *paired_goal_table(r, ((x.arm, x.seed, {**report, "step": step}) for x, (step, report) in latest)),
+        *paired_goal_table(r, ((f"{x.arm}, step {step}", x.seed, report) for x, (step, report) in latest)),
     ]
     by_run = {(x.arm, x.seed): x.run_dir for x in runs}
-    for step in [a.steps, *range(a.steps - 1 - (a.steps - 1) % a.eval_every, 0, -a.eval_every)]:  # the end first
+    for step in reversed(evaluated):  # the end first
         table = arm_difference_table(by_run, "grpo", step)
         if len(table) > 2:
             lines += ["", f"Each arm against GRPO of the same seed at step {step}, goal by goal:", "", *table]
