@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 RUNS    ?= runs
 TORCH_INDEX ?=   # e.g. https://download.pytorch.org/whl/cpu (the Dockerfile sets it: no CUDA build in the image)
 
-.PHONY: setup demo demo-real replicate replicate-real test test-fast lint bench gpu-check clean setup-vllm test-vllm
+.PHONY: setup demo demo-real replicate replicate-real test test-fast lint bench gpu-check gpu-real clean setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -96,6 +96,13 @@ gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py --sharded zero3
 	@if [ -x $(VLLM_VENV)/bin/python ]; then $(VLLM_VENV)/bin/python bench/gpu_check.py --vllm; \
 	else echo "gpu-check: no $(VLLM_VENV) (make setup-vllm): the vLLM stage is skipped"; fi
+
+# On a CUDA machine, one prepared run (issue 29): SmolLM2's WebShop warm start through the real-model SDAR step
+# with HF and vLLM generation (the vLLM venv if set up), gpu-check's single-GPU stage, and the real-model
+# comparison (GRPO, SDAR; B 8 x G 8) for GPU_MINUTES; runs/gpu-real/summary.md (bench/gpu_real.py).
+GPU_MINUTES ?= 10
+gpu-real: $(STAMP)
+	$(BIN)/python bench/gpu_real.py --minutes $(GPU_MINUTES)
 
 bench: $(STAMP)
 	$(BIN)/python bench/alfworld_env.py

@@ -128,3 +128,28 @@ def test_allocator_bench_compares_each_set_up_with_glibcs_default():
     ]
     assert [r[1] for r in rows] == ["fixed", "trim"]
     assert all(float(c) > 0 for r in rows for c in r[2:])
+
+
+def test_gpu_real_refuses_a_machine_without_cuda_and_says_how_to_check_it():
+    done = subprocess.run([sys.executable, "bench/gpu_real.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--dry-run" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_real_dry_run_goes_through_the_step_and_the_miniature(tmp_path):
+    """The prepared GPU script's stages on the CPU with the tiny warm start: a step's phase row, and the
+    miniature's start, its step, its evaluation and its report."""
+    done = subprocess.run(
+        [sys.executable, "bench/gpu_real.py", "--dry-run", "--stages", "step,miniature", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (tmp_path / "summary.md").read_text()
+    (hf,) = [line for line in summary.splitlines() if line.startswith("| hf |")]
+    assert "| hf | ok, 1 steps |" in hf and "nan" not in hf, summary
+    assert "| vllm |" in summary  # measured in the vLLM venv, or skipped saying so
+    assert "## The miniature: ok after" in summary and "| sdar | 1 |" in summary, summary
+    assert (tmp_path / "real" / "webshop" / "arms" / "sdar-s0" / "eval-step1.json").exists()

@@ -172,6 +172,8 @@ class ArmSettings:
     temperature: float = 1.0  # the reference's rollout temperature
     train_reward: str = "won"  # the reference's; "return" (the dense score) when the warm start rarely wins
     mini_batch_size: int = 16
+    micro_batch_size: int = 2  # rows a forward: SmolLM2's activations are ~1.2 MB a token on a CPU
+    generation_backend: str = "hf"  # vllm on a GPU (the vLLM venv: make setup-vllm)
     eval_every: int = 10
     eval_episodes: int = 50
     threads: int = 2
@@ -181,10 +183,13 @@ class ArmSettings:
         from sdar_train.errors import ConfigError
 
         check_comparison(self.arms, self.seeds, self.group_size, self.train_reward)
+        if self.generation_backend not in ("hf", "vllm"):
+            raise ConfigError(f"generation_backend must be hf or vllm, got {self.generation_backend!r}")
         for name in (
             "steps",
             "tasks_per_step",
             "mini_batch_size",
+            "micro_batch_size",
             "eval_every",
             "eval_episodes",
             "threads",
@@ -204,7 +209,8 @@ def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRu
             args += ["--seed", str(seed), "--steps", str(a.steps), "--tasks_per_step", str(a.tasks_per_step)]
             args += ["--group_size", str(a.group_size), "--lr", str(a.lr), "--temperature", str(a.temperature)]
             args += ["--train_reward", a.train_reward, "--lora_r", "16", "--lora_alpha", "32", "--bf16", "true"]
-            args += ["--micro_batch_size", "2", "--mini_batch_size", str(a.mini_batch_size)]
+            args += ["--micro_batch_size", str(a.micro_batch_size), "--mini_batch_size", str(a.mini_batch_size)]
+            args += ["--generation_backend", a.generation_backend]
             args += ["--max_response_tokens", str(s.max_response_tokens), "--generation_batch_size", "32"]
             args += ["--eval_every", str(a.eval_every), "--eval_episodes", str(a.eval_episodes)]
             args += ["--eval_temperature", "0", "--save_every", "1", "--keep_checkpoints", "1"]
@@ -343,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--rl_temperature", type=float, default=rl.temperature)
     g.add_argument("--train_reward", choices=("won", "return"), default=rl.train_reward)
     g.add_argument("--rl_mini_batch_size", type=int, default=rl.mini_batch_size)
+    g.add_argument("--rl_micro_batch_size", type=int, default=rl.micro_batch_size, help="rows a forward")
+    g.add_argument("--generation_backend", choices=("hf", "vllm"), default=rl.generation_backend)
     g.add_argument("--rl_eval_every", type=int, default=rl.eval_every)
     g.add_argument("--rl_eval_episodes", type=int, default=rl.eval_episodes)
     g.add_argument("--parallel", type=int, default=rl.parallel, help="runs at once (cores = parallel x threads)")
@@ -360,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         temperature=args.rl_temperature,
         train_reward=args.train_reward,
         mini_batch_size=args.rl_mini_batch_size,
+        micro_batch_size=args.rl_micro_batch_size,
+        generation_backend=args.generation_backend,
         eval_every=args.rl_eval_every,
         eval_episodes=args.rl_eval_episodes,
         threads=args.threads,

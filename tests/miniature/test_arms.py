@@ -124,6 +124,17 @@ def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
         assert cfg.seed == 1 and cfg.lora_r == 16 and cfg.eval_temperature == 0.0 and cfg.temperature == 1.0
         assert cfg.env == "SDAR/WebShop-v0" and cfg.max_response_tokens == SETTINGS["webshop"].max_response_tokens
     assert {r.run_dir.name for r in runs} == {f"{a}-s{s}" for a in ("grpo", "sdar", "opsd") for s in (0, 1)}
+    assert all(cfg.micro_batch_size == 2 and cfg.generation_backend == "hf" for cfg in by_arm.values())
+
+
+def test_the_comparison_resizes_for_a_gpu(tmp_path):
+    """bench/gpu_real.py runs the same comparison on a GPU: bigger micro-batches and groups, vLLM rollouts."""
+    a = ArmSettings(arms=("sdar",), seeds=(0,), tasks_per_step=8, group_size=8, micro_batch_size=16)
+    (run,) = arm_runs(
+        SETTINGS["webshop"], ArmSettings(**{**a.__dict__, "generation_backend": "vllm"}), "tiny", tmp_path
+    )
+    cfg = config_from_args(list(run.args))
+    assert (cfg.micro_batch_size, cfg.group_size, cfg.tasks_per_step, cfg.generation_backend) == (16, 8, 8, "vllm")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +145,8 @@ def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
         ("train_reward", "score", "train_reward"),
         ("seeds", (), "seeds"),
         ("eval_every", 0, "eval_every"),
+        ("micro_batch_size", 0, "micro_batch_size"),
+        ("generation_backend", "sglang", "generation_backend"),
     ],
 )
 def test_arm_settings_refuse_what_cannot_work(field, value, match):
