@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", type=int, default=8, help="G")
     p.add_argument("--micro-batch", type=int, default=16, help="rows a forward")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--stages", default="step,gpu-check,miniature", help="comma-separated subset")
     p.add_argument(
         "--dry-run", action="store_true", help="the tiny warm start on the CPU, 1 step each: checks the code path"
     )

@@ -152,4 +152,4 @@ def test_gpu_real_dry_run_goes_through_the_step_and_the_miniature(tmp_path):
     assert "| hf | ok, 1 steps |" in hf and "nan" not in hf, summary
     assert "| vllm |" in summary  # measured in the vLLM venv, or skipped saying so
     assert "## The miniature: ok after" in summary and "| sdar | 1 |" in summary, summary
-    assert (tmp_path / "real" / "webshop" / "arms" / "sdar-s0" / "eval-step1.json").exists()
+    assert (tmp_path / "real" / "webshop" / "arms" / "sdar-s0" / "eval.json").exists()  # the held-out end
