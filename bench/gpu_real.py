@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_WARM = "sdar_train/miniature/warmstart_smollm2_webshop"
 TINY_WARM = "sdar_train/miniature/warmstart"
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+STAGES = ("step", "gpu-check", "miniature")
 PHASES = ("time_s", "generation_s", "teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
 
 
@@ -55,8 +56,9 @@ def _stage(name: str, argv: list[str], out: Path, limit_s: float, python: str = 
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             ended = f"stopped at its {limit_s:.0f} s limit"
-    print(f"[gpu_real] {name}: {ended} after {time.time() - t:.0f} s", flush=True)
-    return ended, time.time() - t
+    wall = time.time() - t
+    print(f"[gpu_real] {name}: {ended} after {wall:.0f} s", flush=True)
+    return ended, wall
 
 
 def step_args(warm: str, run: Path, steps: int, tasks: int, group: int, micro: int, backend: str) -> list[str]:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", type=int, default=8, help="G")
     p.add_argument("--micro-batch", type=int, default=16, help="rows a forward")
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--stages", default="step,gpu-check,miniature", help="comma-separated subset")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
     p.add_argument(
         "--dry-run", action="store_true", help="the tiny warm start on the CPU, 1 step each: checks the code path"
     )
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         warm, args.steps, args.tasks, args.group, args.micro_batch, args.eval_every = TINY_WARM, 1, 1, 2, 2, 1
         eval_episodes, rl_steps, arms = 2, 1, "sdar"
     stages = set(args.stages.split(","))
-    if stages - {"step", "gpu-check", "miniature"}:
-        p.error(f"unknown stages {sorted(stages - {'step', 'gpu-check', 'miniature'})}")
+    if unknown := stages - set(STAGES):
+        p.error(f"unknown stages {sorted(unknown)}")
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env_note = f"device: {torch.cuda.get_device_name() if cuda else 'cpu (dry run, the tiny warm start)'}"
@@ -118,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "step" in stages:
         lines += step_stage(out, warm, args)
-    # 2. make gpu-check's single-GPU stage
-    if "gpu-check" in stages:
+    if "gpu-check" in stages:  # make gpu-check's single-GPU stage
         check = ["bench/gpu_check.py", *(["--dry-run"] if args.dry_run else [])]
         ended, _ = _stage("gpu-check", check, out, 600)
         lines += ["", f"## bench/gpu_check.py: {ended}", "", (out / "gpu-check.log").read_text().strip(), ""]
@@ -157,15 +158,13 @@ def miniature(
 ) -> list[str]:
     """The real-model comparison at GPU sizes until ``args.minutes`` stop it, then its report."""
     mini = ["-m", "sdar_train.miniature.real_model", "--env", "webshop", "--out", str(out / "real")]
-    mini += ["--stages", "arms", "--warm", warm, "--train_reward", "return", "--arms", arms, "--seeds", "0"]
+    mini += ["--warm", warm, "--train_reward", "return", "--arms", arms, "--seeds", "0"]
     mini += ["--rl_steps", str(rl_steps), "--rl_tasks_per_step", str(args.tasks), "--rl_group_size", str(args.group)]
     mini += ["--rl_micro_batch_size", str(args.micro_batch), "--rl_mini_batch_size", str(args.tasks * args.group)]
     mini += ["--rl_eval_every", str(args.eval_every), "--rl_eval_episodes", str(eval_episodes)]
-    mini += ["--parallel", str(len(arms.split(",")))]
-    ended, wall = _stage("miniature", mini, out, args.minutes * 60)
-    report = [*mini[:-2], "--parallel", "1"]
-    report[report.index("arms")] = "report"  # the report of whatever was reached
-    _stage("miniature-report", report, out, 300)
+    runs = [*mini, "--stages", "arms", "--parallel", str(len(arms.split(",")))]
+    ended, wall = _stage("miniature", runs, out, args.minutes * 60)
+    _stage("miniature-report", [*mini, "--stages", "report"], out, 300)  # the report of whatever was reached
     found = out / "real" / "webshop" / "report.md"
     lines = [f"## The miniature: {ended} after {wall / 60:.1f} min ({found.relative_to(out)})", ""]
     if found.exists():

@@ -129,10 +129,10 @@ def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
 
 def test_the_comparison_resizes_for_a_gpu(tmp_path):
     """bench/gpu_real.py runs the same comparison on a GPU: bigger micro-batches and groups, vLLM rollouts."""
-    a = ArmSettings(arms=("sdar",), seeds=(0,), tasks_per_step=8, group_size=8, micro_batch_size=16)
-    (run,) = arm_runs(
-        SETTINGS["webshop"], ArmSettings(**{**a.__dict__, "generation_backend": "vllm"}), "tiny", tmp_path
+    a = ArmSettings(
+        arms=("sdar",), seeds=(0,), tasks_per_step=8, group_size=8, micro_batch_size=16, generation_backend="vllm"
     )
+    (run,) = arm_runs(SETTINGS["webshop"], a, "tiny", tmp_path)
     cfg = config_from_args(list(run.args))
     assert (cfg.micro_batch_size, cfg.group_size, cfg.tasks_per_step, cfg.generation_backend) == (16, 8, 8, "vllm")
 
