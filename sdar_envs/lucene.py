@@ -132,6 +132,11 @@ def _start_jvm() -> None:
             # server worker's resident memory creep up for hours before a full collection; Lucene reads
             # its index through mmap, outside the heap, so searching wiki-18 fits in far less
             original(f"-Xmx{os.environ.get('SDAR_JAVA_HEAP', JAVA_HEAP)}")
+            # -Xrs: leave SIGINT/SIGTERM/SIGHUP to Python. Otherwise the JVM takes them over and answers
+            # with System.exit on a Java thread while Python's main thread keeps running: Ctrl-C or a
+            # scheduler's SIGTERM then ends a training run in a JVM crash (hs_err_pid*.log), torch's
+            # "RuntimeError: unknown parameter type" from torn-down state, or a hang
+            original("-Xrs")
             try:
                 import pyserini.pyclass  # noqa: F401 - sets the classpath and starts the JVM
             finally:

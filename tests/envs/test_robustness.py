@@ -170,3 +170,55 @@ def test_async_vector_envs_after_the_parent_used_lucene_fail_fast_or_work_with_s
         assert list(info["admissible"]) == [True, True]
     finally:
         spawned.close()
+
+
+_SEARCH_THEN_COMPUTE = """
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as under a terminal, even if started in the background
+import torch
+from sdar_envs.lucene import BM25Searcher
+assert BM25Searcher(sys.argv[1]).search("hamlet", 1)
+x = torch.randn(128, 128)
+print("searched", flush=True)
+try:
+    deadline = time.time() + 120
+    while time.time() < deadline:  # a training step's kind of work, on the main thread
+        (x @ x).transpose(0, 1).contiguous()
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_stop_a_process_that_searched_like_any_python_process(searchqa_index, tmp_path, sig):
+    """Once Lucene's JVM is up, Ctrl-C is still a KeyboardInterrupt and SIGTERM still terminates: the JVM
+    must not take those signals over (it would call System.exit beside the running main thread: a JVM
+    crash with an hs_err_pid*.log, torch's "unknown parameter type", or a hang)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SEARCH_THEN_COMPUTE, str(searchqa_index)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "searched"
+        proc.send_signal(getattr(signal, sig))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    if sig == "SIGINT":
+        assert (proc.returncode, out.strip()) == (3, "KeyboardInterrupt"), out[-2000:]
+    else:
+        assert proc.returncode == -signal.SIGTERM, out[-2000:]
+    assert not list(tmp_path.glob("hs_err_pid*.log"))
