@@ -52,6 +52,7 @@ from sdar_train.miniature.arms import (
     plot_diagnostics,
     run_arms,
 )
+from sdar_train.report import mean_interval
 
 __all__ = [
     "SETTINGS",
@@ -288,22 +289,45 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
 
 
 def premise_table(out: Path) -> list[str]:
-    """Markdown rows: one per (model, prompt) evaluation found in ``out``."""
+    """Markdown: one row per (model, prompt) evaluation found in ``out`` (``premise-{zeroshot,warm}-{none,
+    teacher}.json``), then, per model, the teacher's prompt against the student's goal by goal (the same
+    goals, greedy): what the skills add, with its 95% t-interval over goals. A line saying how to measure
+    it when ``out`` has none (an RL run from a packaged warm start measures no premise of its own)."""
     rows = [
         "| model | prompt | episodes | success | mean return | format-valid turns | admissible turns | cut at the limit | turns per episode |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    paired = []
     for tag, name in (("zeroshot", "SmolLM2 zero-shot"), ("warm", "warm start")):
+        found: dict[str, dict[str, Any]] = {}
         for skills, prompt in (("none", "student (no skills)"), ("teacher", "teacher (skills before the chat)")):
             path = out / f"premise-{tag}-{skills}.json"
             if not path.exists():
                 continue
             r: dict[str, Any] = json.loads(path.read_text())
+            found[skills] = r
             rows.append(
                 f"| {name} | {prompt} | {r['episodes']} | {r['success']:.3f} | {r['return']:.3f} | "
                 f"{1 - r['invalid_rate']:.3f} | {1 - r['inadmissible_rate']:.3f} | "
                 f"{r.get('response_limit_rate', float('nan')):.3f} | {r['episode_length']:.2f} |"
             )
+        if len(found) == 2:
+            student = {x["task_id"]: x for x in found["none"]["results"]}
+            teacher = {x["task_id"]: x for x in found["teacher"]["results"]}
+            goals = [t for t in student if t in teacher]
+            if goals:
+                diffs = [teacher[t]["return"] - student[t]["return"] for t in goals]
+                m, h = mean_interval(diffs)
+                changed = sum(teacher[t]["actions"] != student[t]["actions"] for t in goals)
+                paired.append(
+                    f"- {name}: the skills add {m:+.3f} ± {h:.3f} to the score over {len(goals)} goals "
+                    f"(actions changed on {changed}; higher on {sum(d > 1e-9 for d in diffs)}, "
+                    f"lower on {sum(d < -1e-9 for d in diffs)})"
+                )
+    if len(rows) == 2:
+        return [f"Not measured in `{out}` (`--stages premise` measures it)."]
+    if paired:
+        rows += ["", "The teacher's prompt against the student's, goal by goal (95% over goals):", "", *paired]
     return rows
 
 

@@ -18,7 +18,7 @@ from sdar_train.miniature.arms import (
     paired_goal_table,
     run_arms,
 )
-from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main
+from sdar_train.miniature.real_model import SETTINGS, ArmSettings, arm_runs, main, premise_table
 
 
 @pytest.mark.slow
@@ -166,3 +166,24 @@ def test_a_failed_run_is_named_with_its_status_and_nothing_queued_starts_after_i
     assert "sdar seed 0 not started: a run before it failed" in err
     assert not queued.run_dir.exists()
     assert "no-such-algo" in (bad.run_dir / "train.log").read_text()  # the trainer's own error, kept
+
+
+def test_the_premise_table_pairs_the_teacher_with_the_student_or_says_it_was_not_measured(tmp_path):
+    assert premise_table(tmp_path) == [f"Not measured in `{tmp_path}` (`--stages premise` measures it)."]
+
+    def report(scores: list[float], actions: list[str]) -> dict:
+        rows = [
+            {"task_id": f"g{i}", "return": r, "actions": [a]}
+            for i, (r, a) in enumerate(zip(scores, actions, strict=True))
+        ]
+        summary = {"episodes": len(rows), "success": 0.0, "return": sum(scores) / len(scores), "invalid_rate": 0.0}
+        return {**summary, "inadmissible_rate": 0.1, "response_limit_rate": 0.0, "episode_length": 4.0, "results": rows}
+
+    (tmp_path / "premise-warm-none.json").write_text(json.dumps(report([0.5, 0.2, 0.0, 1.0], ["a", "b", "c", "d"])))
+    (tmp_path / "premise-warm-teacher.json").write_text(json.dumps(report([0.7, 0.2, 0.0, 0.9], ["x", "b", "y", "z"])))
+    table = premise_table(tmp_path)
+    assert table[2].startswith("| warm start | student (no skills) | 4 | 0.000 | 0.425 | 1.000 | 0.900 |")
+    assert table[3].startswith("| warm start | teacher (skills before the chat) | 4 | 0.000 | 0.450 |")
+    (paired,) = [line for line in table if line.startswith("- warm start:")]
+    assert paired.startswith("- warm start: the skills add +0.025 ± ")
+    assert paired.endswith("over 4 goals (actions changed on 3; higher on 1, lower on 1)")
