@@ -196,6 +196,7 @@ def test_ctrl_c_and_sigterm_stop_a_process_that_searched_like_any_python_process
     must not take those signals over (it would call System.exit beside the running main thread: a JVM
     crash with an hs_err_pid*.log, torch's "unknown parameter type", or a hang)."""
     import os
+    import select
     import signal
     import subprocess
     import sys
@@ -212,7 +213,8 @@ def test_ctrl_c_and_sigterm_stop_a_process_that_searched_like_any_python_process
         text=True,
     )
     try:
-        assert proc.stdout.readline().strip() == "searched"
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # a JVM that never starts fails, not hangs
+        assert ready and proc.stdout.readline().strip() == "searched"
         proc.send_signal(getattr(signal, sig))
         out, _ = proc.communicate(timeout=60)
     finally:
