@@ -123,6 +123,7 @@ def evaluate(
                 "won": e.won,
                 "return": e.env_return,
                 "turns": e.turns,
+                "truncated": e.truncated,
                 "invalid": e.invalid,
                 "actions": e.actions,
             }

@@ -55,6 +55,7 @@ class Episode:
     inadmissible: int = 0  # turns whose action the environment did not accept
     skill_ids: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    truncated: bool = False  # ended by the environment's turn limit, not by the agent
     failed: str | None = None  # why the episode could not be played to its end (its environment or worker failed)
 
 
@@ -265,7 +266,7 @@ def collect_rollout(
             slot.history.append(Turn(slot.obs, actions[i].strip()))
             slot.obs, slot.info = obs, info
             if terminated or truncated:
-                ep.won = bool(info["won"])
+                ep.won, ep.truncated = bool(info["won"]), bool(truncated and not terminated)
                 if slot.skills is not None:
                     slot.skills.record(won=ep.won, episode_return=ep.env_return)
             else:

@@ -8,6 +8,7 @@ its last checkpoint, so a comparison can continue over several sittings.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ __all__ = [
     "ArmRun",
     "ArmRunFailed",
     "arm_difference_table",
+    "behaviour_table",
     "check_comparison",
     "collect_curves",
     "diagnostics_table",
@@ -237,6 +239,37 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
             f"{change:+.3f} ± {half:.3f} | {sum(ends[t]['actions'] != base[t]['actions'] for t in goals)} | "
             f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} | "
             f"{mean(base, 'turns', goals):.2f} -> {mean(ends, 'turns', goals):.2f} |"
+        )
+    return lines
+
+
+def behaviour_table(
+    start: Mapping[str, Any], finals: Iterable[tuple[str, int, Mapping[str, Any]]], max_turns: int
+) -> list[str]:
+    """Markdown rows: how each held-out evaluation's episodes went, the start's first: how many the agent
+    ended itself (on WebShop, a purchase) rather than the turn limit ``max_turns``, their mean score, the
+    share of turns that repeat the turn before (loops), and turns per episode. Tells a policy that scores
+    more by choosing better from one that scores more by finishing more often. An evaluation written
+    before rows carried ``truncated`` counts an episode of ``max_turns`` turns that did not win as cut."""
+
+    def cut(r: Mapping[str, Any]) -> bool:
+        return bool(r["truncated"]) if "truncated" in r else (r["turns"] >= max_turns and not r["won"])
+
+    lines = [
+        "| arm | seed | goals | ended by the agent | score when it ended | repeated actions (share of turns) | turns per episode |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arm, seed, report in [("start", "-", start), *finals]:
+        rows = report["results"]
+        if not rows:
+            continue
+        ended = [r for r in rows if not cut(r)]
+        turns = sum(len(r["actions"]) for r in rows)
+        repeats = sum(a == b for r in rows for a, b in itertools.pairwise(r["actions"]))
+        score = f"{sum(r['return'] for r in ended) / len(ended):.3f}" if ended else "-"
+        lines.append(
+            f"| {arm} | {seed} | {len(rows)} | {len(ended)} | {score} | {repeats / max(turns, 1):.3f} | "
+            f"{sum(r['turns'] for r in rows) / len(rows):.2f} |"
         )
     return lines
 

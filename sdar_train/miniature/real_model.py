@@ -42,6 +42,7 @@ from sdar_train.miniature.arms import (
     ArmRun,
     ArmRunFailed,
     arm_difference_table,
+    behaviour_table,
     check_comparison,
     collect_curves,
     diagnostics_table,
@@ -76,6 +77,7 @@ class EnvSettings:
     steps: int
     tasks_per_step: int
     eval_every: int
+    max_turns: int  # the environment's own turn limit (its max_steps default)
 
     @property
     def name(self) -> str:
@@ -83,10 +85,10 @@ class EnvSettings:
 
 
 SETTINGS: dict[str, EnvSettings] = {
-    "searchqa": EnvSettings("SDAR/SearchQA-v0", "searchqa_sft.yaml", "test", 200, 64, 40, 8, 20),
+    "searchqa": EnvSettings("SDAR/SearchQA-v0", "searchqa_sft.yaml", "test", 200, 64, 40, 8, 20, 4),
     # 20 steps: the warm start RL starts from (format-valid, far from the expert: docs/real_model/)
-    "webshop": EnvSettings("SDAR/WebShop-v0", "webshop_sft.yaml", "test", 100, 64, 20, 4, 20),
-    "alfworld": EnvSettings("SDAR/ALFWorld-v0", "alfworld_sft.yaml", "valid_unseen", 67, 48, 40, 4, 20),
+    "webshop": EnvSettings("SDAR/WebShop-v0", "webshop_sft.yaml", "test", 100, 64, 20, 4, 20, 15),
+    "alfworld": EnvSettings("SDAR/ALFWorld-v0", "alfworld_sft.yaml", "valid_unseen", 67, 48, 40, 4, 20, 50),
 }
 MODEL = "smollm2-135m-instruct"
 
@@ -270,6 +272,10 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
         "Each run's latest held-out evaluation against the start on the same goals (greedy, paired goal by goal):",
         "",
         *paired_goal_table(r, ((f"{x.arm}, step {step}", x.seed, report) for x, (step, report) in latest)),
+        "",
+        "How the episodes of those evaluations went (what the policies do differently):",
+        "",
+        *behaviour_table(r, ((f"{x.arm}, step {step}", x.seed, report) for x, (step, report) in latest), s.max_turns),
     ]
     by_run = {(x.arm, x.seed): x.run_dir for x in runs}
     for step in reversed(evaluated):  # the end first

@@ -13,6 +13,7 @@ from sdar_train.miniature.arms import (
     ArmRun,
     ArmRunFailed,
     arm_difference_table,
+    behaviour_table,
     evaluation_at,
     outcome_table,
     paired_goal_table,
@@ -47,6 +48,7 @@ def test_arms_from_the_warm_start_run_once_and_report(tmp_path):
     for arm in ("grpo", "sdar"):  # each finished run against the start, goal by goal
         assert f"| {arm}, step 1 | 3 | 2 | {start['return']:.3f} -> " in report.partition("goal by goal")[2]
     assert "| sdar | 3 | 2 | " in report.partition("Each arm against GRPO of the same seed at step 1")[2]
+    assert "| start | - | 2 | " in report.partition("what the policies do differently")[2]
     for png in ("curves.png", "diagnostics.png"):
         assert (out / png).stat().st_size > 10_000
     # a finished run is not run again: the same command only rewrites the report
@@ -187,3 +189,34 @@ def test_the_premise_table_pairs_the_teacher_with_the_student_or_says_it_was_not
     (paired,) = [line for line in table if line.startswith("- warm start:")]
     assert paired.startswith("- warm start: the skills add +0.025 ± ")
     assert paired.endswith("over 4 goals (actions changed on 3; higher on 1, lower on 1)")
+
+
+def test_the_behaviour_table_tells_finishing_more_often_from_choosing_better():
+    def report(rows: list[tuple[float, int, list[str], bool | None]]) -> dict:
+        out = []
+        for i, (score, turns, actions, truncated) in enumerate(rows):
+            row = {"task_id": f"g{i}", "return": score, "turns": turns, "won": False, "actions": actions}
+            out.append(row if truncated is None else {**row, "truncated": truncated})
+        return {"results": out}
+
+    loop = ["search[x]", "click[a]", "click[a]", "click[a]"]
+    # an evaluation written before rows carried "truncated": 4 turns of a 4-turn limit without a win is cut
+    start = report([(0.5, 3, ["search[x]", "click[a]", "buy"], None), (0.0, 4, loop, None)])
+    end = report([(0.4, 3, ["search[x]", "click[a]", "buy"], False), (0.4, 2, ["search[x]", "buy"], False)])
+    header, _, first, second = behaviour_table(start, [("sdar, step 20", 0, end)], max_turns=4)
+    assert header.startswith("| arm | seed | goals | ended by the agent | score when it ended |")
+    assert first == "| start | - | 2 | 1 | 0.500 | 0.286 | 3.50 |"  # 2 repeats in 7 turns
+    assert second == "| sdar, step 20 | 0 | 2 | 2 | 0.400 | 0.000 | 2.50 |"
+
+
+@pytest.mark.parametrize("env", sorted(SETTINGS))
+def test_each_environments_turn_limit_is_the_one_the_environment_uses(env):
+    import inspect
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    import sdar_envs  # noqa: F401 - registers the environments
+
+    creator = load_env_creator(gym.spec(SETTINGS[env].env_id).entry_point)
+    assert inspect.signature(creator).parameters["max_steps"].default == SETTINGS[env].max_turns

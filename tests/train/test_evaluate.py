@@ -41,6 +41,8 @@ def test_evaluation_repeats_report_the_mean_and_a_95_interval_and_the_rambling_s
     assert (report["return"], report["return_ci95"]) == pytest.approx(mean_interval(returns))
     assert len({json.dumps([r["actions"] for r in p["results"]]) for p in report["passes"]}) == 3  # seeds differ
     assert report["response_limit_rate"] == pytest.approx(1.0)
+    # it never answers, so every episode is ended by the turn limit, and each row says so
+    assert all(r["truncated"] and r["turns"] == 2 for p in report["passes"] for r in p["results"])
     out = tmp_path / "report.json"
     args = ["--env", "SDAR/SearchQA-v0", "--model", "tiny", "--split", "test", "--episodes", "2", "--max_turns", "1"]
     assert eval_main([*args, "--temperature", "0", "--repeats", "2", "--out", str(out)]) == 0
