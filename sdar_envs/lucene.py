@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,23 @@ def _check_not_forked() -> None:
         raise LuceneUnavailable(FORKED_JVM)
 
 
+def _warn_if_signals_taken() -> None:
+    """A JVM that something else started (``import pyserini.search`` first) has no ``-Xrs``: say what that
+    costs, since it cannot be changed once the JVM runs."""
+    from jnius import autoclass
+
+    args = autoclass("java.lang.management.ManagementFactory").getRuntimeMXBean().getInputArguments()
+    if "-Xrs" not in [str(args.get(i)) for i in range(args.size())]:
+        warnings.warn(
+            "the JVM was started before sdar_envs.lucene could give it -Xrs, so it handles SIGINT and SIGTERM "
+            "itself: Ctrl-C or a scheduler's SIGTERM may crash this process (hs_err_pid*.log) or hang it. "
+            "Import sdar_envs (or create the environment) before pyserini.search, or call "
+            "jnius_config.add_options('-Xrs') before the JVM starts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _start_jvm() -> None:
     """Configure and start the JVM once per process (pyjnius allows only one)."""
     global _JVM_READY, _JVM_PID
@@ -141,6 +159,8 @@ def _start_jvm() -> None:
                 import pyserini.pyclass  # noqa: F401 - sets the classpath and starts the JVM
             finally:
                 jnius_config.add_options = original
+        else:
+            _warn_if_signals_taken()
         _quiet_lucene()
         _JVM_READY, _JVM_PID = True, os.getpid()
 

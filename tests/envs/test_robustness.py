@@ -224,3 +224,30 @@ def test_ctrl_c_and_sigterm_stop_a_process_that_searched_like_any_python_process
     else:
         assert proc.returncode == -signal.SIGTERM, out[-2000:]
     assert not list(tmp_path.glob("hs_err_pid*.log"))
+
+
+_JVM_STARTED_ELSEWHERE = """
+import os, warnings
+from sdar_envs import lucene
+os.environ["JAVA_HOME"] = lucene.java_home()
+import jnius  # another library starts the JVM first, without -Xrs
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    lucene._start_jvm()
+print(*(str(w.message) for w in caught if w.category is RuntimeWarning), sep="\\n")
+"""
+
+
+def test_a_jvm_started_elsewhere_without_xrs_is_reported():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", _JVM_STARTED_ELSEWHERE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "started before sdar_envs.lucene could give it -Xrs" in out.stdout
