@@ -179,8 +179,8 @@ import torch
 from sdar_envs.lucene import BM25Searcher
 assert BM25Searcher(sys.argv[1]).search("hamlet", 1)
 x = torch.randn(128, 128)
-print("searched", flush=True)
 try:
+    print("searched", flush=True)  # inside the try: the signal may come the moment this is read
     deadline = time.time() + 120
     while time.time() < deadline:  # a training step's kind of work, on the main thread
         (x @ x).transpose(0, 1).contiguous()
