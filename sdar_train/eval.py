@@ -313,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         generator.close()
+    # what was evaluated, as given and as loaded: two copies of one policy (an fp32 export and a bf16
+    # adapter) can act differently under greedy decoding, so a result must say which it measured
+    report = {"model": args.model, "dtype": args.dtype, **report}
     print_report(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

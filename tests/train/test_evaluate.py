@@ -48,3 +48,4 @@ def test_evaluation_repeats_report_the_mean_and_a_95_interval_and_the_rambling_s
     assert eval_main([*args, "--temperature", "0", "--repeats", "2", "--out", str(out)]) == 0
     greedy = json.loads(out.read_text())
     assert greedy["repeats"] == 2 and greedy["success_ci95"] == 0.0 and greedy["return_ci95"] == 0.0
+    assert (greedy["model"], greedy["dtype"]) == ("tiny", "float32")  # the report says what it measured
