@@ -15,6 +15,7 @@ from sdar_envs.core import extract_tag
 from sdar_envs.lucene import lucene_query
 from sdar_envs.searchqa.data import load_questions
 from sdar_envs.searchqa.env import parse_action
+from tests.helpers import ROOT
 
 CJK_1100 = "".join(chr(0x4E00 + i) for i in range(1100))  # 1,100 distinct terms: over Lucene's 1,024 clauses
 
@@ -200,10 +201,8 @@ def test_ctrl_c_and_sigterm_stop_a_process_that_searched_like_any_python_process
     import signal
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", _SEARCH_THEN_COMPUTE, str(searchqa_index)],
         cwd=tmp_path,
@@ -242,10 +241,8 @@ def test_a_jvm_started_elsewhere_without_xrs_is_reported():
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-c", _JVM_STARTED_ELSEWHERE], env=env, capture_output=True, text=True, timeout=300
     )
