@@ -34,6 +34,8 @@ __all__ = [
     "collect_curves",
     "diagnostics_table",
     "evaluation_at",
+    "goal_pairs",
+    "higher_lower",
     "outcome_table",
     "paired_goal_table",
     "plot_curves",
@@ -182,6 +184,18 @@ def evaluation_at(run_dir: Path, step: int | None = None) -> tuple[int, dict[str
     return (max(found), json.loads(found[max(found)].read_text())) if found else None
 
 
+def goal_pairs(base: Mapping[str, Any], other: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """The result rows of two evaluations paired by goal (``task_id``), for the goals both played, in
+    ``base``'s order: greedy evaluations of the same goals, so each goal is its own control."""
+    others = {r["task_id"]: r for r in other["results"]}
+    return [(r, others[r["task_id"]]) for r in base["results"] if r["task_id"] in others]
+
+
+def higher_lower(diffs: Sequence[float]) -> tuple[int, int]:
+    """How many paired differences are above and below zero (ties, to rounding, are neither)."""
+    return sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+
+
 def arm_difference_table(runs: Mapping[tuple[str, int], Path], baseline: str, step: int) -> list[str]:
     """Markdown rows: per seed, each arm's held-out score at ``step`` minus ``baseline``'s at the same step, goal
     by goal (the same goals, greedy): the mean difference with its 95% t-interval over goals, and how many
@@ -197,16 +211,12 @@ def arm_difference_table(runs: Mapping[tuple[str, int], Path], baseline: str, st
         ours, theirs = evaluation_at(run_dir, step), evaluation_at(seed_base, step)
         if ours is None or theirs is None:
             continue
-        a = {r["task_id"]: r["return"] for r in ours[1]["results"]}
-        b = {r["task_id"]: r["return"] for r in theirs[1]["results"]}
-        diffs = [a[t] - b[t] for t in a if t in b]
+        diffs = [a["return"] - b["return"] for b, a in goal_pairs(theirs[1], ours[1])]
         if not diffs:
             continue
         m, h = mean_interval(diffs)
-        lines.append(
-            f"| {arm} | {seed} | {len(diffs)} | {m:+.3f} ± {h:.3f} | "
-            f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} |"
-        )
+        higher, lower = higher_lower(diffs)
+        lines.append(f"| {arm} | {seed} | {len(diffs)} | {m:+.3f} ± {h:.3f} | {higher} / {lower} |")
     return lines
 
 
@@ -216,10 +226,9 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
     t-interval over goals, how many goals' actions changed and scored higher or lower, and turns per episode.
     With few seeds this is the interval that says whether one run moved at all. The first cell is the
     label given (an arm, or an arm and the step its evaluation was made after)."""
-    base = {r["task_id"]: r for r in start["results"]}
 
-    def mean(rows: Mapping[str, Mapping[str, Any]], key: str, goals: list[str]) -> float:
-        return sum(float(rows[t][key]) for t in goals) / len(goals)
+    def mean(rows: Sequence[Mapping[str, Any]], key: str) -> float:
+        return sum(float(r[key]) for r in rows) / len(rows)
 
     lines = [
         "| arm | seed | goals | score: start -> end | paired change (95% over goals) | actions changed | "
@@ -227,18 +236,17 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
         "|---|---|---|---|---|---|---|---|",
     ]
     for arm, seed, report in finals:
-        ends = {r["task_id"]: r for r in report["results"]}
-        goals = [t for t in base if t in ends]
-        if not goals:
+        pairs = goal_pairs(start, report)
+        if not pairs:
             continue
-        diffs = [ends[t]["return"] - base[t]["return"] for t in goals]
+        base, ends = [b for b, _ in pairs], [e for _, e in pairs]
+        diffs = [e["return"] - b["return"] for b, e in pairs]
         change, half = mean_interval(diffs)
-
+        higher, lower = higher_lower(diffs)
         lines.append(
-            f"| {arm} | {seed} | {len(goals)} | {mean(base, 'return', goals):.3f} -> {mean(ends, 'return', goals):.3f} | "
-            f"{change:+.3f} ± {half:.3f} | {sum(ends[t]['actions'] != base[t]['actions'] for t in goals)} | "
-            f"{sum(d > 1e-9 for d in diffs)} / {sum(d < -1e-9 for d in diffs)} | "
-            f"{mean(base, 'turns', goals):.2f} -> {mean(ends, 'turns', goals):.2f} |"
+            f"| {arm} | {seed} | {len(pairs)} | {mean(base, 'return'):.3f} -> {mean(ends, 'return'):.3f} | "
+            f"{change:+.3f} ± {half:.3f} | {sum(b['actions'] != e['actions'] for b, e in pairs)} | "
+            f"{higher} / {lower} | {mean(base, 'turns'):.2f} -> {mean(ends, 'turns'):.2f} |"
         )
     return lines
 

@@ -47,6 +47,8 @@ from sdar_train.miniature.arms import (
     collect_curves,
     diagnostics_table,
     evaluation_at,
+    goal_pairs,
+    higher_lower,
     outcome_table,
     paired_goal_table,
     plot_curves,
@@ -317,19 +319,15 @@ def premise_table(out: Path) -> list[str]:
                 f"{1 - r['invalid_rate']:.3f} | {1 - r['inadmissible_rate']:.3f} | "
                 f"{r.get('response_limit_rate', float('nan')):.3f} | {r['episode_length']:.2f} |"
             )
-        if len(found) == 2:
-            student = {x["task_id"]: x for x in found["none"]["results"]}
-            teacher = {x["task_id"]: x for x in found["teacher"]["results"]}
-            goals = [t for t in student if t in teacher]
-            if goals:
-                diffs = [teacher[t]["return"] - student[t]["return"] for t in goals]
-                m, h = mean_interval(diffs)
-                changed = sum(teacher[t]["actions"] != student[t]["actions"] for t in goals)
-                paired.append(
-                    f"- {name}: the skills add {m:+.3f} ± {h:.3f} to the score over {len(goals)} goals "
-                    f"(actions changed on {changed}; higher on {sum(d > 1e-9 for d in diffs)}, "
-                    f"lower on {sum(d < -1e-9 for d in diffs)})"
-                )
+        if len(found) == 2 and (pairs := goal_pairs(found["none"], found["teacher"])):
+            diffs = [teacher["return"] - student["return"] for student, teacher in pairs]
+            m, h = mean_interval(diffs)
+            higher, lower = higher_lower(diffs)
+            changed = sum(student["actions"] != teacher["actions"] for student, teacher in pairs)
+            paired.append(
+                f"- {name}: the skills add {m:+.3f} ± {h:.3f} to the score over {len(pairs)} goals "
+                f"(actions changed on {changed}; higher on {higher}, lower on {lower})"
+            )
     if len(rows) == 2:
         return [f"Not measured in `{out}` (`--stages premise` measures it)."]
     if paired:
