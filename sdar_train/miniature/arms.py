@@ -122,16 +122,16 @@ def run_arms(runs: Sequence[ArmRun], parallel: int = 1) -> None:
             raise error
 
 
-def collect_curves(runs: Iterable[tuple[str, int, Path]], start: Mapping[int, Mapping[str, float]]) -> Curves:
-    """Per (arm, seed, run_dir), the rows of its ``metrics.jsonl`` after a step-0 row: the warm start's
-    held-out ``eval_success`` and ``eval_return`` for that seed (``start[seed]``). Runs not started are left out."""
+def collect_curves(runs: Iterable[tuple[str, int, Path, Mapping[str, float]]]) -> Curves:
+    """Per (arm, seed, run_dir, start), the rows of its ``metrics.jsonl`` after a step-0 row: ``start``, the
+    held-out ``eval_success`` and ``eval_return`` of the model that run started from. Runs not started are left out."""
     curves: Curves = {}
-    for arm, seed, run_dir in runs:
+    for arm, seed, run_dir, start in runs:
         metrics = run_dir / "metrics.jsonl"
         if not metrics.exists():
             continue
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        first = {"step": 0, "eval_success": start[seed]["eval_success"], "eval_return": start[seed]["eval_return"]}
+        first = {"step": 0, "eval_success": start["eval_success"], "eval_return": start["eval_return"]}
         curves.setdefault(arm, {})[seed] = [first, *rows]
     return curves
 
@@ -220,12 +220,14 @@ def arm_difference_table(runs: Mapping[tuple[str, int], Path], baseline: str, st
     return lines
 
 
-def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int, Mapping[str, Any]]]) -> list[str]:
-    """Markdown rows: each run's held-out evaluation (:func:`evaluation_at`) against the start's, goal by goal
-    (the same goals, greedy, so each goal is its own control): the mean paired score change with its 95%
-    t-interval over goals, how many goals' actions changed and scored higher or lower, and turns per episode.
-    With few seeds this is the interval that says whether one run moved at all. The first cell is the
-    label given (an arm, or an arm and the step its evaluation was made after)."""
+def paired_goal_table(
+    evaluations: Iterable[tuple[str, int, Mapping[str, Any], Mapping[str, Any]]],
+) -> list[str]:
+    """Markdown rows: per (label, seed, start, end), a run's held-out evaluation (:func:`evaluation_at`) against
+    the evaluation of the model it started from, goal by goal (the same goals, greedy, so each goal is its
+    own control): the mean paired score change with its 95% t-interval over goals, how many goals' actions
+    changed and scored higher or lower, and turns per episode. With few seeds this is the interval that says
+    whether one run moved at all. The label is an arm, or an arm and the step its evaluation was made after."""
 
     def mean(rows: Sequence[Mapping[str, Any]], key: str) -> float:
         return sum(float(r[key]) for r in rows) / len(rows)
@@ -235,7 +237,7 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
         "higher / lower | turns per episode: start -> end |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for arm, seed, report in finals:
+    for arm, seed, start, report in evaluations:
         pairs = goal_pairs(start, report)
         if not pairs:
             continue
@@ -251,14 +253,12 @@ def paired_goal_table(start: Mapping[str, Any], finals: Iterable[tuple[str, int,
     return lines
 
 
-def behaviour_table(
-    start: Mapping[str, Any], finals: Iterable[tuple[str, int, Mapping[str, Any]]], max_turns: int
-) -> list[str]:
-    """Markdown rows: how each held-out evaluation's episodes went, the start's first: how many the agent
-    ended itself (on WebShop, a purchase) rather than the turn limit ``max_turns``, their mean score, the
-    share of turns that repeat the turn before (loops), and turns per episode. Tells a policy that scores
-    more by choosing better from one that scores more by finishing more often. An evaluation written
-    before rows carried ``truncated`` counts an episode of ``max_turns`` turns that did not win as cut."""
+def behaviour_table(evaluations: Iterable[tuple[str, str | int, Mapping[str, Any]]], max_turns: int) -> list[str]:
+    """Markdown rows: per (label, seed, evaluation), how its held-out episodes went: how many the agent ended
+    itself (on WebShop, a purchase) rather than the turn limit ``max_turns``, their mean score, the share of
+    turns that repeat the turn before (loops), and turns per episode. Tells a policy that scores more by
+    choosing better from one that scores more by finishing more often. An evaluation written before rows
+    carried ``truncated`` counts an episode of ``max_turns`` turns that did not win as cut."""
 
     def cut(r: Mapping[str, Any]) -> bool:
         return bool(r["truncated"]) if "truncated" in r else (r["turns"] >= max_turns and not r["won"])
@@ -267,7 +267,7 @@ def behaviour_table(
         "| arm | seed | goals | ended by the agent | score when it ended | repeated actions (share of turns) | turns per episode |",
         "|---|---|---|---|---|---|---|",
     ]
-    for arm, seed, report in [("start", "-", start), *finals]:
+    for arm, seed, report in evaluations:
         rows = report["results"]
         if not rows:
             continue

@@ -15,9 +15,10 @@ Stages, each through the harness's own command lines (so each is also a command 
 4. ``arms/<algo>-s<seed>/``: RL from the warm start (``--stages arms``): GRPO, SDAR and GRPO+OPSD with the
    paper's per-algorithm configs (``<env>_<algo>.yaml``), sized for a CPU (LoRA r 16 over a bf16 base, B x G,
    the per-environment response limit), one run per seed on the same task stream, greedy held-out evaluation
-   every ``--rl_eval_every`` steps on a fixed list; ``arms/start.json`` is the warm start's evaluation on that
-   list (step 0 of every curve: greedy, so it is the same for every seed). Runs resume from their last
-   checkpoint, so the comparison continues over several sittings:
+   every ``--rl_eval_every`` steps on a fixed list; ``arms/start-<model>.json`` is the warm start's evaluation
+   on that list (step 0 of every curve: greedy, so it is the same for every seed). Runs resume from their
+   last checkpoint, so the comparison continues over several sittings; each run is compared with the
+   evaluation of the model its own ``config.json`` started from, so runs from another ``--warm`` stay honest:
 
        python -m sdar_train.miniature.real_model --env webshop --stages arms,report --train_reward return
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -224,24 +226,67 @@ def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRu
     return runs
 
 
+def start_path(out: Path, model: str) -> Path:
+    """Where the greedy held-out evaluation of ``model``, as a start RL runs from, is kept."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_.") or "model"
+    return out / "arms" / f"start-{slug}.json"
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    return a == b or (pa.exists() and pb.exists() and pa.resolve() == pb.resolve())
+
+
+def start_evaluations(out: Path) -> list[dict[str, Any]]:
+    """Every start evaluation in ``out/arms`` (``start*.json``) that names its model (``sdar_train.eval``
+    writes ``model``); one that does not cannot be matched to a run, so it is left out."""
+    found = [json.loads(f.read_text()) for f in sorted((out / "arms").glob("start*.json"))]
+    return [r for r in found if "model" in r]
+
+
+def start_of(starts: Sequence[dict[str, Any]], model: str) -> dict[str, Any] | None:
+    """The evaluation of ``model`` among ``starts``, or None."""
+    return next((r for r in starts if _same_model(str(r["model"]), model)), None)
+
+
 def _arms(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> None:
-    start = out / "arms" / "start.json"
-    if not start.exists():
+    if start_of(start_evaluations(out), warm) is None:
+        start = start_path(out, warm)
         start.parent.mkdir(parents=True, exist_ok=True)
         _run(["-m", "sdar_train.eval", *heldout_eval_args(s, warm, a.eval_episodes, start)])
     run_arms(arm_runs(s, a, warm, out), a.parallel)
 
 
+def _run_model(run: ArmRun) -> str:
+    """The model a run started from: its ``config.json``'s (a run resumed under another ``--warm`` keeps its
+    own), else the one its arguments name."""
+    config = run.run_dir / "config.json"
+    if config.exists():
+        return str(json.loads(config.read_text())["model"])
+    return run.args[run.args.index("--model") + 1]
+
+
 def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[str]:
-    start_file = out / "arms" / "start.json"
-    if not start_file.exists():
-        return []
-    r = json.loads(start_file.read_text())
-    start = {seed: {"eval_success": r["success"], "eval_return": r["return"]} for seed in a.seeds}
-    runs = arm_runs(s, a, warm, out)
-    curves = collect_curves([(x.arm, x.seed, x.run_dir) for x in runs], start)
-    if not curves:
-        return []
+    starts = start_evaluations(out)
+    paired, unpaired = [], []
+    for run in arm_runs(s, a, warm, out):
+        if not (run.run_dir / "metrics.jsonl").exists():
+            continue
+        model = _run_model(run)
+        start = start_of(starts, model)
+        if start is None:
+            unpaired.append(
+                f"- {run.arm} seed {run.seed} started from `{model}`, which has no evaluation in "
+                f"`{out / 'arms'}`: `python -m sdar_train.eval "
+                f"{' '.join(heldout_eval_args(s, model, a.eval_episodes, start_path(out, model)))}`"
+            )
+        else:
+            paired.append((run, start))
+    if not paired:
+        return ["", f"## RL from the warm start ({warm})", "", *unpaired] if unpaired else []
+    curves = collect_curves(
+        [(x.arm, x.seed, x.run_dir, {"eval_success": r["success"], "eval_return": r["return"]}) for x, r in paired]
+    )
     plot_curves(curves, out / "curves.png", f"{s.env_id} {s.eval_split}")
     means = plot_diagnostics(curves, out / "diagnostics.png")
     lines = [
@@ -268,18 +313,30 @@ def _arms_report(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[s
                 f"step {p['step']} {p['eval_return']:.3f} ({p['eval_success']:.2f})" for p in rows if "eval_return" in p
             )
             lines.append(f"- {arm} seed {seed}: {points} (last step logged: {max(int(p['step']) for p in rows)})")
-    latest = [(x, found) for x in runs if (found := evaluation_at(x.run_dir)) is not None]
+    used = [r for r in starts if any(r is start for _, start in paired)]
+    lines += ["", "Each run starts from its own `config.json`'s model; the greedy evaluations of those starts:", ""]
+    for r in used:
+        runs_from = ", ".join(f"{x.arm} seed {x.seed}" for x, start in paired if start is r)
+        lines.append(
+            f"- `{r['model']}` ({r.get('dtype', 'dtype not recorded')}): score {r['return']:.3f}, "
+            f"success {r['success']:.2f}; start of {runs_from}"
+        )
+    lines += unpaired
+    latest = [(x, start, found) for x, start in paired if (found := evaluation_at(x.run_dir)) is not None]
+    start_rows = [(f"start `{r['model']}`" if len(used) > 1 else "start", "-", r) for r in used]
     lines += [
         "",
-        "Each run's latest held-out evaluation against the start on the same goals (greedy, paired goal by goal):",
+        "Each run's latest held-out evaluation against its start on the same goals (greedy, paired goal by goal):",
         "",
-        *paired_goal_table(r, ((f"{x.arm}, step {step}", x.seed, report) for x, (step, report) in latest)),
+        *paired_goal_table((f"{x.arm}, step {step}", x.seed, start, end) for x, start, (step, end) in latest),
         "",
         "How the episodes of those evaluations went (what the policies do differently):",
         "",
-        *behaviour_table(r, ((f"{x.arm}, step {step}", x.seed, report) for x, (step, report) in latest), s.max_turns),
+        *behaviour_table(
+            [*start_rows, *((f"{x.arm}, step {step}", x.seed, end) for x, _, (step, end) in latest)], s.max_turns
+        ),
     ]
-    by_run = {(x.arm, x.seed): x.run_dir for x in runs}
+    by_run = {(x.arm, x.seed): x.run_dir for x, _ in paired}
     for step in reversed(evaluated):  # the end first
         table = arm_difference_table(by_run, "grpo", step)
         if len(table) > 2:

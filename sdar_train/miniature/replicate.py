@@ -607,7 +607,7 @@ def collect_curves(cfg: ReplicateConfig, out: Path) -> Curves:
         seed: {"eval_success": student[i]["success"], "eval_return": student[i]["score"]}
         for i, seed in enumerate(cfg.seeds)
     }
-    return arm_curves([(arm, seed, _run_dir(out, arm, seed)) for seed in cfg.seeds for arm in cfg.arms], start)
+    return arm_curves([(arm, seed, _run_dir(out, arm, seed), start[seed]) for seed in cfg.seeds for arm in cfg.arms])
 
 
 def write_report(cfg: ReplicateConfig, out: Path) -> Path:

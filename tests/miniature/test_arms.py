@@ -30,8 +30,8 @@ def test_arms_from_the_warm_start_run_once_and_report(tmp_path):
     argv += ["--threads", "1"]
     assert main(argv) == 0
     out = tmp_path / "webshop"
-    start = json.loads((out / "arms" / "start.json").read_text())
-    assert start["episodes"] == 2 and start["temperature"] == 0.0
+    start = json.loads((out / "arms" / "start-tiny.json").read_text())
+    assert start["model"] == "tiny" and start["episodes"] == 2 and start["temperature"] == 0.0
     logs = {}
     for arm in ("grpo", "sdar"):
         run = out / "arms" / f"{arm}-s3"
@@ -68,11 +68,56 @@ def test_the_paired_table_compares_each_run_with_the_start_goal_by_goal():
     start = report([0.5, 0.2, 0.0, 1.0], ["a", "b", "c", "d"])
     end = report([0.7, 0.2, 0.0, 0.9], ["x", "b", "y", "z"])
     extra = {"results": [*end["results"], {"task_id": "other", "return": 1.0, "actions": [], "turns": 9}]}
-    (row,) = paired_goal_table(start, [("sdar", 0, extra)])[2:]  # a goal the start lacks is left out
+    (row,) = paired_goal_table([("sdar", 0, start, extra)])[2:]  # a goal the start lacks is left out
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:4] == ["sdar", "0", "4", "0.425 -> 0.450"]
     assert cells[4].startswith("+0.025 ± ") and float(cells[4].split("± ")[1]) > 0.1  # t-interval over 4 goals
     assert cells[5:] == ["3", "1 / 1", "2.50 -> 2.50"]  # actions changed on 3 goals, one higher, one lower
+
+
+def test_each_run_is_compared_with_the_evaluation_of_the_model_it_started_from(tmp_path):
+    """Runs resumed over sittings may have started from different exports of a warm start: each is paired
+    with its own start's evaluation, and a run whose start was never evaluated says how to evaluate it."""
+    out = tmp_path / "webshop"
+
+    def evaluation(model: str | None, scores: list[float]) -> dict:
+        rows = [
+            {"task_id": f"g{i}", "return": r, "won": False, "turns": 3, "truncated": False, "actions": ["buy"]}
+            for i, r in enumerate(scores)
+        ]
+        mean = sum(scores) / len(scores)
+        return {**({"model": model} if model else {}), "success": 0.0, "return": mean, "results": rows}
+
+    def run(arm: str, seed: int, model: str, scores: list[float]) -> None:
+        d = out / "arms" / f"{arm}-s{seed}"
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": model, "steps": 1}))
+        (d / "eval.json").write_text(json.dumps(evaluation(model, scores)))
+        row = {"step": 1, "loss": 0.1, "eval_success": 0.0, "eval_return": sum(scores) / len(scores)}
+        (d / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+
+    (out / "arms").mkdir(parents=True)
+    (out / "arms" / "start-export.json").write_text(json.dumps(evaluation("runs/export", [0.5, 0.5])))
+    (out / "arms" / "start-adapter.json").write_text(json.dumps(evaluation("pkg/adapter", [0.6, 0.6])))
+    (out / "arms" / "start.json").write_text(json.dumps(evaluation(None, [0.0, 0.0])))  # names no model: unused
+    run("grpo", 0, "runs/export", [0.7, 0.5])
+    run("grpo", 1, "pkg/adapter", [0.7, 0.5])
+    run("sdar", 0, "elsewhere", [0.9, 0.9])
+    argv = ["--env", "webshop", "--out", str(tmp_path), "--stages", "report", "--warm", "pkg/adapter"]
+    argv += ["--arms", "grpo,sdar", "--seeds", "0,1", "--rl_steps", "1", "--rl_eval_every", "1"]
+    assert main(argv) == 0
+    report = (out / "report.md").read_text()
+    goal_by_goal = report.partition("against its start on the same goals")[2]
+    assert "| grpo, step 1 | 0 | 2 | 0.500 -> 0.600 | +0.100 ± " in goal_by_goal
+    assert "| grpo, step 1 | 1 | 2 | 0.600 -> 0.600 | +0.000 ± " in goal_by_goal
+    assert "| sdar, step 1 |" not in report  # never paired with a start it did not come from
+    assert "- sdar seed 0 started from `elsewhere`, which has no evaluation" in report
+    assert "--model elsewhere" in report and "start-elsewhere.json" in report
+    assert "| grpo | 2 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.550 ± " in report  # step 0 of each seed is its own start
+    for model, seeds in (("runs/export", "grpo seed 0"), ("pkg/adapter", "grpo seed 1")):
+        assert f"- `{model}` (dtype not recorded): score " in report and f"start of {seeds}" in report
+    behaviour = report.partition("what the policies do differently")[2]
+    assert "| start `runs/export` | - | 2 |" in behaviour and "| start `pkg/adapter` | - | 2 |" in behaviour
 
 
 def _results(scores: list[float]) -> dict:
@@ -203,7 +248,7 @@ def test_the_behaviour_table_tells_finishing_more_often_from_choosing_better():
     # an evaluation written before rows carried "truncated": 4 turns of a 4-turn limit without a win is cut
     start = report([(0.5, 3, ["search[x]", "click[a]", "buy"], None), (0.0, 4, loop, None)])
     end = report([(0.4, 3, ["search[x]", "click[a]", "buy"], False), (0.4, 2, ["search[x]", "buy"], False)])
-    header, _, first, second = behaviour_table(start, [("sdar, step 20", 0, end)], max_turns=4)
+    header, _, first, second = behaviour_table([("start", "-", start), ("sdar, step 20", 0, end)], max_turns=4)
     assert header.startswith("| arm | seed | goals | ended by the agent | score when it ended |")
     assert first == "| start | - | 2 | 1 | 0.500 | 0.286 | 3.50 |"  # 2 repeats in 7 turns
     assert second == "| sdar, step 20 | 0 | 2 | 2 | 0.400 | 0.000 | 2.50 |"

@@ -4,7 +4,7 @@
 # thread each. Resumable: run it again to continue. WARM: the warm start's exported folder (the 20-step one of
 # run_webshop_warm.sh, or sdar_train.miniature.real_model --env webshop's runs/real/webshop/warmstart/final, or
 # the packaged adapter of that same model, WARM=sdar_train/miniature/warmstart_smollm2_webshop, which skips cloning);
-# runs/real/webshop/arms/start.json is its greedy evaluation on the 50 goals (computed when missing).
+# runs/real/webshop/arms/start-<WARM>.json is its greedy evaluation on the 50 goals (computed when missing).
 cd "$(git rev-parse --show-toplevel)"
 WARM=${WARM:-runs/real/webshop/warmstart/final}
 # a run peaks near 5 GB with glibc's mmap threshold fixed and grows to 13 GB without, so two at once need it (docs/real_model/README.md)
