@@ -240,7 +240,14 @@ def _same_model(a: str, b: str) -> bool:
 def start_evaluations(out: Path) -> list[dict[str, Any]]:
     """Every start evaluation in ``out/arms`` (``start*.json``) that names its model (``sdar_train.eval``
     writes ``model``); one that does not cannot be matched to a run, so it is left out."""
-    found = [json.loads(f.read_text()) for f in sorted((out / "arms").glob("start*.json"))]
+    from sdar_train.errors import ConfigError
+
+    found = []
+    for f in sorted((out / "arms").glob("start*.json")):
+        try:
+            found.append(json.loads(f.read_text()))
+        except json.JSONDecodeError as e:  # a run cut while writing: name the file, delete it to evaluate again
+            raise ConfigError(f"{f}: not a readable evaluation ({e}); delete it to evaluate that start again") from e
     return [r for r in found if "model" in r]
 
 

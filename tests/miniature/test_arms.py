@@ -120,6 +120,16 @@ def test_each_run_is_compared_with_the_evaluation_of_the_model_it_started_from(t
     assert "| start `runs/export` | - | 2 |" in behaviour and "| start `pkg/adapter` | - | 2 |" in behaviour
 
 
+def test_an_unreadable_start_evaluation_is_named(tmp_path):
+    from sdar_train.errors import ConfigError
+    from sdar_train.miniature.real_model import start_evaluations
+
+    (tmp_path / "arms").mkdir()
+    (tmp_path / "arms" / "start-x.json").write_text('{"model": "x", "return": 0.')
+    with pytest.raises(ConfigError, match=r"start-x\.json: not a readable evaluation"):
+        start_evaluations(tmp_path)
+
+
 def _results(scores: list[float]) -> dict:
     return {"results": [{"task_id": f"g{i}", "return": r} for i, r in enumerate(scores)]}
 
