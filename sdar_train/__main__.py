@@ -6,7 +6,6 @@ accelerate launch -m sdar_train --env SDAR/ALFWorld-v0 --algo grpo --model Qwen/
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -44,9 +43,9 @@ def _train(argv: list[str] | None) -> int:
 
             write_plot(trainer.out / "metrics.jsonl", trainer.out / "curves.png", title=f"{cfg.algo} on {cfg.env}")
             if report is not None:
-                from sdar_train.eval import print_report
+                from sdar_train.eval import print_report, write_report
 
-                (trainer.out / "eval.json").write_text(json.dumps(report, indent=2))
+                write_report(trainer.out / "eval.json", report)
                 print_report(report, title=f"after {len(history)} {cfg.algo} steps")
             print(
                 f"model: {final}; metrics: {trainer.metrics_file}; plot: {trainer.out / 'curves.png'}", file=sys.stderr

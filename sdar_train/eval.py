@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from sdar_train.precision import choose_bf16
 from sdar_train.report import mean_interval
 from sdar_train.rollout import PromptSpec, collect_rollout
 
-__all__ = ["evaluate", "evaluate_repeats", "main", "print_report"]
+__all__ = ["evaluate", "evaluate_repeats", "main", "print_report", "write_report"]
 
 
 def evaluate(
@@ -159,6 +160,21 @@ def evaluate_repeats(policy: Policy, env_id: str, *, repeats: int = 1, seed: int
     report["episodes_failed"] = sum(p.get("episodes_failed", 0) for p in passes)
     report["passes"] = passes
     return report
+
+
+def write_report(path: Path | str, report: dict[str, Any]) -> Path:
+    """Write ``report`` as JSON to ``path`` whole or not at all: it is written beside it and renamed into
+    place, so a killed or failed write leaves the previous file (a start evaluation RL runs are paired
+    with, a curve's point) as it was, never half of a new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def print_report(report: dict[str, Any], title: str = "evaluation") -> None:
@@ -318,8 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"model": args.model, "dtype": args.dtype, **report}
     print_report(report)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        write_report(args.out, report)
     return 0
 
 

@@ -822,7 +822,9 @@ class Trainer:
                 if report is not None:
                     metrics.update(self.log_evaluation(self.step, report))  # x = steps done, as the final one
                     # every episode, as the final eval.json has them: paired comparisons at any evaluated step
-                    (self.out / f"eval-step{self.step}.json").write_text(json.dumps(report, indent=2))
+                    from sdar_train.eval import write_report
+
+                    write_report(self.out / f"eval-step{self.step}.json", report)
             if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()

@@ -49,3 +49,27 @@ def test_evaluation_repeats_report_the_mean_and_a_95_interval_and_the_rambling_s
     greedy = json.loads(out.read_text())
     assert greedy["repeats"] == 2 and greedy["success_ci95"] == 0.0 and greedy["return_ci95"] == 0.0
     assert (greedy["model"], greedy["dtype"]) == ("tiny", "float32")  # the report says what it measured
+
+
+def test_a_failed_report_write_keeps_the_previous_report(tmp_path, monkeypatch):
+    """RL runs are paired with a start evaluation on disk: a write cut off halfway (a killed process, a full
+    disk) must leave the file it was replacing whole, and leave no stray file behind."""
+    import pathlib
+
+    from sdar_train.eval import write_report
+
+    path = write_report(tmp_path / "start.json", {"model": "a", "success": 0.5})
+    real_write_text = pathlib.Path.write_text
+
+    def cut_off(self, data, *args, **kwargs):
+        real_write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", cut_off)
+    with pytest.raises(OSError, match="No space"):
+        write_report(path, {"model": "b", "success": 0.6})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"model": "a", "success": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["start.json"]
+    write_report(path, {"model": "b", "success": 0.6})
+    assert json.loads(path.read_text())["model"] == "b"
