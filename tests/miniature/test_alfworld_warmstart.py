@@ -32,6 +32,22 @@ def play(env: gym.Env, task_id: str, skills: list[str] | None = None) -> tuple[b
     return bool(info["won"]), [action for _, action in turns]
 
 
+def test_the_envs_searcher_is_the_demonstrator_the_prompt_shows():
+    """``expert="searcher"`` (what behaviour cloning in the harness uses) gives, turn by turn, the command the
+    demonstrator reads off the very prompt the policy sees, and wins every game it is given."""
+    env = gym.make(ENV, split="valid_unseen", expert="searcher").unwrapped
+    for tid in evaluation_tasks(env.task_ids(), 12):
+        _, info = env.reset(options={"task_id": tid})
+        commands, done = [], False
+        while not done:
+            commands.append(info["expert_action"])
+            _, _, won, truncated, info = env.step(RESPONSE.format(commands[-1]))
+            done = won or truncated
+        assert info["won"], tid
+        assert play(env, tid) == (True, [RESPONSE.format(c) for c in commands])
+    env.close()
+
+
 def test_every_valid_unseen_instruction_parses_into_its_task_type():
     kinds = {"pick": "pick", "pick_two": "two", "look": "look", "clean": "clean", "heat": "heat", "cool": "cool"}
     env = gym.make(ENV, split="valid_unseen").unwrapped

@@ -70,6 +70,33 @@ def test_behaviour_cloning_on_webshop_demonstrates_what_the_agent_can_see(tmp_pa
         assert command_text(episode.actions[0]) == f"search[{search_query(episode.task)}]"
 
 
+def test_behaviour_cloning_on_alfworld_demonstrates_what_the_agent_can_see(tmp_path):
+    """``--algo sft`` on ALFWorld clones the searcher, whose every command follows from the prompt the
+    policy is shown (the miniature's demonstrator reads it off that text), not the walkthrough, which
+    goes straight to where the object lies: SmolLM2 cloned from it won 2 of 20 held-out games, guessing
+    a receptacle and then taking and putting back the object (docs/real_model/alfworld/)."""
+    from sdar_envs.core import command_text
+    from sdar_train.miniature.alfworld_demonstrator import alfworld_command
+
+    cfg = TrainConfig(
+        env="SDAR/ALFWorld-v0",
+        env_kwargs={"split": "valid_unseen"},
+        algo="sft",
+        output_dir=str(tmp_path),
+        **{**SMALL, "tasks_per_step": 3, "max_turns": 6, "max_prompt_tokens": 2048, "max_teacher_prompt_tokens": 3072},
+    )
+    trainer = Trainer(cfg)
+    try:
+        rollout = trainer.rollout(0)
+        decode = trainer.policy.tokenizer.decode
+    finally:
+        trainer.close()
+    assert len(rollout.samples) >= 3 * 4
+    for sample in rollout.samples:
+        prompt = decode(sample.prompt_ids, skip_special_tokens=True)
+        assert command_text(decode(sample.response_ids, skip_special_tokens=True)) == alfworld_command(prompt)
+
+
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 @pytest.mark.parametrize("env_id", list(ENVS))
 def test_every_algorithm_runs_on_the_real_environments(tmp_path, env_id, algo, local_searcher):
