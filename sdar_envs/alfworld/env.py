@@ -79,7 +79,6 @@ class AlfworldEnv(TextEnv):
     # what behaviour cloning needs: an expert the policy can copy from its prompt (the walkthrough knows where
     # the object lies; SmolLM2 cloned from it won 2 of 20 held-out games, docs/real_model/)
     demonstration_kwargs: ClassVar[dict[str, Any]] = {"expert": "searcher"}
-    _SEARCHER_HISTORY = 2  # the turns the step-wise prompt shows (ALFWORLD_PROMPT's history_length)
 
     def __init__(
         self,
@@ -105,8 +104,9 @@ class AlfworldEnv(TextEnv):
         self._state: Any = None
         self._walkthrough: list[str] = []
         self._on_walkthrough = True
-        # what the searcher sees: the last turns' (observation, command) and the current observation
-        self._turns: deque[tuple[str, str]] = deque(maxlen=self._SEARCHER_HISTORY)
+        # what the searcher sees, as the prompt shows it: the last turns' (observation, command) and the
+        # current observation
+        self._turns: deque[tuple[str, str]] = deque(maxlen=self.prompt_builder.history_length)
         self._observation = ""
         self._instruction = ""
 
