@@ -18,21 +18,28 @@ Extra ``info`` keys besides the suite's (:data:`sdar_envs.core.INFO_KEYS`; ``tas
 ``answer``          the submitted answer (None until one is given)
 ``em``, ``f1``, ``substring_em``   scores of the submitted answer (0.0 until then)
 ``searches``        queries issued so far
-``expert_action``   a demonstration step: search the question, then answer with the first gold answer
+``expert_action``   a demonstration step: search the question, then answer. With ``expert="gold"`` the
+                    answer is the first gold answer whatever the passages say; with ``expert="grounded"``
+                    it is a gold answer as the retrieved passages spell it, and there is no answer step
+                    (``None``) when no passage holds one: the demonstrations then show copying an answer
+                    out of what was retrieved, never guessing one.
+
+Behaviour cloning uses the grounded expert (``demonstration_kwargs``): SmolLM2 cloned on the gold expert
+for 30 steps answered years, titles and the question's own words (0.09 exact match, docs/real_model/).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sdar_envs.core import ActResult, PromptBuilder, TextEnv, strip_tag_blocks, tag_blocks
 from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_questions
-from sdar_envs.searchqa.metrics import exact_match, f1_score, substring_match
-from sdar_envs.searchqa.search import RETRIEVERS, Retriever, Searcher, format_passages, make_searcher
+from sdar_envs.searchqa.metrics import exact_match, f1_score, normalize_answer, substring_match
+from sdar_envs.searchqa.search import RETRIEVERS, Passage, Retriever, Searcher, format_passages, make_searcher
 
-__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "parse_action", "searchqa_format"]
+__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "grounded_answer", "parse_action", "searchqa_format"]
 
 _INSTRUCTIONS = (
     "Answer the question below. Reason inside <think> </think> whenever you get new information. "
@@ -93,6 +100,32 @@ def parse_action(text: str) -> tuple[str, str] | None:
     return None
 
 
+def grounded_answer(golden_answers: Sequence[str], passages: Sequence[Passage]) -> str | None:
+    """The first gold answer the passages hold, as they spell it; None when none holds one.
+
+    A gold answer is held when its normalised words occur as whole words in a passage's normalised text
+    (the answerability rule of :mod:`sdar_envs.searchqa.answerability`, at word boundaries). The reply is
+    the passage's own span when it occurs there literally (case aside), so a clone learns to copy tokens
+    it can see. yes/no answers are never a span; they are given as they are (the question asks for one).
+    """
+    texts = [p.contents for p in passages]
+    held = " " + " ".join(normalize_answer(t) for t in texts) + " "
+    for gold in golden_answers:
+        norm = normalize_answer(gold)
+        if not norm:
+            continue
+        if norm in ("yes", "no"):
+            return gold
+        if f" {norm} " not in held:
+            continue
+        for text in texts:
+            m = re.search(rf"(?<!\w){re.escape(gold.strip())}(?!\w)", text, flags=re.IGNORECASE)
+            if m:
+                return m.group(0)
+        return gold
+    return None
+
+
 class SearchQAEnv(TextEnv):
     """One question at a time, chosen by ``task_id`` (``"<record id>"``) or by seed.
 
@@ -112,6 +145,8 @@ class SearchQAEnv(TextEnv):
         encoder: the dense retriever's encoder (default all-MiniLM-L6-v2, from its wheel; must be the
             one the index was built with).
         searcher: any object with ``search(queries, k)`` (overrides the two above).
+        expert: which expert fills ``info["expert_action"]``: ``gold`` (answers the first gold answer after
+            one search) or ``grounded`` (answers only a gold answer the passages hold; see the module doc).
     """
 
     task_label: ClassVar[str] = "Search-QA"
@@ -122,6 +157,8 @@ class SearchQAEnv(TextEnv):
         "invalid_penalty": 0.01,
         "eval_temperature": 0.0,
     }
+    # a clone of the gold expert learns to guess; the grounded one shows answers read off the passages
+    demonstration_kwargs: ClassVar[dict[str, Any]] = {"expert": "grounded"}
 
     def __init__(
         self,
@@ -134,11 +171,15 @@ class SearchQAEnv(TextEnv):
         retriever: Retriever = "bm25",
         encoder: str | None = None,
         searcher: Searcher | None = None,
+        expert: Literal["gold", "grounded"] = "gold",
         render_mode: str | None = None,
     ) -> None:
         super().__init__(max_steps=max_steps, render_mode=render_mode)
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
+        if expert not in ("gold", "grounded"):
+            raise ValueError(f"expert must be 'gold' or 'grounded', got {expert!r}")
+        self.expert = expert
         self.split = split
         self.topk = topk
         self.records: list[QARecord] = load_questions(
@@ -204,9 +245,9 @@ class SearchQAEnv(TextEnv):
             (passages,) = self.searcher.search([content], self.topk)
             searches = [*self._info.get("searches", []), content]
             obs = f"<information>{format_passages(passages).strip()}</information>"
-            return ActResult(
-                obs, 0.0, False, True, {"searches": searches, "expert_action": f"<answer>{gold[0]}</answer>"}
-            )
+            answer = gold[0] if self.expert == "gold" else grounded_answer(gold, passages)
+            expert_action = None if answer is None else f"<answer>{answer}</answer>"
+            return ActResult(obs, 0.0, False, True, {"searches": searches, "expert_action": expert_action})
         em = exact_match(content, gold)
         updates = {
             "answer": content,

@@ -10,9 +10,9 @@ import gymnasium as gym
 import pytest
 
 from sdar_envs.searchqa.data import CORPUS_PATH, DATASETS, DEFAULT_DATASETS, load_dataset, load_questions, split_of
-from sdar_envs.searchqa.env import INVALID_MESSAGE, parse_action
+from sdar_envs.searchqa.env import INVALID_MESSAGE, grounded_answer, parse_action
 from sdar_envs.searchqa.metrics import exact_match, f1_score, normalize_answer, substring_match
-from sdar_envs.searchqa.search import HttpSearcher, format_passages
+from sdar_envs.searchqa.search import HttpSearcher, Passage, format_passages
 
 
 @pytest.mark.parametrize(
@@ -159,6 +159,38 @@ def test_expert_actions_solve_an_answerable_question(local_searcher):
         _, reward, terminated, truncated, info = env.step(info["expert_action"])
         done = terminated or truncated
     assert reward == 1.0 and info["step"] == 2
+
+
+def test_the_grounded_answer_is_a_gold_answer_as_the_passages_spell_it():
+    docs = [Passage("1", '"Abbey Road"\nAbbey Road is an album by the beatles, released in 1969.', 1.0)]
+    assert grounded_answer(["The Beatles"], docs) == "the beatles"  # the passage's span, not the gold's case
+    assert grounded_answer(["Let It Be", "1969"], docs) == "1969"  # the first gold answer the passages hold
+    assert grounded_answer(["bey"], docs) is None  # whole words only: "Abbey" does not hold "bey"
+    assert grounded_answer(["Paul McCartney"], docs) is None
+    assert grounded_answer(["yes"], docs) == "yes"  # a yes/no answer is never a span
+
+
+def test_the_grounded_expert_answers_only_what_it_retrieved(local_searcher):
+    """Behaviour cloning's Search-QA expert: every demonstrated answer scores and is in the passages
+    the search just returned; without such a passage the demonstration stops after the search."""
+    env = gym.make("SDAR/SearchQA-v0", split="train", searcher=local_searcher, expert="grounded")
+    assert env.unwrapped.demonstration_kwargs == {"expert": "grounded"}
+    answered = stopped = 0
+    for seed in range(40):
+        _, info = env.reset(seed=seed)
+        assert info["expert_action"] == f"<search>{info['task']}</search>"
+        obs, *_, info = env.step(info["expert_action"])
+        if info["expert_action"] is None:
+            stopped += 1
+            continue
+        answer = parse_action(info["expert_action"])[1]
+        assert normalize_answer(answer) in normalize_answer(obs) or normalize_answer(answer) in ("yes", "no")
+        _, reward, terminated, *_ = env.step(info["expert_action"])
+        assert terminated and reward == 1.0
+        answered += 1
+    assert answered > 10 and stopped > 5  # the train split holds both kinds
+    with pytest.raises(ValueError, match="expert must be"):
+        gym.make("SDAR/SearchQA-v0", expert="oracle")
 
 
 def test_seeded_resets_pick_the_same_question_everywhere(local_searcher):
