@@ -101,13 +101,14 @@ def test_a_stopped_worker_times_out_instead_of_hanging(valid_seen_tasks):
     import signal
     import time
 
-    with EnvPool(ENV_ID, 2, num_workers=2, env_kwargs=KW, timeout=3) as pool:
+    # 10 s, not less: on a loaded machine the live worker's own step once took over 3 s
+    with EnvPool(ENV_ID, 2, num_workers=2, env_kwargs=KW, timeout=10) as pool:
         pool.reset(options=[{"task_id": valid_seen_tasks[0].task_id}] * 2)
         os.kill(pool._procs[1].pid, signal.SIGSTOP)
         t = time.monotonic()
-        with pytest.raises(EnvPoolError, match="worker 1 .* gave no answer within 3 s"):
+        with pytest.raises(EnvPoolError, match="worker 1 .* gave no answer within 10 s"):
             pool.step({0: "<action>look</action>", 1: "<action>look</action>"})
-        assert time.monotonic() - t < 15 and not pool._procs[1].is_alive()
+        assert time.monotonic() - t < 30 and not pool._procs[1].is_alive()
         assert (
             pool.step({0: "<action>look</action>"})[0][4]["step"] == 2
         )  # the live worker carries on (it took the first step too)
