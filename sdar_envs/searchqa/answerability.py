@@ -5,21 +5,29 @@ question is the query.
     python -m sdar_envs.searchqa.answerability --k 3 5 [--datasets nq hotpotqa ...] [--split all] [--retriever dense]
 
 yes/no questions are left out of the percentages (their answer is never a span of a passage).
+
+With ``--report eval.json`` (an ``sdar_train.eval`` report) it says instead whether a policy reads the
+passages: exact match on the questions whose raw-question top-3 holds a gold answer and on the others,
+and how many of its answers are copied out of the passages its own searches returned.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from sdar_envs.searchqa.data import DATASETS, load_questions
+from sdar_envs.searchqa.data import DATASETS, load_dataset, load_questions
+from sdar_envs.searchqa.env import grounded_answer, parse_action
 from sdar_envs.searchqa.metrics import normalize_answer
 from sdar_envs.searchqa.search import RETRIEVERS, Searcher, make_searcher
 
-__all__ = ["answerable_share", "main"]
+__all__ = ["answerable_share", "grounding", "main"]
 
 
 def answerable_share(searcher: Searcher, datasets: Sequence[str], split: str, ks: Sequence[int]) -> dict[str, dict]:
@@ -39,6 +47,47 @@ def answerable_share(searcher: Searcher, datasets: Sequence[str], split: str, ks
     return out
 
 
+def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict[str, float]:
+    """Whether an evaluated policy reads the passages (``report``: an ``sdar_train.eval`` report of
+    ``SDAR/SearchQA-v0``; its searches are replayed, so ``topk`` must be the env's).
+
+    ``answerable``/``em_answerable``: questions whose raw-question top-``topk`` holds a gold answer (the
+    grounded expert answers them) and the policy's exact match on them; ``em_other`` on the rest;
+    ``answered``: episodes that gave an answer; ``copied``: of those, answers that occur as whole words
+    in the passages the episode's own searches returned; ``copied_right``: copied and exact.
+    """
+    records = {r.id: r for name in DATASETS for r in load_dataset(name)}
+    rows = report["results"]
+    raw = searcher.search([records[r["task_id"]].question for r in rows], topk)
+    n = {"answerable": 0, "em_answerable": 0, "em_other": 0, "answered": 0, "copied": 0, "copied_right": 0}
+    for row, passages in zip(rows, raw, strict=True):
+        gold = records[row["task_id"]].golden_answers
+        answerable = grounded_answer(gold, passages) is not None
+        n["answerable"] += answerable
+        n["em_answerable" if answerable else "em_other"] += bool(row["won"])
+        actions = [parse_action(a) for a in row["actions"]]
+        answers = [content for kind, content in filter(None, actions) if kind == "answer"]
+        if not answers:
+            continue
+        n["answered"] += 1
+        queries = [content for kind, content in filter(None, actions) if kind == "search"]
+        seen = [p for hits in searcher.search(queries, topk) for p in hits] if queries else []
+        copied = normalize_answer(answers[0]) and grounded_answer([answers[0]], seen) is not None
+        n["copied"] += bool(copied)
+        n["copied_right"] += bool(copied and row["won"])
+    total, answerable = len(rows), n["answerable"]
+    return {
+        "episodes": total,
+        "em": sum(bool(r["won"]) for r in rows) / total if total else 0.0,
+        "answerable": answerable / total if total else 0.0,
+        "em_answerable": n["em_answerable"] / answerable if answerable else 0.0,
+        "em_other": n["em_other"] / (total - answerable) if total > answerable else 0.0,
+        "answered": n["answered"] / total if total else 0.0,
+        "copied": n["copied"] / n["answered"] if n["answered"] else 0.0,
+        "copied_right": n["copied_right"] / n["answered"] if n["answered"] else 0.0,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -46,8 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--k", nargs="+", type=int, default=[3, 5])
     p.add_argument("--retriever", choices=RETRIEVERS, default="bm25")
     p.add_argument("--encoder", help="dense: the encoder (default all-MiniLM-L6-v2, from its wheel)")
+    p.add_argument("--report", nargs="+", help="sdar_train.eval reports: does each policy read the passages?")
     args = p.parse_args(argv)
     searcher = make_searcher(retriever=args.retriever, encoder=args.encoder)
+    if args.report:
+        cols = ["episodes", "em", "answerable", "em_answerable", "em_other", "answered", "copied", "copied_right"]
+        table = Table(title="grounding (top-3 of each search replayed)", title_justify="left")
+        for col in ["report", *cols]:
+            table.add_column(col, justify="left" if col == "report" else "right")
+        for path in args.report:
+            with open(path) as f:
+                row = grounding(searcher, json.load(f))
+            table.add_row(Path(path).name, *[str(row[c]) if c == "episodes" else f"{row[c]:.3f}" for c in cols])
+        Console().print(table)
+        return 0
     rows = answerable_share(searcher, args.datasets, args.split, args.k)
     how = "BM25 k1=0.9 b=0.4" if args.retriever == "bm25" else f"dense, {args.encoder or 'all-MiniLM-L6-v2'}"
     table = Table(title=f"answerable share ({how}, split={args.split})", title_justify="left")

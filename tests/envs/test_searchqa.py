@@ -193,6 +193,25 @@ def test_the_grounded_expert_answers_only_what_it_retrieved(local_searcher):
         gym.make("SDAR/SearchQA-v0", expert="oracle")
 
 
+def test_grounding_tells_a_policy_that_reads_the_passages_from_one_that_guesses(local_searcher):
+    from sdar_envs.searchqa.answerability import grounding
+
+    env = gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher, expert="grounded")
+    expert, guesser = [], []
+    for seed in range(30):
+        _, info = env.reset(seed=seed)
+        search = info["expert_action"]
+        *_, info = env.step(search)
+        actions = [search] + ([info["expert_action"]] if info["expert_action"] else [])
+        expert.append({"task_id": info["task_id"], "won": len(actions) == 2, "actions": actions})
+        guesser.append({"task_id": info["task_id"], "won": False, "actions": [search, "<answer>1969</answer>"]})
+    read = grounding(local_searcher, {"results": expert})
+    assert 0 < read["answerable"] < 1 and read["answerable"] == read["em"]  # it answers exactly those
+    assert read["em_answerable"] == read["copied"] == read["copied_right"] == 1.0 and read["em_other"] == 0.0
+    guessed = grounding(local_searcher, {"results": guesser})
+    assert guessed["answered"] == 1.0 and guessed["copied"] < 0.2 and guessed["em"] == 0.0
+
+
 def test_seeded_resets_pick_the_same_question_everywhere(local_searcher):
     a = gym.make("SDAR/SearchQA-v0", searcher=local_searcher)
     b = gym.make("SDAR/SearchQA-v0", searcher=local_searcher)
