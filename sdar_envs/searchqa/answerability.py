@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(path) as f:
                 row = grounding(searcher, json.load(f))
             table.add_row(Path(path).name, *[str(row[c]) if c == "episodes" else f"{row[c]:.3f}" for c in cols])
-        Console().print(table)
+        Console(width=max(Console().width, 150)).print(table)  # piped output is 80 wide: the columns would fold
         return 0
     rows = answerable_share(searcher, args.datasets, args.split, args.k)
     how = "BM25 k1=0.9 b=0.4" if args.retriever == "bm25" else f"dense, {args.encoder or 'all-MiniLM-L6-v2'}"
