@@ -54,7 +54,8 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
     ``answerable``/``em_answerable``: questions whose raw-question top-``topk`` holds a gold answer (the
     grounded expert answers them) and the policy's exact match on them; ``em_other`` on the rest;
     ``answered``: episodes that gave an answer; ``copied``: of those, answers that occur as whole words
-    in the passages the episode's own searches returned; ``copied_right``: copied and exact.
+    in the passages the episode's own searches returned (a yes or no counts as copied, as the grounded
+    expert gives one); ``copied_right``: copied and exact.
     """
     records = {r.id: r for name in DATASETS for r in load_dataset(name)}
     rows = report["results"]

@@ -109,14 +109,14 @@ def grounded_answer(golden_answers: Sequence[str], passages: Sequence[Passage]) 
     it can see. yes/no answers are never a span; they are given as they are (the question asks for one).
     """
     texts = [p.contents for p in passages]
-    held = " " + " ".join(normalize_answer(t) for t in texts) + " "
+    held = [f" {normalize_answer(t)} " for t in texts]  # one passage at a time: no span across two
     for gold in golden_answers:
         norm = normalize_answer(gold)
         if not norm:
             continue
         if norm in ("yes", "no"):
             return gold
-        if f" {norm} " not in held:
+        if not any(f" {norm} " in h for h in held):
             continue
         for text in texts:
             m = re.search(rf"(?<!\w){re.escape(gold.strip())}(?!\w)", text, flags=re.IGNORECASE)

@@ -168,6 +168,8 @@ def test_the_grounded_answer_is_a_gold_answer_as_the_passages_spell_it():
     assert grounded_answer(["bey"], docs) is None  # whole words only: "Abbey" does not hold "bey"
     assert grounded_answer(["Paul McCartney"], docs) is None
     assert grounded_answer(["yes"], docs) == "yes"  # a yes/no answer is never a span
+    two = [*docs, Passage("2", '"Road"\nroad works', 1.0)]
+    assert grounded_answer(["1969 Road"], two) is None  # a span is held by one passage, not across two
 
 
 def test_the_grounded_expert_answers_only_what_it_retrieved(local_searcher):
