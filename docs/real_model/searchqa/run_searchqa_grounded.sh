@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Search-QA warm start of SmolLM2-135M-Instruct cloned from the grounded expert (the env's demonstration_kwargs:
 # answers only a gold answer the retrieved passages hold), the same recipe as run_searchqa_warm.sh (the gold
-# expert's clone) so that the two compare. Resumable: run it again to continue. THREADS (default 2) sets the
+# expert's clone) so that the two compare. Resumable: run it again to continue (STEPS=60 to go on). THREADS (default 2) sets the
 # torch threads. Run from anywhere; it runs the checkout it lives in.
 cd "$(dirname "$0")/../../.."
 OUT=runs/real/searchqa_grounded
 RESUME=$([ -d $OUT/checkpoints ] && echo "--resume true" || echo "")
 export MALLOC_MMAP_THRESHOLD_=131072
 python -m sdar_train --config searchqa_sft.yaml --model smollm2-135m-instruct \
-  --steps 30 --tasks_per_step 8 --group_size 1 --bf16 true --lora_r 16 --lora_alpha 32 --lr 2e-4 --micro_batch_size 2 \
+  --steps "${STEPS:-30}" --tasks_per_step 8 --group_size 1 --bf16 true --lora_r 16 --lora_alpha 32 --lr 2e-4 --micro_batch_size 2 \
   --max_response_tokens 64 --sft_skills_share 0.3 --eval_every 0 --eval_episodes 0 --save_every 5 \
   --keep_checkpoints 1 --progress false --cpu_threads "${THREADS:-2}" --output_dir $OUT $RESUME
 # held-out evaluation (greedy, the 200 test questions evenly spaced that every Search-QA evaluation here uses):
