@@ -97,6 +97,37 @@ def test_behaviour_cloning_on_alfworld_demonstrates_what_the_agent_can_see(tmp_p
         assert command_text(decode(sample.response_ids, skip_special_tokens=True)) == alfworld_command(prompt)
 
 
+def test_behaviour_cloning_on_searchqa_demonstrates_only_answers_it_retrieved(tmp_path, local_searcher):
+    """``--algo sft`` on Search-QA clones the grounded expert: every demonstrated answer is in the passages
+    of the prompt it answers, and a question whose search grounds nothing demonstrates the search alone.
+    The gold expert answered whatever the passages held, and its clone guessed (docs/real_model/)."""
+    from sdar_envs.searchqa.env import parse_action
+    from sdar_envs.searchqa.metrics import normalize_answer
+
+    cfg = TrainConfig(
+        env="SDAR/SearchQA-v0",
+        env_kwargs={"split": "train"},
+        algo="sft",
+        output_dir=str(tmp_path),
+        **{**SMALL, "tasks_per_step": 12, "max_prompt_tokens": 2048, "max_teacher_prompt_tokens": 3072},
+    )
+    trainer = Trainer(cfg)
+    try:
+        rollout = trainer.rollout(0)
+        decode = trainer.policy.tokenizer.decode
+    finally:
+        trainer.close()
+    kinds = {"search": 0, "answer": 0}
+    for sample in rollout.samples:
+        kind, content = parse_action(decode(sample.response_ids, skip_special_tokens=True))
+        kinds[kind] += 1
+        if kind == "answer":
+            prompt = normalize_answer(decode(sample.prompt_ids, skip_special_tokens=True))
+            assert f" {normalize_answer(content)} " in f" {prompt} " or normalize_answer(content) in ("yes", "no")
+    assert kinds["search"] == 12 and 0 < kinds["answer"] < 12  # some questions ground nothing
+    assert sum(ep.won for ep in rollout.episodes) == kinds["answer"]
+
+
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
 @pytest.mark.parametrize("env_id", list(ENVS))
 def test_every_algorithm_runs_on_the_real_environments(tmp_path, env_id, algo, local_searcher):
