@@ -63,9 +63,9 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
     n = {"answerable": 0, "em_answerable": 0, "em_other": 0, "answered": 0, "copied": 0, "copied_right": 0}
     for row, passages in zip(rows, raw, strict=True):
         gold = records[row["task_id"]].golden_answers
-        answerable = grounded_answer(gold, passages) is not None
-        n["answerable"] += answerable
-        n["em_answerable" if answerable else "em_other"] += bool(row["won"])
+        held = grounded_answer(gold, passages) is not None
+        n["answerable"] += held
+        n["em_answerable" if held else "em_other"] += bool(row["won"])
         actions = [parse_action(a) for a in row["actions"]]
         answers = [content for kind, content in filter(None, actions) if kind == "answer"]
         if not answers:
@@ -73,8 +73,8 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
         n["answered"] += 1
         queries = [content for kind, content in filter(None, actions) if kind == "search"]
         seen = [p for hits in searcher.search(queries, topk) for p in hits] if queries else []
-        copied = normalize_answer(answers[0]) and grounded_answer([answers[0]], seen) is not None
-        n["copied"] += bool(copied)
+        copied = bool(normalize_answer(answers[0])) and grounded_answer([answers[0]], seen) is not None
+        n["copied"] += copied
         n["copied_right"] += bool(copied and row["won"])
     total, answerable = len(rows), n["answerable"]
     return {
