@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sdar_envs.searchqa.data import DATASETS, load_dataset, load_questions
-from sdar_envs.searchqa.env import grounded_answer, parse_action
+from sdar_envs.searchqa.env import grounded_answer, parse_action, search_query
 from sdar_envs.searchqa.metrics import normalize_answer
 from sdar_envs.searchqa.search import RETRIEVERS, Searcher, make_searcher
 
@@ -59,21 +60,22 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
     """
     records = {r.id: r for name in DATASETS for r in load_dataset(name)}
     rows = report["results"]
-    raw = searcher.search([records[r["task_id"]].question for r in rows], topk)
+    parsed = [[a for a in map(parse_action, row["actions"]) if a] for row in rows]
+    answers = [next((c for kind, c in acts if kind == "answer"), None) for acts in parsed]
+    queries = [[search_query(c) for kind, c in acts if kind == "search"] for acts in parsed]
+    # every search in one call: the raw questions, then each episode's own queries in order
+    hits = iter(searcher.search([records[r["task_id"]].question for r in rows] + list(chain(*queries)), topk))
+    raw = [next(hits) for _ in rows]
     n = {"answerable": 0, "em_answerable": 0, "em_other": 0, "answered": 0, "copied": 0, "copied_right": 0}
-    for row, passages in zip(rows, raw, strict=True):
-        gold = records[row["task_id"]].golden_answers
-        held = grounded_answer(gold, passages) is not None
+    for row, passages, answer, searched in zip(rows, raw, answers, queries, strict=True):
+        seen = [p for _ in searched for p in next(hits)]
+        held = grounded_answer(records[row["task_id"]].golden_answers, passages) is not None
         n["answerable"] += held
         n["em_answerable" if held else "em_other"] += bool(row["won"])
-        actions = [parse_action(a) for a in row["actions"]]
-        answers = [content for kind, content in filter(None, actions) if kind == "answer"]
-        if not answers:
+        if answer is None:
             continue
         n["answered"] += 1
-        queries = [content for kind, content in filter(None, actions) if kind == "search"]
-        seen = [p for hits in searcher.search(queries, topk) for p in hits] if queries else []
-        copied = bool(normalize_answer(answers[0])) and grounded_answer([answers[0]], seen) is not None
+        copied = bool(normalize_answer(answer)) and grounded_answer([answer], seen) is not None
         n["copied"] += copied
         n["copied_right"] += bool(copied and row["won"])
     total, answerable = len(rows), n["answerable"]

@@ -39,7 +39,7 @@ from sdar_envs.searchqa.data import DEFAULT_DATASETS, QARecord, Split, load_ques
 from sdar_envs.searchqa.metrics import exact_match, f1_score, normalize_answer, substring_match
 from sdar_envs.searchqa.search import RETRIEVERS, Passage, Retriever, Searcher, format_passages, make_searcher
 
-__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "grounded_answer", "parse_action", "searchqa_format"]
+__all__ = ["SEARCHQA_PROMPT", "SearchQAEnv", "grounded_answer", "parse_action", "search_query", "searchqa_format"]
 
 _INSTRUCTIONS = (
     "Answer the question below. Reason inside <think> </think> whenever you get new information. "
@@ -98,6 +98,12 @@ def parse_action(text: str) -> tuple[str, str] | None:
         content = " ".join(outside[open_end:close_start].split())
         return (name, content) if content else None
     return None
+
+
+def search_query(content: str) -> str:
+    """What a ``<search>`` block's text searches for: one rule for both back-ends, the query as the
+    retrieval service accepts it (valid UTF-8, at most :data:`MAX_QUERY_CHARS` characters)."""
+    return content.encode("utf-8", "ignore").decode("utf-8")[:MAX_QUERY_CHARS]
 
 
 def grounded_answer(golden_answers: Sequence[str], passages: Sequence[Passage]) -> str | None:
@@ -240,8 +246,7 @@ class SearchQAEnv(TextEnv):
             return ActResult(INVALID_MESSAGE, 0.0, False, False, {})
         kind, content = parsed
         if kind == "search":
-            # one rule for both back-ends: the query as the service accepts it (valid UTF-8, its length limit)
-            content = content.encode("utf-8", "ignore").decode("utf-8")[:MAX_QUERY_CHARS]
+            content = search_query(content)
             (passages,) = self.searcher.search([content], self.topk)
             searches = [*self._info.get("searches", []), content]
             obs = f"<information>{format_passages(passages).strip()}</information>"
