@@ -50,6 +50,17 @@ ENVS = {
 }
 
 
+def demonstrations(tmp_path, env: str, env_kwargs: dict, **overrides):
+    """One ``--algo sft`` rollout of the harness on ``env`` (the env's ``demonstration_kwargs`` expert), and
+    the policy tokenizer's ``decode``."""
+    cfg = TrainConfig(env=env, env_kwargs=env_kwargs, algo="sft", output_dir=str(tmp_path), **{**SMALL, **overrides})
+    trainer = Trainer(cfg)
+    try:
+        return trainer.rollout(0), trainer.policy.tokenizer.decode
+    finally:
+        trainer.close()
+
+
 def test_behaviour_cloning_on_webshop_demonstrates_what_the_agent_can_see(tmp_path):
     """``--algo sft`` on WebShop clones the instruction-only shopper (the env's ``demonstration_kwargs``),
     not the target path, whose search is the target's title: a warm start cloned from that searched
@@ -57,14 +68,7 @@ def test_behaviour_cloning_on_webshop_demonstrates_what_the_agent_can_see(tmp_pa
     from sdar_envs.core import command_text
     from sdar_envs.webshop.shopper import search_query
 
-    cfg = TrainConfig(
-        env="SDAR/WebShop-v0", env_kwargs={"split": "test"}, algo="sft", output_dir=str(tmp_path), **SMALL
-    )
-    trainer = Trainer(cfg)
-    try:
-        rollout = trainer.rollout(0)
-    finally:
-        trainer.close()
+    rollout, _ = demonstrations(tmp_path, "SDAR/WebShop-v0", {"split": "test"})
     assert rollout.episodes
     for episode in rollout.episodes:
         assert command_text(episode.actions[0]) == f"search[{search_query(episode.task)}]"
@@ -78,19 +82,15 @@ def test_behaviour_cloning_on_alfworld_demonstrates_what_the_agent_can_see(tmp_p
     from sdar_envs.core import command_text
     from sdar_train.miniature.alfworld_demonstrator import alfworld_command
 
-    cfg = TrainConfig(
-        env="SDAR/ALFWorld-v0",
-        env_kwargs={"split": "valid_unseen"},
-        algo="sft",
-        output_dir=str(tmp_path),
-        **{**SMALL, "tasks_per_step": 3, "max_turns": 6, "max_prompt_tokens": 2048, "max_teacher_prompt_tokens": 3072},
+    rollout, decode = demonstrations(
+        tmp_path,
+        "SDAR/ALFWorld-v0",
+        {"split": "valid_unseen"},
+        tasks_per_step=3,
+        max_turns=6,
+        max_prompt_tokens=2048,
+        max_teacher_prompt_tokens=3072,
     )
-    trainer = Trainer(cfg)
-    try:
-        rollout = trainer.rollout(0)
-        decode = trainer.policy.tokenizer.decode
-    finally:
-        trainer.close()
     assert len(rollout.samples) >= 3 * 4
     for sample in rollout.samples:
         prompt = decode(sample.prompt_ids, skip_special_tokens=True)
@@ -100,23 +100,19 @@ def test_behaviour_cloning_on_alfworld_demonstrates_what_the_agent_can_see(tmp_p
 def test_behaviour_cloning_on_searchqa_demonstrates_only_answers_it_retrieved(tmp_path, local_searcher):
     """``--algo sft`` on Search-QA clones the grounded expert: every demonstrated answer is in the passages
     of the prompt it answers, and a question whose search grounds nothing demonstrates the search alone.
-    The gold expert answered whatever the passages held, and its clone guessed (docs/real_model/)."""
+    The gold expert answered the gold answer whatever the passages held, and its clone guessed
+    (docs/real_model/)."""
     from sdar_envs.searchqa.env import parse_action
     from sdar_envs.searchqa.metrics import normalize_answer
 
-    cfg = TrainConfig(
-        env="SDAR/SearchQA-v0",
-        env_kwargs={"split": "train"},
-        algo="sft",
-        output_dir=str(tmp_path),
-        **{**SMALL, "tasks_per_step": 12, "max_prompt_tokens": 2048, "max_teacher_prompt_tokens": 3072},
+    rollout, decode = demonstrations(
+        tmp_path,
+        "SDAR/SearchQA-v0",
+        {"split": "train"},
+        tasks_per_step=12,
+        max_prompt_tokens=2048,
+        max_teacher_prompt_tokens=3072,
     )
-    trainer = Trainer(cfg)
-    try:
-        rollout = trainer.rollout(0)
-        decode = trainer.policy.tokenizer.decode
-    finally:
-        trainer.close()
     kinds = {"search": 0, "answer": 0}
     for sample in rollout.samples:
         kind, content = parse_action(decode(sample.response_ids, skip_special_tokens=True))
