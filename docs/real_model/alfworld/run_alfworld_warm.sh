@@ -4,13 +4,13 @@
 # demonstrations shown the teacher's skill block) on the train split, evaluated apart (below) rather than
 # during training. `walkthrough` (what behaviour cloning used then): the game's walkthrough, 20 steps, one
 # torch thread. `searcher` (the default now): the prompt-only searcher, 4 steps, two threads (it ran with
-# --steps 8, was stopped at its step-4 checkpoint for time, and exported by resuming with --steps 4).
-# Resumable: run it again to continue.
+# --steps 8, was stopped at its step-4 checkpoint for time, and exported by resuming with --steps 4; then
+# continued to 10 as `STEPS=10 THREADS=1 run_alfworld_warm.sh searcher`). Resumable: run it again to continue.
 cd "$(git rev-parse --show-toplevel)"
 EXPERT=${1:-searcher}
 OUT=runs/real/alfworld_$EXPERT
-STEPS=$([ "$EXPERT" = walkthrough ] && echo 20 || echo 4)
-THREADS=$([ "$EXPERT" = walkthrough ] && echo 1 || echo 2)
+STEPS=${STEPS:-$([ "$EXPERT" = walkthrough ] && echo 20 || echo 4)}
+THREADS=${THREADS:-$([ "$EXPERT" = walkthrough ] && echo 1 || echo 2)}
 RESUME=$([ -d $OUT/checkpoints ] && echo "--resume true" || echo "")
 export MALLOC_MMAP_THRESHOLD_=131072  # holds a CPU run near 5 GB (bench/allocator.py)
 exec .venv/bin/python -m sdar_train --config alfworld_sft.yaml --model smollm2-135m-instruct \
