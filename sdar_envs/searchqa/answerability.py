@@ -8,7 +8,8 @@ yes/no questions are left out of the percentages (their answer is never a span o
 
 With ``--report eval.json`` (an ``sdar_train.eval`` report) it says instead whether a policy reads the
 passages: exact match on the questions whose raw-question top-3 holds a gold answer and on the others,
-and how many of its answers are copied out of the passages its own searches returned.
+how many of its answers are copied out of the passages its own searches returned, and how many of its
+wrong answers are a passage's title or words of the question.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
     grounded expert answers them) and the policy's exact match on them; ``em_other`` on the rest;
     ``answered``: episodes that gave an answer; ``copied``: of those, answers that occur as whole words
     in the passages the episode's own searches returned (a yes or no counts as copied, as the grounded
-    expert gives one); ``copied_right``: copied and exact.
+    expert gives one); ``copied_right``: copied and exact. Two kinds of wrong answer, as shares of the
+    wrong answers: ``wrong_title``, whole words of a returned passage's title (the page a passage is
+    from, rarely the answer: 10% of the grounded expert's train answers); ``wrong_echo``, whole words of
+    the question.
     """
     records = {r.id: r for name in DATASETS for r in load_dataset(name)}
     rows = report["results"]
@@ -66,7 +70,8 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
     # every search in one call: the raw questions, then each episode's own queries in order
     hits = iter(searcher.search([records[r["task_id"]].question for r in rows] + list(chain(*queries)), topk))
     raw = [next(hits) for _ in rows]
-    n = {"answerable": 0, "em_answerable": 0, "em_other": 0, "answered": 0, "copied": 0, "copied_right": 0}
+    n = dict.fromkeys(("answerable", "em_answerable", "em_other", "answered", "copied", "copied_right"), 0)
+    n |= dict.fromkeys(("wrong", "wrong_title", "wrong_echo"), 0)
     for row, passages, answer, searched in zip(rows, raw, answers, queries, strict=True):
         seen = [p for _ in searched for p in next(hits)]
         held = grounded_answer(records[row["task_id"]].golden_answers, passages) is not None
@@ -78,6 +83,10 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
         copied = bool(normalize_answer(answer)) and grounded_answer([answer], seen) is not None
         n["copied"] += copied
         n["copied_right"] += bool(copied and row["won"])
+        if not row["won"]:
+            n["wrong"] += 1
+            n["wrong_title"] += _holds([p.title for p in seen], answer)
+            n["wrong_echo"] += _holds([records[row["task_id"]].question], answer)
     total, answerable = len(rows), n["answerable"]
     return {
         "episodes": total,
@@ -88,7 +97,15 @@ def grounding(searcher: Searcher, report: dict[str, Any], topk: int = 3) -> dict
         "answered": n["answered"] / total if total else 0.0,
         "copied": n["copied"] / n["answered"] if n["answered"] else 0.0,
         "copied_right": n["copied_right"] / n["answered"] if n["answered"] else 0.0,
+        "wrong_title": n["wrong_title"] / n["wrong"] if n["wrong"] else 0.0,
+        "wrong_echo": n["wrong_echo"] / n["wrong"] if n["wrong"] else 0.0,
     }
+
+
+def _holds(texts: Sequence[str], answer: str) -> bool:
+    """``answer``'s normalised words occur as whole words in one of ``texts`` (normalised)."""
+    norm = normalize_answer(answer)
+    return bool(norm) and any(f" {norm} " in f" {normalize_answer(t)} " for t in texts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     searcher = make_searcher(retriever=args.retriever, encoder=args.encoder)
     if args.report:
         cols = ["episodes", "em", "answerable", "em_answerable", "em_other", "answered", "copied", "copied_right"]
+        cols += ["wrong_title", "wrong_echo"]
         table = Table(title="grounding (top-3 of each search replayed)", title_justify="left")
         for col in ["report", *cols]:
             table.add_column(col, justify="left" if col == "report" else "right")

@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 
 from sdar_envs.searchqa.data import CORPUS_PATH, DATASETS, DEFAULT_DATASETS, load_dataset, load_questions, split_of
-from sdar_envs.searchqa.env import INVALID_MESSAGE, grounded_answer, parse_action
+from sdar_envs.searchqa.env import INVALID_MESSAGE, grounded_answer, parse_action, search_query
 from sdar_envs.searchqa.metrics import exact_match, f1_score, normalize_answer, substring_match
 from sdar_envs.searchqa.search import HttpSearcher, Passage, format_passages
 
@@ -199,19 +199,28 @@ def test_grounding_tells_a_policy_that_reads_the_passages_from_one_that_guesses(
     from sdar_envs.searchqa.answerability import grounding
 
     env = gym.make("SDAR/SearchQA-v0", split="test", searcher=local_searcher, expert="grounded")
-    expert, guesser = [], []
+    questions = {r.id: r.question for r in load_questions(DEFAULT_DATASETS, "test")}
+    expert, guesser, titler, echoer = [], [], [], []
     for seed in range(30):
         _, info = env.reset(seed=seed)
         search = info["expert_action"]
+        top = local_searcher.search([search_query(parse_action(search)[1])], 3)[0][0]
         *_, info = env.step(search)
         actions = [search] + ([info["expert_action"]] if info["expert_action"] else [])
-        expert.append({"task_id": info["task_id"], "won": len(actions) == 2, "actions": actions})
-        guesser.append({"task_id": info["task_id"], "won": False, "actions": [search, "<answer>1969</answer>"]})
+        task, won = info["task_id"], len(actions) == 2
+        expert.append({"task_id": task, "won": won, "actions": actions})
+        guesser.append({"task_id": task, "won": False, "actions": [search, "<answer>1969</answer>"]})
+        titler.append({"task_id": task, "won": False, "actions": [search, f"<answer>{top.title}</answer>"]})
+        echo = max(questions[task].split(), key=len)  # its longest word
+        echoer.append({"task_id": task, "won": False, "actions": [search, f"<answer>{echo}</answer>"]})
     read = grounding(local_searcher, {"results": expert})
     assert 0 < read["answerable"] < 1 and read["answerable"] == read["em"]  # it answers exactly those
     assert read["em_answerable"] == read["copied"] == read["copied_right"] == 1.0 and read["em_other"] == 0.0
     guessed = grounding(local_searcher, {"results": guesser})
     assert guessed["answered"] == 1.0 and guessed["copied"] < 0.2 and guessed["em"] == 0.0
+    assert guessed["wrong_title"] < 0.2 and guessed["wrong_echo"] < 0.2
+    assert grounding(local_searcher, {"results": titler})["wrong_title"] == 1.0
+    assert grounding(local_searcher, {"results": echoer})["wrong_echo"] == 1.0
 
 
 def test_seeded_resets_pick_the_same_question_everywhere(local_searcher):
