@@ -155,6 +155,13 @@ class TrainConfig:
         "GRPO statistics: turn (mean/std over all turn samples of a group, the reference's) or episode (one score per episode)",
     )
     kl_coef: float = _f(0.01, "low-variance KL to the frozen reference (0.001 for Search-QA)")
+    skip_flat_groups: bool = _f(
+        False,
+        "leave the turn samples of groups whose advantages are all zero (every episode scored the same) out of "
+        "the no-grad passes and the update, as DAPO's dynamic sampling filters them (without resampling): they "
+        "carry no policy gradient, only their KL, entropy and distillation terms, which are lost with them; a "
+        "step whose groups are all flat costs its rollout alone",
+    )
     sdar_coef: float = _f(0.01, "lambda: weight of the self-distillation term")
     sdar_beta: float = _f(5.0, "beta: gate sharpness")
     rlsd_lambda: float = _f(0.5, "RLSD: share of the teacher-weighted advantage")
@@ -295,6 +302,8 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.skip_flat_groups and not ALGORITHMS[self.algo].policy_gradient:
+            raise ConfigError(f"skip_flat_groups needs a policy-gradient algorithm; {self.algo} has no advantages")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError(f"dual_clip must be > 1 (or null), got {self.dual_clip}")
         if self.reward_scale is not None and self.reward_scale <= 0:

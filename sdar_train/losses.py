@@ -14,6 +14,7 @@ __all__ = [
     "TOKEN_NORMALISED_TERMS",
     "actor_loss",
     "entropy_bonus",
+    "flat_groups",
     "group_advantages",
     "rlsd_lambda",
     "turn_advantages",
@@ -114,6 +115,16 @@ def turn_advantages(
         centred = scores[in_group] - mean
         adv[in_group] = centred / (std + eps) if scale else centred
     return adv
+
+
+def flat_groups(advantages: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """True for each turn sample of a group whose advantages are all zero (every turn scored the same, as
+    when all G episodes failed alike): such a group gives the policy gradient nothing."""
+    flat = torch.zeros(groups.shape, dtype=torch.bool)
+    for g in torch.unique(groups):
+        in_group = groups == g
+        flat[in_group] = bool((advantages[in_group] == 0).all())
+    return flat
 
 
 def rlsd_lambda(step: int, start: float = 0.5, warmdown_steps: int = 100) -> float:

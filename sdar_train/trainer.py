@@ -45,7 +45,7 @@ from sdar_train.batching import MicroBatch, plan, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
-from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, rlsd_lambda, turn_advantages
+from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, flat_groups, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.precision import choose_bf16
 from sdar_train.rollout import PromptSpec, Rollout, TurnSample, collect_rollout, default_memory, expert_rollout
@@ -490,7 +490,10 @@ class Trainer:
             all_adv = turn_advantages(scores, groups, episodes, cross_steps=cfg.advantage == "turn")
         else:
             all_adv = torch.zeros_like(scores)
-        keep = [j for j, s in enumerate(rollout.samples) if s.response_ids]
+        flat = (
+            flat_groups(all_adv, groups) if spec.policy_gradient and len(scores) else torch.zeros(0, dtype=torch.bool)
+        )
+        keep = [j for j, s in enumerate(rollout.samples) if s.response_ids and not (cfg.skip_flat_groups and flat[j])]
         samples: list[TurnSample] = [rollout.samples[j] for j in keep]
         adv = all_adv[keep] if keep else torch.zeros(0)
         prompts, responses = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
@@ -539,6 +542,9 @@ class Trainer:
         if spec.sft:  # the episodes are the expert's demonstrations: label their outcomes as such
             outcomes = {f"demo_{k}": v for k, v in outcomes.items()}
         metrics = {**outcomes, **{k: float(np.mean(v)) for k, v in stats.items()}}
+        if spec.policy_gradient:  # groups with no advantage: the share of a step's groups that teach nothing
+            flat_ids = set(groups[flat].tolist()) if len(flat) else set()
+            metrics["flat_group_share"] = len(flat_ids) / max(len(set(groups.tolist())), 1)
         if spec.rlsd:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         metrics = {

@@ -577,6 +577,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["--teacher_placement", "system"], "teacher_placement must be one of before_chat, in_user"),
         (["--report_to", "mlflow"], "report_to names unknown logger(s) ['mlflow']"),
         (["--resume", "maybe"], "resume must be true, false or auto, got 'maybe'"),
+        (["--algo", "sft", "--skip_flat_groups", "true"], "skip_flat_groups needs a policy-gradient algorithm"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_loading_a_model(args, message):
@@ -862,6 +863,57 @@ def test_the_first_mini_batch_takes_its_old_log_probs_from_its_own_forward(tmp_p
     assert scored["reused"][-1] == samples - 2 and scored["scored"][-1] == samples  # (the last pass is the old one)
     for key in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
         assert runs["reused"][key] == pytest.approx(runs["scored"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_flat_groups_are_left_out_of_every_pass_when_asked(tmp_path, monkeypatch):
+    """skip_flat_groups: the samples of a group whose episodes all scored the same (no advantage) are
+    left out of the teacher, reference and old-policy passes and the update, and a step where every
+    group is flat scores nothing and leaves the weights as they were. Without it they are trained."""
+    from sdar_train.losses import flat_groups
+
+    assert flat_groups(torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0]), torch.tensor([0, 0, 1, 1, 2])).tolist() == [
+        False, False, True, True, True,
+    ]  # fmt: skip
+    results = {}
+    for skip in (True, False):
+        cfg = TrainConfig(
+            env="Test/LetterY-v0", algo="sdar", output_dir=str(tmp_path / str(skip)), skip_flat_groups=skip,
+            **{**SMALL, "tasks_per_step": 2, "group_size": 2, "kl_coef": 0.01},
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        scored: list[int] = []
+        score = trainer._score
+
+        def counting(m, p, r, rows=None, _scored=scored, _score=score):
+            return _scored.append(len(p)) or _score(m, p, r, rows)
+
+        monkeypatch.setattr(trainer, "_score", counting)
+        try:
+            rollout = trainer.rollout(0)
+            assert sorted(e.group for e in rollout.episodes) == [0, 0, 1, 1]
+            for s in rollout.samples:
+                s.format_valid = s.admissible = True
+            first_of_group_0 = next(i for i, e in enumerate(rollout.episodes) if e.group == 0)
+            for i, e in enumerate(rollout.episodes):
+                e.won = i == first_of_group_0  # group 0: one win, one loss; group 1: two losses (flat)
+            mixed = trainer.learn(rollout, 0)
+            results[skip] = (mixed, list(scored))
+            if skip:
+                for e in rollout.episodes:
+                    e.won = False  # every group flat
+                scored.clear()
+                before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+                flat = trainer.learn(rollout, 1)
+                assert flat["samples"] == 0 and flat["flat_group_share"] == 1.0 and scored == []
+                assert all(torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in before.items())
+        finally:
+            trainer.close()
+    (kept, kept_scored), (every, every_scored) = results[True], results[False]
+    group_0 = sum(rollout.episodes[s.episode].group == 0 for s in rollout.samples)
+    assert kept["samples"] == group_0 < every["samples"] == len(rollout.samples)
+    assert kept["flat_group_share"] == every["flat_group_share"] == 0.5
+    assert kept_scored and all(n == group_0 for n in kept_scored[:2])  # the teacher and reference passes
+    assert every_scored and all(n == len(rollout.samples) for n in every_scored[:2])
 
 
 def test_behaviour_cloning_over_several_mini_batches_scores_no_old_policy(tmp_path, monkeypatch):
