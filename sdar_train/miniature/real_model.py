@@ -181,6 +181,7 @@ class ArmSettings:
     mini_batch_size: int = 16
     micro_batch_size: int = 2  # rows a forward: SmolLM2's activations are ~1.2 MB a token on a CPU
     generation_backend: str = "hf"  # vllm on a GPU (the vLLM venv: make setup-vllm)
+    skip_flat_groups: bool = False  # DAPO's filter: groups that all scored alike cost their rollout alone
     eval_every: int = 10
     eval_episodes: int = 50
     threads: int = 2
@@ -217,7 +218,12 @@ def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRu
             args += ["--group_size", str(a.group_size), "--lr", str(a.lr), "--temperature", str(a.temperature)]
             args += ["--train_reward", a.train_reward, "--lora_r", "16", "--lora_alpha", "32", "--bf16", "true"]
             args += ["--micro_batch_size", str(a.micro_batch_size), "--mini_batch_size", str(a.mini_batch_size)]
-            args += ["--generation_backend", a.generation_backend]
+            args += [
+                "--generation_backend",
+                a.generation_backend,
+                "--skip_flat_groups",
+                str(a.skip_flat_groups).lower(),
+            ]
             args += ["--max_response_tokens", str(s.max_response_tokens), "--generation_batch_size", "32"]
             args += ["--eval_every", str(a.eval_every), "--eval_episodes", str(a.eval_episodes)]
             args += ["--eval_temperature", "0", "--save_every", "1", "--keep_checkpoints", "1"]
@@ -443,6 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--rl_mini_batch_size", type=int, default=rl.mini_batch_size)
     g.add_argument("--rl_micro_batch_size", type=int, default=rl.micro_batch_size, help="rows a forward")
     g.add_argument("--generation_backend", choices=("hf", "vllm"), default=rl.generation_backend)
+    g.add_argument(
+        "--skip_flat_groups",
+        action="store_true",
+        help="leave groups whose episodes all scored alike out of the passes and the update (DAPO's filter)",
+    )
     g.add_argument("--rl_eval_every", type=int, default=rl.eval_every)
     g.add_argument("--rl_eval_episodes", type=int, default=rl.eval_episodes)
     g.add_argument("--parallel", type=int, default=rl.parallel, help="runs at once (cores = parallel x threads)")
@@ -462,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mini_batch_size=args.rl_mini_batch_size,
         micro_batch_size=args.rl_micro_batch_size,
         generation_backend=args.generation_backend,
+        skip_flat_groups=args.skip_flat_groups,
         eval_every=args.rl_eval_every,
         eval_episodes=args.rl_eval_episodes,
         threads=args.threads,

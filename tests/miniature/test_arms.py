@@ -182,6 +182,11 @@ def test_each_arm_runs_the_papers_config_sized_for_a_cpu(tmp_path):
         assert cfg.env == "SDAR/WebShop-v0" and cfg.max_response_tokens == SETTINGS["webshop"].max_response_tokens
     assert {r.run_dir.name for r in runs} == {f"{a}-s{s}" for a in ("grpo", "sdar", "opsd") for s in (0, 1)}
     assert all(cfg.micro_batch_size == 2 and cfg.generation_backend == "hf" for cfg in by_arm.values())
+    assert not any(cfg.skip_flat_groups for cfg in by_arm.values())  # the paper's configs keep every group
+    (skipping,) = arm_runs(
+        SETTINGS["searchqa"], ArmSettings(arms=("grpo",), seeds=(0,), skip_flat_groups=True), "tiny", tmp_path
+    )
+    assert config_from_args(list(skipping.args)).skip_flat_groups
 
 
 def test_the_comparison_resizes_for_a_gpu(tmp_path):
