@@ -16,3 +16,7 @@ python -m sdar_train.miniature.real_model --env searchqa --out $OUT --stages arm
 # eval-step6.json before the run was continued to 12 steps)
 python -m sdar_train --config $OUT/searchqa/arms/grpo-s0/config.json --output_dir $OUT/skip-grpo-s0 \
   --skip_flat_groups true --steps 12 --eval_every 6 --save_every 3 --resume auto --overwrite false
+# then continued to 36 steps (--steps 36 --eval_every 12; eval.json at 12 copied to eval-step12.json first), and
+# SDAR with the filter from the same start for 24 steps, the two side by side on one thread each:
+python -m sdar_train --config $OUT/searchqa/arms/sdar-s0/config.json --output_dir $OUT/skip-sdar-s0 \
+  --skip_flat_groups true --steps 24 --eval_every 12 --save_every 3 --resume auto --overwrite false
