@@ -488,11 +488,10 @@ class Trainer:
         episodes = torch.tensor([s.episode for s in rollout.samples])
         if spec.policy_gradient and len(scores):
             all_adv = turn_advantages(scores, groups, episodes, cross_steps=cfg.advantage == "turn")
+            flat = flat_groups(all_adv, groups)
         else:
             all_adv = torch.zeros_like(scores)
-        flat = (
-            flat_groups(all_adv, groups) if spec.policy_gradient and len(scores) else torch.zeros(0, dtype=torch.bool)
-        )
+            flat = torch.zeros(len(scores), dtype=torch.bool)
         keep = [j for j, s in enumerate(rollout.samples) if s.response_ids and not (cfg.skip_flat_groups and flat[j])]
         samples: list[TurnSample] = [rollout.samples[j] for j in keep]
         adv = all_adv[keep] if keep else torch.zeros(0)
@@ -543,8 +542,7 @@ class Trainer:
             outcomes = {f"demo_{k}": v for k, v in outcomes.items()}
         metrics = {**outcomes, **{k: float(np.mean(v)) for k, v in stats.items()}}
         if spec.policy_gradient:  # groups with no advantage: the share of a step's groups that teach nothing
-            flat_ids = set(groups[flat].tolist()) if len(flat) else set()
-            metrics["flat_group_share"] = len(flat_ids) / max(len(set(groups.tolist())), 1)
+            metrics["flat_group_share"] = len(set(groups[flat].tolist())) / max(len(set(groups.tolist())), 1)
         if spec.rlsd:
             metrics["rlsd_lambda"] = rlsd_lambda(step, cfg.rlsd_lambda, cfg.rlsd_warmdown_steps)
         metrics = {

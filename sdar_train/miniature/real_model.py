@@ -218,12 +218,8 @@ def arm_runs(s: EnvSettings, a: ArmSettings, warm: str, out: Path) -> list[ArmRu
             args += ["--group_size", str(a.group_size), "--lr", str(a.lr), "--temperature", str(a.temperature)]
             args += ["--train_reward", a.train_reward, "--lora_r", "16", "--lora_alpha", "32", "--bf16", "true"]
             args += ["--micro_batch_size", str(a.micro_batch_size), "--mini_batch_size", str(a.mini_batch_size)]
-            args += [
-                "--generation_backend",
-                a.generation_backend,
-                "--skip_flat_groups",
-                str(a.skip_flat_groups).lower(),
-            ]
+            args += ["--generation_backend", a.generation_backend]
+            args += ["--skip_flat_groups", str(a.skip_flat_groups).lower()]
             args += ["--max_response_tokens", str(s.max_response_tokens), "--generation_batch_size", "32"]
             args += ["--eval_every", str(a.eval_every), "--eval_episodes", str(a.eval_episodes)]
             args += ["--eval_temperature", "0", "--save_every", "1", "--keep_checkpoints", "1"]
