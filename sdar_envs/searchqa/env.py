@@ -22,7 +22,9 @@ Extra ``info`` keys besides the suite's (:data:`sdar_envs.core.INFO_KEYS`; ``tas
                     answer is the first gold answer whatever the passages say; with ``expert="grounded"``
                     it is a gold answer as the retrieved passages spell it, and there is no answer step
                     (``None``) when no passage holds one: the demonstrations then show copying an answer
-                    out of what was retrieved, never guessing one.
+                    out of what was retrieved, never guessing one. With ``expert="quoted"`` the grounded
+                    answer comes after ``<think>`` quoting the evidence: the words of the passage's sentence
+                    around the answer (at most 16), so a clone finds the sentence before it names the span.
 
 Behaviour cloning uses the grounded expert (``demonstration_kwargs``): SmolLM2 cloned on the gold expert
 for 30 steps answered years, titles and the question's own words (0.09 exact match, docs/real_model/).
@@ -69,6 +71,9 @@ INVALID_MESSAGE = (
 MAX_QUERY_CHARS = 2048  # the retrieval service's limit (servers.retrieval.app.Limits); longer queries are cut
 _SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", flags=re.DOTALL | re.IGNORECASE)
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", flags=re.DOTALL | re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")  # a passage's title line ends at its newline
+EXPERTS = ("gold", "grounded", "quoted")
+QUOTE_WORDS = 16  # the quoting expert's evidence, about 25 SmolLM2 tokens: the reply stays well under 64
 
 
 def searchqa_format(text: str) -> bool:
@@ -114,6 +119,31 @@ def grounded_answer(golden_answers: Sequence[str], passages: Sequence[Passage]) 
     the passage's own span when it occurs there literally (case aside), so a clone learns to copy tokens
     it can see. yes/no answers are never a span; they are given as they are (the question asks for one).
     """
+    found = _grounded_span(golden_answers, passages)
+    return None if found is None else found[0]
+
+
+def evidence_quote(text: str, start: int, end: int, max_words: int = QUOTE_WORDS) -> str:
+    """The sentence of ``text`` that holds the span ``[start, end)``, cut to at most ``max_words`` words
+    around the span (the span itself, with any punctuation glued to it, is never cut)."""
+    begin = max((m.end() for m in _SENTENCE_END.finditer(text, 0, start)), default=0)
+    stop = _SENTENCE_END.search(text, end)
+    finish = stop.end() if stop else len(text)
+    # widen the span to whole whitespace-separated words, so a quote never starts or ends mid-word
+    while start > begin and not text[start - 1].isspace():
+        start -= 1
+    while end < finish and not text[end].isspace():
+        end += 1
+    before, span, after = text[begin:start].split(), text[start:end].split(), text[end:finish].split()
+    room = max(0, max_words - len(span))
+    right = min(len(after), max(room // 2, room - len(before)))
+    left = min(len(before), room - right)
+    return " ".join([*before[len(before) - left :], *span, *after[:right]])
+
+
+def _grounded_span(golden_answers: Sequence[str], passages: Sequence[Passage]) -> tuple[str, str] | None:
+    """``(answer, quote)`` for :func:`grounded_answer`; the quote is the evidence sentence around the span
+    (empty for a yes/no answer or a gold answer held only after normalisation)."""
     texts = [p.contents for p in passages]
     held = [f" {normalize_answer(t)} " for t in texts]  # one passage at a time: no span across two
     for gold in golden_answers:
@@ -121,14 +151,14 @@ def grounded_answer(golden_answers: Sequence[str], passages: Sequence[Passage]) 
         if not norm:
             continue
         if norm in ("yes", "no"):
-            return gold
+            return gold, ""
         if not any(f" {norm} " in h for h in held):
             continue
         for text in texts:
             m = re.search(rf"(?<!\w){re.escape(gold.strip())}(?!\w)", text, flags=re.IGNORECASE)
             if m:
-                return m.group(0)
-        return gold
+                return m.group(0), evidence_quote(text, m.start(), m.end())
+        return gold, ""
     return None
 
 
@@ -152,7 +182,8 @@ class SearchQAEnv(TextEnv):
             one the index was built with).
         searcher: any object with ``search(queries, k)`` (overrides the two above).
         expert: which expert fills ``info["expert_action"]``: ``gold`` (answers the first gold answer after
-            one search) or ``grounded`` (answers only a gold answer the passages hold; see the module doc).
+            one search), ``grounded`` (answers only a gold answer the passages hold; see the module doc)
+            or ``quoted`` (the grounded answer after ``<think>`` quoting the evidence sentence).
     """
 
     task_label: ClassVar[str] = "Search-QA"
@@ -177,14 +208,14 @@ class SearchQAEnv(TextEnv):
         retriever: Retriever = "bm25",
         encoder: str | None = None,
         searcher: Searcher | None = None,
-        expert: Literal["gold", "grounded"] = "gold",
+        expert: Literal["gold", "grounded", "quoted"] = "gold",
         render_mode: str | None = None,
     ) -> None:
         super().__init__(max_steps=max_steps, render_mode=render_mode)
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
-        if expert not in ("gold", "grounded"):
-            raise ValueError(f"expert must be 'gold' or 'grounded', got {expert!r}")
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
         self.expert = expert
         self.split = split
         self.topk = topk
@@ -238,6 +269,16 @@ class SearchQAEnv(TextEnv):
         parsed = parse_action(text)
         return f"<{parsed[0]}>{parsed[1]}</{parsed[0]}>" if parsed else ""
 
+    def _expert_answer(self, gold: Sequence[str], passages: Sequence[Passage]) -> str | None:
+        if self.expert == "gold":
+            return f"<answer>{gold[0]}</answer>"
+        found = _grounded_span(gold, passages)
+        if found is None:
+            return None
+        answer, quote = found
+        think = f"<think>{quote}</think>" if self.expert == "quoted" and quote else ""
+        return f"{think}<answer>{answer}</answer>"
+
     def _act(self, action: str) -> ActResult:
         assert self._record is not None
         gold = self._record.golden_answers
@@ -250,8 +291,7 @@ class SearchQAEnv(TextEnv):
             (passages,) = self.searcher.search([content], self.topk)
             searches = [*self._info.get("searches", []), content]
             obs = f"<information>{format_passages(passages).strip()}</information>"
-            answer = gold[0] if self.expert == "gold" else grounded_answer(gold, passages)
-            expert_action = None if answer is None else f"<answer>{answer}</answer>"
+            expert_action = self._expert_answer(gold, passages)
             return ActResult(obs, 0.0, False, True, {"searches": searches, "expert_action": expert_action})
         em = exact_match(content, gold)
         updates = {

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import gymnasium as gym
 import pytest
 
 from sdar_envs.searchqa.data import CORPUS_PATH, DATASETS, DEFAULT_DATASETS, load_dataset, load_questions, split_of
-from sdar_envs.searchqa.env import INVALID_MESSAGE, grounded_answer, parse_action, search_query
+from sdar_envs.searchqa.env import INVALID_MESSAGE, evidence_quote, grounded_answer, parse_action, search_query
 from sdar_envs.searchqa.metrics import exact_match, f1_score, normalize_answer, substring_match
 from sdar_envs.searchqa.search import HttpSearcher, Passage, format_passages
 
@@ -172,6 +173,19 @@ def test_the_grounded_answer_is_a_gold_answer_as_the_passages_spell_it():
     assert grounded_answer(["1969 Road"], two) is None  # a span is held by one passage, not across two
 
 
+def test_the_evidence_quote_is_the_answers_sentence_cut_around_it():
+    text = '"Abbey Road"\nIt is an album. It was released in 1969 by the band ("The Beatles") in London, England.'
+    at = text.index("The Beatles")
+    # the sentence, never the title line or the sentence before; punctuation glued to the span stays
+    assert (
+        evidence_quote(text, at, at + 11) == 'It was released in 1969 by the band ("The Beatles") in London, England.'
+    )
+    assert evidence_quote(text, at, at + 11, max_words=4) == 'band ("The Beatles") in'
+    assert evidence_quote(text, at, at + 11, max_words=1) == '("The Beatles")'  # the span is never cut
+    title = text.index("Road")
+    assert evidence_quote(text, title, title + 4) == '"Abbey Road"'
+
+
 def test_the_grounded_expert_answers_only_what_it_retrieved(local_searcher):
     """Behaviour cloning's Search-QA expert: every demonstrated answer scores and is in the passages
     the search just returned; without such a passage the demonstration stops after the search."""
@@ -193,6 +207,27 @@ def test_the_grounded_expert_answers_only_what_it_retrieved(local_searcher):
     assert answered > 10 and stopped > 5  # the train split holds both kinds
     with pytest.raises(ValueError, match="expert must be"):
         gym.make("SDAR/SearchQA-v0", expert="oracle")
+
+
+def test_the_quoting_expert_quotes_the_evidence_then_gives_the_grounded_answer(local_searcher):
+    grounded = gym.make("SDAR/SearchQA-v0", split="train", searcher=local_searcher, expert="grounded")
+    quoted = gym.make("SDAR/SearchQA-v0", split="train", searcher=local_searcher, expert="quoted")
+    thought = 0
+    for seed in range(20):
+        (_, a), (_, b) = grounded.reset(seed=seed), quoted.reset(seed=seed)
+        obs, *_, a = grounded.step(a["expert_action"])
+        _, *_, b = quoted.step(b["expert_action"])
+        if a["expert_action"] is None:
+            assert b["expert_action"] is None
+            continue
+        # the same answer (the env reads an action after dropping <think>), after a quote of the passages
+        assert parse_action(b["expert_action"]) == parse_action(a["expert_action"])
+        quote = re.fullmatch(r"(?:<think>(.*)</think>)?<answer>.*</answer>", b["expert_action"], re.DOTALL)
+        if quote and quote.group(1):
+            thought += 1
+            assert " ".join(quote.group(1).split()) in " ".join(obs.split())
+            assert len(quote.group(1).split()) <= 16 + len(parse_action(a["expert_action"])[1].split())
+    assert thought > 5
 
 
 def test_grounding_tells_a_policy_that_reads_the_passages_from_one_that_guesses(local_searcher):
