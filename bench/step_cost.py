@@ -5,8 +5,8 @@
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
 one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
-replies): with every copy of a prompt prefilled (before) and with each distinct prompt prefilled once
-(after). On that rollout, from the same weights and optimizer state (restored between arms), the learning
+replies): with every prompt prefilled in full (before) and with the beginning a group's prompts share
+prefilled once (after: ``batching.plan_prefill``). On that rollout, from the same weights and optimizer state (restored between arms), the learning
 half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
@@ -88,8 +88,8 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     trainer = Trainer(cfg)
     result: dict[str, Any] = {"arms": {}}
     try:
-        # the rollout twice from one seed: a batch's copies of one prompt prefilled for every copy (before),
-        # then once (after). In fp32 the replies are the same; in bf16 a KV cache computed in a smaller
+        # the rollout twice from one seed: every prompt prefilled in full (before), then a group's shared
+        # beginning once (after). In fp32 the replies are the same; in bf16 a KV cache computed in a smaller
         # batch rounds differently, so a sampled token can flip and an episode go its own way
         first: dict[str, dict[int, list[int]]] = {}  # each episode's first reply
         merged, copy_model = trainer.merged_copy, trainer.policy.model
@@ -164,8 +164,8 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
         f"### {env}: {r['turns']} turn samples, response limit {r['limit']} tokens "
         f"({r['at_limit']:.0%} of replies cut at it); rollout {r['rollout_s']:.1f} s "
         f"(generation {r['generation_s']:.1f} s, environments and prompts {env_s:.1f} s); generation with "
-        f"every copy of a prompt prefilled {r['generation_before_s']:.1f} s ({r['reply_tokens_before']} reply "
-        f"tokens), each distinct prompt once {r['generation_after_s']:.1f} s ({r['reply_tokens_after']}; first "
+        f"every prompt prefilled in full {r['generation_before_s']:.1f} s ({r['reply_tokens_before']} reply "
+        f"tokens), a group's shared beginning once {r['generation_after_s']:.1f} s ({r['reply_tokens_after']}; first "
         f"replies the same: {r['same_first_replies']:.0%})",
         "",
         "| algo | arm | step s | generation | env | teacher | reference | old policy | update | no-grad share "

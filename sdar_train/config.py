@@ -200,7 +200,7 @@ class TrainConfig:
         "compute the prompt beginning that a micro-batch's rows share (a group's first prompt, the system turn "
         "and instructions, the teacher's skill block) once and reuse its KV cache; equal log-probs to float "
         "tolerance. No-grad passes always; the update on one process without gradient checkpointing; HF "
-        "generation prefills a batch's copies of one prompt once (in fp32 the same replies)",
+        "generation prefills the beginning a group's prompts share once (in fp32 the same replies)",
     )
     max_nonfinite_steps: int = _f(
         3,

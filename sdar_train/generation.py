@@ -71,7 +71,7 @@ class HFGenerator:
         self, policy: Policy, batch_size: int = 64, *, own_copy: bool = False, share_prompts: bool = True
     ) -> None:
         self.policy, self.batch_size, self.own_copy = policy, batch_size, own_copy
-        self.share_prompts = share_prompts  # a batch's copies of one prompt prefilled once
+        self.share_prompts = share_prompts  # the beginning a group's prompts share prefilled once
 
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:

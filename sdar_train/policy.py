@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sdar_train.batching import common_prefix_len
+from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
 
@@ -130,9 +130,11 @@ def generate(
     """Sampled continuations (stop tokens kept, padding removed), batched with left padding; a
     temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens.
     Prompts are batched in order of length (each batch is padded to its longest prompt) and the
-    continuations returned in the prompts' order. ``share_prompts``: a batch's copies of one prompt are
-    prefilled once (fewer tokens computed; in fp32 the same replies, while in bf16 a cache computed in a
-    smaller batch rounds differently, so a sampled token can flip, as under vLLM's prefix caching)."""
+    continuations returned in the prompts' order. ``share_prompts``: the beginning that a batch's prompts
+    of one family share (a group's copies of its first prompt, whole; at later turns its instructions,
+    task and first observation) is prefilled once (:func:`sdar_train.batching.plan_prefill`; fewer tokens
+    computed; in fp32 the same replies, while in bf16 a cache computed in a smaller batch rounds
+    differently, so a sampled token can flip, as under vLLM's prefix caching)."""
     model = policy.model
     was_training = model.training
     model.eval()
@@ -147,18 +149,15 @@ def generate(
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), policy.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, p in enumerate(chunk):
-                ids[i, width - len(p) :] = torch.tensor(p)
-                mask[i, width - len(p) :] = 1
+            shared = plan_prefill(chunk) if share_prompts else None
+            ids, mask = _layout(chunk, shared, policy.pad_id)
+            width = ids.size(1)
             torch.manual_seed(generator_seed + start)  # sampling depends on (seed, step, chunk) only
             ids, mask = ids.to(policy.device), mask.to(policy.device)
             gen = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                **(_prefilled_once(model, chunk, ids, mask) if share_prompts else {}),
+                **(_prefilled(model, ids, mask, shared) if shared is not None else {}),
                 **sampling,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
@@ -174,23 +173,37 @@ def generate(
     return restored
 
 
-def _prefilled_once(model: Any, chunk: Sequence[list[int]], ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-    """``generate`` kwargs that prefill each distinct prompt of a left-padded ``chunk`` once: the G copies
-    of a group's first prompt (turn 1 of every group) are one forward, its KV cache copied to each row.
-    The cache covers all but the last prompt token, which ``generate`` computes with the first new one.
-    Nothing when every prompt is distinct (later turns: each episode has its own history)."""
-    first: dict[tuple[int, ...], int] = {}
-    rows = [first.setdefault(tuple(p), len(first)) for p in chunk]
-    if len(first) == len(chunk) or ids.size(1) < 2:
-        return {}
-    unique = torch.tensor([rows.index(u) for u in range(len(first))], device=ids.device)
-    head, head_mask = ids[unique, :-1], mask[unique, :-1]
+def _layout(chunk: Sequence[list[int]], shared: SharedPrefill | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask of a generation batch. Unshared: left-padded rows. Shared: each row is
+    its family's prefix left-padded to the longest prefix, then the rest of its prompt left-padded to the
+    longest rest; the padding in the middle is masked, and generation counts positions over real tokens."""
+    heads = [0] * len(chunk) if shared is None else [shared.prefix[f] for f in shared.family]
+    width_head = max(heads)
+    width_rest = max(len(p) - h for p, h in zip(chunk, heads, strict=True))
+    ids = torch.full((len(chunk), width_head + width_rest), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, h) in enumerate(zip(chunk, heads, strict=True)):
+        ids[i, width_head - h : width_head] = torch.tensor(p[:h], dtype=torch.long)
+        ids[i, ids.size(1) - (len(p) - h) :] = torch.tensor(p[h:], dtype=torch.long)
+        mask[i, width_head - h : width_head] = 1
+        mask[i, ids.size(1) - (len(p) - h) :] = 1
+    return ids, mask
+
+
+def _prefilled(model: Any, ids: torch.Tensor, mask: torch.Tensor, shared: SharedPrefill) -> dict[str, Any]:
+    """``generate`` kwargs that prefill each family's shared prefix once (the first ``max(prefix)`` columns
+    of :func:`_layout`'s rows): one forward over one row per family, its KV cache copied to every row of
+    the family. ``generate`` then computes only the rest of each prompt, from the cache."""
+    width = max(shared.prefix)
+    first = [shared.family.index(f) for f in range(len(shared.prefix))]
+    pick = torch.tensor(first, device=ids.device)
+    head, head_mask = ids[pick, :width], mask[pick, :width]
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
     with torch.no_grad():
         # only the cache is used: one logit column, not a [rows, width, vocab] tensor (49k wide for SmolLM2)
         out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = _returned_cache(out)
-    cache.batch_select_indices(torch.tensor(rows, device=ids.device))  # row i takes its prompt's cache
+    cache.batch_select_indices(torch.tensor(shared.family, device=ids.device))  # row i takes its family's cache
     return {_cache_kwarg(model): cache}
 
 

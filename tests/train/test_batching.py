@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sdar_train.batching import MIN_SHARED_PREFIX, cost, micro_batches, plan, shared_cost
+from sdar_train.batching import MIN_SHARED_PREFIX, cost, micro_batches, plan, plan_prefill, shared_cost
 from sdar_train.policy import common_prefix_len
 
 
@@ -97,3 +97,27 @@ def test_rows_that_share_nothing_are_cut_by_length_as_before():
     shared = plan(prompts, responses, rows, max_rows=8, max_padding=0.1, share_prefixes=True)
     assert [mb.rows for mb in shared] == micro_batches(lengths, max_rows=8, max_padding=0.1)
     assert plan([], [], [], max_rows=4, share_prefixes=True) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_generation_batch_prefills_each_familys_beginning_once(seed):
+    """plan_prefill: every family's rows share its prefix and keep a token of their own, and the plan
+    computes fewer tokens than prefilling every row in full (padding counted)."""
+    prompts, _ = _families(seed)
+    shared = plan_prefill(prompts)
+    assert shared is not None
+    lengths = [len(p) for p in prompts]
+    for f, prefix in enumerate(shared.prefix):
+        rows = [i for i, g in enumerate(shared.family) if g == f]
+        assert 0 < prefix <= (common_prefix_len([prompts[i] for i in rows]) if len(rows) > 1 else lengths[rows[0]] - 1)
+    assert len({shared.family[i] for i in range(24)}) <= 6 + 1  # the six groups (and perhaps the header alone)
+    assert shared.computed(lengths) < 0.7 * len(prompts) * max(lengths)
+
+
+def test_prompts_that_share_nothing_are_prefilled_as_they_are():
+    rng = random.Random(0)
+    prompts = [[rng.randrange(10**6) for _ in range(rng.randint(50, 400))] for _ in range(12)]
+    assert plan_prefill(prompts) is None
+    assert plan_prefill(prompts[:1]) is None and plan_prefill([[1], [1]]) is None  # one row; nothing to keep back
+    copies = plan_prefill([prompts[0]] * 4)
+    assert copies is not None and copies.prefix == [len(prompts[0]) - 1]  # copies: all but the last token once

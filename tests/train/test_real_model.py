@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sdar_envs import EnvPool, prompt_builder
-from sdar_train.batching import plan
+from sdar_train.batching import plan, plan_prefill
 from sdar_train.config import TrainConfig
 from sdar_train.errors import ConfigError
 from sdar_train.models import SMOLLM2, resolve_model_path, smollm2_gguf
@@ -90,31 +90,36 @@ def test_the_model_answers_and_stops_at_the_end_of_its_turn(smollm2):
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_a_groups_copies_of_a_prompt_are_prefilled_once_and_sample_the_same_replies(smollm2, temperature):
-    """Turn 1 of every group: G copies of one prompt. Generation computes each distinct prompt once (its
-    KV cache copied to the copies) and samples exactly what prefilling every row samples."""
+def test_the_beginning_a_groups_prompts_share_is_prefilled_once_and_samples_the_same_replies(smollm2, temperature):
+    """Turn 1 of a group: G copies of one prompt; later turns: G prompts that share the instructions, task
+    and first observation, then differ. Generation computes each family's shared beginning once (its KV
+    cache copied to the family's rows), then the rest of each prompt, and samples exactly what
+    prefilling every row in full samples."""
     from sdar_train.policy import generate
 
     codec = PromptCodec(smollm2.tokenizer)
     a, b = (codec.encode(q * 6, 512) for q in ("Which city is the capital of France? ", "Name a colour of the sky. "))
-    prompts = [a, a, a, b, b, b, a[:-4]]  # two groups of 3 and a prompt of its own
+    a2, a3 = (codec.encode("Which city is the capital of France? " * 6 + more, 512) for more in ("Paris?", "Lyon, or"))
+    prompts = [a, a, a, b, b, b, a[:-4], a2, a3]  # whole copies, a prompt that others begin with, later turns
     rows_embedded: list[int] = []
     hook = smollm2.model.get_input_embeddings().register_forward_hook(
         lambda m, i, o: rows_embedded.append(int(i[0].size(0)) * int(i[0].size(1)))
     )
-    kwargs = dict(max_new_tokens=12, temperature=temperature, top_p=1.0, generator_seed=3, batch_size=8)
+    kwargs = dict(max_new_tokens=12, temperature=temperature, top_p=1.0, generator_seed=3, batch_size=16)
     try:
         shared = generate(smollm2, prompts, **kwargs)
-        shared_prefill = rows_embedded[0]
+        shared_prefill = rows_embedded[0] + rows_embedded[1]  # the families' prefixes, then every row's rest
         rows_embedded.clear()
         full = generate(smollm2, prompts, **kwargs, share_prompts=False)
         full_prefill = rows_embedded[0]
     finally:
         hook.remove()
     assert shared == full
-    width = max(len(p) for p in prompts)
-    assert full_prefill == len(prompts) * width
-    assert shared_prefill == 3 * (width - 1)  # three distinct prompts, all but their last token
+    plan = plan_prefill(sorted(prompts, key=len))
+    assert plan is not None and len(plan.prefix) == 2  # the France family (copies and later turns) and b's
+    assert shared_prefill == plan.computed(sorted(map(len, prompts)))
+    assert full_prefill == len(prompts) * max(len(p) for p in prompts)
+    assert shared_prefill < 0.4 * full_prefill
 
 
 def test_prompts_are_the_models_own_chat_template_and_the_teacher_block_goes_before_it(smollm2):
