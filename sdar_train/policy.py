@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill
+from sdar_train.kv_cache import growing_cache
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
 
@@ -157,7 +158,7 @@ def generate(
             gen = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                **(_prefilled(model, ids, mask, shared) if shared is not None else {}),
+                **(_prefilled(model, ids, mask, shared) if shared is not None else _empty_cache(model)),
                 **sampling,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
@@ -201,10 +202,24 @@ def _prefilled(model: Any, ids: torch.Tensor, mask: torch.Tensor, shared: Shared
     positions = (head_mask.cumsum(-1) - 1).clamp(min=0)  # as generate counts them: real tokens only
     with torch.no_grad():
         # only the cache is used: one logit column, not a [rows, width, vocab] tensor (49k wide for SmolLM2)
-        out = model(input_ids=head, attention_mask=head_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=head,
+            attention_mask=head_mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **_empty_cache(model),
+        )
     cache = _returned_cache(out)
     cache.batch_select_indices(torch.tensor(shared.family, device=ids.device))  # row i takes its family's cache
     return {_cache_kwarg(model): cache}
+
+
+def _empty_cache(model: Any) -> dict[str, Any]:
+    """``generate``/forward kwargs with a KV cache that grows in place (:mod:`sdar_train.kv_cache`), or
+    none where transformers cannot build one (it then uses its own)."""
+    cache = growing_cache(model)
+    return {} if cache is None else {_cache_kwarg(model): cache}
 
 
 @dataclass
