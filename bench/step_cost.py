@@ -5,8 +5,9 @@
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
 one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
-replies): with every prompt prefilled in full (before) and with the beginning a group's prompts share
-prefilled once (after: ``batching.plan_prefill``). On that rollout, from the same weights and optimizer state (restored between arms), the learning
+replies): with every prompt prefilled in full and transformers' KV cache (before), and with the beginning
+a group's prompts share prefilled once (``batching.plan_prefill``) and a cache that grows in place instead
+of being copied at every decode step (``kv_cache``) (after). On that rollout, from the same weights and optimizer state (restored between arms), the learning
 half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
@@ -59,7 +60,9 @@ def _every_row_scored(trainer: Any) -> None:
 def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import torch
 
+    import sdar_train.policy as policy_module
     from sdar_train.config import TrainConfig
+    from sdar_train.kv_cache import growing_cache
     from sdar_train.trainer import Trainer
 
     env_id, kwargs = ENVS[env]
@@ -96,6 +99,8 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         adapters = trainer.accelerator.unwrap_model(trainer.model)
         for arm in ("before", "after"):
             trainer.generator.share_prompts = arm == "after"  # type: ignore[attr-defined]  # HFGenerator
+            # before: transformers' own KV cache (torch.cat every decode step); after: one that grows in place
+            policy_module.growing_cache = growing_cache if arm == "after" else (lambda model: None)
             # before: generation on the model being trained (LoRA's adapters and all); after: on the merged
             # copy where the trainer keeps one (LoRA over a bf16 base on a CPU)
             trainer.policy.model = copy_model if arm == "after" else adapters
@@ -142,6 +147,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         if args.limit_baseline:
             trainer.cfg = resolved
             trainer.generator.share_prompts = False  # type: ignore[attr-defined]  # as before
+            policy_module.growing_cache = lambda model: None
             trainer.policy.model = adapters
             trainer.sampling = dataclasses.replace(trainer.sampling, max_new_tokens=512)
             with torch.no_grad():
