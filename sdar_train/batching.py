@@ -242,12 +242,18 @@ def plan_prefill(prompts: Sequence[Sequence[int]]) -> SharedPrefill | None:
     best, best_cost = None, n * max(lengths) - FORWARD_OVERHEAD_TOKENS  # unshared: one forward, no families
     for threshold in sorted({s for s in shared if s >= MIN_SHARED_PREFIX}):
         runs: list[list[int]] = [[order[0]]]
+        common = [lengths[order[0]]]  # in token order, what a run shares is the least its neighbours share
         for i, s in zip(order[1:], shared, strict=True):
             if s >= threshold:
                 runs[-1].append(i)
+                common[-1] = min(common[-1], s, lengths[i])
             else:
                 runs.append([i])
-        prefix = [common_prefix_len([prompts[i] for i in run]) if len(run) > 1 else 0 for run in runs]
+                common.append(lengths[i])
+        # every row keeps at least its last token (its logit predicts the first new one)
+        prefix = [
+            min(c, min(lengths[i] for i in run) - 1) if len(run) > 1 else 0 for c, run in zip(common, runs, strict=True)
+        ]
         width = max(prefix)
         if width < MIN_SHARED_PREFIX:
             continue
