@@ -78,6 +78,8 @@ def growing_cache(model: torch.nn.Module) -> Any | None:
     or None where transformers cannot build one from the model's config."""
     if GrowingLayer is None:
         return None
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None):
+        return None  # the model asks for a cache of its own kind (static, hybrid, ...): generate builds that
     config = getattr(model, "config", None)
     try:
         cache = DynamicCache(config=config)
