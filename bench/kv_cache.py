@@ -34,7 +34,10 @@ def _worker(args: argparse.Namespace) -> dict[str, list[float]]:
     shortest = args.prompt * 7 // 10  # lengths vary, so rows are padded as in a rollout
     prompts = [
         torch.randint(
-            100, 20000, (shortest + (args.prompt - shortest) * i // max(args.rows - 1, 1),), generator=gen
+            10,
+            min(20000, policy.model.config.vocab_size),
+            (shortest + (args.prompt - shortest) * i // max(args.rows - 1, 1),),
+            generator=gen,
         ).tolist()
         for i in range(args.rows)
     ]
@@ -85,7 +88,7 @@ def main() -> None:
         done = subprocess.run(argv, capture_output=True, text=True, env={**env, **extra}, check=True)
         got = json.loads(done.stdout.splitlines()[-1])
         cat, grow = (statistics.median(got[k]) * 1000 for k in ("transformers", "growing"))
-        print(f"| {name} | {cat:.0f} | {grow:.0f} | {cat / grow:.2f} |", flush=True)
+        print(f"| {name} | {cat:.1f} | {grow:.1f} | {cat / grow:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

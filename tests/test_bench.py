@@ -153,3 +153,15 @@ def test_gpu_real_dry_run_goes_through_the_step_and_the_miniature(tmp_path):
     assert "| vllm |" in summary  # measured in the vLLM venv, or skipped saying so
     assert "## The miniature: ok after" in summary and "| sdar | 1 |" in summary, summary
     assert (tmp_path / "real" / "webshop" / "arms" / "sdar-s0" / "eval.json").exists()  # the held-out end
+
+
+def test_kv_cache_bench_times_both_caches_under_both_allocators():
+    """bench/kv_cache.py on the tiny model: a decode step on transformers' cache and on the growing one,
+    in a process with glibc's default malloc and one with the fixed mmap threshold."""
+    argv = [sys.executable, "bench/kv_cache.py", "--model", "tiny", "--rows", "2", "--prompt", "40", "--new", "4"]
+    done = subprocess.run(argv + ["--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines() if "ms" not in line]
+    rows = [r for r in rows if r[0] in ("glibc default", "MALLOC_MMAP_THRESHOLD_=131072")]
+    # numbers, not compared: a tiny-model decode step is too short to time
+    assert len(rows) == 2 and all(float(c) == float(c) for r in rows for c in r[1:])
