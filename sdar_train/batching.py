@@ -227,10 +227,10 @@ def plan_prefill(prompts: Sequence[Sequence[int]]) -> SharedPrefill | None:
     """Families of prompts that begin alike, for a generation batch, or None when sharing saves nothing.
 
     The G episodes of a group share their first prompt whole, and at later turns their system turn,
-    instructions, task and first observation (the history that follows differs): 14% (WebShop) and
-    38% (ALFWorld) of a rollout's prompt tokens at G = 4, first turns included. Rows are taken in the order of their tokens and split into
-    families wherever neighbours share fewer than a threshold; the threshold that computes the fewest
-    tokens wins (:meth:`SharedPrefill.computed`, padding counted). A family's prefix leaves each row at
+    instructions, task and first observation (the history that follows differs): 14% (WebShop) and 38%
+    (ALFWorld) of a rollout's prompt tokens at G = 4, first turns included. Rows are taken in the order
+    of their tokens and split into families wherever neighbours share fewer than a threshold; the
+    threshold that computes the fewest tokens wins (:meth:`SharedPrefill.computed`, padding counted). A family's prefix leaves each row at
     least its last token (generation computes it with the first new one); a row alone fills the width
     the families' prefixes pay for anyway."""
     n = len(prompts)
@@ -246,7 +246,7 @@ def plan_prefill(prompts: Sequence[Sequence[int]]) -> SharedPrefill | None:
         for i, s in zip(order[1:], shared, strict=True):
             if s >= threshold:
                 runs[-1].append(i)
-                common[-1] = min(common[-1], s, lengths[i])
+                common[-1] = min(common[-1], s)  # s is at most either neighbour's length
             else:
                 runs.append([i])
                 common.append(lengths[i])

@@ -5,10 +5,9 @@ the layer's whole cache at every decode step: for SmolLM2 with 16 rows of 1,000-
 x 2 copies of 6 MiB a step, each a fresh allocation. On a CPU with glibc's mmap threshold fixed (as the
 run scripts set it to hold memory) every such block is a new mapping the kernel zeroes, and a decode
 step took 2.5x as long as with the buffer below; with the default allocator they are about even
-(``bench/kv_cache.py``).
-:class:`GrowingLayer` keeps keys and values in a buffer with room to spare and writes each step's column
-into it; ``keys``/``values`` are views of the filled part, so attention reads exactly what ``DynamicLayer``
-would give it.
+(``bench/kv_cache.py``). :class:`GrowingLayer` keeps keys and values in a buffer with room to spare and
+writes each step's column into it; ``keys``/``values`` are views of the filled part, so attention reads
+exactly what ``DynamicLayer`` would give it.
 
 :func:`growing_cache` builds a ``DynamicCache`` for a model with its full-attention layers replaced by
 ``GrowingLayer`` (sliding-window and other layer kinds are kept as transformers builds them), or returns
