@@ -15,10 +15,11 @@ half of a step (no-grad passes and update) runs four times:
   of the update's size, the old-policy pass over every row;
 - and **after**: the defaults (micro-batches closed at 10% padding, a micro-batch's shared prompt
   beginning computed once and its KV cache reused, no-grad micro-batches 4x the update's, the first
-  mini-batch's old log-probs from its own forward, and, for LoRA over a bf16 base on a CPU, generation
+  mini-batch's old log-probs from its own forward and the others' as generation recorded them, and, for LoRA over a bf16 base on a CPU, generation
   and the teacher and old-policy passes on a merged copy of the weights instead of the adapters).
 
-Printed: the phase split of each arm (environments are the rollout's, shared by all arms),
+Printed: how far the recorded old log-probs are from recomputed ones (and both from the update's own
+forward, which they stand for at the first mini-batch), the phase split of each arm (environments are the rollout's, shared by all arms),
 tokens computed and the padding share, the losses (equal across before and after to float tolerance in
 fp32, as the tiny model's test checks; in bf16 the merged copy's and the adapters' log-probs differ by
 rounding, so the losses agree to about 1%),
@@ -48,13 +49,41 @@ ENVS = {
 }
 PASSES = ("teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
 LOSSES = ("loss", "pg_loss", "kl")
-BEFORE = {"max_padding": 1.0, "share_prefixes": False}  # and score_micro_batch_size = micro_batch_size
+BEFORE = {"max_padding": 1.0, "share_prefixes": False, "rollout_logprobs": False}  # and score_micro_batch_size = micro_batch_size
 
 
 def _every_row_scored(trainer: Any) -> None:
     """Before: the old-policy pass scores every row (the first mini-batch's too)."""
     score = trainer._score
     trainer._score = lambda model, prompts, responses, rows=None: score(model, prompts, responses, None)
+
+
+def _recorded_vs_scored(trainer: Any, rollout: Any, adapters: Any) -> dict[str, float]:
+    """How far the old log-probs generation recorded are from those a scoring pass recomputes on the same
+    (merged) weights, and both from the update's own forward on the adapters, whose ratio to them is 1
+    before any optimizer step: mean and max absolute difference over response tokens, and the share of
+    tokens whose ratio falls outside PPO's clip range [0.8, 1.2]."""
+    import torch
+
+    samples = [s for s in rollout.samples if s.response_ids and s.response_logprobs is not None]
+    prompts, responses = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
+    recorded, _ = trainer._recorded_logprobs(samples, list(range(len(samples))))
+    rescored = trainer._score(trainer.policy.model, prompts, responses)
+    own = trainer._score(adapters, prompts, responses)
+    mask = torch.zeros_like(own, dtype=torch.bool)
+    for i, r in enumerate(responses):
+        mask[i, : len(r)] = True
+    out = {}
+    for name, (x, y) in {
+        "recorded-rescored": (recorded, rescored),
+        "recorded-update": (recorded, own),
+        "rescored-update": (rescored, own),
+    }.items():
+        d = (x - y)[mask]
+        out[f"{name} mean"] = float(d.abs().mean())
+        out[f"{name} max"] = float(d.abs().max())
+        out[f"{name} clipped"] = float(((d.exp() < 0.8) | (d.exp() > 1.2)).float().mean())
+    return out
 
 
 def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -99,6 +128,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         adapters = trainer.accelerator.unwrap_model(trainer.model)
         for arm in ("before", "after"):
             trainer.generator.share_prompts = arm == "after"  # type: ignore[attr-defined]  # HFGenerator
+            trainer.generator.logprobs = arm == "after"  # type: ignore[attr-defined]  # the old log-probs recorded
             # before: transformers' own KV cache (torch.cat every decode step); after: one that grows in place
             policy_module.growing_cache = growing_cache if arm == "after" else (lambda model: None)
             # before: generation on the model being trained (LoRA's adapters and all); after: on the merged
@@ -122,6 +152,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             len(s.response_ids) >= trainer.cfg.max_response_tokens and s.response_ids[-1] not in stops
             for s in rollout.samples
         ) / max(len(rollout.samples), 1)
+        result["recorded_vs_scored"] = _recorded_vs_scored(trainer, rollout, adapters)
         params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
         optimizer = copy.deepcopy(trainer.optimizer.state_dict())
         resolved = trainer.cfg
@@ -166,6 +197,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def report(env: str, r: dict[str, Any]) -> list[str]:
     env_s = r["rollout_s"] - r["generation_s"]
+    gap = r["recorded_vs_scored"]
     lines = [
         f"### {env}: {r['turns']} turn samples, response limit {r['limit']} tokens "
         f"({r['at_limit']:.0%} of replies cut at it); rollout {r['rollout_s']:.1f} s "
@@ -199,6 +231,12 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
         f"GRPO's {learn[('grpo', 'before')] / learn[('grpo', 'after')]:.2f}x)",
         f"- SDAR / GRPO step time: before {step[('sdar', 'before')] / step[('grpo', 'before')]:.2f}, "
         f"after {step[('sdar', 'after')] / step[('grpo', 'after')]:.2f}",
+        "- old log-probs, |difference| mean / max / share of tokens whose ratio is outside [0.8, 1.2]: "
+        + "; ".join(
+            f"{name} {gap[name + ' mean']:.4f} / {gap[name + ' max']:.3f} / {gap[name + ' clipped']:.2%}"
+            for name in ("recorded-rescored", "recorded-update", "rescored-update")
+        )
+        + " (recorded: by generation; rescored: a no-grad pass on the same weights; update: the update's forward)",
         f"- tokens computed by SDAR's forwards: after / before "
         f"{r['arms'][('sdar', 'after')]['tokens_computed'] / r['arms'][('sdar', 'before')]['tokens_computed']:.2f}",
     ]

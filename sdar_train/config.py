@@ -202,6 +202,12 @@ class TrainConfig:
         "tolerance. No-grad passes always; the update on one process without gradient checkpointing; HF "
         "generation prefills the beginning a group's prompts share once (in fp32 the same replies)",
     )
+    rollout_logprobs: bool = _f(
+        True,
+        "the old policy's log-probs (the PPO ratio's denominator) as HF generation recorded them from the logits "
+        "it sampled from, so no pass scores the replies again; false, or a back-end that records none (vLLM): a "
+        "no-grad pass recomputes them, as verl does. In fp32 the two agree to 1e-4; in bf16 they differ by rounding",
+    )
     max_nonfinite_steps: int = _f(
         3,
         "stop the run after this many steps in a row whose updates were all skipped for a non-finite loss or gradient",

@@ -3,6 +3,8 @@
 The contract, which both back-ends meet and ``tests/train/test_generation.py`` checks side by side:
 
 * ``generator(prompts, seed, sampling)`` returns one list of response token ids per prompt, in order;
+  HF's are :class:`~sdar_train.policy.Reply` lists that also carry the sampled tokens' log-probs when
+  sampling (not greedy) with ``logprobs`` on, the old policy's log-probs the PPO ratio reads;
 * a response that stopped ends with its stop token (kept: the policy learns to stop), with nothing after
   it; otherwise it has exactly ``sampling.max_new_tokens`` tokens;
 * the result depends only on the weights, the prompts, ``seed`` and ``sampling``: a fixed seed repeats;
@@ -68,10 +70,17 @@ class HFGenerator:
     (``own_copy``), on ``policy.model`` as a full copy of the weights that ``sync`` refreshes."""
 
     def __init__(
-        self, policy: Policy, batch_size: int = 64, *, own_copy: bool = False, share_prompts: bool = True
+        self,
+        policy: Policy,
+        batch_size: int = 64,
+        *,
+        own_copy: bool = False,
+        share_prompts: bool = True,
+        logprobs: bool = False,
     ) -> None:
         self.policy, self.batch_size, self.own_copy = policy, batch_size, own_copy
         self.share_prompts = share_prompts  # the beginning a group's prompts share prefilled once
+        self.logprobs = logprobs  # replies carry their tokens' log-probs (sdar_train.policy.Reply)
 
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
@@ -86,6 +95,7 @@ class HFGenerator:
             batch_size=self.batch_size,
             stop_ids=list(sampling.stop_ids) or None,
             share_prompts=self.share_prompts,
+            logprobs=self.logprobs,
         )
 
     @torch.no_grad()
@@ -229,11 +239,13 @@ def make_generator(
     seed: int = 0,
     distributed: bool = False,
     share_prompts: bool = True,
+    logprobs: bool = False,
 ) -> Generator:
     """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM, whose
-    prefix caching shares prompts by itself)."""
+    prefix caching shares prompts by itself). ``logprobs``: HF's replies carry their tokens' log-probs
+    (vLLM's carry none: the trainer scores them)."""
     if backend == "hf":
-        return HFGenerator(policy, batch_size, own_copy=own_copy, share_prompts=share_prompts)
+        return HFGenerator(policy, batch_size, own_copy=own_copy, share_prompts=share_prompts, logprobs=logprobs)
     if backend == "vllm":
         limit = (
             getattr(policy.model.config, "max_position_embeddings", None) if hasattr(policy.model, "config") else None

@@ -18,6 +18,7 @@ from sdar_train.models import resolve_model_path
 __all__ = [
     "Policy",
     "PromptCodec",
+    "Reply",
     "ScoredBatch",
     "common_prefix_len",
     "cut_at_stop",
@@ -109,6 +110,43 @@ class PromptCodec:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
+class Reply(list[int]):
+    """A sampled reply's token ids (a list, as every caller reads it) and, where generation recorded them,
+    the sampling policy's log-prob of each token under ``softmax(logits / T)``: the old policy's log-probs
+    for the PPO ratio, which then need no pass that scores the reply again."""
+
+    def __init__(self, ids: Sequence[int], logprobs: Sequence[float] | None = None) -> None:
+        super().__init__(ids)
+        self.logprobs = None if logprobs is None else list(logprobs)
+
+
+class _SampledLogprobs:
+    """A logits processor that records, at every decoding step, ``log_softmax(logits / T)`` of the raw
+    logits (it runs before the temperature and top-p warpers), and at the next step, once the token is
+    appended to ``input_ids``, that token's log-prob. :meth:`result` adds the last token's."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []  # [rows] per decoding step
+        self._last: torch.Tensor | None = None  # the latest step's log-probs, [rows, vocab]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self._last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self._last is not None:
+            self.steps.append(self._last.gather(-1, tokens[:, None]).squeeze(-1))
+            self._last = None
+
+    def result(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """``[rows, new]`` log-probs of the ``new_tokens`` generate returned."""
+        if len(self.steps) < new_tokens.size(1):
+            self._take(new_tokens[:, -1])
+        return torch.stack(self.steps[: new_tokens.size(1)], 1).cpu()
+
+
 def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     """Tokens up to and including the first stop token."""
     stops = set(stop_ids)
@@ -127,7 +165,8 @@ def generate(
     batch_size: int,
     stop_ids: Sequence[int] | None = None,
     share_prompts: bool = True,
-) -> list[list[int]]:
+    logprobs: bool = False,
+) -> list[Reply]:
     """Sampled continuations (stop tokens kept, padding removed), batched with left padding; a
     temperature below 1e-5 is greedy. ``stop_ids`` default to the tokenizer's end-of-turn tokens.
     Prompts are batched in order of length (each batch is padded to its longest prompt) and the
@@ -135,13 +174,17 @@ def generate(
     of one family share (a group's copies of its first prompt, whole; at later turns its instructions,
     task and first observation) is prefilled once (:func:`sdar_train.batching.plan_prefill`; fewer tokens
     computed; in fp32 the same replies, while in bf16 a cache computed in a smaller batch rounds
-    differently, so a sampled token can flip, as under vLLM's prefix caching)."""
+    differently, so a sampled token can flip, as under vLLM's prefix caching). ``logprobs``: each sampled
+    reply carries its tokens' log-probs under ``softmax(logits / temperature)`` (:class:`Reply`), recorded
+    from the logits it was sampled from (none when greedy)."""
+    from transformers import LogitsProcessorList
+
     model = policy.model
     was_training = model.training
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     prompts = [prompts[i] for i in order]
-    out: list[list[int]] = []
+    out: list[Reply] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
     greedy = temperature < 1e-5
     sampling = (
@@ -155,6 +198,7 @@ def generate(
             width = ids.size(1)
             torch.manual_seed(generator_seed + start)  # sampling depends on (seed, step, chunk) only
             ids, mask = ids.to(policy.device), mask.to(policy.device)
+            recorder = _SampledLogprobs(temperature) if logprobs and not greedy else None
             gen = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -163,12 +207,16 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
                 pad_token_id=policy.pad_id,
+                **({"logits_processor": LogitsProcessorList([recorder])} if recorder is not None else {}),
             )
-            for row in gen[:, width:].tolist():
-                out.append(cut_at_stop(row, stop_list))
+            rows = gen[:, width:]
+            recorded = recorder.result(rows).tolist() if recorder is not None else [None] * len(rows)
+            for row, logp in zip(rows.tolist(), recorded, strict=True):
+                reply = cut_at_stop(row, stop_list)
+                out.append(Reply(reply, None if logp is None else logp[: len(reply)]))
     finally:
         model.train(was_training)
-    restored: list[list[int]] = [[] for _ in out]
+    restored: list[Reply] = [Reply([]) for _ in out]
     for position, i in enumerate(order):
         restored[i] = out[position]
     return restored

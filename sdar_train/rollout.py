@@ -37,6 +37,8 @@ class TurnSample:
     teacher_prompt_ids: list[int] | None
     format_valid: bool  # info["format_valid"]: the reference's format rule
     admissible: bool  # info["admissible"]: the environment accepted the action
+    # the sampling policy's log-prob of each response token, where generation recorded them (Reply.logprobs)
+    response_logprobs: list[float] | None = None
 
 
 @dataclass
@@ -257,7 +259,8 @@ def collect_rollout(
                 bool(info.get("format_valid", info["valid_action"])),
                 bool(info.get("admissible", info["valid_action"])),
             )
-            samples.append(TurnSample(i, slot.prompt_ids, response, slot.teacher_prompt_ids, fmt, ok))
+            logprobs = getattr(response, "logprobs", None)
+            samples.append(TurnSample(i, slot.prompt_ids, list(response), slot.teacher_prompt_ids, fmt, ok, logprobs))
             ep.env_return += float(reward)
             ep.turns += 1
             ep.invalid += not fmt

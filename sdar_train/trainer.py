@@ -286,6 +286,7 @@ class Trainer:
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             distributed=self.world > 1,
             share_prompts=cfg.share_prefixes,
+            logprobs=cfg.rollout_logprobs and (cfg.spec.policy_gradient or cfg.spec.rlsd),
         )
 
     def _setup_environments(self) -> None:
@@ -526,7 +527,13 @@ class Trainer:
         orders = self._update_orders(len(samples), step)
         first = set(orders[0][: cfg.mini_batch_size]) if orders and orders[0] else set()
         rest = [i for i in range(len(samples)) if i not in first]
-        old = self._score(rollout_policy, prompts, responses, rest) if need_old else None
+        old = None
+        if need_old:
+            # the rest's as the sampler recorded them (rollout_logprobs), or scored where it recorded none
+            old, missing = self._recorded_logprobs(samples, rest)
+            if self._agreed(len(missing)):  # sharded, every process joins the pass
+                scored = self._score(rollout_policy, prompts, responses, missing)
+                old[missing] = scored[missing, : old.size(1)]
         t_pass["old_policy_pass_s"] = time.time() - t
         t_teacher = time.time() - t1
         # 4. update: token-mean losses normalised by the global token count of each mini-batch
@@ -560,6 +567,21 @@ class Trainer:
             ),  # by every forward over turn samples (a shared prefix once)
         )
         return metrics
+
+    def _recorded_logprobs(self, samples: list[TurnSample], rows: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Old log-probs ``[n, R]`` as :meth:`_score` lays them out (rows outside ``rows`` NaN), filled from
+        the log-probs generation recorded where ``rollout_logprobs`` is on; and the rows it recorded none for."""
+        rmax = max(1, max((len(s.response_ids) for s in samples), default=1))
+        out = torch.full((len(samples), rmax), float("nan"))
+        missing = []
+        for i in rows:
+            recorded = samples[i].response_logprobs if self.cfg.rollout_logprobs else None
+            if recorded is None or len(recorded) != len(samples[i].response_ids):
+                missing.append(i)
+                continue
+            out[i] = 0.0
+            out[i, : len(recorded)] = torch.tensor(recorded)
+        return out, missing
 
     def grow_skills(self, rollout: Rollout) -> int:
         """Each won episode's commands become a skill in this process's memory (near-duplicates are

@@ -122,6 +122,35 @@ def test_the_beginning_a_groups_prompts_share_is_prefilled_once_and_samples_the_
     assert shared_prefill < 0.4 * full_prefill
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_generation_records_the_log_probs_a_scoring_pass_would_compute(smollm2, temperature):
+    """The old policy's log-probs the PPO ratio reads, recorded while sampling (the logits each token was
+    drawn from, at the rollout temperature, before top-p): a scoring pass over the same prompt and reply
+    computes the same numbers, for replies that stopped and replies cut at the limit, with a group's shared
+    beginning prefilled once. Greedy sampling records none."""
+    from sdar_train.policy import generate
+
+    codec = PromptCodec(smollm2.tokenizer)
+    a, b = (codec.encode(q, 512) for q in ("Name three colours.", "What is the capital of France? Answer in a sentence."))
+    prompts = [a, a, a, b, b]
+    replies = generate(
+        smollm2, prompts, max_new_tokens=16, temperature=temperature, top_p=0.9, generator_seed=0, batch_size=8,
+        logprobs=True,
+    )  # fmt: skip
+    if temperature == 0.0:
+        assert all(r.logprobs is None for r in replies)
+        return
+    assert all(r.logprobs is not None and len(r.logprobs) == len(r) for r in replies)
+    stopped = {r[-1] in smollm2.stop_ids for r in replies}
+    assert stopped == {True, False}  # both kinds of reply are checked
+    with torch.no_grad():
+        scored, _ = response_logprobs(
+            smollm2.model, pack(prompts, replies, smollm2.pad_id), smollm2.device, temperature=temperature
+        )
+    for i, reply in enumerate(replies):
+        assert torch.allclose(torch.tensor(reply.logprobs), scored[i, : len(reply)], atol=1e-4), i
+
+
 def test_prompts_are_the_models_own_chat_template_and_the_teacher_block_goes_before_it(smollm2):
     tok = smollm2.tokenizer
     codec = PromptCodec(tok)

@@ -837,12 +837,14 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
 
 
 def test_the_first_mini_batch_takes_its_old_log_probs_from_its_own_forward(tmp_path, local_searcher, monkeypatch):
-    """Before the first optimizer step the policy is still the rollout's: the old-policy pass scores only
-    the later mini-batches, and the step is what scoring every row beforehand gives."""
+    """Before the first optimizer step the policy is still the rollout's: the old-policy pass (here the
+    recomputing one, ``rollout_logprobs`` off) scores only the later mini-batches, and the step is what
+    scoring every row beforehand gives."""
     runs, scored = {}, {}
     for name in ("reused", "scored"):
         cfg = TrainConfig(
             env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / name),
+            rollout_logprobs=False,
             **{**SMALL, "tasks_per_step": 3, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2},
         )  # fmt: skip
         trainer = Trainer(cfg)
@@ -863,6 +865,45 @@ def test_the_first_mini_batch_takes_its_old_log_probs_from_its_own_forward(tmp_p
     assert scored["reused"][-1] == samples - 2 and scored["scored"][-1] == samples  # (the last pass is the old one)
     for key in ("loss", "pg_loss", "kl", "clip_frac", "grad_norm"):
         assert runs["reused"][key] == pytest.approx(runs["scored"][key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_old_policy_log_probs_are_the_ones_generation_recorded(tmp_path, local_searcher, monkeypatch):
+    """rollout_logprobs (the default): the later mini-batches' old log-probs are those HF generation
+    recorded from the logits it sampled from, so no pass scores them, and the step is the recomputing
+    step's (fp32). A back-end whose replies carry none (vLLM's) has them scored instead."""
+    runs, old_rows = {}, {}
+    for name in ("recorded", "recomputed", "plain replies"):
+        cfg = TrainConfig(
+            env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="grpo", output_dir=str(tmp_path / name),
+            rollout_logprobs=name != "recomputed", temperature=0.7,
+            **{**SMALL, "tasks_per_step": 3, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2},
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        score, generator = trainer._score, trainer.generator
+        calls: list[int | None] = []
+        monkeypatch.setattr(trainer, "_score", lambda m, p, r, rows=None, _c=calls, _s=score: _c.append(
+            None if rows is None else len(rows)) or _s(m, p, r, rows))  # fmt: skip
+        if name == "plain replies":
+            trainer.generator = lambda prompts, seed, sampling, _g=generator: [list(r) for r in _g(prompts, seed, sampling)]
+            trainer.generator.sync = generator.sync  # type: ignore[attr-defined]
+            trainer.generator.close = generator.close  # type: ignore[attr-defined]
+        try:
+            rollout = trainer.rollout(0)
+            recorded = [s.response_logprobs for s in rollout.samples]
+            if name == "recorded":
+                assert all(r is not None and len(r) == len(s.response_ids) for r, s in zip(recorded, rollout.samples))
+            else:
+                assert all(r is None for r in recorded)
+            runs[name] = trainer.learn(rollout, 0)
+            old_rows[name] = [n for n in calls if n is not None]  # the old pass names its rows; ref scores all
+        finally:
+            trainer.close()
+    samples = int(runs["recorded"]["samples"])
+    assert samples > 2  # several mini-batches: the old policy is needed
+    assert old_rows["recorded"] == [] and old_rows["recomputed"] == old_rows["plain replies"] == [samples - 2]
+    for name in ("recomputed", "plain replies"):
+        for key in ("loss", "pg_loss", "kl", "clip_frac", "ppo_kl", "grad_norm"):
+            assert runs["recorded"][key] == pytest.approx(runs[name][key], rel=1e-4, abs=1e-6), (name, key)
 
 
 def test_flat_groups_are_left_out_of_every_pass_when_asked(tmp_path, monkeypatch):
