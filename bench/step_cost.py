@@ -49,7 +49,11 @@ ENVS = {
 }
 PASSES = ("teacher_pass_s", "reference_pass_s", "old_policy_pass_s", "update_s")
 LOSSES = ("loss", "pg_loss", "kl")
-BEFORE = {"max_padding": 1.0, "share_prefixes": False, "rollout_logprobs": False}  # and score_micro_batch_size = micro_batch_size
+BEFORE = {
+    "max_padding": 1.0,
+    "share_prefixes": False,
+    "rollout_logprobs": False,
+}  # and score_micro_batch_size = micro_batch_size
 
 
 def _every_row_scored(trainer: Any) -> None:

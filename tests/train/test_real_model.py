@@ -131,7 +131,9 @@ def test_generation_records_the_log_probs_a_scoring_pass_would_compute(smollm2, 
     from sdar_train.policy import generate
 
     codec = PromptCodec(smollm2.tokenizer)
-    a, b = (codec.encode(q, 512) for q in ("Name three colours.", "What is the capital of France? Answer in a sentence."))
+    a, b = (
+        codec.encode(q, 512) for q in ("Name three colours.", "What is the capital of France? Answer in a sentence.")
+    )
     prompts = [a, a, a, b, b]
     replies = generate(
         smollm2, prompts, max_new_tokens=16, temperature=temperature, top_p=0.9, generator_seed=0, batch_size=8,

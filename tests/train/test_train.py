@@ -884,14 +884,19 @@ def test_the_old_policy_log_probs_are_the_ones_generation_recorded(tmp_path, loc
         monkeypatch.setattr(trainer, "_score", lambda m, p, r, rows=None, _c=calls, _s=score: _c.append(
             None if rows is None else len(rows)) or _s(m, p, r, rows))  # fmt: skip
         if name == "plain replies":
-            trainer.generator = lambda prompts, seed, sampling, _g=generator: [list(r) for r in _g(prompts, seed, sampling)]
+            trainer.generator = lambda prompts, seed, sampling, _g=generator: [
+                list(r) for r in _g(prompts, seed, sampling)
+            ]
             trainer.generator.sync = generator.sync  # type: ignore[attr-defined]
             trainer.generator.close = generator.close  # type: ignore[attr-defined]
         try:
             rollout = trainer.rollout(0)
             recorded = [s.response_logprobs for s in rollout.samples]
             if name == "recorded":
-                assert all(r is not None and len(r) == len(s.response_ids) for r, s in zip(recorded, rollout.samples))
+                assert all(
+                    r is not None and len(r) == len(s.response_ids)
+                    for r, s in zip(recorded, rollout.samples, strict=True)
+                )
             else:
                 assert all(r is None for r in recorded)
             runs[name] = trainer.learn(rollout, 0)
