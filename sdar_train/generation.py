@@ -85,18 +85,21 @@ class HFGenerator:
     def __call__(self, prompts: Sequence[list[int]], seed: int, sampling: Sampling) -> list[list[int]]:
         if not prompts:
             return []
-        return generate(
-            self.policy,
-            prompts,
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            generator_seed=seed,
-            batch_size=self.batch_size,
-            stop_ids=list(sampling.stop_ids) or None,
-            share_prompts=self.share_prompts,
-            logprobs=self.logprobs,
+        replies: list[list[int]] = list(
+            generate(
+                self.policy,
+                prompts,
+                max_new_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                generator_seed=seed,
+                batch_size=self.batch_size,
+                stop_ids=list(sampling.stop_ids) or None,
+                share_prompts=self.share_prompts,
+                logprobs=self.logprobs,
+            )
         )
+        return replies  # Reply lists (the recorded log-probs ride along)
 
     @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
