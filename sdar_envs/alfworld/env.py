@@ -7,7 +7,9 @@ Extra ``info`` keys besides the suite's (:data:`sdar_envs.core.INFO_KEYS`):
                    while the agent has followed it so far, else None; with ``expert="handcoded"``:
                    alfworld's handcoded expert's next command (slower: it needs the engine's facts);
                    with ``expert="searcher"``: the command of an expert that knows only what the agent is
-                   shown (:mod:`sdar_envs.alfworld.searcher`; wins 134 of 134 ``valid_unseen`` games).
+                   shown (:mod:`sdar_envs.alfworld.searcher`; wins 134 of 134 ``valid_unseen`` games);
+                   with ``expert="explained"``: the searcher's command as a whole reply, after a
+                   ``<think>`` naming the task's object and whether it is in hand, in sight or not here.
                    Behaviour cloning uses the searcher (``demonstration_kwargs``): cloned from the
                    walkthrough, which goes straight to where the object lies, SmolLM2 learned to guess.
 """
@@ -19,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from sdar_envs.alfworld import engine
 from sdar_envs.alfworld.data import TASK_TYPES, AlfworldTask, list_tasks
-from sdar_envs.alfworld.searcher import AlfworldView, searcher_action
+from sdar_envs.alfworld.searcher import AlfworldView, explained_reply, searcher_action
 from sdar_envs.core import (
     ActResult,
     PromptBuilder,
@@ -54,6 +56,9 @@ def project_action(text: str, admissible: list[str]) -> str | None:
     return None
 
 
+EXPERTS = (None, "walkthrough", "handcoded", "searcher", "explained")
+
+
 class AlfworldEnv(TextEnv):
     """One ALFWorld game at a time, chosen by ``task_id`` or by seed.
 
@@ -63,7 +68,8 @@ class AlfworldEnv(TextEnv):
         max_steps: step limit (50 as in verl-agent and the SDAR paper); the episode is truncated there.
         data_dir: a folder holding ``json_2.1.1/<split>`` (default: ``$ALFWORLD_DATA``, else the
             shipped archives, unpacked on first use).
-        expert: None, ``"walkthrough"``, ``"handcoded"`` or ``"searcher"``; fills ``info["expert_action"]``.
+        expert: None, ``"walkthrough"``, ``"handcoded"``, ``"searcher"`` or ``"explained"``; fills
+            ``info["expert_action"]``.
         game_cache_size: games kept parsed and translated in this process (a re-visited game resets in
             milliseconds).
     """
@@ -86,13 +92,13 @@ class AlfworldEnv(TextEnv):
         task_types: list[str] | tuple[str, ...] | None = None,
         max_steps: int = 50,
         data_dir: str | None = None,
-        expert: Literal["walkthrough", "handcoded", "searcher"] | None = None,
+        expert: Literal["walkthrough", "handcoded", "searcher", "explained"] | None = None,
         game_cache_size: int = 256,
         render_mode: str | None = None,
     ) -> None:
         super().__init__(max_steps=max_steps, render_mode=render_mode)
-        if expert not in (None, "walkthrough", "handcoded", "searcher"):
-            raise ValueError(f"expert must be None, 'walkthrough', 'handcoded' or 'searcher', got {expert!r}")
+        if expert not in EXPERTS:
+            raise ValueError(f"expert must be one of {', '.join(map(str, EXPERTS))}, got {expert!r}")
         self.split = split
         self.expert = expert
         self.tasks: list[AlfworldTask] = list_tasks(split, task_types, data_dir)
@@ -170,14 +176,14 @@ class AlfworldEnv(TextEnv):
         if self.expert == "handcoded":
             plan = self._state.get("extra.expert_plan") or []
             return plan[0] if plan else None
-        if self.expert == "searcher":
+        if self.expert in ("searcher", "explained"):
             view = AlfworldView(
                 task=self._instruction,
                 observations=[o for o, _ in self._turns] + [self._observation],
                 actions=[a for _, a in self._turns],
                 admissible=list(self._state["admissible_commands"]),
             )
-            return searcher_action(view)
+            return searcher_action(view) if self.expert == "searcher" else explained_reply(view)
         return None
 
     def close(self) -> None:

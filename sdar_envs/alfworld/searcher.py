@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["AlfworldGoal", "AlfworldView", "parse_goal", "searcher_action"]
+__all__ = ["AlfworldGoal", "AlfworldView", "explained_reply", "parse_goal", "searcher_action"]
 
 _TOOLS = {"clean": ("sinkbasin", "clean"), "heat": ("microwave", "heat"), "cool": ("fridge", "cool")}
 _DONE = {"clean": "You clean the", "heat": "You heat the", "cool": "You cool the"}
@@ -149,3 +149,27 @@ def searcher_action(view: AlfworldView) -> str:
     if here and here.split()[0] == goal.target and f"open {here}" in view.admissible:
         return f"open {here}"
     return _first(view.admissible, f"go to {goal.target} ") or _explore(view)
+
+
+def explained_reply(view: AlfworldView) -> str:
+    """The searcher's command as a tagged reply whose ``<think>`` first says what the command is decided
+    on: the task's object, and whether it is in hand, in sight or not here (the searcher clone without it
+    swept the room but did not take the task's object when it saw it, docs/real_model/). At most 30 tokens."""
+    action = searcher_action(view)
+    goal = parse_goal(view.task)
+    held = _held(view, goal.obj)
+    if held is None:
+        need = f"I need {'an' if goal.obj[0] in 'aeiou' else 'a'} {goal.obj}."
+        if action.startswith("take "):
+            thought = f"{need} I see {action[len('take ') :].split(' from ')[0]} here."
+        elif action.startswith("open "):
+            thought = f"{need} The {action[len('open ') :]} is closed."
+        else:
+            thought = f"{need} There is none here."
+    elif goal.kind == "look":
+        thought = f"I have the {held}. I need the {goal.target}."
+    elif goal.kind in _TOOLS and not action.startswith("move ") and goal.target not in action:
+        thought = f"I have the {held}. I {goal.kind} it with the {_TOOLS[goal.kind][0]}."
+    else:
+        thought = f"I have the {held}. It goes in the {goal.target}."
+    return f"<think>{thought}</think><action>{action}</action>"

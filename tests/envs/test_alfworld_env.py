@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -37,6 +38,31 @@ def test_expert_wins_a_sample_of_each_split(split):
         total, info, steps, terminated = _play_expert(env, task.task_id)
         assert terminated and info["won"] and total == 1.0, task.task_id
         assert info["step"] == steps and info["valid_action"]
+
+
+def test_the_explained_expert_says_what_it_decides_on_then_plays_the_searchers_command():
+    """expert="explained": every reply is a valid turn whose think names the task's object (and, once held,
+    the instance in hand) before the searcher's own command, and it wins as the searcher does."""
+    from sdar_envs.alfworld.searcher import parse_goal
+
+    explained = gym.make(ENV_ID, split="valid_unseen", expert="explained")
+    searcher = gym.make(ENV_ID, split="valid_unseen", expert="searcher")
+    for task in sample_per_type("valid_unseen", 1):
+        _, info = explained.reset(options={"task_id": task.task_id})
+        _, plain = searcher.reset(options={"task_id": task.task_id})
+        obj, done = parse_goal(info["task"]).obj, False
+        while not done:
+            reply = info["expert_action"]
+            thought, command = re.fullmatch(r"<think>(.+)</think><action>(.+)</action>", reply).groups()
+            assert command == plain["expert_action"] and command in info["admissible_actions"]
+            assert obj in thought and len(reply.split()) <= 20
+            if command.startswith("take "):
+                assert f"I see {command[5:].split(' from ')[0]} here" in thought
+            _, _, terminated, truncated, info = explained.step(reply)
+            _, _, _, _, plain = searcher.step(f"<action>{command}</action>")
+            assert info["format_valid"] and info["admissible"]
+            done = terminated or truncated
+        assert info["won"], task.task_id
 
 
 def test_info_keys_and_types():
