@@ -5,7 +5,9 @@
 # during training. `walkthrough` (what behaviour cloning used then): the game's walkthrough, 20 steps, one
 # torch thread. `searcher` (the default now): the prompt-only searcher, 4 steps, two threads (it ran with
 # --steps 8, was stopped at its step-4 checkpoint for time, and exported by resuming with --steps 4; then
-# continued to 10 as `STEPS=10 THREADS=1 run_alfworld_warm.sh searcher`). Resumable: run it again to continue.
+# continued to 10 as `STEPS=10 THREADS=1 run_alfworld_warm.sh searcher`). `explained`: the searcher's command
+# after a think naming the task's object and whether it is in hand, in sight or not here, run as
+# `STEPS=10 run_alfworld_warm.sh explained`. Resumable: run it again to continue.
 cd "$(git rev-parse --show-toplevel)"
 EXPERT=${1:-searcher}
 OUT=runs/real/alfworld_$EXPERT
