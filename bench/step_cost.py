@@ -63,17 +63,25 @@ def _every_row_scored(trainer: Any) -> None:
 
 
 def _recorded_vs_scored(trainer: Any, rollout: Any, adapters: Any) -> dict[str, float]:
-    """How far the old log-probs generation recorded are from those a scoring pass recomputes on the same
-    (merged) weights, and both from the update's own forward on the adapters, whose ratio to them is 1
-    before any optimizer step: mean and max absolute difference over response tokens, and the share of
-    tokens whose ratio falls outside PPO's clip range [0.8, 1.2]."""
+    """How far the old log-probs generation recorded are from those the old-policy pass recomputes (the
+    same merged weights, the scoring passes' micro-batches), and both from the update's own forward (the
+    adapters, the update's micro-batches), which the PPO ratio divides by them, at the same weights here:
+    mean and max absolute difference over response tokens, and the share of tokens whose ratio falls
+    outside PPO's clip range [0.8, 1.2]. In bf16 each is rounding; in fp32 all agree to 1e-4."""
     import torch
 
     samples = [s for s in rollout.samples if s.response_ids and s.response_logprobs is not None]
     prompts, responses = [s.prompt_ids for s in samples], [s.response_ids for s in samples]
     recorded, _ = trainer._recorded_logprobs(samples, list(range(len(samples))))
     rescored = trainer._score(trainer.policy.model, prompts, responses)
-    own = trainer._score(adapters, prompts, responses)
+    cfg = trainer.cfg  # the update's own forward: its micro-batches, on the adapters
+    trainer.cfg = dataclasses.replace(
+        cfg, score_micro_batch_size=cfg.micro_batch_size, share_prefixes=trainer._share_in_update
+    )
+    try:
+        own = trainer._score(adapters, prompts, responses)
+    finally:
+        trainer.cfg = cfg
     mask = torch.zeros_like(own, dtype=torch.bool)
     for i, r in enumerate(responses):
         mask[i, : len(r)] = True
