@@ -3,6 +3,7 @@ environments, the response-only mask, exact resume, and learning on a toy task."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -363,6 +364,43 @@ def test_lora_trains_only_adapters_and_keeps_a_kl_to_the_base_model(tmp_path):
         trainer.close()
     merged = load_policy(str(final), torch.device("cpu"))  # adapters merged into a plain model
     assert not any("lora" in k for k, _ in merged.model.named_parameters())
+
+
+def test_lora_under_bf16_autocast_skips_the_adapters_input_casts_and_computes_the_same_update(tmp_path):
+    """LoRA's fp32 adapters over a bf16 base, under autocast: peft's cast of every adapter input to fp32
+    (which autocast casts back) is switched off in the update's forward, and the gradient is bit for bit
+    the one with the casts."""
+    from accelerate.state import AcceleratorState
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from sdar_train.trainer import TurnBatch
+
+    AcceleratorState._reset_state(True)  # Accelerate keeps one precision per process: this test's is bf16
+    cfg = TrainConfig(env="Test/LetterY-v0", algo="grpo", output_dir=str(tmp_path), lora_r=4, bf16=True,
+                      kl_coef=0.0, tasks_per_step=1, group_size=2, mini_batch_size=4, micro_batch_size=2, progress=False)  # fmt: skip
+    trainer = Trainer(cfg)
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        seen: list[bool] = []
+        hook = layers[0].register_forward_pre_hook(lambda m, i: seen.append(m.cast_input_dtype_enabled))
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(10, 4000, (n,), generator=gen).tolist() for n in (7, 12, 9, 5)]
+        responses = [torch.randint(10, 4000, (n,), generator=gen).tolist() for n in (3, 5, 2, 4)]
+        batch = TurnBatch(prompts, responses, torch.tensor([1.0, -1.0, 0.5, -0.5]))
+        grads = []
+        for casts in (False, True):
+            if casts:
+                trainer._no_adapter_casts = contextlib.nullcontext  # type: ignore[method-assign]
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.update(batch, step=0, optimizer_step=False)
+            grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        hook.remove()
+    finally:
+        trainer.close()
+        AcceleratorState._reset_state(True)
+    assert seen and not any(seen[: len(seen) // 2]) and all(seen[len(seen) // 2 :])  # off, then on
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True)) and any(g.abs().sum() > 0 for g in grads[0])
 
 
 def test_the_command_line_trains_evaluates_periodically_and_plots(tmp_path):
