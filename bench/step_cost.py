@@ -11,6 +11,7 @@ of being copied at every decode step (``kv_cache``) (after). On that rollout, fr
 half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
+  peft's casts of adapter inputs kept in the update,
   every row's prompt computed in full (``--share_prefixes false``), the no-grad passes in micro-batches
   of the update's size, the old-policy pass over every row;
 - and **after**: the defaults (micro-batches closed at 10% padding, a micro-batch's shared prompt
@@ -35,6 +36,7 @@ generation 23%, old log-probs 10%, teacher 14%, reference 10%, update 43% of 1,8
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import tempfile
@@ -182,9 +184,10 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 trainer._share_in_update = trainer.cfg.share_prefixes  # (one process, no checkpointing)
                 if arm == "before":
                     _every_row_scored(trainer)
+                    trainer._no_adapter_casts = contextlib.nullcontext  # peft's casts of adapter inputs, as before
                 m = trainer.learn(rollout, 0)
                 if arm == "before":
-                    del trainer._score  # back to the method
+                    del trainer._score, trainer._no_adapter_casts  # back to the methods
                 result["arms"][(algo, arm)] = m
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
         if args.limit_baseline:

@@ -190,6 +190,9 @@ def generate(
     sampling = (
         {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     )
+    # a model's own generation_config fills what is not passed (Qwen2.5-Instruct's: repetition_penalty
+    # 1.05, top_k 20): rollouts sample softmax(logits / T), the distribution every pass trains
+    sampling.update(repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=None, typical_p=1.0)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]

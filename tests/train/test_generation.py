@@ -88,6 +88,23 @@ def test_hf_sampling_repeats_for_a_seed(policy):
     assert gen([], 7, s) == []
 
 
+def test_a_models_own_sampling_defaults_do_not_change_what_is_sampled(policy):
+    """Qwen2.5-Instruct's generation_config asks for repetition_penalty 1.05 and top_k 20; transformers fills
+    what generate is not passed from it. Rollouts must still sample softmax(logits / T), the distribution
+    every pass scores: the same replies as without those defaults, and recorded log-probs equal to scored."""
+    prompts = _prompts(policy)
+    greedy, sampled = Sampling(10, 0.0, stop_ids=(policy.pad_id,)), Sampling(10, 1.0, stop_ids=(policy.pad_id,))
+    gen = HFGenerator(policy, batch_size=4, logprobs=True)
+    plain = gen(prompts, 3, greedy), gen(prompts, 3, sampled)
+    config = policy.model.generation_config
+    config.repetition_penalty, config.top_k, config.no_repeat_ngram_size = 3.0, 2, 2
+    assert (gen(prompts, 3, greedy), gen(prompts, 3, sampled)) == plain
+    with torch.no_grad():
+        scored, _ = response_logprobs(policy.model, pack(prompts, plain[1], policy.pad_id), torch.device("cpu"))
+    for i, reply in enumerate(plain[1]):
+        assert torch.allclose(torch.tensor(reply.logprobs), scored[i, : len(reply)], atol=1e-4)  # type: ignore[attr-defined]
+
+
 def test_backend_choice_is_validated():
     with pytest.raises(ValueError, match="generation_backend"):
         TrainConfig(generation_backend="sglang")
