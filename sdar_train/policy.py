@@ -187,7 +187,7 @@ def generate(
     out: list[Reply] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
     greedy = temperature < 1e-5
-    sampling = (
+    sampling: dict[str, Any] = (
         {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     )
     # a model's own generation_config fills what is not passed (Qwen2.5-Instruct's: repetition_penalty
