@@ -11,10 +11,11 @@ of being copied at every decode step (``kv_cache``) (after). On that rollout, fr
 half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
-  peft's casts of adapter inputs kept in the update,
+  prompts left-padded behind a padding mask, peft's casts of adapter inputs kept in the update,
   every row's prompt computed in full (``--share_prefixes false``), the no-grad passes in micro-batches
   of the update's size, the old-policy pass over every row;
-- and **after**: the defaults (micro-batches closed at 10% padding, a micro-batch's shared prompt
+- and **after**: the defaults (rows right-padded whole and scored with causal attention and no mask,
+  micro-batches closed at 10% padding, a micro-batch's shared prompt
   beginning computed once and its KV cache reused, no-grad micro-batches 4x the update's, the first
   mini-batch's old log-probs from its own forward and the others' as generation recorded them, and, for LoRA over a bf16 base on a CPU, generation
   and the teacher and old-policy passes on a merged copy of the weights instead of the adapters).
@@ -185,9 +186,10 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 if arm == "before":
                     _every_row_scored(trainer)
                     trainer._no_adapter_casts = contextlib.nullcontext  # peft's casts of adapter inputs, as before
+                    trainer._right_padded = False  # prompts left-padded behind a padding mask, as before
                 m = trainer.learn(rollout, 0)
                 if arm == "before":
-                    del trainer._score, trainer._no_adapter_casts  # back to the methods
+                    del trainer._score, trainer._no_adapter_casts, trainer._right_padded  # back to the class's
                 result["arms"][(algo, arm)] = m
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
         if args.limit_baseline:

@@ -1,9 +1,11 @@
 """How turn samples are cut into micro-batches: rows of similar lengths together, so that a forward pays
 for little padding.
 
-A packed row is its prompt left-padded to the micro-batch's longest prompt and its response right-padded
-to the longest response (:func:`sdar_train.policy.pack`), so a micro-batch of ``n`` rows computes
-``n x (max prompt + max response)`` tokens whatever its rows' own lengths. Sorting by length and closing
+A packed row is its prompt then its response, right-padded to the micro-batch's longest row
+(:func:`sdar_train.policy.pack`), so a micro-batch of ``n`` rows computes ``n x max(prompt + response)``
+tokens whatever its rows' own lengths (rows after a shared prefix are laid out as before the right
+padding was built: prompts left-padded to the longest, responses right-padded to the longest, which costs
+``n x (max prompt + max response)``; ``right_padded=False`` counts every forward that way). Sorting by length and closing
 a micro-batch before it grows past a row count, a token budget or a padding share keeps that close to
 the real tokens (verl's dynamic batch size is the same idea). The order inside a mini-batch does not
 change its gradient (a sum over rows normalised by the mini-batch's token count), so this is free.
@@ -37,6 +39,10 @@ __all__ = [
 # worth its own forward.
 FORWARD_OVERHEAD_TOKENS = 32
 MIN_SHARED_PREFIX = 16
+# Rows after a shared prefix attend to its KV cache behind a mask, which the attention kernel adds in full
+# instead of skipping the causal half: a forward over 2 x 800 tokens of SmolLM2 costs 17-19% more per token
+# than right-padded rows with causal attention alone (CPU, bf16; sdar_train.policy.ScoredBatch).
+MASKED_TOKEN_COST = 1.2
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,21 @@ class MicroBatch:
     prefix: int = 0
 
 
-def cost(lengths: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """(tokens a forward over these rows computes, tokens that are real) for (prompt, response) lengths."""
+def cost(lengths: Sequence[tuple[int, int]], *, right_padded: bool = True) -> tuple[int, int]:
+    """(tokens a forward over these rows computes, tokens that are real) for (prompt, response) lengths,
+    rows right-padded whole or (``right_padded=False``) prompts left-padded and responses right-padded."""
     if not lengths:
         return 0, 0
-    width = max(p for p, _ in lengths) + max(max(r for _, r in lengths), 1)
+    if right_padded:
+        width = max(p + r for p, r in lengths)
+    else:
+        width = max(p for p, _ in lengths) + max(max(r for _, r in lengths), 1)
     return len(lengths) * width, sum(p + r for p, r in lengths)
+
+
+def _length_key(prompt: int, response: int, right_padded: bool) -> tuple[int, int]:
+    """Sort key of a row: what its padded width depends on (its whole length, or its prompt's then its reply's)."""
+    return (prompt + response, prompt) if right_padded else (prompt, response)
 
 
 def micro_batches(
@@ -61,6 +76,7 @@ def micro_batches(
     max_rows: int,
     max_tokens: int = 0,
     max_padding: float = 1.0,
+    right_padded: bool = True,
 ) -> list[list[int]]:
     """Indices of ``lengths`` (one (prompt, response) length pair per row) cut into micro-batches: rows
     sorted by length, a micro-batch closed before it would hold more than ``max_rows`` rows, compute more
@@ -68,12 +84,12 @@ def micro_batches(
     row is never split: one longer than the budget is a micro-batch of its own."""
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i][0], lengths[i][1]))
+    order = sorted(range(len(lengths)), key=lambda i: _length_key(*lengths[i], right_padded))
     out: list[list[int]] = []
     current: list[int] = []
     for i in order:
         trial = [*current, i]
-        computed, real = cost([lengths[j] for j in trial])
+        computed, real = cost([lengths[j] for j in trial], right_padded=right_padded)
         fits = (
             len(trial) <= max_rows
             and (max_tokens <= 0 or computed <= max_tokens)
@@ -95,11 +111,14 @@ def _common(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     return n
 
 
-def shared_cost(lengths: Sequence[tuple[int, int]], prefix: int) -> tuple[int, int]:
+def shared_cost(lengths: Sequence[tuple[int, int]], prefix: int, *, right_padded: bool = True) -> tuple[int, int]:
     """(tokens computed, tokens real) for rows whose first ``prefix`` prompt tokens are computed once:
-    the prefix, then every row padded to the longest remaining prompt and the longest response."""
+    the prefix, then every row padded to the longest remaining prompt and the longest response. Without
+    a prefix, :func:`cost`."""
     if not lengths:
         return 0, 0
+    if prefix == 0:
+        return cost(lengths, right_padded=right_padded)
     width = max(p for p, _ in lengths) - prefix + max(max(r for _, r in lengths), 1)
     return prefix + len(lengths) * width, prefix + sum(p - prefix + r for p, r in lengths)
 
@@ -124,6 +143,7 @@ def _shared_cut(
     max_rows: int,
     max_tokens: int,
     max_padding: float,
+    right_padded: bool,
 ) -> list[MicroBatch]:
     """Rows in the order of their prompt tokens, split into families wherever neighbours share fewer than
     ``share`` of their prompt (and :data:`MIN_SHARED_PREFIX` tokens); each family cut by length as
@@ -143,11 +163,13 @@ def _shared_cut(
     out: list[MicroBatch] = []
     for family in families:
         prefix = common_prefix_len([prompts[i] for i in family]) if len(family) > 1 else 0
-        family.sort(key=lambda i: (len(prompts[i]), len(responses[i])))
+        family.sort(key=lambda i: _length_key(len(prompts[i]), len(responses[i]), right_padded and prefix == 0))
         current: list[int] = []
         for i in family:
             trial = [*current, i]
-            computed, real = shared_cost([(len(prompts[j]), len(responses[j])) for j in trial], prefix)
+            computed, real = shared_cost(
+                [(len(prompts[j]), len(responses[j])) for j in trial], prefix, right_padded=right_padded
+            )
             fits = (
                 len(trial) <= max_rows
                 and (max_tokens <= 0 or computed - prefix <= max_tokens)
@@ -180,28 +202,47 @@ def plan(
     max_tokens: int = 0,
     max_padding: float = 1.0,
     share_prefixes: bool = False,
+    right_padded: bool = True,
 ) -> list[MicroBatch]:
     """``rows`` (indices into ``prompts``/``responses``) cut into micro-batches: by length
     (:func:`micro_batches`), or, with ``share_prefixes``, whichever of that and the cut by shared
-    beginnings computes fewer tokens (counting :data:`FORWARD_OVERHEAD_TOKENS` per forward)."""
+    beginnings computes less (counting :data:`FORWARD_OVERHEAD_TOKENS` per forward, and the rows after a
+    shared prefix at :data:`MASKED_TOKEN_COST` each).
+    ``right_padded``: how rows without a shared prefix are laid out (:func:`cost`)."""
     if not rows:
         return []
     lengths = [(len(prompts[i]), len(responses[i])) for i in rows]
     by_length = [
         MicroBatch([rows[j] for j in group])
-        for group in micro_batches(lengths, max_rows=max_rows, max_tokens=max_tokens, max_padding=max_padding)
+        for group in micro_batches(
+            lengths, max_rows=max_rows, max_tokens=max_tokens, max_padding=max_padding, right_padded=right_padded
+        )
     ]
     if not share_prefixes:
         return by_length
 
-    def total(cut: list[MicroBatch]) -> int:
+    def total(cut: list[MicroBatch]) -> float:
         forwards = sum(1 + (mb.prefix > 0) for mb in cut)
-        computed = sum(shared_cost([(len(prompts[i]), len(responses[i])) for i in mb.rows], mb.prefix)[0] for mb in cut)
+        computed = 0.0
+        for mb in cut:
+            lengths = [(len(prompts[i]), len(responses[i])) for i in mb.rows]
+            tokens = shared_cost(lengths, mb.prefix, right_padded=right_padded)[0]
+            masked = mb.prefix > 0 and right_padded  # (left-padded, every forward is masked alike)
+            computed += mb.prefix + (tokens - mb.prefix) * MASKED_TOKEN_COST if masked else tokens
         return computed + FORWARD_OVERHEAD_TOKENS * forwards
 
     # how alike rows must begin to share a forward: try a few, keep the cheapest cut (rows are few)
     cuts = [by_length] + [
-        _shared_cut(prompts, responses, rows, share, max_rows=max_rows, max_tokens=max_tokens, max_padding=max_padding)
+        _shared_cut(
+            prompts,
+            responses,
+            rows,
+            share,
+            max_rows=max_rows,
+            max_tokens=max_tokens,
+            max_padding=max_padding,
+            right_padded=right_padded,
+        )
         for share in (0.0, 0.25, 0.5, 0.75)
     ]
     return min(cuts, key=total)

@@ -424,7 +424,13 @@ class Trainer:
         for c in range(self._agreed(len(micros)) if self.sharded else len(micros)):
             mb = micros[c] if c < len(micros) else MicroBatch([])
             batch = (
-                pack([prompts[i] for i in mb.rows], [responses[i] for i in mb.rows], pad, shared_prefix=mb.prefix)
+                pack(
+                    [prompts[i] for i in mb.rows],
+                    [responses[i] for i in mb.rows],
+                    pad,
+                    shared_prefix=mb.prefix,
+                    right_padded=self._right_padded,
+                )
                 if mb.rows
                 else pack([[pad]], [[pad]], pad)
             )
@@ -682,6 +688,9 @@ class Trainer:
         return stats
 
     _last_failure = ""
+    # rows without a shared prefix are scored right-padded, with causal attention and no mask
+    # (sdar_train.policy.ScoredBatch); False: left-padded, as before it was built (bench/step_cost.py)
+    _right_padded = True
 
     def _micro_batches(
         self,
@@ -708,9 +717,11 @@ class Trainer:
             max_tokens=cfg.micro_batch_tokens * max_rows // cfg.micro_batch_size,
             max_padding=cfg.max_padding,
             share_prefixes=share,
+            right_padded=self._right_padded,
         )
         for mb in cut:
-            computed, real = shared_cost([(len(prompts[i]), len(responses[i])) for i in mb.rows], mb.prefix)
+            lengths = [(len(prompts[i]), len(responses[i])) for i in mb.rows]
+            computed, real = shared_cost(lengths, mb.prefix, right_padded=self._right_padded)
             self._tokens["computed"] += computed
             self._tokens["real"] += real
         return cut
@@ -755,6 +766,7 @@ class Trainer:
             [batch.responses[i] for i in rows],
             self.policy.pad_id,
             shared_prefix=micro.prefix,
+            right_padded=self._right_padded,
         )
         mask = packed.mask.to(self.accelerator.device)
         rw = mask.size(1)

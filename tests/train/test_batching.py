@@ -29,23 +29,37 @@ def test_every_row_once_and_every_bound_held(seed):
 
 def test_without_a_budget_or_a_padding_bound_it_is_sort_then_chunk():
     lengths = _random_lengths(37, 0)
-    order = sorted(range(37), key=lambda i: lengths[i])
+    # right-padded rows are as wide as their whole length; left-padded ones as their prompt, then reply
+    order = sorted(range(37), key=lambda i: (sum(lengths[i]), lengths[i][0]))
     assert micro_batches(lengths, max_rows=8) == [order[s : s + 8] for s in range(0, 37, 8)]
+    order = sorted(range(37), key=lambda i: lengths[i])
+    assert micro_batches(lengths, max_rows=8, right_padded=False) == [order[s : s + 8] for s in range(0, 37, 8)]
 
 
-def test_padding_falls_as_the_bound_tightens():
+def test_a_right_padded_forward_computes_its_longest_row_only():
+    """Rows right-padded whole pay for the longest prompt + reply; left-padded prompts and right-padded
+    replies pay for the longest prompt plus the longest reply, which can be two different rows."""
+    lengths = [(100, 40), (130, 2)]
+    assert cost(lengths) == (2 * 140, 272)
+    assert cost(lengths, right_padded=False) == (2 * 170, 272)
+    assert shared_cost(lengths, 0) == cost(lengths)
+    assert shared_cost(lengths, 50) == (50 + 2 * (130 - 50 + 40), 50 + 90 + 82)  # the prefix counts once
+
+
+@pytest.mark.parametrize(("right_padded", "bound"), [(True, 0.01), (False, 0.05)])
+def test_padding_falls_as_the_bound_tightens(right_padded, bound):
     lengths = _random_lengths(400, 1)
 
     def share(**bounds: float) -> float:
-        groups = micro_batches(lengths, max_rows=16, **bounds)
-        computed = sum(cost([lengths[i] for i in g])[0] for g in groups)
+        groups = micro_batches(lengths, max_rows=16, right_padded=right_padded, **bounds)
+        computed = sum(cost([lengths[i] for i in g], right_padded=right_padded)[0] for g in groups)
         real = sum(p + r for p, r in lengths)
         return 1 - real / computed
 
     unsorted = 1 - sum(p + r for p, r in lengths) / sum(
-        cost(lengths[s : s + 16])[0] for s in range(0, 400, 16)
+        cost(lengths[s : s + 16], right_padded=right_padded)[0] for s in range(0, 400, 16)
     )  # a count cut of the shuffled order (no sorting) pays this
-    assert share(max_padding=0.05) <= 0.05 < share(max_padding=1.0) < unsorted
+    assert share(max_padding=bound) <= bound < share(max_padding=1.0) < unsorted
 
 
 def test_bad_bounds_are_refused():

@@ -329,7 +329,9 @@ def test_log_probs_and_entropy_at_the_rollout_temperature_are_the_references(tem
         assert kwargs["logits_to_keep"] == r + 1
         return SimpleNamespace(logits=logits[:, -(r + 1) :].clone())
 
-    batch = pack([[1, 2, 3]] * len(responses), responses, pad_id=0)
+    # (left-padded: the layout whose logit columns are the reference's last r + 1; the right-padded one
+    # scores the same numbers, tests/train/test_real_model.py)
+    batch = pack([[1, 2, 3]] * len(responses), responses, pad_id=0, right_padded=False)
     logp, ent = response_logprobs(model, batch, torch.device("cpu"), with_entropy=True, temperature=float(temperature))
     ref = case["temperatures"][temperature]
     assert torch.allclose(logp, torch.tensor(ref["log_probs"]), atol=1e-4)

@@ -212,20 +212,56 @@ def test_with_pad_equal_to_eos_the_stop_token_is_trained_and_padding_is_not(smol
     ]
     responses[1] = responses[1][:2] + responses[1][-1:]  # rows of different lengths; both end with <|im_end|>
     assert all(r[-1] == tok.pad_token_id for r in responses)  # the stop token *is* the pad token
-    batch = pack(prompts, responses, smollm2.pad_id)
-    captured = {}
-    handle = smollm2.model.lm_head.register_forward_hook(lambda m, i, o: captured.setdefault("logits", o))
-    try:
-        logp, _ = response_logprobs(smollm2.model, batch, torch.device("cpu"))
-        captured["logits"].retain_grad()
-        (-(logp * batch.mask).sum()).backward()
-    finally:
-        handle.remove()
-        smollm2.model.zero_grad(set_to_none=True)
-    grad = captured["logits"].grad.abs().sum(-1)
-    for i, r in enumerate(responses):
-        assert grad[i, len(r) - 1] > 0, "the stop token predicts the end of the turn: it is trained"
-        assert (grad[i, len(r) :] == 0).all(), "padding (the same id) is not"
+    for right_padded in (True, False):
+        batch = pack(prompts, responses, smollm2.pad_id, right_padded=right_padded)
+        captured: dict[str, torch.Tensor] = {}
+        handle = smollm2.model.lm_head.register_forward_hook(lambda m, i, o, c=captured: c.setdefault("logits", o))
+        try:
+            logp, _ = response_logprobs(smollm2.model, batch, torch.device("cpu"))
+            captured["logits"].retain_grad()
+            (-(logp * batch.mask).sum()).backward()
+        finally:
+            handle.remove()
+            smollm2.model.zero_grad(set_to_none=True)
+        grad = captured["logits"].grad.abs().sum(-1)  # [n, the logit columns computed]
+        for i, r in enumerate(responses):
+            # the column that predicts the row's first response token (right-padded rows start apart)
+            first = int(batch.starts[i] - batch.starts.min()) if right_padded else 0
+            assert grad[i, first + len(r) - 1] > 0, "the stop token predicts the end of the turn: it is trained"
+            assert (grad[i, first + len(r) :] == 0).all(), "padding (the same id) is not"
+            assert (grad[i, :first] == 0).all(), "nor the prompt"
+
+
+def test_right_padded_rows_with_causal_attention_alone_score_what_left_padded_rows_score(smollm2):
+    """Rows right-padded whole are scored with no attention mask (the causal kernel, which skips the
+    masked half): the log-probs and the gradient equal the left-padded, masked layout's to float
+    tolerance, for prompts and replies of different lengths, and the rows compute fewer tokens."""
+    codec = PromptCodec(smollm2.tokenizer)
+    build = prompt_builder("SDAR/SearchQA-v0")
+    questions = ("who wrote hamlet", "when did the eagles win their last super bowl against the patriots", "peru")
+    prompts = [
+        codec.encode(build(task=q, observation=q, history=[], admissible_actions=[], step=0), 4096) for q in questions
+    ]
+    replies = (
+        "<answer>William Shakespeare</answer>",
+        "ok",
+        "<answer>Lima, Peru</answer>",
+    )  # the longest prompt, the shortest reply
+    responses = [codec.encode_response(r) for r in replies]
+    assert len({len(p) for p in prompts}) == 3 and len({len(r) for r in responses}) == 3
+    model, results = smollm2.model, []
+    for right_padded in (True, False):
+        batch = pack(prompts, responses, smollm2.pad_id, right_padded=right_padded)
+        logp, ent = response_logprobs(model, batch, torch.device("cpu"), with_entropy=True, temperature=0.7)
+        ((-(logp * batch.mask).sum()) + (ent * batch.mask).sum()).backward()
+        grad = model.model.layers[3].self_attn.k_proj.weight.grad.clone()
+        model.zero_grad(set_to_none=True)
+        results.append((logp.detach() * batch.mask, ent.detach() * batch.mask, grad, batch.input_ids.numel()))
+    (right, right_ent, right_grad, right_tokens), (left, left_ent, left_grad, left_tokens) = results
+    torch.testing.assert_close(right, left, rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(right_ent, left_ent, rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(right_grad, left_grad, rtol=1e-3, atol=1e-4)
+    assert right_tokens < left_tokens
 
 
 def test_a_shared_skill_block_scored_once_gives_the_same_log_probs_and_gradient(smollm2):

@@ -179,27 +179,35 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
     assert history[0].observation.split()[0] in policy.tokenizer.decode(prompts[2])  # observations are in the prompt
     responses = [policy.tokenizer(f"<action>{t.action}</action>", add_special_tokens=False).input_ids for t in history]
     responses[1] = responses[1][:3]  # rows of different lengths: padding must not count either
-    batch = pack(prompts, responses, policy.pad_id)
-    for i, r in enumerate(responses):
-        assert batch.targets[i, : len(r)].tolist() == r
-        assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
-    captured = {}
+    for right_padded in (True, False):
+        batch = pack(prompts, responses, policy.pad_id, right_padded=right_padded)
+        for i, r in enumerate(responses):
+            assert batch.targets[i, : len(r)].tolist() == r
+            assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
+        captured = {}
 
-    def keep(module, inputs, output):
-        captured["logits"] = output
+        def keep(module, inputs, output, c=captured):
+            c["logits"] = output
 
-    handle = policy.model.lm_head.register_forward_hook(keep)
-    try:
-        logp, _ = response_logprobs(policy.model, batch, torch.device("cpu"))
-        captured["logits"].retain_grad()
-        (-(logp * batch.mask).sum()).backward()
-    finally:
-        handle.remove()
-    grad = captured["logits"].grad.abs().sum(-1)  # [n, R + 1]: logits exist only for the response span
-    assert grad.size(1) == batch.mask.size(1) + 1
-    for i, r in enumerate(responses):
-        assert (grad[i, : len(r)] > 0).all(), "every response token is trained"
-        assert (grad[i, len(r) :] == 0).all(), "padding and the position after the response are not"
+        handle = policy.model.lm_head.register_forward_hook(keep)
+        try:
+            logp, _ = response_logprobs(policy.model, batch, torch.device("cpu"))
+            captured["logits"].retain_grad()
+            (-(logp * batch.mask).sum()).backward()
+        finally:
+            handle.remove()
+            policy.model.zero_grad(set_to_none=True)
+        # logits exist only for the columns that predict some row's response: [n, R + 1] left-padded; from
+        # the earliest response start to the latest one's end, right-padded (rows start apart)
+        grad = captured["logits"].grad.abs().sum(-1)
+        starts = batch.starts - batch.starts.min() if right_padded else torch.zeros(len(prompts), dtype=torch.long)
+        assert right_padded or grad.size(1) == batch.mask.size(1) + 1
+        assert not right_padded or grad.size(1) <= int(starts.max()) + batch.mask.size(1)
+        for i, r in enumerate(responses):
+            first = int(starts[i])
+            assert (grad[i, first : first + len(r)] > 0).all(), "every response token is trained"
+            assert (grad[i, :first] == 0).all(), "no prompt token is"
+            assert (grad[i, first + len(r) :] == 0).all(), "padding and the position after the response are not"
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -845,8 +853,9 @@ def test_a_non_finite_loss_never_reaches_the_weights_and_stops_the_run_when_it_p
 def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tmp_path, local_searcher):
     """Micro-batches are cut from length-sorted mini-batches and only accumulate: the step's gradient and
     its logged loss terms are those of the whole mini-batch, whatever the micro-batch size, and whether the
-    rows' shared prompt beginning is computed once (its KV cache reused) or in every row, and whatever the
-    size of the no-grad passes' forwards."""
+    rows' shared prompt beginning is computed once (its KV cache reused) or in every row, whatever the
+    size of the no-grad passes' forwards, and whether rows are right-padded (causal attention, no mask) or
+    left-padded (a padding mask)."""
     runs = {}
     cuts = {
         "1": dict(micro_batch_size=1, score_micro_batch_size=1),
@@ -855,12 +864,14 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     cuts["8-tight"] = dict(micro_batch_size=8, score_micro_batch_size=8, max_padding=0.05, micro_batch_tokens=600)
     cuts["8-shared"] = dict(micro_batch_size=8, score_micro_batch_size=8, max_padding=1.0, share_prefixes=True)
     cuts["2-score-32"] = dict(micro_batch_size=2, max_padding=1.0, share_prefixes=False, score_micro_batch_size=32)
+    cuts["8-left-padded"] = cuts["8"]
     for name, cut in cuts.items():
         cfg = TrainConfig(
             env="SDAR/SearchQA-v0", env_kwargs={"split": "test"}, algo="sdar", output_dir=str(tmp_path / name),
             **{**SMALL, **cut, "tasks_per_step": 2, "group_size": 2},
         )  # fmt: skip
         trainer = Trainer(cfg)
+        trainer._right_padded = name != "8-left-padded"
         try:
             runs[name] = trainer.train_step(0)
         finally:
@@ -869,7 +880,13 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     assert runs["1"]["padding_share"] == 0.0 and runs["8-tight"]["padding_share"] < runs["8"]["padding_share"]
     # the G copies of a group's first prompt (and every prompt's instructions) are computed once
     assert runs["8-shared"]["tokens_computed"] < 0.9 * runs["8"]["tokens_computed"]
-    for name in ("1", "8-tight", "8-shared", "2-score-32"):  # (the no-grad passes in forwards of 32 rows)
+    for name in (
+        "1",
+        "8-tight",
+        "8-shared",
+        "2-score-32",
+        "8-left-padded",
+    ):  # (2-score-32: no-grad forwards of 32 rows)
         for key in ("loss", "pg_loss", "kl", "sdar_loss", "grad_norm"):
             assert runs[name][key] == pytest.approx(runs["8"][key], rel=1e-4, abs=1e-6), (name, key)
 
