@@ -1,7 +1,7 @@
 """Where one training step goes, phase by phase, and what the step-cost work saves: one run, side by side.
 
     .venv/bin/python bench/step_cost.py [--model smollm2-135m-instruct] [--envs webshop alfworld]
-        [--tasks 2] [--group 2] [--max-turns 3] [--mini 4] [--micro 2] [--limit-baseline]
+        [--tasks 2] [--group 2] [--max-turns 3] [--mini 4] [--micro 2] [--limit-baseline] [--ablate-layout 2]
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
 one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
@@ -192,6 +192,26 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     del trainer._score, trainer._no_adapter_casts, trainer._right_padded  # back to the class's
                 result["arms"][(algo, arm)] = m
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
+        # the row layout alone: SDAR's after arm with rows left-padded behind a mask, then right-padded with
+        # causal attention alone, alternating (the machine drifts between arms; the best of each is compared)
+        for _ in range(args.ablate_layout):
+            for right_padded in (False, True):
+                with torch.no_grad():
+                    for k, v in trainer.model.named_parameters():
+                        if k in params:
+                            v.copy_(params[k])
+                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
+                trainer.generator.sync(adapters)
+                trainer.merged_copy = merged
+                trainer.cfg = dataclasses.replace(resolved, algo="sdar")
+                trainer._share_in_update = trainer.cfg.share_prefixes
+                trainer._right_padded = right_padded
+                m = trainer.learn(rollout, 0)
+                layout = "right" if right_padded else "left"
+                result.setdefault("layout", {}).setdefault(layout, []).append(m)
+                print(f"  {env} sdar after, {layout}-padded: learn {m['learn_s']:.1f} s", flush=True)
+        if "_right_padded" in vars(trainer):
+            del trainer._right_padded
         if args.limit_baseline:
             trainer.cfg = resolved
             trainer.generator.share_prompts = False  # type: ignore[attr-defined]  # as before
@@ -257,6 +277,16 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
         f"- tokens computed by SDAR's forwards: after / before "
         f"{r['arms'][('sdar', 'after')]['tokens_computed'] / r['arms'][('sdar', 'before')]['tokens_computed']:.2f}",
     ]
+    if "layout" in r:
+        best = {k: {p: min(m[p] for m in ms) for p in ("learn_s", *PASSES)} for k, ms in r["layout"].items()}
+        left, right = best["left"], best["right"]
+        lines.append(
+            f"- rows right-padded with causal attention alone against left-padded behind a mask (SDAR's after arm, "
+            f"best of {len(r['layout']['left'])} alternating runs each): learning half {left['learn_s']:.1f} -> "
+            f"{right['learn_s']:.1f} s ({left['learn_s'] / right['learn_s']:.2f}x); teacher "
+            f"{left['teacher_pass_s'] / right['teacher_pass_s']:.2f}x, reference "
+            f"{left['reference_pass_s'] / right['reference_pass_s']:.2f}x, update {left['update_s'] / right['update_s']:.2f}x"
+        )
     if "rollout_512_s" in r:
         lines.append(
             f"- the same rollout at the paper's 512-token limit: generation {r['generation_512_s']:.1f} s vs "
@@ -278,6 +308,13 @@ def main() -> None:
     p.add_argument("--mini", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-baseline", action="store_true", help="also time the rollout at a 512-token limit")
+    p.add_argument(
+        "--ablate-layout",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also time SDAR's learning half with rows left-padded and right-padded, alternating, ROUNDS times",
+    )
     args = p.parse_args()
     lines = [
         f"model {args.model}; B={args.tasks} x G={args.group}, <= {args.max_turns} turns, "
