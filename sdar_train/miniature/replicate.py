@@ -375,9 +375,10 @@ def behaviour_cloning(
         # length-sorted micro-batches closed at 10% padding: attention over WebShop's pages is quadratic
         # in the padded width, and the sum over micro-batches is the same gradient
         lengths = [(len(r["prompt"]), len(r["response"])) for r in batch]
-        for rows in micro_batches(lengths, max_rows=micro_batch, max_padding=0.1):
+        # (left-padded: the response columns and the prompt LM loss below read that layout)
+        for rows in micro_batches(lengths, max_rows=micro_batch, max_padding=0.1, right_padded=False):
             part = [batch[i] for i in rows]
-            packed = pack([r["prompt"] for r in part], [r["response"] for r in part], policy.pad_id)
+            packed = pack([r["prompt"] for r in part], [r["response"] for r in part], policy.pad_id, right_padded=False)
             width = packed.targets.size(1)
             hidden = model.get_decoder()(
                 input_ids=packed.input_ids.to(policy.device),
