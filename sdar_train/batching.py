@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 __all__ = [
+    "RIGHT_PADDED_MAX_SPREAD",
     "MicroBatch",
     "SharedPrefill",
     "common_prefix_len",
@@ -31,6 +32,7 @@ __all__ = [
     "micro_batches",
     "plan",
     "plan_prefill",
+    "right_padding_fits",
     "shared_cost",
 ]
 
@@ -43,6 +45,7 @@ MIN_SHARED_PREFIX = 16
 # instead of skipping the causal half: a forward over 2 x 800 tokens of SmolLM2 costs 17-19% more per token
 # than right-padded rows with causal attention alone (CPU, bf16; sdar_train.policy.ScoredBatch).
 MASKED_TOKEN_COST = 1.2
+RIGHT_PADDED_MAX_SPREAD = 128  # prompt lengths further apart than this (and than a reply) are left-padded
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,22 @@ class MicroBatch:
     prefix: int = 0
 
 
+def right_padding_fits(prompt_lengths: Sequence[int], response_width: int) -> bool:
+    """Whether rows with these prompt lengths can be scored right-padded (:func:`sdar_train.policy.pack`).
+    Right-padded rows keep, for every row, the logit columns from the earliest reply's start to the latest
+    reply's end: prompts at most :data:`RIGHT_PADDED_MAX_SPREAD` tokens (or a reply's length) apart keep
+    that within the reply's columns plus 128, at most about twice what left-padded rows keep; rows
+    further apart (a micro-batch cut without a padding bound) are left-padded instead."""
+    return max(prompt_lengths) - min(prompt_lengths) <= max(response_width, RIGHT_PADDED_MAX_SPREAD)
+
+
 def cost(lengths: Sequence[tuple[int, int]], *, right_padded: bool = True) -> tuple[int, int]:
     """(tokens a forward over these rows computes, tokens that are real) for (prompt, response) lengths,
-    rows right-padded whole or (``right_padded=False``) prompts left-padded and responses right-padded."""
+    rows right-padded whole or (``right_padded=False``, or rows :func:`right_padding_fits` refuses, as
+    :func:`sdar_train.policy.pack` lays them out) prompts left-padded and responses right-padded."""
     if not lengths:
         return 0, 0
-    if right_padded:
+    if right_padded and right_padding_fits([p for p, _ in lengths], max(max(r for _, r in lengths), 1)):
         width = max(p + r for p, r in lengths)
     else:
         width = max(p for p, _ in lengths) + max(max(r for _, r in lengths), 1)

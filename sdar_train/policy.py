@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill
+from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill, right_padding_fits
 from sdar_train.kv_cache import growing_cache
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
@@ -305,11 +305,12 @@ def pack(
     shared_prefix: int = 0,
     right_padded: bool = True,
 ) -> ScoredBatch:
-    """Token ids of (prompt, response) pairs as one :class:`ScoredBatch`, right-padded whole rows or
-    (``right_padded=False``, or a ``shared_prefix``) prompts left-padded so every response starts at the
-    same column and responses right-padded; ``mask`` is 1 on response tokens only. ``shared_prefix``
-    L > 0 (at most :func:`common_prefix_len`): the first L prompt tokens, common to every row, become the
-    batch's ``prefix`` and the rows hold the rest."""
+    """Token ids of (prompt, response) pairs as one :class:`ScoredBatch`: right-padded whole rows, or
+    prompts left-padded so every response starts at the same column and responses right-padded (with
+    ``right_padded=False``, a ``shared_prefix``, or prompts too far apart in length for the first:
+    :func:`~sdar_train.batching.right_padding_fits`). ``mask`` is 1 on response tokens only.
+    ``shared_prefix`` L > 0 (at most :func:`common_prefix_len`): the first L prompt tokens, common to
+    every row, become the batch's ``prefix`` and the rows hold the rest."""
     if shared_prefix > 0 and shared_prefix > common_prefix_len(prompts):
         raise ValueError(f"the prompts do not share their first {shared_prefix} tokens")
     if any(len(p) <= shared_prefix for p in prompts):
@@ -321,7 +322,7 @@ def pack(
     for i, r in enumerate(responses):
         targets[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1.0
-    if right_padded and shared_prefix == 0:
+    if right_padded and shared_prefix == 0 and right_padding_fits([len(p) for p in prompts], r_width):
         width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
         ids = torch.full((n, width), pad_id, dtype=torch.long)
         attn = torch.zeros((n, width), dtype=torch.long)

@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from sdar_train.batching import MIN_SHARED_PREFIX, cost, micro_batches, plan, plan_prefill, shared_cost
+from sdar_train.batching import (
+    MIN_SHARED_PREFIX,
+    RIGHT_PADDED_MAX_SPREAD,
+    cost,
+    micro_batches,
+    plan,
+    plan_prefill,
+    right_padding_fits,
+    shared_cost,
+)
 from sdar_train.policy import common_prefix_len
 
 
@@ -43,6 +52,11 @@ def test_a_right_padded_forward_computes_its_longest_row_only():
     assert cost(lengths) == (2 * 140, 272)
     assert cost(lengths, right_padded=False) == (2 * 170, 272)
     assert shared_cost(lengths, 0) == cost(lengths)
+    # prompts further apart than RIGHT_PADDED_MAX_SPREAD and than a reply are left-padded (and counted so)
+    apart = [(100, 10), (100 + RIGHT_PADDED_MAX_SPREAD + 1, 5)]
+    assert not right_padding_fits([p for p, _ in apart], 10)
+    assert cost(apart) == cost(apart, right_padded=False) == (2 * (100 + RIGHT_PADDED_MAX_SPREAD + 1 + 10), 344)
+    assert right_padding_fits([100, 100 + RIGHT_PADDED_MAX_SPREAD], 10)
     assert shared_cost(lengths, 50) == (50 + 2 * (130 - 50 + 40), 50 + 90 + 82)  # the prefix counts once
 
 

@@ -214,6 +214,7 @@ def test_with_pad_equal_to_eos_the_stop_token_is_trained_and_padding_is_not(smol
     assert all(r[-1] == tok.pad_token_id for r in responses)  # the stop token *is* the pad token
     for right_padded in (True, False):
         batch = pack(prompts, responses, smollm2.pad_id, right_padded=right_padded)
+        assert (batch.starts is not None) == right_padded
         captured: dict[str, torch.Tensor] = {}
         handle = smollm2.model.lm_head.register_forward_hook(lambda m, i, o, c=captured: c.setdefault("logits", o))
         try:
@@ -252,6 +253,7 @@ def test_right_padded_rows_with_causal_attention_alone_score_what_left_padded_ro
     model, results = smollm2.model, []
     for right_padded in (True, False):
         batch = pack(prompts, responses, smollm2.pad_id, right_padded=right_padded)
+        assert (batch.starts is not None) == right_padded
         logp, ent = response_logprobs(model, batch, torch.device("cpu"), with_entropy=True, temperature=0.7)
         ((-(logp * batch.mask).sum()) + (ent * batch.mask).sum()).backward()
         grad = model.model.layers[3].self_attn.k_proj.weight.grad.clone()

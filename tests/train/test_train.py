@@ -179,8 +179,14 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
     assert history[0].observation.split()[0] in policy.tokenizer.decode(prompts[2])  # observations are in the prompt
     responses = [policy.tokenizer(f"<action>{t.action}</action>", add_special_tokens=False).input_ids for t in history]
     responses[1] = responses[1][:3]  # rows of different lengths: padding must not count either
-    for right_padded in (True, False):
+    all_turns = prompts, responses
+    # right-padded: the later two turns (the first turn's prompt, without history, is too much shorter
+    # to share right-padded rows with them: batching.right_padding_fits); left-padded: all three
+    for right_padded, turns in ((True, slice(1, 3)), (False, slice(0, 3))):
+        prompts, responses = all_turns[0][turns], all_turns[1][turns]
         batch = pack(prompts, responses, policy.pad_id, right_padded=right_padded)
+        assert (batch.starts is not None) == right_padded
+        assert len({len(p) for p in prompts}) == len(prompts) and len({len(r) for r in responses}) == len(responses)
         for i, r in enumerate(responses):
             assert batch.targets[i, : len(r)].tolist() == r
             assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
