@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sdar_envs.alfworld.data import TASK_TYPES, list_tasks
 
@@ -56,3 +57,26 @@ def launch_two_processes(
     return subprocess.run(
         [*launcher, "-m", *module_args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def response_logit_grads(model: Any, batch: Any) -> tuple[Any, list[int]]:
+    """Score ``batch`` (a :class:`~sdar_train.policy.ScoredBatch`), back-propagate ``-sum(log p)`` over its
+    response tokens, and return the gradient's size at every logit column the forward computed,
+    ``[n, columns]``, with the column that predicts each row's first response token (0 left-padded; right-
+    padded rows start apart, from the earliest reply's start)."""
+    import torch
+
+    from sdar_train.policy import response_logprobs
+
+    captured: dict[str, torch.Tensor] = {}
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: captured.setdefault("logits", o))
+    try:
+        logp, _ = response_logprobs(model, batch, torch.device("cpu"))
+        captured["logits"].retain_grad()
+        (-(logp * batch.mask).sum()).backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    n = batch.mask.size(0)
+    first = [0] * n if batch.starts is None else (batch.starts - batch.starts.min()).tolist()
+    return captured["logits"].grad.abs().sum(-1), first

@@ -24,6 +24,7 @@ from sdar_train.policy import PromptCodec, common_prefix_len, load_policy, pack,
 from sdar_train.rollout import PromptSpec, collect_rollout
 from sdar_train.trainer import Trainer
 from skills import privileged_prefix
+from tests.helpers import response_logit_grads
 
 END_OF_TURN = "<|im_end|>"
 
@@ -215,19 +216,8 @@ def test_with_pad_equal_to_eos_the_stop_token_is_trained_and_padding_is_not(smol
     for right_padded in (True, False):
         batch = pack(prompts, responses, smollm2.pad_id, right_padded=right_padded)
         assert (batch.starts is not None) == right_padded
-        captured: dict[str, torch.Tensor] = {}
-        handle = smollm2.model.lm_head.register_forward_hook(lambda m, i, o, c=captured: c.setdefault("logits", o))
-        try:
-            logp, _ = response_logprobs(smollm2.model, batch, torch.device("cpu"))
-            captured["logits"].retain_grad()
-            (-(logp * batch.mask).sum()).backward()
-        finally:
-            handle.remove()
-            smollm2.model.zero_grad(set_to_none=True)
-        grad = captured["logits"].grad.abs().sum(-1)  # [n, the logit columns computed]
-        for i, r in enumerate(responses):
-            # the column that predicts the row's first response token (right-padded rows start apart)
-            first = int(batch.starts[i] - batch.starts.min()) if right_padded else 0
+        grad, firsts = response_logit_grads(smollm2.model, batch)  # [n, the logit columns computed]
+        for i, (r, first) in enumerate(zip(responses, firsts, strict=True)):  # first: the column predicting r[0]
             assert grad[i, first + len(r) - 1] > 0, "the stop token predicts the end of the turn: it is trained"
             assert (grad[i, first + len(r) :] == 0).all(), "padding (the same id) is not"
             assert (grad[i, :first] == 0).all(), "nor the prompt"

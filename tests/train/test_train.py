@@ -22,7 +22,7 @@ from sdar_train import checkpoints
 from sdar_train.config import ALGORITHMS, ConfigError, TrainConfig, config_from_args, load_config
 from sdar_train.policy import encode_prompt, load_policy, pack, response_logprobs
 from sdar_train.trainer import Trainer
-from tests.helpers import DATA, ROOT, launch_two_processes, run_args
+from tests.helpers import DATA, ROOT, launch_two_processes, response_logit_grads, run_args
 
 if "Test/LetterY-v0" not in gym.registry:
     gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
@@ -190,27 +190,13 @@ def test_only_response_tokens_get_gradient(valid_seen_tasks):
         for i, r in enumerate(responses):
             assert batch.targets[i, : len(r)].tolist() == r
             assert batch.mask[i].tolist() == [1.0] * len(r) + [0.0] * (batch.mask.size(1) - len(r))
-        captured = {}
-
-        def keep(module, inputs, output, c=captured):
-            c["logits"] = output
-
-        handle = policy.model.lm_head.register_forward_hook(keep)
-        try:
-            logp, _ = response_logprobs(policy.model, batch, torch.device("cpu"))
-            captured["logits"].retain_grad()
-            (-(logp * batch.mask).sum()).backward()
-        finally:
-            handle.remove()
-            policy.model.zero_grad(set_to_none=True)
         # logits exist only for the columns that predict some row's response: [n, R + 1] left-padded; from
         # the earliest response start to the latest one's end, right-padded (rows start apart)
-        grad = captured["logits"].grad.abs().sum(-1)
-        starts = batch.starts - batch.starts.min() if right_padded else torch.zeros(len(prompts), dtype=torch.long)
+        grad, firsts = response_logit_grads(policy.model, batch)
         assert right_padded or grad.size(1) == batch.mask.size(1) + 1
-        assert not right_padded or grad.size(1) <= int(starts.max()) + batch.mask.size(1)
+        assert not right_padded or grad.size(1) <= max(firsts) + batch.mask.size(1)
         for i, r in enumerate(responses):
-            first = int(starts[i])
+            first = firsts[i]
             assert (grad[i, first : first + len(r)] > 0).all(), "every response token is trained"
             assert (grad[i, :first] == 0).all(), "no prompt token is"
             assert (grad[i, first + len(r) :] == 0).all(), "padding and the position after the response are not"
