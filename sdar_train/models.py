@@ -8,7 +8,9 @@
 ``path/to/model.gguf``         any GGUF whose architecture transformers reads (Llama, Qwen2, ...), converted once
 ``path/to/folder``             a saved model folder (``config.json`` + weights + tokenizer)
 ``path/to/adapter``            a PEFT LoRA adapter folder (``adapter_config.json``): merged once into its base
-                               (``base_model_name_or_path``, itself any name of this table)
+                               (``base_model_name_or_path``, itself any name of this table; a relative path
+                               that exists beside the adapter, e.g. another adapter it was trained over,
+                               is read from there)
 ``org/name``                   a hub name already in the local Hugging Face cache
 =============================  ===============================================================================
 
@@ -197,8 +199,10 @@ def _merged(adapter: Path) -> Path:
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise ConfigError(f"adapter folder {adapter} has no adapter_model.safetensors")
-    if Path(str(base_name)).expanduser().resolve() == adapter.resolve():
+    base_name = _adapter_base(adapter, str(base_name))
+    if Path(base_name).expanduser().resolve() == adapter.resolve():
         raise ConfigError(f"adapter folder {adapter} names itself as its base model")
+    _check_no_cycle(adapter)
     base = resolve_model_path(base_name)
     key = hashlib.sha256(f"{_sha256(weights)} {json.dumps(config, sort_keys=True)} {base}".encode()).hexdigest()
     root = cache_dir()
@@ -207,6 +211,33 @@ def _merged(adapter: Path) -> Path:
         root / f"{adapter.resolve().name}-{key[:12]}-{CONVERSION_VERSION}",
         lambda out: merge_adapter(adapter, base, out),
     )
+
+
+def _adapter_base(adapter: Path, base_name: str) -> str:
+    """The adapter's ``base_model_name_or_path`` as a model name. A relative path that exists beside the
+    adapter (a stack of adapters packaged together: ``"../first_adapter"``) is taken from there, so the stack
+    resolves from any working directory; anything else is taken as given (a named model, a hub name, a path
+    from the working directory, as peft reads it)."""
+    beside = adapter / base_name
+    if base_name and not Path(base_name).expanduser().is_absolute() and beside.exists():
+        return str(beside.resolve())
+    return base_name
+
+
+def _check_no_cycle(adapter: Path) -> None:
+    """Refuse a chain of adapters whose bases lead back to one of them (it would recurse forever)."""
+    seen = [adapter.resolve()]
+    folder = adapter
+    while True:
+        try:
+            name = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+            folder = Path(_adapter_base(folder, str(name))).expanduser().resolve()
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not an adapter folder: the chain ends (resolving it reports what is wrong)
+        if folder in seen:
+            chain = " -> ".join(str(f) for f in [*seen, folder])
+            raise ConfigError(f"adapter folders name each other as base models: {chain}")
+        seen.append(folder)
 
 
 def _converted(gguf: Path, stem: str, provenance: dict[str, str] | None = None) -> Path:
