@@ -67,6 +67,7 @@ def test_the_wheel_carries_the_data_files_the_code_reads(tmp_path):
         assert f"sdar_train/miniature/warmstart/{name}" in names  # make demo's warm start
     for name in ("adapter_model.safetensors", "adapter_config.json", "recipe.json", "SHA256SUMS"):
         assert f"sdar_train/miniature/warmstart_smollm2_webshop/{name}" in names  # make demo-real's
+        assert f"sdar_train/miniature/warmstart_smollm2_webshop_40steps/{name}" in names  # and its longer clone
 
 
 def test_compose_services_bind_localhost_and_have_health_checks():

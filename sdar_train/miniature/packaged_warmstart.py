@@ -5,7 +5,9 @@ its ``SHA256SUMS`` before use (:func:`check_warmstart`).
   (:func:`package_warmstart`);
 - ``warmstart_smollm2_webshop/`` (:data:`REAL_WARMSTART`, ``make demo-real``): SmolLM2-135M-Instruct's WebShop
   warm start as a LoRA adapter over the wheel's base model (:func:`package_adapter`); ``--model`` accepts the
-  folder and merges it into its base once (``sdar_train.models``)."""
+  folder and merges it into its base once (``sdar_train.models``);
+- ``warmstart_smollm2_webshop_40steps/`` (:data:`REAL_WARMSTART_40`): that warm start cloned 20 steps more, as a
+  LoRA adapter over it (its base ``../warmstart_smollm2_webshop``: the two merge in turn)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import torch
 
 from sdar_train.policy import load_policy
 
-__all__ = ["REAL_WARMSTART", "WARMSTART", "check_warmstart", "package_adapter", "package_warmstart"]
+__all__ = ["REAL_WARMSTART", "REAL_WARMSTART_40", "WARMSTART", "check_warmstart", "package_adapter", "package_warmstart"]
 
 WARMSTART = Path(__file__).resolve().parent / "warmstart"
 REAL_WARMSTART = Path(__file__).resolve().parent / "warmstart_smollm2_webshop"
+REAL_WARMSTART_40 = REAL_WARMSTART.with_name("warmstart_smollm2_webshop_40steps")
 
 
 def check_warmstart(path: Path = WARMSTART) -> Path:

@@ -16,7 +16,7 @@ import torch
 from sdar_envs import EnvPool, env_class, prompt_builder
 from sdar_envs.core import evaluation_tasks
 from sdar_train.errors import ConfigError
-from sdar_train.miniature.packaged_warmstart import REAL_WARMSTART, check_warmstart
+from sdar_train.miniature.packaged_warmstart import REAL_WARMSTART, REAL_WARMSTART_40, check_warmstart
 from sdar_train.miniature.real_model import MODEL, SETTINGS, warmstart_args
 from sdar_train.models import resolve_model_path
 from sdar_train.policy import PromptCodec, generate, load_policy, pack, response_logprobs
@@ -84,6 +84,20 @@ def test_the_packaged_adapter_is_checked_and_merges_once_into_the_named_base(tmp
         [sys.executable, "-m", "sdar_train.eval", "--env", ENV, "--model", str(bad)], capture_output=True, text=True
     )
     assert done.returncode == 2 and "has no adapter_model.safetensors" in done.stderr
+
+
+def test_the_longer_clone_is_packaged_over_the_20_step_adapter_and_merges_over_it(tmp_path, monkeypatch):
+    """The 40-step warm start ships as a second adapter whose base is the first, named relative to it: it
+    resolves from any working directory (an installed wheel's too) and merges over the 20-step merge."""
+    check_warmstart(REAL_WARMSTART_40)
+    config = json.loads((REAL_WARMSTART_40 / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "../warmstart_smollm2_webshop"
+    monkeypatch.chdir(tmp_path)
+    merged = Path(resolve_model_path(str(REAL_WARMSTART_40)))
+    provenance = json.loads((merged / "PROVENANCE.json").read_text())
+    assert provenance["base"] == resolve_model_path(str(REAL_WARMSTART))
+    recipe = json.loads((REAL_WARMSTART_40 / "recipe.json").read_text())
+    assert recipe["seed"] == 1 and recipe["in_run_evaluation"]
 
 
 def test_the_packaged_warm_start_acts_where_the_base_model_chats():
