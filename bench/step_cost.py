@@ -274,6 +274,8 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
             for name in ("recorded-rescored", "recorded-update", "rescored-update")
         )
         + " (recorded: by generation; rescored: a no-grad pass on the same weights; update: the update's forward)",
+        f"- tokens SDAR's after arm computed with no attention mask (right-padded rows): "
+        f"{r['arms'][('sdar', 'after')]['unmasked_share']:.0%}",
         f"- tokens computed by SDAR's forwards: after / before "
         f"{r['arms'][('sdar', 'after')]['tokens_computed'] / r['arms'][('sdar', 'before')]['tokens_computed']:.2f}",
     ]

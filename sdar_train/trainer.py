@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_envs.env_worker import failure_summary
 from sdar_train import checkpoints
-from sdar_train.batching import MicroBatch, plan, shared_cost
+from sdar_train.batching import MicroBatch, plan, right_padding_fits, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
@@ -487,7 +487,8 @@ class Trainer:
         passes, the update and the metrics (benches time it alone, on one rollout, under several settings)."""
         cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
         t0 = time.time()
-        self._tokens = {"computed": 0, "real": 0}  # of every forward over turn samples (padding_share)
+        # of every forward over turn samples (padding_share; unmasked_share: computed with no attention mask)
+        self._tokens = {"computed": 0, "real": 0, "unmasked": 0}
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
         use_won = cfg.train_reward == "won"
         assert cfg.reward_scale is not None and cfg.invalid_penalty is not None  # resolve_reference_defaults set them
@@ -569,6 +570,7 @@ class Trainer:
             teacher_s=t_teacher,  # all the no-grad passes; each one below
             **t_pass,
             padding_share=1.0 - self._tokens["real"] / max(self._tokens["computed"], 1),
+            unmasked_share=self._tokens["unmasked"] / max(self._tokens["computed"], 1),
             tokens_computed=float(
                 self._tokens["computed"]
             ),  # by every forward over turn samples (a shared prefix once)
@@ -724,6 +726,13 @@ class Trainer:
             computed, real = shared_cost(lengths, mb.prefix, right_padded=self._right_padded)
             self._tokens["computed"] += computed
             self._tokens["real"] += real
+            if (
+                self._right_padded
+                and lengths
+                and mb.prefix == 0
+                and right_padding_fits([p for p, _ in lengths], max([1, *(r for _, r in lengths)]))
+            ):
+                self._tokens["unmasked"] += computed  # right-padded: causal attention alone (policy.pack)
         return cut
 
     def _no_adapter_casts(self) -> contextlib.AbstractContextManager[Any]:

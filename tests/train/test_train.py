@@ -872,6 +872,9 @@ def test_logged_losses_and_the_gradient_do_not_depend_on_the_micro_batch_size(tm
     assert runs["1"]["padding_share"] == 0.0 and runs["8-tight"]["padding_share"] < runs["8"]["padding_share"]
     # the G copies of a group's first prompt (and every prompt's instructions) are computed once
     assert runs["8-shared"]["tokens_computed"] < 0.9 * runs["8"]["tokens_computed"]
+    # which layout ran, as logged: right-padded rows with no mask, unless a shared prefix or the flag says not
+    assert runs["8-left-padded"]["unmasked_share"] == 0.0 and runs["1"]["unmasked_share"] == 1.0
+    assert 0.0 < runs["8-tight"]["unmasked_share"] <= 1.0 and runs["8-shared"]["unmasked_share"] < 1.0
     for name in (
         "1",
         "8-tight",
