@@ -21,7 +21,14 @@ import torch
 
 from sdar_train.policy import load_policy
 
-__all__ = ["REAL_WARMSTART", "REAL_WARMSTART_40", "WARMSTART", "check_warmstart", "package_adapter", "package_warmstart"]
+__all__ = [
+    "REAL_WARMSTART",
+    "REAL_WARMSTART_40",
+    "WARMSTART",
+    "check_warmstart",
+    "package_adapter",
+    "package_warmstart",
+]
 
 WARMSTART = Path(__file__).resolve().parent / "warmstart"
 REAL_WARMSTART = Path(__file__).resolve().parent / "warmstart_smollm2_webshop"
