@@ -339,7 +339,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
-        self._tokens = {"computed": 0, "real": 0}  # tokens a step's forwards computed, and the real ones
+        self._tokens = {"computed": 0, "real": 0, "unmasked": 0}  # tokens a step's forwards computed, and the real ones
         self._generation_s = 0.0
         self.tb = None
         if acc.is_main_process and "tensorboard" in cfg.loggers:
