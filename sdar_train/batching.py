@@ -32,6 +32,7 @@ __all__ = [
     "micro_batches",
     "plan",
     "plan_prefill",
+    "right_padded_layout",
     "right_padding_fits",
     "shared_cost",
 ]
@@ -65,13 +66,25 @@ def right_padding_fits(prompt_lengths: Sequence[int], response_width: int) -> bo
     return max(prompt_lengths) - min(prompt_lengths) <= max(response_width, RIGHT_PADDED_MAX_SPREAD)
 
 
+def right_padded_layout(lengths: Sequence[tuple[int, int]], prefix: int = 0, *, right_padded: bool = True) -> bool:
+    """Whether :func:`sdar_train.policy.pack` lays rows of these (prompt, response) lengths out right-padded,
+    scored with causal attention and no mask: asked to (``right_padded``), with no shared prefix, and with
+    prompts close enough in length (:func:`right_padding_fits`)."""
+    return (
+        right_padded
+        and prefix == 0
+        and bool(lengths)
+        and right_padding_fits([p for p, _ in lengths], max(1, *(r for _, r in lengths)))
+    )
+
+
 def cost(lengths: Sequence[tuple[int, int]], *, right_padded: bool = True) -> tuple[int, int]:
     """(tokens a forward over these rows computes, tokens that are real) for (prompt, response) lengths,
     rows right-padded whole or (``right_padded=False``, or rows :func:`right_padding_fits` refuses, as
     :func:`sdar_train.policy.pack` lays them out) prompts left-padded and responses right-padded."""
     if not lengths:
         return 0, 0
-    if right_padded and right_padding_fits([p for p, _ in lengths], max(max(r for _, r in lengths), 1)):
+    if right_padded_layout(lengths, right_padded=right_padded):
         width = max(p + r for p, r in lengths)
     else:
         width = max(p for p, _ in lengths) + max(max(r for _, r in lengths), 1)

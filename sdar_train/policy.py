@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill, right_padding_fits
+from sdar_train.batching import SharedPrefill, common_prefix_len, plan_prefill, right_padded_layout
 from sdar_train.kv_cache import growing_cache
 from sdar_train.losses import selective_log_softmax, token_entropy
 from sdar_train.models import resolve_model_path
@@ -322,8 +322,9 @@ def pack(
     for i, r in enumerate(responses):
         targets[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1.0
-    if right_padded and shared_prefix == 0 and right_padding_fits([len(p) for p in prompts], r_width):
-        width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+    lengths = [(len(p), len(r)) for p, r in zip(prompts, responses, strict=True)]
+    if right_padded_layout(lengths, shared_prefix, right_padded=right_padded):
+        width = max(p + r for p, r in lengths)
         ids = torch.full((n, width), pad_id, dtype=torch.long)
         attn = torch.zeros((n, width), dtype=torch.long)
         for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):

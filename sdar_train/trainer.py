@@ -30,6 +30,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from tqdm.auto import tqdm
 from sdar_envs import EnvPool, env_class, env_name
 from sdar_envs.env_worker import failure_summary
 from sdar_train import checkpoints
-from sdar_train.batching import MicroBatch, plan, right_padding_fits, shared_cost
+from sdar_train.batching import MicroBatch, plan, right_padded_layout, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
 from sdar_train.generation import Sampling, make_generator
@@ -339,7 +340,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.cfg
         self._bars = cfg.progress and acc.is_main_process and sys.stderr.isatty()
         self.metrics_file = self.out / "metrics.jsonl"
-        self._tokens = {"computed": 0, "real": 0, "unmasked": 0}  # tokens a step's forwards computed, and the real ones
+        self._tokens: Counter[str] = Counter()  # tokens a step's forwards computed: all, real, unmasked
         self._generation_s = 0.0
         self.tb = None
         if acc.is_main_process and "tensorboard" in cfg.loggers:
@@ -488,7 +489,7 @@ class Trainer:
         cfg, spec, acc = self.cfg, self.cfg.spec, self.accelerator
         t0 = time.time()
         # of every forward over turn samples (padding_share; unmasked_share: computed with no attention mask)
-        self._tokens = {"computed": 0, "real": 0, "unmasked": 0}
+        self._tokens = Counter()
         # 2. turn scores (episode reward, an invalid turn's own penalty) -> group-relative advantages
         use_won = cfg.train_reward == "won"
         assert cfg.reward_scale is not None and cfg.invalid_penalty is not None  # resolve_reference_defaults set them
@@ -726,13 +727,8 @@ class Trainer:
             computed, real = shared_cost(lengths, mb.prefix, right_padded=self._right_padded)
             self._tokens["computed"] += computed
             self._tokens["real"] += real
-            if (
-                self._right_padded
-                and lengths
-                and mb.prefix == 0
-                and right_padding_fits([p for p, _ in lengths], max([1, *(r for _, r in lengths)]))
-            ):
-                self._tokens["unmasked"] += computed  # right-padded: causal attention alone (policy.pack)
+            if right_padded_layout(lengths, mb.prefix, right_padded=self._right_padded):
+                self._tokens["unmasked"] += computed  # causal attention alone, no mask (policy.pack)
         return cut
 
     def _no_adapter_casts(self) -> contextlib.AbstractContextManager[Any]:
