@@ -19,7 +19,9 @@ Extra ``info`` keys besides the suite's (``task_type`` is the product category):
 (the default, the original's) the target path: search the target's title, click it, click the goal's
 options, buy; with ``expert="shopper"`` a careful shopper that knows only what the agent knows: search
 the instruction, click the first result, click the options the instruction names, buy
-(``sdar_envs.webshop.shopper``; 0.78 score and 57% exact purchases on every fifth test goal).
+(``sdar_envs.webshop.shopper``; 0.79 score and 57% exact purchases on every fifth test goal); with
+``expert="checklist"`` the same shopper's whole reply, ``<think>Options to click: 'red', 'large'.</think>``
+before its action on product pages.
 Behaviour cloning uses the shopper (``demonstration_kwargs``): the target path searches a title the
 instruction never shows.
 """
@@ -35,7 +37,7 @@ from sdar_envs.core import ActResult, PromptBuilder, TextEnv, command_text, step
 from sdar_envs.webshop.catalog import TEST_GOALS, Goal
 from sdar_envs.webshop.reward import target_options
 from sdar_envs.webshop.shop import Page, Shop, ShopState, available_actions
-from sdar_envs.webshop.shopper import shopper_action
+from sdar_envs.webshop.shopper import checklist_reply, shopper_action
 
 __all__ = ["WEBSHOP_PROMPT", "WebShopEnv"]
 
@@ -63,8 +65,9 @@ class WebShopEnv(TextEnv):
     split: ``test`` (goals[:500]), ``train`` (the rest) or ``all``.
     max_steps: 15.  observation_mode: ``text`` | ``text_rich``.
     colour: ``original`` (the published reward's colour quirk) | ``words`` (corrected).
-    expert: which expert fills ``info["expert_action"]``: ``target`` (the original's target path) or
-        ``shopper`` (acts only on what the agent sees; what behaviour cloning uses).
+    expert: which expert fills ``info["expert_action"]``: ``target`` (the original's target path),
+        ``shopper`` (acts only on what the agent sees; what behaviour cloning uses) or ``checklist`` (the
+        shopper's whole reply, its thought listing the options it has still to click).
     webshop_url: a running sdar-webshop, or several replicas (a list, or comma-separated; default
         ``$SDAR_WEBSHOP_URL``), pages spread over them; unset: in-process.
     """
@@ -88,12 +91,12 @@ class WebShopEnv(TextEnv):
         observation_mode: Literal["text", "text_rich"] = "text",
         colour: Literal["original", "words"] = "original",
         webshop_url: str | Sequence[str] | None = None,
-        expert: Literal["target", "shopper"] = "target",
+        expert: Literal["target", "shopper", "checklist"] = "target",
         render_mode: str | None = None,
     ) -> None:
         super().__init__(max_steps=max_steps, render_mode=render_mode)
-        if expert not in ("target", "shopper"):
-            raise ValueError(f"expert must be 'target' or 'shopper', got {expert!r}")
+        if expert not in ("target", "shopper", "checklist"):
+            raise ValueError(f"expert must be 'target', 'shopper' or 'checklist', got {expert!r}")
         self.expert = expert
         if observation_mode not in ("text", "text_rich"):
             raise ValueError(f"observation_mode must be 'text' or 'text_rich', got {observation_mode!r}")
@@ -132,8 +135,11 @@ class WebShopEnv(TextEnv):
     def _expert(self, admissible: list[str]) -> str | None:
         goal, page, state = self._goal, self._page, self._state
         assert goal is not None and page is not None
-        if self.expert == "shopper":
-            return None if state.view == "done" else shopper_action(goal.instruction, admissible, self._last)
+        if self.expert in ("shopper", "checklist"):
+            if state.view == "done":
+                return None
+            expert = shopper_action if self.expert == "shopper" else checklist_reply
+            return expert(goal.instruction, admissible, self._last)
         product = self.shop.catalog.by_asin[goal.asin]
         wanted = target_options(goal, product)
         if state.view == "search":

@@ -93,7 +93,10 @@ class PageSource:
             if state.view != "search" or not arg or len(arg) > MAX_QUERY_CHARS:  # one rule, in-process and over HTTP
                 return state, False
             return ShopState("results", arg, 1), True
-        target = self.render(state, goal).clickables.get(arg)
+        clickables = self.render(state, goal).clickables
+        target = clickables.get(arg)
+        if target is None:  # the command's spaces are normalised; a few option values hold a no-break space
+            target = next((t for text, t in clickables.items() if " ".join(text.split()) == arg), None)
         return (target, True) if target is not None else (state, False)
 
 

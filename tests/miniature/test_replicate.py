@@ -339,7 +339,7 @@ def test_the_shopper_expert_is_the_demonstrator_on_the_prompt_and_never_reads_th
     from sdar_envs.webshop.shopper import search_query
 
     assert WebShopEnv.demonstration_kwargs == {"expert": "shopper"}
-    with pytest.raises(ValueError, match="expert must be 'target' or 'shopper'"):
+    with pytest.raises(ValueError, match="expert must be 'target', 'shopper' or 'checklist'"):
         WebShopEnv(expert="oracle")  # type: ignore[arg-type]
     shopper = gym.make(ENV, split="test", expert="shopper").unwrapped
     target = gym.make(ENV, split="test").unwrapped
