@@ -279,3 +279,67 @@ def test_webshop_skills_name_buttons_the_shop_really_has():
         seen |= set(info["available_actions"]["clickables"])
         done = terminated or truncated
     assert quoted <= seen, quoted - seen
+
+
+def test_an_option_whose_text_holds_a_no_break_space_can_be_clicked():
+    """A few option values (``b17-army\\xa0green``) hold a no-break space; the shop compares commands with
+    their spaces normalised, and must compare the page's values the same way, or the listed option is
+    an invalid no-op (the shopper clicked it until the turn limit)."""
+    env = gym.make("SDAR/WebShop-v0", split="test", expert="shopper")
+    trace, info = _play(env, "synthetic-315")
+    assert info["expert_action"] is None and len(trace) == 6  # search, product, 2 options, buy
+    assert all(step[4] for step in trace[1:])  # every click was valid
+    env.reset(options={"task_id": "synthetic-315"})
+    env.step("search[tops for teen girls b17-army green]")
+    _, _, _, _, info = env.step("click[b09npml43m]")
+    assert "click[b17-army\xa0green]" in info["admissible_actions"]
+    _, _, _, _, info = env.step("<action>click[B17-army green]</action>")  # typed with a plain space
+    assert info["valid_action"]
+
+
+def test_the_shopper_clicks_whole_named_values_only():
+    """``size: 4x-large tall`` names that value, not ``4x`` or ``4x-large`` beside it: a click on those would
+    be replaced by the next one of the same option, or replace the right one."""
+    from sdar_envs.webshop.shopper import named_options, options_left, shopper_action
+
+    task = "Find me shirts with color: pale coral red, and size: 4x-large tall, and price lower than 40.00 dollars"
+    page = ["4x", "4x-large", "4x-large tall", "pale coral", "pale coral red", "red"]
+    assert named_options(task, page) == ["4x-large tall", "pale coral red"]
+    assert named_options("Find me rugs with color: blue | gray", ["blue", "blue | gray"]) == ["blue | gray"]
+    assert named_options("Find me socks with color: black, white, and size: 8", ["black", "black, white", "8", "8.5"]) == [
+        "black, white",
+        "8",
+    ]
+    admissible = ["click[back to search]", *[f"click[{v}]" for v in page], "click[buy now]"]
+    assert options_left(task, admissible, "click[4x-large tall]") == ["pale coral red"]
+    assert shopper_action(task, admissible, "click[b07hrfsnl4]") == "click[4x-large tall]"
+    assert shopper_action(task, admissible, "click[pale coral red]") == "click[buy now]"
+
+
+def test_the_checklist_shopper_writes_its_plan_and_acts_as_the_shopper():
+    """``expert="checklist"`` is the shopper's whole reply: the same actions, and on product pages a thought
+    listing the options still to click, each turn's list the last one's without the option it clicked."""
+    import re
+
+    from sdar_envs.core import command_text, think_action_format
+
+    shopper = gym.make("SDAR/WebShop-v0", split="test", expert="shopper")
+    checklist = gym.make("SDAR/WebShop-v0", split="test", expert="checklist")
+    with pytest.raises(ValueError, match="expert must be 'target', 'shopper' or 'checklist'"):
+        gym.make("SDAR/WebShop-v0", expert="oracle")
+    for task_id in ["synthetic-115", "synthetic-150", "synthetic-0"]:
+        _, a = shopper.reset(options={"task_id": task_id})
+        _, b = checklist.reset(options={"task_id": task_id})
+        plans = []
+        while b["expert_action"]:
+            reply = b["expert_action"]
+            assert think_action_format(reply) and command_text(reply) == a["expert_action"]
+            thought = re.fullmatch(r"<think>(.*)</think><action>.*</action>", reply).group(1)
+            if thought:
+                plans.append(re.findall(r"'([^']*)'", thought))
+                assert plans[-1][:1] == [] if "buy now" in reply else plans[-1][0] in reply
+            *_, a = shopper.step(reply)
+            *_, b = checklist.step(reply)
+        assert b["won"] == a["won"] and plans
+        assert all(later == earlier[1:] for earlier, later in zip(plans, plans[1:]))
+        assert plans[-1] == []  # "Options to click: none." before buying
