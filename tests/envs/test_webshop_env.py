@@ -306,7 +306,9 @@ def test_the_shopper_clicks_whole_named_values_only():
     page = ["4x", "4x-large", "4x-large tall", "pale coral", "pale coral red", "red"]
     assert named_options(task, page) == ["4x-large tall", "pale coral red"]
     assert named_options("Find me rugs with color: blue | gray", ["blue", "blue | gray"]) == ["blue | gray"]
-    assert named_options("Find me socks with color: black, white, and size: 8", ["black", "black, white", "8", "8.5"]) == [
+    assert named_options(
+        "Find me socks with color: black, white, and size: 8", ["black", "black, white", "8", "8.5"]
+    ) == [
         "black, white",
         "8",
     ]
@@ -319,6 +321,7 @@ def test_the_shopper_clicks_whole_named_values_only():
 def test_the_checklist_shopper_writes_its_plan_and_acts_as_the_shopper():
     """``expert="checklist"`` is the shopper's whole reply: the same actions, and on product pages a thought
     listing the options still to click, each turn's list the last one's without the option it clicked."""
+    import itertools
     import re
 
     from sdar_envs.core import command_text, think_action_format
@@ -341,5 +344,5 @@ def test_the_checklist_shopper_writes_its_plan_and_acts_as_the_shopper():
             *_, a = shopper.step(reply)
             *_, b = checklist.step(reply)
         assert b["won"] == a["won"] and plans
-        assert all(later == earlier[1:] for earlier, later in zip(plans, plans[1:]))
+        assert all(later == earlier[1:] for earlier, later in itertools.pairwise(plans))
         assert plans[-1] == []  # "Options to click: none." before buying
