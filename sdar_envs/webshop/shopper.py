@@ -8,8 +8,8 @@ careful shopper would:
 1. ``search[<the instruction up to its price clause>]``;
 2. on a results page, click the first product;
 3. on the product page, click each option value the instruction names (``color: brown-6``: the whole
-   value, so not ``4x`` for ``4x-large tall``), in page order, one per turn (the last command says
-   which one comes next);
+   value, so not ``4x`` for ``4x-large tall``), in the instruction's order, one per turn (the last
+   command says which one comes next: the one the instruction names after it);
 4. ``click[buy now]``.
 
 On every fifth of the 500 test goals it scores 0.788 and buys the exact target on 57%, in 4.6 turns
@@ -47,22 +47,23 @@ def _spaced(text: str) -> str:
 
 
 def named_options(task: str, values: Sequence[str]) -> list[str]:
-    """The option ``values`` (a page's, in its order) that the instruction names, as ``size: 4x-large
-    tall`` does: the whole value, up to the next comma or the end, so that ``4x`` or ``4x-large`` beside
-    ``4x-large tall`` is not clicked too (the click after it would replace it). Where two values start at
-    the same place (``black`` and ``black, white``), the longer one."""
+    """The option ``values`` (a page's) that the instruction names, as ``size: 4x-large tall`` does, in
+    the instruction's order: the whole value, up to the next comma or the end, so that ``4x`` or
+    ``4x-large`` beside ``4x-large tall`` is not clicked too (the click after it would replace it). Where
+    two values start at the same place (``black`` and ``black, white``), the longer one. The
+    instruction's order, not the page's: which option comes after the last one clicked is then the
+    value written after it in the instruction, a lookup a cloned model can copy."""
     text = _spaced(task)
     longest: dict[int, str] = {}
     for value in values:
         for m in re.finditer(rf": ({re.escape(_spaced(value))})(?=,|$)", text):
             if len(_spaced(value)) > len(_spaced(longest.get(m.start(1), ""))):
                 longest[m.start(1)] = value
-    chosen = set(longest.values())
-    return [v for v in values if v in chosen]
+    return [longest[start] for start in sorted(longest)]
 
 
 def options_left(task: str, admissible: Sequence[str], last_action: str = "") -> list[str]:
-    """On a product page, the option values the instruction names that come after ``last_action`` in page
+    """On a product page, the option values the instruction names that come after ``last_action`` in its
     order (all of them when the last action was not one of them): what the careful shopper clicks next."""
     clicks = [a[len("click[") : -1] for a in admissible if a.startswith("click[") and a.endswith("]")]
     wanted = named_options(task, [c for c in clicks if c not in NOT_OPTIONS])
@@ -75,7 +76,7 @@ def checklist_reply(task: str, admissible: Sequence[str], last_action: str = "")
     """The careful shopper's reply with its plan written out: on a product page its thought lists the
     options it has still to click (``<think>Options to click: 'pale coral red', 'large'.</think>``), so a
     policy cloned from it reads in its own last reply which option comes next, where the page (the
-    ``text`` mode marks no chosen option) and the bare last command leave it to page order; elsewhere
+    ``text`` mode marks no chosen option) and the bare last command leave it to the instruction; elsewhere
     the thought is empty."""
     action = shopper_action(task, admissible, last_action)
     thought = ""

@@ -297,25 +297,27 @@ def test_an_option_whose_text_holds_a_no_break_space_can_be_clicked():
     assert info["valid_action"]
 
 
-def test_the_shopper_clicks_whole_named_values_only():
+def test_the_shopper_clicks_whole_named_values_only_in_the_instructions_order():
     """``size: 4x-large tall`` names that value, not ``4x`` or ``4x-large`` beside it: a click on those would
-    be replaced by the next one of the same option, or replace the right one."""
+    be replaced by the next one of the same option, or replace the right one. The values are clicked in
+    the instruction's order, so the one after the last click is the one the instruction names after it."""
     from sdar_envs.webshop.shopper import named_options, options_left, shopper_action
 
     task = "Find me shirts with color: pale coral red, and size: 4x-large tall, and price lower than 40.00 dollars"
     page = ["4x", "4x-large", "4x-large tall", "pale coral", "pale coral red", "red"]
-    assert named_options(task, page) == ["4x-large tall", "pale coral red"]
+    assert named_options(task, page) == ["pale coral red", "4x-large tall"]
     assert named_options("Find me rugs with color: blue | gray", ["blue", "blue | gray"]) == ["blue | gray"]
     assert named_options(
-        "Find me socks with color: black, white, and size: 8", ["black", "black, white", "8", "8.5"]
+        "Find me socks with color: black, white, and size: 8", ["8", "8.5", "black", "black, white"]
     ) == [
         "black, white",
         "8",
     ]
     admissible = ["click[back to search]", *[f"click[{v}]" for v in page], "click[buy now]"]
-    assert options_left(task, admissible, "click[4x-large tall]") == ["pale coral red"]
-    assert shopper_action(task, admissible, "click[b07hrfsnl4]") == "click[4x-large tall]"
-    assert shopper_action(task, admissible, "click[pale coral red]") == "click[buy now]"
+    assert options_left(task, admissible, "click[pale coral red]") == ["4x-large tall"]
+    assert shopper_action(task, admissible, "click[b07hrfsnl4]") == "click[pale coral red]"
+    assert shopper_action(task, admissible, "click[pale coral red]") == "click[4x-large tall]"
+    assert shopper_action(task, admissible, "click[4x-large tall]") == "click[buy now]"
 
 
 def test_the_checklist_shopper_writes_its_plan_and_acts_as_the_shopper():
