@@ -348,3 +348,48 @@ def test_the_checklist_shopper_writes_its_plan_and_acts_as_the_shopper():
         assert b["won"] == a["won"] and plans
         assert all(later == earlier[1:] for earlier, later in itertools.pairwise(plans))
         assert plans[-1] == []  # "Options to click: none." before buying
+
+
+def test_purchases_report_says_where_exact_purchases_are_lost(tmp_path, capsys):
+    """``python -m sdar_envs.webshop.purchases --report eval.json`` replays each episode: an exact purchase,
+    the target bought with an option not clicked and another clicked as a value that only begins the named
+    one, another product, no purchase."""
+    import re
+
+    from sdar_envs.webshop.purchases import classify, main
+
+    env = gym.make("SDAR/WebShop-v0", split="test", expert="shopper")
+    trace, info = _play(env, "synthetic-115")
+    assert info["won"]
+    _, info = env.reset(options={"task_id": "synthetic-115"})
+    search = info["expert_action"]
+    _, _, _, _, info = env.step(search)
+    products = [a for a in info["admissible_actions"] if re.fullmatch(r"click\[b[0-9a-z]{9}\]", a)]
+    target = info["expert_action"]
+    other = next(a for a in products if a != target)
+    episodes = {
+        "exact": None,
+        "target, options missed": [search, target, "click[4x]", "click[buy now]"],
+        "other product": [search, other, "click[buy now]"],
+        "no purchase": [search, "click[nothing]"],
+    }
+    _, info = env.reset(options={"task_id": "synthetic-115"})
+    exact = []
+    while info["expert_action"]:
+        exact.append(info["expert_action"])
+        *_, info = env.step(exact[-1])
+    episodes["exact"] = exact
+    report = {
+        "env": "SDAR/WebShop-v0",
+        "env_kwargs": {"split": "test"},
+        "results": [{"task_id": "synthetic-115", "actions": actions} for actions in episodes.values()],
+    }
+    found = classify(report)
+    assert dict(found["outcomes"]) == {name: 1 for name in episodes}
+    assert dict(found["slots"]) == {"right": 0, "not clicked": 1, "begins or extends it": 1, "other value": 0}
+    with pytest.raises(ValueError, match="a WebShop evaluation report is needed"):
+        classify({"env": "SDAR/ALFWorld-v0", "results": []})
+    path = tmp_path / "eval.json"
+    path.write_text(__import__("json").dumps(report))
+    assert main(["--report", str(path)]) == 0
+    assert "target, options" in capsys.readouterr().out
