@@ -34,12 +34,13 @@ def classify(report: dict[str, Any]) -> dict[str, Counter[str]]:
     import gymnasium as gym
 
     import sdar_envs  # noqa: F401  (registers SDAR/*)
+    from sdar_envs.webshop.env import WebShopEnv
     from sdar_envs.webshop.reward import target_options
 
     if report.get("env") != "SDAR/WebShop-v0":
         raise ValueError(f"a WebShop evaluation report is needed, got env {report.get('env')!r}")
     env = gym.make("SDAR/WebShop-v0", **report.get("env_kwargs", {}))
-    shop = env.unwrapped
+    shop: WebShopEnv = env.unwrapped  # type: ignore[assignment]
     outcomes: Counter[str] = Counter({k: 0 for k in OUTCOMES})
     slots: Counter[str] = Counter({k: 0 for k in SLOTS})
     for episode in report["results"]:
@@ -49,6 +50,7 @@ def classify(report: dict[str, Any]) -> dict[str, Counter[str]]:
             if terminated or truncated:
                 break
         goal, state = shop._goal, shop._state
+        assert goal is not None
         if info.get("reward_info") is None:
             outcomes["no purchase"] += 1
         elif info["won"]:
