@@ -75,6 +75,18 @@ def test_behaviour_cloning_on_webshop_demonstrates_what_the_agent_can_see(tmp_pa
         assert command_text(episode.actions[0]) == f"search[{search_query(episode.task)}]"
 
 
+def test_behaviour_cloning_from_the_checklist_shopper_trains_its_whole_reply(tmp_path):
+    """``--env_kwargs '{"expert": "checklist"}'``: the demonstrated replies are the expert's own, thought
+    included, token for token (not re-wrapped in an empty ``<think>``)."""
+    rollout, decode = demonstrations(
+        tmp_path, "SDAR/WebShop-v0", {"split": "test", "expert": "checklist"}, tasks_per_step=2, max_turns=6
+    )
+    replies = [decode(s.response_ids, skip_special_tokens=True) for s in rollout.samples]
+    planned = [r for r in replies if r.startswith("<think>Options to click: ")]
+    assert planned and all(r.count("<think>") == 1 for r in replies)
+    assert any(r.startswith("<think>Options to click: none.</think><action>click[buy now]</action>") for r in planned)
+
+
 def test_behaviour_cloning_on_alfworld_demonstrates_what_the_agent_can_see(tmp_path):
     """``--algo sft`` on ALFWorld clones the searcher, whose every command follows from the prompt the
     policy is shown (the miniature's demonstrator reads it off that text), not the walkthrough, which
