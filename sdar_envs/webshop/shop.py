@@ -29,7 +29,7 @@ from sdar_envs.webshop.catalog import (
 )
 from sdar_envs.webshop.reward import RewardBreakdown, score_purchase
 
-__all__ = ["Page", "PageSource", "Shop", "ShopState", "state_url"]
+__all__ = ["Page", "PageSource", "Shop", "ShopState", "clickable_key", "parse_action", "state_url"]
 
 SEARCH_RETURN_N = 50
 MAX_QUERY_CHARS = 500  # a longer search is an invalid action (the site answers 400 to it)
@@ -95,8 +95,8 @@ class PageSource:
             return ShopState("results", arg, 1), True
         clickables = self.render(state, goal).clickables
         target = clickables.get(arg)
-        if target is None:  # the command's spaces are normalised; a few option values hold a no-break space
-            target = next((t for text, t in clickables.items() if " ".join(text.split()) == arg), None)
+        if target is None:  # a few option values hold a no-break space, which the command's key has not
+            target = next((t for text, t in clickables.items() if clickable_key(text) == arg), None)
         return (target, True) if target is not None else (state, False)
 
 
@@ -213,15 +213,21 @@ class Shop(PageSource):
         return Page(state, parts, {}, product=product, reward=reward)
 
 
+def clickable_key(text: str) -> str:
+    """How a click names a clickable: lower-cased, each run of white space (a no-break space too) one space."""
+    return " ".join(text.split()).lower()
+
+
 def parse_action(text: str) -> tuple[str | None, str]:
-    """``search[...]`` / ``click[...]`` (case-insensitive), else (None, "")."""
+    """``search[...]`` / ``click[...]`` (case-insensitive), else (None, ""); a click's argument as
+    :func:`clickable_key` has it."""
     import re
 
     m = re.fullmatch(r"\s*(search|click)\s*\[(.*)\]\s*", text or "", flags=re.IGNORECASE | re.DOTALL)
     if m is None:
         return None, ""
-    kind, arg = m.group(1).lower(), " ".join(m.group(2).split())
-    return kind, (arg if kind == "search" else arg.lower())
+    kind = m.group(1).lower()
+    return kind, (" ".join(m.group(2).split()) if kind == "search" else clickable_key(m.group(2)))
 
 
 def available_actions(page: Page) -> dict[str, object]:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sdar_envs.webshop.shop import clickable_key, parse_action
+
 __all__ = ["NOT_OPTIONS", "checklist_reply", "named_options", "options_left", "search_query", "shopper_action"]
 
 _ASIN = re.compile(r"click\[(b[0-9a-z]{9})\]")
@@ -42,8 +44,8 @@ def search_query(task: str, *, vague: bool = False) -> str:
     return query.split(" with ", 1)[0].strip() if vague else query
 
 
-def _spaced(text: str) -> str:
-    return " ".join(text.split()).lower()  # how the shop compares commands (a few values hold a no-break space)
+def _clicks(admissible: Sequence[str]) -> list[str]:
+    return [a[len("click[") : -1] for a in admissible if a.startswith("click[") and a.endswith("]")]
 
 
 def named_options(task: str, values: Sequence[str]) -> list[str]:
@@ -53,11 +55,12 @@ def named_options(task: str, values: Sequence[str]) -> list[str]:
     two values start at the same place (``black`` and ``black, white``), the longer one. The
     instruction's order, not the page's: which option comes after the last one clicked is then the
     value written after it in the instruction, a lookup a cloned model can copy."""
-    text = _spaced(task)
+    text = clickable_key(task)  # compared as the shop compares clicks (a few values hold a no-break space)
     longest: dict[int, str] = {}
     for value in values:
-        for m in re.finditer(rf": ({re.escape(_spaced(value))})(?=,|$)", text):
-            if len(_spaced(value)) > len(_spaced(longest.get(m.start(1), ""))):
+        key = clickable_key(value)
+        for m in re.finditer(rf": ({re.escape(key)})(?=,|$)", text):
+            if len(key) > len(clickable_key(longest.get(m.start(1), ""))):
                 longest[m.start(1)] = value
     return [longest[start] for start in sorted(longest)]
 
@@ -65,11 +68,10 @@ def named_options(task: str, values: Sequence[str]) -> list[str]:
 def options_left(task: str, admissible: Sequence[str], last_action: str = "") -> list[str]:
     """On a product page, the option values the instruction names that come after ``last_action`` in its
     order (all of them when the last action was not one of them): what the careful shopper clicks next."""
-    clicks = [a[len("click[") : -1] for a in admissible if a.startswith("click[") and a.endswith("]")]
-    wanted = named_options(task, [c for c in clicks if c not in NOT_OPTIONS])
-    last = _spaced(last_action[len("click[") : -1]) if last_action.startswith("click[") else ""
-    done = [_spaced(w) for w in wanted]
-    return wanted[done.index(last) + 1 :] if last in done else wanted  # the last action names the one done
+    wanted = named_options(task, [c for c in _clicks(admissible) if c not in NOT_OPTIONS])
+    kind, last = parse_action(last_action)  # the last action names the one done
+    done = [clickable_key(w) for w in wanted]
+    return wanted[done.index(last) + 1 :] if kind == "click" and last in done else wanted
 
 
 def checklist_reply(task: str, admissible: Sequence[str], last_action: str = "") -> str:
@@ -93,7 +95,7 @@ def shopper_action(
     instruction ``task``, after ``last_action`` (a command such as ``click[red]``; "" at the start).
     ``careful=False``: buy without choosing options; ``vague_search`` (careless only): search the product
     without its attributes."""
-    clicks = [a[len("click[") : -1] for a in admissible if a.startswith("click[") and a.endswith("]")]
+    clicks = _clicks(admissible)
     if any(a.startswith("search[") for a in admissible):
         return f"search[{search_query(task, vague=vague_search and not careful)}]"
     products = [m.group(1) for a in admissible if (m := _ASIN.fullmatch(a))]

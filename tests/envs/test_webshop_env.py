@@ -354,6 +354,7 @@ def test_purchases_report_says_where_exact_purchases_are_lost(tmp_path, capsys):
     """``python -m sdar_envs.webshop.purchases --report eval.json`` replays each episode: an exact purchase,
     the target bought with an option not clicked and another clicked as a value that only begins the named
     one, another product, no purchase."""
+    import json
     import re
 
     from sdar_envs.webshop.purchases import classify, main
@@ -390,6 +391,6 @@ def test_purchases_report_says_where_exact_purchases_are_lost(tmp_path, capsys):
     with pytest.raises(ValueError, match="a WebShop evaluation report is needed"):
         classify({"env": "SDAR/ALFWorld-v0", "results": []})
     path = tmp_path / "eval.json"
-    path.write_text(__import__("json").dumps(report))
+    path.write_text(json.dumps(report))
     assert main(["--report", str(path)]) == 0
     assert "target, options" in capsys.readouterr().out
