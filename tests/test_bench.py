@@ -166,3 +166,19 @@ def test_kv_cache_bench_times_both_caches_under_both_allocators():
     rows = [r for r in rows if r[0] in ("glibc default", "MALLOC_MMAP_THRESHOLD_=131072")]
     # numbers, not compared: a tiny-model decode step is too short to time
     assert len(rows) == 2 and all(float(c) == float(c) for r in rows for c in r[1:])
+
+
+def test_update_anatomy_bench_splits_a_forward_and_an_update_by_operator():
+    """bench/update_anatomy.py on the tiny model: a no-grad forward and a LoRA update of one micro-batch, timed,
+    their attention and matmul shares of profiled time, and eager attention against SDPA."""
+    argv = [sys.executable, "bench/update_anatomy.py", "--model", "tiny", "--tokens", "64", "--response", "8"]
+    done = subprocess.run([*argv, "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| 64 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    forward, update, ratio = (float(c) for c in cells[1:4])
+    assert forward > 0 and update > 0 and ratio > 0
+    attention_fwd = float(cells[4].rstrip("%"))
+    attention_update, attention_bwd = (float(x.strip("()%")) for x in cells[5].split())
+    assert 0 < attention_fwd < 100 and 0 < attention_bwd <= attention_update < 100  # the update's includes its backward
+    assert float(cells[6]) > 0 and float(cells[8]) > 0
