@@ -9,7 +9,7 @@
 cd "$(git rev-parse --show-toplevel)"
 OUT=${OUT:-runs/real_won}
 WARM=sdar_train/miniature/warmstart_smollm2_webshop_40steps
-STEPS=${STEPS:-10}
+STEPS=${STEPS:-20}
 mkdir -p "$OUT/webshop/arms"
 start="$OUT/webshop/arms/start-sdar_train_miniature_warmstart_smollm2_webshop_40steps.json"
 [ -f "$start" ] || cp docs/real_model/webshop/eval-40steps-none-100.json "$start"
