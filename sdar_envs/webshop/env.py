@@ -15,7 +15,9 @@ Back-ends with identical behaviour: in-process (default) or a running ``sdar-web
 
 Extra ``info`` keys besides the suite's (``task_type`` is the product category):
 ``available_actions`` {"has_search_bar", "clickables"}, ``score`` (0 until a purchase), ``reward_info``
-(the score's parts after a purchase), ``asin`` (the target), ``expert_action``: with ``expert="target"``
+(the score's parts after a purchase), ``purchase`` (after a purchase, what was bought: ``{"asin", "options":
+{name: value}}``; None before), ``asin`` and ``target_options`` (reset only: the target and the options
+a perfect agent clicks for it, ``{name: value}``), ``expert_action``: with ``expert="target"``
 (the default, the original's) the target path: search the target's title, click it, click the goal's
 options, buy; with ``expert="shopper"`` a careful shopper that knows only what the agent knows: search
 the instruction, click the first result, click the options the instruction names, buy
@@ -169,6 +171,7 @@ class WebShopEnv(TextEnv):
             "won": bool(reward is not None and reward.score == 1.0),
             "score": 0.0 if reward is None else reward.score,
             "reward_info": None if reward is None else asdict(reward),
+            "purchase": None if reward is None else {"asin": self._state.asin, "options": dict(self._state.options)},
             "expert_action": self._expert(admissible),
         }
 
@@ -182,6 +185,7 @@ class WebShopEnv(TextEnv):
             "task": self._goal.instruction,
             "task_type": self._goal.category,
             "asin": self._goal.asin,
+            "target_options": target_options(self._goal, self.shop.catalog.by_asin[self._goal.asin]),
         }
         return self._observe(), {**info, **self._page_info()}
 

@@ -34,33 +34,30 @@ def classify(report: dict[str, Any]) -> dict[str, Counter[str]]:
     import gymnasium as gym
 
     import sdar_envs  # noqa: F401  (registers SDAR/*)
-    from sdar_envs.webshop.env import WebShopEnv
-    from sdar_envs.webshop.reward import target_options
 
     if report.get("env") != "SDAR/WebShop-v0":
         raise ValueError(f"a WebShop evaluation report is needed, got env {report.get('env')!r}")
     env = gym.make("SDAR/WebShop-v0", **report.get("env_kwargs", {}))
-    shop: WebShopEnv = env.unwrapped  # type: ignore[assignment]
     outcomes: Counter[str] = Counter({k: 0 for k in OUTCOMES})
     slots: Counter[str] = Counter({k: 0 for k in SLOTS})
     for episode in report["results"]:
         _, info = env.reset(options={"task_id": episode["task_id"]})
+        target, wanted = info["asin"], info["target_options"]
         for action in episode["actions"]:
             _, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 break
-        goal, state = shop._goal, shop._state
-        assert goal is not None
-        if info.get("reward_info") is None:
+        bought = info["purchase"]
+        if bought is None:
             outcomes["no purchase"] += 1
         elif info["won"]:
             outcomes["exact"] += 1
-        elif state.asin != goal.asin:
+        elif bought["asin"] != target:
             outcomes["other product"] += 1
         else:
             outcomes["target, options missed"] += 1
-            chosen = dict(state.options)
-            for name, value in target_options(goal, shop.shop.catalog.by_asin[goal.asin]).items():
+            chosen = bought["options"]
+            for name, value in wanted.items():
                 got = chosen.get(name)
                 if got == value:
                     slots["right"] += 1

@@ -38,11 +38,15 @@ def test_contract_and_the_expert_path_wins():
     assert obs.startswith("WebShop [SEP] Instruction: [SEP] ") and obs.endswith(" [SEP] Search")
     assert info["available_actions"] == {"has_search_bar": True, "clickables": ["search"]}
     assert info["task_type"] in {"beauty", "electronics", "fashion", "garden", "grocery"}
+    assert info["purchase"] is None and info["asin"] and isinstance(info["target_options"], dict)
     wins = 0
     for i in range(20):
+        _, start = env.reset(options={"task_id": f"synthetic-{i}"})
         trace, info = _play(env, f"synthetic-{i}")
         wins += info["won"]
         assert info["score"] == trace[-1][1] and trace[-1][2] is True
+        # what was bought, beside what a perfect agent buys: the expert path buys exactly that
+        assert info["purchase"] == {"asin": start["asin"], "options": start["target_options"]}
     assert wins == 20
     prompt = prompt_builder("SDAR/WebShop-v0")(
         task=first["task"], observation=obs, admissible_actions=first["admissible_actions"]
