@@ -18,21 +18,14 @@ Printed: seconds and the fp32 / bf16 ratio (above 1: bf16 is faster), and what `
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 
-
-def _median_time(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up: allocations, oneDNN's kernel choice
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+if __package__ in (None, ""):  # `python bench/x.py` puts bench/ first on the path, not the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._timing import median_time
 
 
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor, bf16: bool) -> None:
@@ -62,8 +55,8 @@ def bench_model(name: str, rows: int, tokens: int, repeats: int) -> dict[str, fl
     for tag, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         model = load_policy(name, torch.device("cpu")).model.train()  # fp32 master weights
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        out[f"train_{tag}"] = _median_time(partial(_train_step, model, opt, ids, dtype == torch.bfloat16), repeats)
-        out[f"score_{tag}"] = _median_time(partial(_score, model.to(dtype).eval(), ids), repeats)
+        out[f"train_{tag}"] = median_time(partial(_train_step, model, opt, ids, dtype == torch.bfloat16), repeats)
+        out[f"score_{tag}"] = median_time(partial(_score, model.to(dtype).eval(), ids), repeats)
     return out
 
 

@@ -18,26 +18,20 @@ Ratios within one run are what to compare: timings on a shared machine drift.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 
+if __package__ in (None, ""):  # `python bench/x.py` puts bench/ first on the path, not the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._timing import median_time
+
 ATTENTION = ("scaled_dot_product", "flash_attention")
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
-
-
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: allocations, oneDNN's kernel choice
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def _score(model: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor) -> None:
@@ -77,7 +71,7 @@ def eager_time(model: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor, re
     """The no-grad forward's time with transformers' eager attention; ``model`` is left on SDPA (the default)."""
     model.set_attn_implementation("eager")  # type: ignore[operator]
     try:
-        return _median_time(partial(_score, model, ids, keep), repeats)
+        return median_time(partial(_score, model, ids, keep), repeats)
     finally:
         model.set_attn_implementation("sdpa")  # type: ignore[operator]
 
@@ -124,7 +118,7 @@ def main() -> None:
         ids = torch.randint(0, plain.config.vocab_size, (args.rows, tokens))
         keep = torch.arange(tokens - args.response, tokens)
         score, update = partial(_score, plain, ids, keep), partial(_update, lora, ids, keep)
-        t_score, t_update = _median_time(score, args.repeats), _median_time(update, args.repeats)
+        t_score, t_update = median_time(score, args.repeats), median_time(update, args.repeats)
         s, u = operator_shares(score), operator_shares(update)
         eager = eager_time(plain, ids, keep, args.repeats) / t_score  # SDPA's time is t_score's, not measured again
         print(

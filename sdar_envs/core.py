@@ -34,6 +34,7 @@
 from __future__ import annotations
 
 import bisect
+import copy
 import re
 import string
 from collections.abc import Iterator, Sequence
@@ -379,7 +380,7 @@ class TextEnv(gym.Env[str, str]):
         self._done = False
         info.update(admissible=True, format_valid=True, valid_action=True, step=0, won=bool(info.get("won", False)))
         self._last_obs, self._info = obs, info
-        return obs, dict(info)
+        return obs, copy.deepcopy(info)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if not self._info:
@@ -400,7 +401,9 @@ class TextEnv(gym.Env[str, str]):
             "step": self._step_count,
         }
         self._last_obs, self._info = obs, info
-        return obs, float(reward), bool(terminated), bool(truncated), dict(info)
+        # a fresh copy each call: infos carry values over (the task, its target), and a user who keeps every
+        # step's info in a buffer must not see one change when another is edited (gymnasium's checker warns)
+        return obs, float(reward), bool(terminated), bool(truncated), copy.deepcopy(info)
 
     def render(self) -> str | None:
         """``ansi``: the last observation."""

@@ -223,6 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a saved model folder, a hub name available offline, a .gguf file, smollm2-135m-instruct or tiny",
     )
     p.add_argument("--split", default=None, help="the env's split (ALFWorld: valid_unseen; Search-QA: test)")
+    p.add_argument(
+        "--env_kwargs",
+        "--env-kwargs",
+        dest="env_kwargs",
+        default="{}",
+        help='more keyword arguments for gymnasium.make, as JSON (e.g. \'{"observation_mode": "text_rich"}\' for '
+        "a WebShop model trained on it); --split and --max_turns win over the same keys here",
+    )
     p.add_argument("--episodes", type=int, default=0, help="N tasks evenly spaced over the split (0: all)")
     # the trainer's spelling (--max_turns) first; the dashed one still works
     p.add_argument("--max_turns", "--max-turns", dest="max_turns", type=int, default=None)
@@ -275,7 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path = resolve_model_path(args.model)  # once: a GGUF is hashed (and converted) here
     except ConfigError as e:
         p.error(str(e))
-    kwargs: dict[str, Any] = {}
+    try:
+        kwargs: dict[str, Any] = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as e:
+        p.error(f"--env_kwargs is not JSON ({e}): {args.env_kwargs!r}")
+    if not isinstance(kwargs, dict):
+        p.error(f"--env_kwargs must be a JSON object, got {args.env_kwargs!r}")
     if args.split:
         kwargs["split"] = args.split
     if args.max_turns:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import gymnasium as gym
@@ -52,6 +53,23 @@ def test_contract_and_the_expert_path_wins():
         task=first["task"], observation=obs, admissible_actions=first["admissible_actions"]
     )
     assert "search[<your query>]" in prompt
+
+
+def test_infos_share_no_object_between_calls():
+    """A user who keeps every step's info (a rollout buffer) and edits one must not change another: gymnasium's
+    own passive checker warns otherwise. An invalid click keeps the page, so it would return the same lists."""
+    env = gym.make("SDAR/WebShop-v0", split="test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium's "share an object" warning fails the test
+        _, start = env.reset(options={"task_id": "synthetic-0"})
+        infos = [start]
+        for action in ["click[nothing]", "click[nothing]", f"search[{start['task']}]", "click[nothing]"]:
+            infos.append(env.step(f"<action>{action}</action>")[-1])
+    target, admissible = dict(start["target_options"]), list(infos[1]["admissible_actions"])
+    start["target_options"]["edited"] = "x"
+    infos[1]["admissible_actions"].append("edited")
+    assert infos[2]["target_options"] == infos[-1]["target_options"] == target
+    assert infos[2]["admissible_actions"] == admissible  # the same page: equal, not the same list
 
 
 def test_invalid_actions_are_counted_no_ops_and_15_steps_truncate():

@@ -73,3 +73,22 @@ def test_a_failed_report_write_keeps_the_previous_report(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["start.json"]
     write_report(path, {"model": "b", "success": 0.6})
     assert json.loads(path.read_text())["model"] == "b"
+
+
+def test_the_eval_command_passes_env_kwargs_to_the_environment(tmp_path):
+    """A WebShop model cloned on `text_rich` pages is evaluated on them: --env_kwargs reaches gymnasium.make,
+    the report records it, and what the env refuses is refused before any episode runs."""
+    from sdar_train.eval import main as eval_main
+
+    args = ["--env", "SDAR/WebShop-v0", "--model", "tiny", "--split", "test", "--episodes", "1", "--max_turns", "1"]
+    out = tmp_path / "rich.json"
+    rich = '{"observation_mode": "text_rich", "split": "train"}'
+    assert eval_main([*args, "--env_kwargs", rich, "--temperature", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["env_kwargs"] == {"observation_mode": "text_rich", "split": "test", "max_steps": 1}  # --split wins
+    with pytest.raises(ValueError, match="observation_mode must be"):
+        eval_main([*args, "--env_kwargs", '{"observation_mode": "html"}'])
+    for bad in ("{observation_mode: text_rich}", '["text_rich"]'):
+        with pytest.raises(SystemExit) as exit_:
+            eval_main([*args, "--env_kwargs", bad])
+        assert exit_.value.code == 2
