@@ -279,16 +279,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
-    try:
-        model_path = resolve_model_path(args.model)  # once: a GGUF is hashed (and converted) here
-    except ConfigError as e:
-        p.error(str(e))
-    try:
+    try:  # before the model: a typo costs no GGUF conversion
         kwargs: dict[str, Any] = json.loads(args.env_kwargs)
     except json.JSONDecodeError as e:
         p.error(f"--env_kwargs is not JSON ({e}): {args.env_kwargs!r}")
     if not isinstance(kwargs, dict):
         p.error(f"--env_kwargs must be a JSON object, got {args.env_kwargs!r}")
+    try:
+        model_path = resolve_model_path(args.model)  # once: a GGUF is hashed (and converted) here
+    except ConfigError as e:
+        p.error(str(e))
     if args.split:
         kwargs["split"] = args.split
     if args.max_turns:
