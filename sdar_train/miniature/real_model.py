@@ -180,7 +180,7 @@ class ArmSettings:
     train_reward: str = "won"  # the reference's; "return" (the dense score) when the warm start rarely wins
     mini_batch_size: int = 16
     micro_batch_size: int = 2  # rows a forward: SmolLM2's activations are ~1.2 MB a token on a CPU
-    generation_backend: str = "hf"  # vllm on a GPU (the vLLM venv: make setup-vllm)
+    generation_backend: str = "hf"  # vllm: faster on a GPU and on a bf16 CPU (the vLLM venv: make setup-vllm)
     skip_flat_groups: bool = False  # DAPO's filter: groups that all scored alike cost their rollout alone
     eval_every: int = 10
     eval_episodes: int = 50

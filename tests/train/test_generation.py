@@ -129,7 +129,7 @@ def engine(varied_model):
     if not HAVE_VLLM:
         pytest.skip("vLLM is not installed")
     policy = load_policy(varied_model, torch.device("cpu"))
-    gen = make_generator("vllm", policy, model=varied_model, max_model_len=1024, seed=0)
+    gen = make_generator("vllm", policy, model=varied_model, max_model_len=1024, seed=0, logprobs=True)
     yield gen
     gen.close()
 
@@ -168,6 +168,26 @@ def test_vllm_samples_with_the_probabilities_the_trainer_scores(engine, policy):
     s = Sampling(8, 1.0, stop_ids=tuple(policy.stop_ids))
     assert engine(prompts, 3, s) == engine(prompts, 3, s), "a seed repeats"
     assert engine(prompts, 3, s) != engine(prompts, 4, s)
+
+
+@vllm_only
+def test_vllm_replies_carry_the_log_probs_the_trainer_scores(engine, policy):
+    """The old policy's log-probs for the PPO ratio, recorded while sampling: equal to what the trainer's
+    scoring pass computes for the same tokens at the rollout temperature; none where they would differ."""
+    prompts = _prompts(policy)
+    engine.sync(policy.model)
+    for temperature in (1.0, 0.6):
+        replies = engine(prompts, 7, Sampling(8, temperature, stop_ids=tuple(policy.stop_ids)))
+        assert all(r.logprobs is not None and len(r.logprobs) == len(r) for r in replies)
+        with torch.no_grad():
+            scored, _ = response_logprobs(
+                policy.model, pack(prompts, replies, policy.pad_id), torch.device("cpu"), temperature=temperature
+            )
+        diff = max(abs(scored[i, j].item() - lp) for i, r in enumerate(replies) for j, lp in enumerate(r.logprobs))
+        assert diff < 1e-3, (temperature, diff)
+    # greedy has no distribution to record; under top-p vLLM's are renormalised over the nucleus
+    assert all(r.logprobs is None for r in engine(prompts, 7, Sampling(8, 0.0, stop_ids=tuple(policy.stop_ids))))
+    assert all(r.logprobs is None for r in engine(prompts, 7, Sampling(8, 1.0, 0.9, stop_ids=tuple(policy.stop_ids))))
 
 
 @vllm_only
@@ -268,6 +288,58 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
         assert trainer.generator(prompts, 0, s) == trained
         fresh = load_policy(varied_model, torch.device("cpu"))
         assert HFGenerator(fresh)(prompts, 0, s) != trained, "the update changed the policy"
+    finally:
+        trainer.close()
+
+
+@vllm_only
+def test_lora_on_cpu_with_vllm_scores_on_a_merged_copy_and_needs_no_old_policy_pass(tmp_path, varied_model):
+    """LoRA over a bf16 base on a CPU with vLLM: the engine samples in bf16 and records the old log-probs,
+    so no old-policy pass runs; the teacher pass runs on the merged copy, refreshed after every update."""
+    from sdar_train.sharding import full_weights
+    from sdar_train.trainer import Trainer
+
+    if "Test/LetterY-v0" not in gym.registry:
+        gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
+    cfg = TrainConfig(
+        env="Test/LetterY-v0",
+        algo="sdar",
+        model=varied_model,
+        output_dir=str(tmp_path),
+        steps=2,
+        tasks_per_step=2,
+        group_size=4,
+        mini_batch_size=4,  # two optimizer steps a rollout: the second mini-batch needs old log-probs
+        micro_batch_size=2,
+        max_response_tokens=6,
+        max_prompt_tokens=64,
+        max_teacher_prompt_tokens=256,
+        lora_r=4,
+        lora_alpha=8,
+        bf16=True,
+        lr=5e-3,
+        progress=False,
+        save_every=100,
+        generation_backend="vllm",
+    )
+    trainer = Trainer(cfg)
+    try:
+        adapters = trainer.accelerator.unwrap_model(trainer.model)
+        assert trainer.merged_copy and trainer.policy.model is not adapters
+        assert trainer.generator.llm.llm_engine.model_config.dtype == torch.bfloat16  # type: ignore[attr-defined]
+        scored_rows = []
+        score = trainer._score
+        trainer._score = lambda model, prompts, responses, rows=None: (  # type: ignore[method-assign]
+            scored_rows.append(rows),
+            score(model, prompts, responses, rows),
+        )[1]
+        history = trainer.train()
+        assert len(history) == 2 and all(m["samples"] > 0 for m in history)
+        assert scored_rows and all(rows is None for rows in scored_rows), "an old-policy pass ran"
+        merged = trainer.policy.model.state_dict()
+        for name, tensor in full_weights(adapters):
+            assert torch.equal(merged[name], tensor.to(merged[name].dtype)), name
+        assert any("lora_B" in n and p.abs().sum() > 0 for n, p in adapters.named_parameters()), "LoRA trained"
     finally:
         trainer.close()
 
