@@ -296,11 +296,14 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
 def test_lora_on_cpu_with_vllm_scores_on_a_merged_copy_and_needs_no_old_policy_pass(tmp_path, varied_model):
     """LoRA over a bf16 base on a CPU with vLLM: the engine samples in bf16 and records the old log-probs,
     so no old-policy pass runs; the teacher pass runs on the merged copy, refreshed after every update."""
+    from accelerate.state import AcceleratorState
+
     from sdar_train.sharding import full_weights
     from sdar_train.trainer import Trainer
 
     if "Test/LetterY-v0" not in gym.registry:
         gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
+    AcceleratorState._reset_state(True)  # Accelerate keeps one precision per process: this test's is bf16
     cfg = TrainConfig(
         env="Test/LetterY-v0",
         algo="sdar",
@@ -342,6 +345,7 @@ def test_lora_on_cpu_with_vllm_scores_on_a_merged_copy_and_needs_no_old_policy_p
         assert any("lora_B" in n and p.abs().sum() > 0 for n, p in adapters.named_parameters()), "LoRA trained"
     finally:
         trainer.close()
+        AcceleratorState._reset_state(True)
 
 
 @vllm_only
