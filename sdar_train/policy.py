@@ -120,30 +120,38 @@ class Reply(list[int]):
         self.logprobs = None if logprobs is None else list(logprobs)
 
 
-class _SampledLogprobs:
-    """A logits processor that records, at every decoding step, ``log_softmax(logits / T)`` of the raw
-    logits (it runs before the temperature and top-p warpers), and at the next step, once the token is
-    appended to ``input_ids``, that token's log-prob. :meth:`result` adds the last token's."""
+class _Sampler:
+    """A logits processor that draws each row's next token itself and hands ``generate`` (run greedy) a
+    one-hot choice. It samples ``softmax(logits / T)`` after top-p, as generate's temperature and top-p
+    warpers and ``torch.multinomial`` would, but by inverse CDF: one uniform number a row instead of
+    multinomial's exponential draw for every vocabulary entry (for 8 rows of SmolLM2's 49k on this CPU:
+    0.2 ms against 7 ms, a seventh of a decode step). Draws come from its own ``torch.Generator``, so a seed
+    repeats. With ``record``, it keeps each drawn token's log-prob under ``softmax(logits / T)`` (before
+    top-p, as every pass scores it): :meth:`result`."""
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature
-        self.steps: list[torch.Tensor] = []  # [rows] per decoding step
-        self._last: torch.Tensor | None = None  # the latest step's log-probs, [rows, vocab]
+    def __init__(self, temperature: float, top_p: float, seed: int, *, record: bool) -> None:
+        from transformers import TopPLogitsWarper
+
+        self.temperature, self.seed, self.record = temperature, seed, record
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.generator: torch.Generator | None = None
+        self.steps: list[torch.Tensor] = []  # [rows] per decoding step: the drawn tokens' log-probs
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._take(input_ids[:, -1])
-        self._last = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def _take(self, tokens: torch.Tensor) -> None:
-        if self._last is not None:
-            self.steps.append(self._last.gather(-1, tokens[:, None]).squeeze(-1))
-            self._last = None
+        if self.generator is None:
+            self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
+        logits = scores.float() / self.temperature
+        warped = self.top_p(input_ids, logits) if self.top_p is not None else logits
+        cdf = torch.softmax(warped, dim=-1).double().cumsum(-1)
+        u = torch.rand((cdf.size(0), 1), generator=self.generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        # the first token whose cumulative probability passes u; zero-probability tokens never do
+        tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
+        if self.record:
+            self.steps.append(torch.log_softmax(logits, dim=-1).gather(-1, tokens).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
 
     def result(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """``[rows, new]`` log-probs of the ``new_tokens`` generate returned."""
-        if len(self.steps) < new_tokens.size(1):
-            self._take(new_tokens[:, -1])
         return torch.stack(self.steps[: new_tokens.size(1)], 1).cpu()
 
 
@@ -187,21 +195,22 @@ def generate(
     out: list[Reply] = []
     stop_list = list(stop_ids) if stop_ids else policy.stop_ids
     greedy = temperature < 1e-5
-    sampling: dict[str, Any] = (
-        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    )
-    # a model's own generation_config fills what is not passed (Qwen2.5-Instruct's: repetition_penalty
-    # 1.05, top_k 20): rollouts sample softmax(logits / T), the distribution every pass trains
-    sampling.update(repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=None, typical_p=1.0)
+    # generate runs greedy either way: when sampling, _Sampler draws the token and hands it a one-hot choice.
+    # A model's own generation_config fills what is not passed (Qwen2.5-Instruct's: repetition_penalty
+    # 1.05, top_k 20, temperature 0.7): rollouts sample softmax(logits / T), the distribution every pass trains
+    sampling: dict[str, Any] = dict(
+        do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0, no_repeat_ngram_size=0,
+        min_p=None, typical_p=None,
+    )  # fmt: skip
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             shared = plan_prefill(chunk) if share_prompts else None
             ids, mask = _layout(chunk, shared, policy.pad_id)
             width = ids.size(1)
-            torch.manual_seed(generator_seed + start)  # sampling depends on (seed, step, chunk) only
             ids, mask = ids.to(policy.device), mask.to(policy.device)
-            recorder = _SampledLogprobs(temperature) if logprobs and not greedy else None
+            # sampling depends on (seed, step, chunk) only
+            sampler = None if greedy else _Sampler(temperature, top_p, generator_seed + start, record=logprobs)
             gen = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -210,10 +219,10 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=stop_list,
                 pad_token_id=policy.pad_id,
-                **({"logits_processor": LogitsProcessorList([recorder])} if recorder is not None else {}),
+                **({"logits_processor": LogitsProcessorList([sampler])} if sampler is not None else {}),
             )
             rows = gen[:, width:]
-            recorded = recorder.result(rows).tolist() if recorder is not None else [None] * len(rows)
+            recorded = sampler.result(rows).tolist() if sampler is not None and logprobs else [None] * len(rows)
             for row, logp in zip(rows.tolist(), recorded, strict=True):
                 reply = cut_at_stop(row, stop_list)
                 out.append(Reply(reply, None if logp is None else logp[: len(reply)]))

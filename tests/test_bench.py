@@ -182,3 +182,14 @@ def test_update_anatomy_bench_splits_a_forward_and_an_update_by_operator():
     attention_update, attention_bwd = (float(x.strip("()%")) for x in cells[5].split())
     assert 0 < attention_fwd < 100 and 0 < attention_bwd <= attention_update < 100  # the update's includes its backward
     assert float(cells[6]) > 0 and float(cells[8]) > 0
+
+
+def test_sampling_bench_times_both_draws_side_by_side():
+    """bench/sampling.py on the tiny model: torch.multinomial and the inverse-CDF sampler, each timed for
+    one draw and for generate, with their ratios."""
+    argv = [sys.executable, "bench/sampling.py", "--model", "tiny", "--prompt", "40", "--new", "4", "--rounds", "1"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| multinomial |", "| inverse CDF |"))]
+    assert len(rows) == 2 and all(" ms | " in r and r.rstrip().endswith(" s |") for r in rows), done.stdout
+    assert "multinomial / inverse CDF: draw " in done.stdout

@@ -88,6 +88,33 @@ def test_hf_sampling_repeats_for_a_seed(policy):
     assert gen([], 7, s) == []
 
 
+def test_hf_sampling_draws_from_softmax_of_logits_over_temperature_after_top_p():
+    """generate's token draw (``policy._Sampler``, inverse CDF instead of torch.multinomial): the
+    frequencies of 40,000 draws from fixed logits match softmax(logits / T); under top-p no token outside
+    the nucleus is drawn and the rest keep their renormalised odds; the recorded log-prob is the token's
+    under softmax(logits / T), before top-p."""
+    from sdar_train.policy import _Sampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0, -30.0]]).expand(40_000, -1).contiguous()
+    ids = torch.zeros((40_000, 1), dtype=torch.long)
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
+        sampler = _Sampler(temperature, top_p, seed=0, record=True)
+        choice = sampler(ids, logits)
+        assert torch.all(torch.isinf(choice).sum(-1) == logits.size(1) - 1)  # one token left for argmax
+        drawn = choice.argmax(-1)
+        probs = torch.softmax(logits[0] / temperature, -1)
+        recorded = sampler.result(drawn[:, None])[:, 0]
+        assert torch.allclose(recorded, probs.log()[drawn])
+        if top_p < 1.0:  # tokens 0 and 1 hold 0.78 of the mass: the nucleus
+            probs = torch.where(torch.arange(6) < 2, probs, 0.0)
+            probs /= probs.sum()
+        freq = torch.bincount(drawn, minlength=6).float() / len(drawn)
+        assert torch.allclose(freq, probs, atol=0.01), (temperature, top_p, freq, probs)
+        assert freq[-1] == 0 and (top_p == 1.0 or freq[2:].sum() == 0)
+    again = _Sampler(1.0, 1.0, seed=0, record=False)(ids, logits).argmax(-1)
+    assert torch.equal(again, _Sampler(1.0, 1.0, seed=0, record=False)(ids, logits).argmax(-1))
+
+
 def test_a_models_own_sampling_defaults_do_not_change_what_is_sampled(policy):
     """Qwen2.5-Instruct's generation_config asks for repetition_penalty 1.05 and top_k 20; transformers fills
     what generate is not passed from it. Rollouts must still sample softmax(logits / T), the distribution
