@@ -5,10 +5,12 @@
     .venv-vllm/bin/python bench/step_cost.py --vllm ...     # also with vLLM generating (make setup-vllm)
 
 Per environment: one trainer (the real model: LoRA r16 over a bf16 base, as the CPU recipe runs it) and
-one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the same
-replies): with every prompt prefilled in full and transformers' KV cache (before), and with the beginning
-a group's prompts share prefilled once (``batching.plan_prefill``) and a cache that grows in place instead
-of being copied at every decode step (``kv_cache``) (after). On that rollout, from the same weights and optimizer state (restored between arms), the learning
+one rollout of B x G episodes at the environment's response limit, sampled twice from one seed (the
+draws differ: greedy, the replies would be the same): with every prompt prefilled in full, transformers' KV cache and each token drawn by
+``torch.multinomial`` (before), and with the beginning
+a group's prompts share prefilled once (``batching.plan_prefill``), a cache that grows in place instead
+of being copied at every decode step (``kv_cache``) and tokens drawn by inverse CDF (``policy._Sampler``)
+(after). On that rollout, from the same weights and optimizer state (restored between arms), the learning
 half of a step (no-grad passes and update) runs four times:
 
 - GRPO and SDAR, each **before**: micro-batches of length-sorted rows cut by count (``--max_padding 1``),
@@ -111,7 +113,13 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     import sdar_train.policy as policy_module
     from sdar_train.config import TrainConfig
     from sdar_train.kv_cache import growing_cache
+    from sdar_train.policy import _Sampler
     from sdar_train.trainer import Trainer
+
+    class _MultinomialSampler(_Sampler):
+        @staticmethod
+        def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return torch.multinomial(probs, 1, generator=generator)
 
     env_id, kwargs = ENVS[env]
     real = args.model != "tiny"
@@ -140,8 +148,9 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"arms": {}}
     try:
         # the rollout twice from one seed: every prompt prefilled in full (before), then a group's shared
-        # beginning once (after). In fp32 the replies are the same; in bf16 a KV cache computed in a smaller
-        # batch rounds differently, so a sampled token can flip and an episode go its own way
+        # beginning once (after). Their draws differ (torch.multinomial, then inverse CDF), so the replies do;
+        # greedy and in fp32 they would be the same (in bf16 a KV cache computed in a smaller batch rounds
+        # differently, so even a greedy token can flip)
         first: dict[str, dict[int, list[int]]] = {}  # each episode's first reply
         merged, copy_model = trainer.merged_copy, trainer.policy.model
         adapters = trainer.accelerator.unwrap_model(trainer.model)
@@ -150,6 +159,8 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
             trainer.generator.logprobs = arm == "after"  # type: ignore[attr-defined]  # the old log-probs recorded
             # before: transformers' own KV cache (torch.cat every decode step); after: one that grows in place
             policy_module.growing_cache = growing_cache if arm == "after" else (lambda model: None)
+            # before: each sampled token drawn by torch.multinomial, as generate's own sampling step draws it
+            policy_module._Sampler = _Sampler if arm == "after" else _MultinomialSampler
             # before: generation on the model being trained (LoRA's adapters and all); after: on the merged
             # copy where the trainer keeps one (LoRA over a bf16 base on a CPU)
             trainer.policy.model = copy_model if arm == "after" else adapters

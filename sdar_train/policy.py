@@ -142,13 +142,18 @@ class _Sampler:
             self.generator = torch.Generator(device=scores.device).manual_seed(self.seed)
         logits = scores.float() / self.temperature
         warped = self.top_p(input_ids, logits) if self.top_p is not None else logits
-        cdf = torch.softmax(warped, dim=-1).double().cumsum(-1)
-        u = torch.rand((cdf.size(0), 1), generator=self.generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-        # the first token whose cumulative probability passes u; zero-probability tokens never do
-        tokens = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
+        tokens = self._draw(torch.softmax(warped, dim=-1), self.generator)
         if self.record:
             self.steps.append(torch.log_softmax(logits, dim=-1).gather(-1, tokens).squeeze(-1))
         return torch.full_like(scores, float("-inf")).scatter_(-1, tokens, 0.0)
+
+    @staticmethod
+    def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``[rows, 1]`` one token a row drawn from ``probs``: the first whose cumulative probability passes
+        a uniform number (zero-probability tokens never do)."""
+        cdf = probs.double().cumsum(-1)
+        u = torch.rand((cdf.size(0), 1), generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
 
     def result(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """``[rows, new]`` log-probs of the ``new_tokens`` generate returned."""
