@@ -187,18 +187,24 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
         optimizer = copy.deepcopy(trainer.optimizer.state_dict())
         resolved = trainer.cfg
+
+        def restart(algo: str, *, merged_copy: bool, **overrides: Any) -> None:
+            """An arm's start: the rollout-time weights and optimizer state again, and the arm's config."""
+            with torch.no_grad():
+                for k, v in trainer.model.named_parameters():
+                    if k in params:
+                        v.copy_(params[k])
+            trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
+            trainer.generator.sync(adapters)  # the merged copy holds the restored weights too
+            trainer.merged_copy = merged_copy
+            trainer.cfg = dataclasses.replace(resolved, algo=algo, **overrides)
+            trainer._share_in_update = trainer.cfg.share_prefixes  # (one process, no checkpointing)
+
         for algo in ("grpo", "sdar"):
             for arm in ("before", "after"):
-                with torch.no_grad():
-                    for k, v in trainer.model.named_parameters():
-                        if k in params:
-                            v.copy_(params[k])
-                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
                 before = {**BEFORE, "score_micro_batch_size": resolved.micro_batch_size}
-                trainer.generator.sync(adapters)  # the merged copy holds the restored weights too
-                trainer.merged_copy = merged and arm == "after"  # before: the passes on the adapters
-                trainer.cfg = dataclasses.replace(resolved, algo=algo, **(before if arm == "before" else {}))
-                trainer._share_in_update = trainer.cfg.share_prefixes  # (one process, no checkpointing)
+                # before: the passes on the adapters
+                restart(algo, merged_copy=merged and arm == "after", **(before if arm == "before" else {}))
                 if arm == "before":
                     _every_row_scored(trainer)
                     trainer._no_adapter_casts = contextlib.nullcontext  # peft's casts of adapter inputs, as before
@@ -209,15 +215,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 result["arms"][(algo, arm)] = m
                 print(f"  {env} {algo} {arm}: learn {m['learn_s']:.1f} s", flush=True)
             if vllm_rollout is not None:  # after's learning half on the rollout vLLM sampled
-                with torch.no_grad():
-                    for k, v in trainer.model.named_parameters():
-                        if k in params:
-                            v.copy_(params[k])
-                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
-                trainer.generator.sync(adapters)
-                trainer.merged_copy = merged
-                trainer.cfg = dataclasses.replace(resolved, algo=algo)
-                trainer._share_in_update = trainer.cfg.share_prefixes
+                restart(algo, merged_copy=merged)
                 m = trainer.learn(vllm_rollout, 0)
                 result["arms"][(algo, "vllm")] = m
                 print(f"  {env} {algo} after, vLLM's rollout: learn {m['learn_s']:.1f} s", flush=True)
@@ -225,15 +223,7 @@ def bench_env(env: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         # causal attention alone, alternating (the machine drifts between arms; the best of each is compared)
         for _ in range(args.ablate_layout):
             for right_padded in (False, True):
-                with torch.no_grad():
-                    for k, v in trainer.model.named_parameters():
-                        if k in params:
-                            v.copy_(params[k])
-                trainer.optimizer.load_state_dict(copy.deepcopy(optimizer))
-                trainer.generator.sync(adapters)
-                trainer.merged_copy = merged
-                trainer.cfg = dataclasses.replace(resolved, algo="sdar")
-                trainer._share_in_update = trainer.cfg.share_prefixes
+                restart("sdar", merged_copy=merged)
                 trainer._right_padded = right_padded
                 m = trainer.learn(rollout, 0)
                 layout = "right" if right_padded else "left"

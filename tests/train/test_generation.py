@@ -283,17 +283,15 @@ def test_vllm_sync_streams_the_weights_so_no_second_full_copy_is_held(engine, po
     assert alive_max == total  # the measure sees a whole copy when there is one
 
 
-@vllm_only
-def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_model):
-    from sdar_train.trainer import Trainer
-
+def _letter_run_with_vllm(output_dir, model: str, **overrides) -> TrainConfig:
+    """A 2-step SDAR run of the toy letter task that rolls out with vLLM."""
     if "Test/LetterY-v0" not in gym.registry:
         gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
-    cfg = TrainConfig(
+    return TrainConfig(
         env="Test/LetterY-v0",
         algo="sdar",
-        model=varied_model,
-        output_dir=str(tmp_path),
+        model=model,
+        output_dir=str(output_dir),
         steps=2,
         tasks_per_step=2,
         group_size=4,
@@ -304,8 +302,15 @@ def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_m
         progress=False,
         save_every=100,
         generation_backend="vllm",
+        **overrides,
     )
-    trainer = Trainer(cfg)
+
+
+@vllm_only
+def test_trainer_with_vllm_rolls_out_from_the_updated_weights(tmp_path, varied_model):
+    from sdar_train.trainer import Trainer
+
+    trainer = Trainer(_letter_run_with_vllm(tmp_path, varied_model))
     try:
         history = trainer.train()
         assert len(history) == 2 and all(m["samples"] > 0 for m in history)
@@ -328,29 +333,15 @@ def test_lora_on_cpu_with_vllm_scores_on_a_merged_copy_and_needs_no_old_policy_p
     from sdar_train.sharding import full_weights
     from sdar_train.trainer import Trainer
 
-    if "Test/LetterY-v0" not in gym.registry:
-        gym.register("Test/LetterY-v0", entry_point="tests.train.toy_env:LetterEnv")
     AcceleratorState._reset_state(True)  # Accelerate keeps one precision per process: this test's is bf16
-    cfg = TrainConfig(
-        env="Test/LetterY-v0",
-        algo="sdar",
-        model=varied_model,
-        output_dir=str(tmp_path),
-        steps=2,
-        tasks_per_step=2,
-        group_size=4,
+    cfg = _letter_run_with_vllm(
+        tmp_path,
+        varied_model,
         mini_batch_size=4,  # two optimizer steps a rollout: the second mini-batch needs old log-probs
         micro_batch_size=2,
-        max_response_tokens=6,
-        max_prompt_tokens=64,
-        max_teacher_prompt_tokens=256,
         lora_r=4,
         lora_alpha=8,
         bf16=True,
-        lr=5e-3,
-        progress=False,
-        save_every=100,
-        generation_backend="vllm",
     )
     trainer = Trainer(cfg)
     try:
